@@ -1,0 +1,1 @@
+//! Detection metrics: AUROC, precision/recall/F1 at a threshold, ROC curves.

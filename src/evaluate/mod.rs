@@ -1,0 +1,4 @@
+//! Evaluation of a model on a labelled dataset in MVTec AD layout.
+
+pub mod metrics;
+pub mod plots;

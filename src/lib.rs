@@ -1,0 +1,26 @@
+//! # linesight
+//!
+//! Edge service for visual quality inspection on production lines: frames from line cameras go
+//! through an ONNX anomaly-detection model (anomalib exports) and come out as a score, a verdict,
+//! defect regions and a heat-map overlay.
+//!
+//! Frames flow one way: **source → preprocess → inference → postprocess → decision → actions**.
+//!
+//! ## Layout
+//! - [`config`] — layered settings: embedded defaults → TOML file → `LINESIGHT__SECTION__KEY`.
+//! - [`telemetry`] — tracing setup (text or JSON logs).
+//! - [`preprocess`] — decode, ROI crop, resize (Pillow-exact), tensor layout. Pure, no I/O.
+//! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions.
+//! - [`postprocess`] — score → verdict, defect regions, heat-map overlay. Pure, no I/O.
+//! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
+//! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
+//! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `models`).
+
+pub mod cli;
+pub mod config;
+pub mod evaluate;
+pub mod inspect;
+pub mod model;
+pub mod postprocess;
+pub mod preprocess;
+pub mod telemetry;
