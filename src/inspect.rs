@@ -1,1 +1,267 @@
-//! (being written)
+//! One image in, one [`Inspection`] out: decode → preprocess → inference → postprocess →
+//! decision, for callers that hold a [`Detector`] (the CLI now, the pipeline workers later).
+//!
+//! A bad image fails alone: [`Inspector::inspect_batch`] returns one result per input, so the
+//! caller records the error and carries on with the others.
+
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::model::{Detector, ModelError};
+use crate::postprocess::{AnomalyMap, DefectRegion, SourceGeometry, Verdict, extract_regions};
+use crate::preprocess::{DecodeError, DecodeLimits, PreprocessError, decode, prepare};
+
+/// Which model produced a result: name, version and package SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub version: Option<String>,
+    pub sha256: String,
+}
+
+/// Milliseconds spent in each stage for one image. Inference time is the batch's time divided
+/// by the number of images in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimings {
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+    pub postprocess_ms: f64,
+}
+
+impl StageTimings {
+    pub fn total_ms(&self) -> f64 {
+        self.decode_ms + self.preprocess_ms + self.inference_ms + self.postprocess_ms
+    }
+}
+
+/// The result of inspecting one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// Where the image came from (a path for files).
+    pub source: String,
+    pub width: u32,
+    pub height: u32,
+    pub score: f32,
+    pub verdict: Verdict,
+    /// Threshold the verdict was taken against.
+    pub threshold: f32,
+    pub regions: Vec<DefectRegion>,
+    pub model: ModelIdentity,
+    pub timings: StageTimings,
+    /// The anomaly map at model resolution (not serialised; for overlays and pixel metrics).
+    #[serde(skip)]
+    pub map: Option<AnomalyMap>,
+}
+
+/// Why one image could not be inspected.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the model returned a non-finite score ({score})")]
+    NonFiniteScore { score: f32 },
+}
+
+/// An image waiting for inference.
+struct Prepared {
+    index: usize,
+    width: u32,
+    height: u32,
+    decode_ms: f64,
+    preprocess_ms: f64,
+}
+
+/// Runs images through one detector.
+#[derive(Debug)]
+pub struct Inspector {
+    pub detector: Detector,
+    pub limits: DecodeLimits,
+    identity: ModelIdentity,
+    batch: Vec<f32>,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Inspector {
+    pub fn new(detector: Detector, limits: DecodeLimits) -> Inspector {
+        let identity = ModelIdentity {
+            name: detector.package.name(),
+            version: detector.package.version().map(str::to_string),
+            sha256: detector.package.sha256.clone(),
+        };
+        Inspector {
+            detector,
+            limits,
+            identity,
+            batch: Vec::new(),
+        }
+    }
+
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// Decodes `bytes` within the configured limits.
+    pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+        decode(bytes, &self.limits)
+    }
+
+    /// Inspects already-decoded images as one batch; one result per image, in order.
+    pub fn inspect_images(
+        &mut self,
+        images: &[(String, &RgbImage)],
+    ) -> Vec<Result<Inspection, InspectError>> {
+        let decode_ms = vec![0.0; images.len()];
+        self.run_batch(images, &decode_ms)
+    }
+
+    /// Decodes and inspects encoded images as one batch; one result per image, in order.
+    /// Returns the decoded images too (for overlays), `None` where decoding failed.
+    pub fn inspect_batch(
+        &mut self,
+        items: &[(String, &[u8])],
+    ) -> (Vec<Result<Inspection, InspectError>>, Vec<Option<RgbImage>>) {
+        let mut decoded = Vec::with_capacity(items.len());
+        let mut decode_ms = Vec::with_capacity(items.len());
+        for (_, bytes) in items {
+            let start = Instant::now();
+            decoded.push(self.decode(bytes));
+            decode_ms.push(ms(start));
+        }
+        let ok: Vec<(String, &RgbImage)> = items
+            .iter()
+            .zip(&decoded)
+            .filter_map(|((name, _), d)| d.as_ref().ok().map(|img| (name.clone(), img)))
+            .collect();
+        let ok_ms: Vec<f64> = decoded
+            .iter()
+            .zip(&decode_ms)
+            .filter(|(d, _)| d.is_ok())
+            .map(|(_, t)| *t)
+            .collect();
+        let mut inspected = self.run_batch(&ok, &ok_ms).into_iter();
+        let mut results = Vec::with_capacity(items.len());
+        let mut images = Vec::with_capacity(items.len());
+        for d in decoded {
+            match d {
+                Ok(img) => {
+                    results.push(inspected.next().expect("one result per decoded image"));
+                    images.push(Some(img));
+                }
+                Err(e) => {
+                    results.push(Err(e.into()));
+                    images.push(None);
+                }
+            }
+        }
+        (results, images)
+    }
+
+    fn run_batch(
+        &mut self,
+        images: &[(String, &RgbImage)],
+        decode_ms: &[f64],
+    ) -> Vec<Result<Inspection, InspectError>> {
+        let per_image = self.detector.image_len();
+        let mut results: Vec<Option<Result<Inspection, InspectError>>> =
+            (0..images.len()).map(|_| None).collect();
+        let mut prepared = Vec::with_capacity(images.len());
+        self.batch.clear();
+        for (index, (_, image)) in images.iter().enumerate() {
+            let start = Instant::now();
+            let offset = self.batch.len();
+            self.batch.resize(offset + per_image, 0.0);
+            match prepare(image, &self.detector.input, &mut self.batch[offset..]) {
+                Ok(()) => prepared.push(Prepared {
+                    index,
+                    width: image.width(),
+                    height: image.height(),
+                    decode_ms: decode_ms[index],
+                    preprocess_ms: ms(start),
+                }),
+                Err(e) => {
+                    self.batch.truncate(offset);
+                    results[index] = Some(Err(e.into()));
+                }
+            }
+        }
+        if !prepared.is_empty() {
+            let start = Instant::now();
+            match self.detector.run(&self.batch) {
+                Ok(outputs) => {
+                    let inference_ms = ms(start) / prepared.len() as f64;
+                    for (p, output) in prepared.iter().zip(outputs) {
+                        let post_start = Instant::now();
+                        let result =
+                            self.decide(images[p.index].0.clone(), p, output.score, output.map);
+                        results[p.index] = Some(result.map(|mut inspection| {
+                            inspection.timings = StageTimings {
+                                decode_ms: p.decode_ms,
+                                preprocess_ms: p.preprocess_ms,
+                                inference_ms,
+                                postprocess_ms: ms(post_start),
+                            };
+                            inspection
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for p in &prepared {
+                        results[p.index] = Some(Err(InspectError::Model(ModelError::Output {
+                            name: "batch".into(),
+                            message: message.clone(),
+                        })));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every image has a result"))
+            .collect()
+    }
+
+    fn decide(
+        &self,
+        source: String,
+        p: &Prepared,
+        score: f32,
+        map: Option<AnomalyMap>,
+    ) -> Result<Inspection, InspectError> {
+        if !score.is_finite() {
+            return Err(InspectError::NonFiniteScore { score });
+        }
+        let thresholds = self.detector.thresholds;
+        let verdict = Verdict::from_score(score, thresholds.image);
+        let geometry = SourceGeometry {
+            width: p.width,
+            height: p.height,
+            roi: self.detector.input.roi,
+        };
+        let regions = map.as_ref().map_or_else(Vec::new, |m| {
+            extract_regions(m, thresholds.pixel, geometry, thresholds.min_region_area_px)
+        });
+        Ok(Inspection {
+            source,
+            width: p.width,
+            height: p.height,
+            score,
+            verdict,
+            threshold: thresholds.image,
+            regions,
+            model: self.identity.clone(),
+            timings: StageTimings::default(),
+            map,
+        })
+    }
+}

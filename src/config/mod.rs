@@ -1,1 +1,160 @@
-//! (being written)
+//! Settings, layered: embedded defaults → `--config FILE` (TOML) → `LINESIGHT__SECTION__KEY`
+//! environment variables (e.g. `LINESIGHT__INFERENCE__INTRA_THREADS=2`).
+//!
+//! Each module owns its section's type; this module only composes them, loads the layers and
+//! validates the result, reporting every problem at once.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::SessionOptions;
+use crate::preprocess::DecodeLimits;
+use crate::telemetry::LogConfig;
+
+/// `[runtime]`: where ONNX Runtime comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; tried after `--ort-lib` and `ORT_DYLIB_PATH`.
+    pub ort_library: Option<PathBuf>,
+}
+
+/// All settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub runtime: RuntimeConfig,
+    pub inference: SessionOptions,
+    pub decode: DecodeLimits,
+    pub log: LogConfig,
+}
+
+/// Configuration problems, all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("LINESIGHT__").split("__"));
+        let settings: Settings = figment.extract().map_err(|e| ConfigError {
+            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges that types cannot express; every problem is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.inference.intra_threads > 256 {
+            problems.push(format!(
+                "inference.intra_threads = {}: must be between 0 (ONNX Runtime default) and 256",
+                self.inference.intra_threads
+            ));
+        }
+        if self.inference.execution_providers.is_empty() {
+            problems.push(
+                "inference.execution_providers is empty: list at least one of \"cpu\", \"cuda\", \"tensorrt\""
+                    .into(),
+            );
+        }
+        for (field, value) in [
+            ("decode.max_width", self.decode.max_width),
+            ("decode.max_height", self.decode.max_height),
+        ] {
+            if !(1..=65_535).contains(&value) {
+                problems.push(format!("{field} = {value}: must be between 1 and 65535"));
+            }
+        }
+        if self.decode.max_alloc_bytes < 1 << 20 {
+            problems.push(format!(
+                "decode.max_alloc_bytes = {}: must be at least 1048576 (1 MiB)",
+                self.decode.max_alloc_bytes
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The effective settings as TOML. No setting is secret yet; secrets added later are
+    /// redacted here.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecutionProvider;
+
+    #[test]
+    fn layers_apply_in_order_and_all_problems_are_reported() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "linesight.toml",
+                "[inference]\nintra_threads = 3\nexecution_providers = [\"cuda\", \"cpu\"]\n[decode]\nmax_width = 0\n",
+            )?;
+            let err = Settings::load(Some(Path::new("linesight.toml"))).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert!(err.to_string().contains("decode.max_width = 0"), "{err}");
+
+            jail.set_env("LINESIGHT__DECODE__MAX_WIDTH", "4096");
+            jail.set_env("LINESIGHT__INFERENCE__INTRA_THREADS", "1");
+            let s = Settings::load(Some(Path::new("linesight.toml"))).unwrap();
+            assert_eq!(
+                s.inference.intra_threads, 1,
+                "environment wins over the file"
+            );
+            assert_eq!(
+                s.inference.execution_providers,
+                vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+            );
+            assert_eq!(s.decode.max_width, 4096);
+            assert_eq!(s.decode.max_height, DecodeLimits::default().max_height);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[inference]\nintra_thread = 2\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(err.to_string().contains("intra_thread"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error_not_a_silent_default() {
+        let err = Settings::load(Some(Path::new("/nonexistent/linesight.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn defaults_render_as_toml_and_parse_back() {
+        let s = Settings::default();
+        let back: Settings = toml::from_str(&s.to_toml()).unwrap();
+        assert_eq!(back, s);
+    }
+}

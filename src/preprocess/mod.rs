@@ -59,7 +59,9 @@ pub enum PreprocessError {
         "ROI {roi:?} does not fit inside the {width}x{height} image (x + width must be <= image width, y + height <= image height, width and height > 0)"
     )]
     RoiOutOfBounds { roi: Roi, width: u32, height: u32 },
-    #[error("output buffer holds {got} floats, the model input needs {expected} (3 x {height} x {width})")]
+    #[error(
+        "output buffer holds {got} floats, the model input needs {expected} (3 x {height} x {width})"
+    )]
     BufferSize {
         got: usize,
         expected: usize,

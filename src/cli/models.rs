@@ -1,0 +1,182 @@
+//! `linesight models show DIR`: what linesight sees in a model package.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::model::contract::{GraphIo, ModelContract};
+use crate::model::package::PackageFile;
+use crate::model::{Detector, ModelPackage, Thresholds};
+use crate::preprocess::InputSpec;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Print a package's detected contract, opset, tensors, providers and SHA-256.
+    Show {
+        /// Model package directory.
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Everything `models show` reports.
+#[derive(Debug, Serialize)]
+pub struct ModelReport {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub sha256: String,
+    pub files: Vec<PackageFile>,
+    pub ir_version: i64,
+    pub producer: String,
+    pub opsets: Vec<(String, i64)>,
+    pub manifest: bool,
+    pub contract: ModelContract,
+    pub io: GraphIo,
+    pub preprocessing: String,
+    pub thresholds: Thresholds,
+    pub onnxruntime: String,
+    pub available_providers: Vec<String>,
+}
+
+pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ModelsCommand::Show { dir, json } => {
+            let runtime = super::runtime(settings, ort_lib)?;
+            let package = ModelPackage::open(&dir)?;
+            let description = package
+                .manifest
+                .as_ref()
+                .and_then(|m| m.description.clone());
+            let detector = Detector::new(runtime, package, &settings.inference, None)?;
+            let report = ModelReport {
+                name: detector.package.name(),
+                version: detector.package.version().map(str::to_string),
+                description,
+                sha256: detector.package.sha256.clone(),
+                files: detector.package.files.clone(),
+                ir_version: detector.package.header.ir_version,
+                producer: detector.package.header.producer.clone(),
+                opsets: detector.package.header.opsets.clone(),
+                manifest: detector.package.manifest.is_some(),
+                contract: detector.contract.clone(),
+                io: detector.io.clone(),
+                preprocessing: describe_input(&detector.input),
+                thresholds: detector.thresholds,
+                onnxruntime: format!("{} ({})", runtime.library.display(), runtime.source),
+                available_providers: runtime.available_providers(),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render(&report));
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn describe_input(input: &InputSpec) -> String {
+    let mut s = format!(
+        "{:?} resize to {}x{}, {:?}, /255",
+        input.resize, input.width, input.height, input.channel_order
+    );
+    match &input.normalisation {
+        crate::preprocess::Normalisation::None => {
+            s.push_str(", no normalisation (inside the graph)")
+        }
+        crate::preprocess::Normalisation::MeanStd { mean, std } => {
+            let _ = write!(s, ", normalise mean {mean:?} std {std:?}");
+        }
+    }
+    if let Some(roi) = input.roi {
+        let _ = write!(
+            s,
+            ", ROI x={} y={} {}x{}",
+            roi.x, roi.y, roi.width, roi.height
+        );
+    }
+    s
+}
+
+fn render(r: &ModelReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "model        {} {}",
+        r.name,
+        r.version.as_deref().unwrap_or("(no version)")
+    );
+    if let Some(d) = &r.description {
+        let _ = writeln!(s, "description  {d}");
+    }
+    let _ = writeln!(s, "sha256       {}", r.sha256);
+    for f in &r.files {
+        let _ = writeln!(
+            s,
+            "  file       {} ({} bytes) sha256 {}",
+            f.name, f.bytes, f.sha256
+        );
+    }
+    let opsets: Vec<String> = r.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    let _ = writeln!(
+        s,
+        "onnx         IR {}, opset {}, producer {}",
+        r.ir_version,
+        opsets.join(", "),
+        if r.producer.is_empty() {
+            "unknown"
+        } else {
+            &r.producer
+        }
+    );
+    let _ = writeln!(
+        s,
+        "manifest     {}",
+        if r.manifest {
+            "model.toml"
+        } else {
+            "none (contract detected from the graph)"
+        }
+    );
+    let _ = writeln!(s, "contract     {}", r.contract.kind);
+    let _ = writeln!(
+        s,
+        "  input      {} {}x{}, batch {}",
+        r.contract.input,
+        r.contract.width,
+        r.contract.height,
+        match r.contract.batch {
+            crate::model::BatchSize::Dynamic => "dynamic".to_string(),
+            crate::model::BatchSize::Fixed(n) => format!("fixed at {n} (padded)"),
+        }
+    );
+    if let Some(o) = &r.contract.score_output {
+        let _ = writeln!(s, "  score      {o}");
+    }
+    if let Some(o) = &r.contract.map_output {
+        let _ = writeln!(s, "  map        {o}");
+    }
+    let _ = writeln!(s, "inputs");
+    for t in &r.io.inputs {
+        let _ = writeln!(s, "  {t}");
+    }
+    let _ = writeln!(s, "outputs");
+    for t in &r.io.outputs {
+        let _ = writeln!(s, "  {t}");
+    }
+    let _ = writeln!(s, "preprocess   {}", r.preprocessing);
+    let _ = writeln!(
+        s,
+        "thresholds   image {} (defect when score > threshold), pixel {}, min region {} px",
+        r.thresholds.image, r.thresholds.pixel, r.thresholds.min_region_area_px
+    );
+    let _ = writeln!(s, "runtime      {}", r.onnxruntime);
+    let _ = writeln!(s, "providers    {}", r.available_providers.join(", "));
+    s
+}

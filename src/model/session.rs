@@ -1,0 +1,441 @@
+//! [`Detector`]: one ONNX Runtime session for one model package, with its contract.
+//!
+//! `Session::run` takes `&mut self`, so a detector is owned by exactly one worker; workers that
+//! run in parallel each open their own. Inputs are CHW float batches prepared by
+//! [`crate::preprocess`]; outputs are one [`RawOutput`] per image. A fixed-batch graph is fed
+//! in chunks of its batch size, the last chunk zero-padded and the padding rows discarded.
+
+use serde::{Deserialize, Serialize};
+
+use super::contract::{
+    BatchSize, ContractError, ContractKind, ElementType, GraphIo, ModelContract, TensorSpec, detect,
+};
+use super::package::ModelPackage;
+use super::runtime::OrtRuntime;
+use crate::postprocess::AnomalyMap;
+use crate::preprocess::{ChannelOrder, InputSpec, Normalisation, ResizeMode};
+
+/// An ONNX Runtime execution provider linesight can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    #[serde(rename = "tensorrt")]
+    #[value(name = "tensorrt")]
+    TensorRt,
+}
+
+impl ExecutionProvider {
+    /// The name ONNX Runtime lists in `GetAvailableProviders`.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "CPUExecutionProvider",
+            ExecutionProvider::Cuda => "CUDAExecutionProvider",
+            ExecutionProvider::TensorRt => "TensorrtExecutionProvider",
+        }
+    }
+}
+
+/// How to build a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionOptions {
+    /// Threads ONNX Runtime uses inside one operator (0 = ONNX Runtime's default: one per core).
+    pub intra_threads: usize,
+    /// Providers in order of preference; CPU is always the last resort.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// CUDA/TensorRT device ordinal.
+    pub device_id: i32,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            intra_threads: 0,
+            execution_providers: vec![ExecutionProvider::Cpu],
+            device_id: 0,
+        }
+    }
+}
+
+/// Errors of the model stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("ONNX Runtime could not load {path}: {source}")]
+    Load {
+        path: std::path::PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("{path}: {source}")]
+    Contract {
+        path: std::path::PathBuf,
+        #[source]
+        source: ContractError,
+    },
+    #[error(
+        "execution provider {provider} is not available in the loaded ONNX Runtime ({available}); install the GPU build with `scripts/install-onnxruntime --gpu` and build linesight with `--features gpu`"
+    )]
+    ProviderUnavailable {
+        provider: &'static str,
+        available: String,
+    },
+    #[error("execution provider {provider} failed to register: {source}")]
+    ProviderRegistration {
+        provider: &'static str,
+        #[source]
+        source: ort::Error,
+    },
+    #[error(
+        "no threshold for {model}: the graph does not carry one; set decision.threshold in model.toml or pass --threshold"
+    )]
+    NoThreshold { model: String },
+    #[error("inference failed: {0}")]
+    Run(#[source] ort::Error),
+    #[error("output {name}: {message}")]
+    Output { name: String, message: String },
+    #[error(
+        "batch holds {got} floats, expected a multiple of {per_image} (3 x {height} x {width})"
+    )]
+    BatchSize {
+        got: usize,
+        per_image: usize,
+        width: u32,
+        height: u32,
+    },
+}
+
+/// What the model said about one image, before any decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawOutput {
+    pub score: f32,
+    pub map: Option<AnomalyMap>,
+}
+
+/// Thresholds in force for a detector.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Thresholds {
+    /// Image threshold: defect when score > threshold.
+    pub image: f32,
+    /// Pixel threshold for defect regions.
+    pub pixel: f32,
+    /// Smallest region reported, in original-image pixels.
+    pub min_region_area_px: u64,
+}
+
+/// A model ready to run: session, contract, preprocessing spec and thresholds.
+#[derive(Debug)]
+pub struct Detector {
+    session: ort::session::Session,
+    pub package: ModelPackage,
+    pub contract: ModelContract,
+    pub io: GraphIo,
+    pub input: InputSpec,
+    pub thresholds: Thresholds,
+    /// The providers the session was built with, in order.
+    pub providers: Vec<ExecutionProvider>,
+}
+
+fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
+    let dtype = outlet.dtype();
+    let element = match dtype.tensor_type() {
+        Some(ort::value::TensorElementType::Float32) => ElementType::F32,
+        Some(ort::value::TensorElementType::Bool) => ElementType::Bool,
+        Some(other) => ElementType::Other(format!("{other:?}").to_lowercase()),
+        None => ElementType::Other(format!("{dtype:?}")),
+    };
+    let shape = dtype
+        .tensor_shape()
+        .map(|s| s.iter().map(|&d| (d >= 0).then_some(d)).collect())
+        .unwrap_or_default();
+    TensorSpec {
+        name: outlet.name().to_string(),
+        element,
+        shape,
+    }
+}
+
+impl Detector {
+    /// Builds a session for `package` and resolves its contract, preprocessing and thresholds.
+    /// `threshold_override` (the `--threshold` flag) wins over the manifest and the graph.
+    pub fn new(
+        runtime: &OrtRuntime,
+        package: ModelPackage,
+        options: &SessionOptions,
+        threshold_override: Option<f32>,
+    ) -> Result<Detector, ModelError> {
+        let path = package.onnx_path.clone();
+        let load = |source| ModelError::Load {
+            path: path.clone(),
+            source,
+        };
+        let mut builder = ort::session::Session::builder(&runtime.environment)
+            .map_err(load)?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| load(e.into()))?;
+        if options.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(options.intra_threads)
+                .map_err(|e| load(e.into()))?;
+        }
+        let providers = register_providers(&mut builder, options, runtime)?;
+        let session = builder.commit_from_file(&path).map_err(load)?;
+
+        let io = GraphIo {
+            inputs: session.inputs().iter().map(tensor_spec).collect(),
+            outputs: session.outputs().iter().map(tensor_spec).collect(),
+        };
+        let contract =
+            detect(&io, package.manifest.as_ref()).map_err(|source| ModelError::Contract {
+                path: path.clone(),
+                source,
+            })?;
+        let manifest = package.manifest.clone().unwrap_or_default();
+        let input = InputSpec {
+            width: contract.width,
+            height: contract.height,
+            resize: manifest.input.resize.unwrap_or(ResizeMode::PillowBilinear),
+            channel_order: manifest.input.channel_order.unwrap_or(ChannelOrder::Rgb),
+            normalisation: manifest
+                .input
+                .normalisation
+                .as_ref()
+                .map_or(Normalisation::None, |n| n.to_normalisation()),
+            roi: manifest.input.roi,
+        };
+        let image = threshold_override
+            .or(manifest.decision.threshold)
+            .or(contract.graph_threshold)
+            .ok_or_else(|| ModelError::NoThreshold {
+                model: package.name(),
+            })?;
+        // anomalib normalises the map with the same convention as the score (threshold 0.5), so
+        // the pixel threshold follows the image threshold unless the manifest pins it.
+        let pixel = manifest.decision.pixel_threshold.unwrap_or(
+            if contract.kind == ContractKind::Anomalib && threshold_override.is_some() {
+                contract.graph_threshold.unwrap_or(image)
+            } else {
+                image
+            },
+        );
+        let thresholds = Thresholds {
+            image,
+            pixel,
+            min_region_area_px: manifest.decision.min_region_area_px.unwrap_or(0),
+        };
+        Ok(Detector {
+            session,
+            package,
+            contract,
+            io,
+            input,
+            thresholds,
+            providers,
+        })
+    }
+
+    /// Floats per image in a batch buffer.
+    pub fn image_len(&self) -> usize {
+        3 * self.input.width as usize * self.input.height as usize
+    }
+
+    /// Runs the model on `batch` (N images, CHW each, back to back) and returns N outputs.
+    pub fn run(&mut self, batch: &[f32]) -> Result<Vec<RawOutput>, ModelError> {
+        let per_image = self.image_len();
+        if batch.is_empty() || batch.len() % per_image != 0 {
+            return Err(ModelError::BatchSize {
+                got: batch.len(),
+                per_image,
+                width: self.input.width,
+                height: self.input.height,
+            });
+        }
+        let n = batch.len() / per_image;
+        match self.contract.batch {
+            BatchSize::Dynamic => self.run_chunk(batch, n, n),
+            BatchSize::Fixed(fixed) => {
+                let mut out = Vec::with_capacity(n);
+                let mut padded = Vec::new();
+                for chunk in batch.chunks(fixed * per_image) {
+                    let real = chunk.len() / per_image;
+                    if real == fixed {
+                        out.extend(self.run_chunk(chunk, fixed, real)?);
+                    } else {
+                        padded.clear();
+                        padded.extend_from_slice(chunk);
+                        padded.resize(fixed * per_image, 0.0);
+                        out.extend(self.run_chunk(&padded, fixed, real)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs one graph call on `rows` images and keeps the first `keep` results.
+    fn run_chunk(
+        &mut self,
+        data: &[f32],
+        rows: usize,
+        keep: usize,
+    ) -> Result<Vec<RawOutput>, ModelError> {
+        let shape = [
+            rows,
+            3,
+            self.input.height as usize,
+            self.input.width as usize,
+        ];
+        let tensor =
+            ort::value::TensorRef::from_array_view((shape, data)).map_err(ModelError::Run)?;
+        let input_name = self.contract.input.clone();
+        let score_name = self.contract.score_output.clone();
+        let map_name = self.contract.map_output.clone();
+        let outputs = self
+            .session
+            .run(ort::inputs![input_name.as_str() => tensor])
+            .map_err(ModelError::Run)?;
+
+        let maps: Option<Vec<AnomalyMap>> = match &map_name {
+            Some(name) => {
+                let (shape, values) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| output_error(name, e.to_string()))?;
+                Some(split_maps(name, shape, values, rows, keep)?)
+            }
+            None => None,
+        };
+        let scores: Vec<f32> = match &score_name {
+            Some(name) => {
+                let (shape, values) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| output_error(name, e.to_string()))?;
+                if values.len() != rows {
+                    return Err(output_error(
+                        name,
+                        format!("has shape {shape:?}, expected one score per image ({rows})"),
+                    ));
+                }
+                values[..keep].to_vec()
+            }
+            None => maps
+                .as_ref()
+                .map(|maps| maps.iter().map(map_max).collect())
+                .unwrap_or_default(),
+        };
+        Ok(scores
+            .into_iter()
+            .enumerate()
+            .map(|(i, score)| RawOutput {
+                score,
+                map: maps.as_ref().map(|m| m[i].clone()),
+            })
+            .collect())
+    }
+}
+
+fn output_error(name: &str, message: String) -> ModelError {
+    ModelError::Output {
+        name: name.to_string(),
+        message,
+    }
+}
+
+/// Highest finite value of a map (NaN never wins), `f32::NAN` for an all-NaN map.
+fn map_max(map: &AnomalyMap) -> f32 {
+    map.values
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NAN, f32::max)
+}
+
+fn split_maps(
+    name: &str,
+    shape: &ort::value::Shape,
+    values: &[f32],
+    rows: usize,
+    keep: usize,
+) -> Result<Vec<AnomalyMap>, ModelError> {
+    let dims: &[i64] = shape;
+    let (h, w) = match dims {
+        [b, 1, h, w] | [b, h, w] if *b as usize == rows => (*h as usize, *w as usize),
+        _ => {
+            return Err(output_error(
+                name,
+                format!("has shape {dims:?}, expected [{rows}, 1, H, W]"),
+            ));
+        }
+    };
+    let plane = h * w;
+    Ok(values
+        .chunks_exact(plane)
+        .take(keep)
+        .map(|v| AnomalyMap {
+            width: w as u32,
+            height: h as u32,
+            values: v.to_vec(),
+        })
+        .collect())
+}
+
+fn register_providers(
+    builder: &mut ort::session::builder::SessionBuilder,
+    options: &SessionOptions,
+    runtime: &OrtRuntime,
+) -> Result<Vec<ExecutionProvider>, ModelError> {
+    let available = runtime.available_providers();
+    let mut used = Vec::new();
+    for &provider in &options.execution_providers {
+        if provider == ExecutionProvider::Cpu {
+            used.push(provider);
+            continue;
+        }
+        if !available.iter().any(|a| a == provider.ort_name()) {
+            return Err(ModelError::ProviderUnavailable {
+                provider: provider.ort_name(),
+                available: available.join(", "),
+            });
+        }
+        register_gpu(builder, provider, options.device_id)?;
+        used.push(provider);
+    }
+    if !used.contains(&ExecutionProvider::Cpu) {
+        used.push(ExecutionProvider::Cpu);
+    }
+    Ok(used)
+}
+
+#[cfg(feature = "gpu")]
+fn register_gpu(
+    builder: &mut ort::session::builder::SessionBuilder,
+    provider: ExecutionProvider,
+    device_id: i32,
+) -> Result<(), ModelError> {
+    use ort::ep::ExecutionProvider as _;
+    let result = match provider {
+        ExecutionProvider::Cuda => ort::ep::CUDA::default()
+            .with_device_id(device_id)
+            .register(builder),
+        ExecutionProvider::TensorRt => ort::ep::TensorRT::default()
+            .with_device_id(device_id)
+            .register(builder),
+        ExecutionProvider::Cpu => Ok(()),
+    };
+    result.map_err(|source| ModelError::ProviderRegistration {
+        provider: provider.ort_name(),
+        source,
+    })
+}
+
+#[cfg(not(feature = "gpu"))]
+fn register_gpu(
+    _builder: &mut ort::session::builder::SessionBuilder,
+    provider: ExecutionProvider,
+    _device_id: i32,
+) -> Result<(), ModelError> {
+    Err(ModelError::ProviderUnavailable {
+        provider: provider.ort_name(),
+        available: "this linesight build has no GPU support".into(),
+    })
+}
