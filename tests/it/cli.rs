@@ -1,0 +1,1 @@
+//! The `linesight` binary as a user runs it.

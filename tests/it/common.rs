@@ -1,0 +1,54 @@
+//! Shared helpers: locating test data and the ONNX Runtime library.
+
+use std::path::{Path, PathBuf};
+
+use linesight::inspect::Inspector;
+use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::preprocess::DecodeLimits;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The licence-restricted reference data beside the clone (`../shared/data`), or
+/// `$LINESIGHT_SHARED_DATA`. `None` (the test is skipped, saying so) when it is absent, unless
+/// `LINESIGHT_REQUIRE_SHARED_DATA=1` (CI), where its absence fails the test.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("LINESIGHT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    if dir.join("models/padim-magnetic-tile/model.onnx").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("LINESIGHT_REQUIRE_SHARED_DATA").as_deref() == Ok("1") {
+        panic!(
+            "reference data not found at {} and LINESIGHT_REQUIRE_SHARED_DATA=1",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: reference data not found at {} (set LINESIGHT_SHARED_DATA)",
+        dir.display()
+    );
+    None
+}
+
+pub fn runtime() -> &'static OrtRuntime {
+    OrtRuntime::init(None, None)
+        .unwrap_or_else(|e| panic!("{e}\n(the test script installs it: scripts/test)"))
+}
+
+pub fn inspector(model: &Path, threshold: Option<f32>) -> Inspector {
+    let package = ModelPackage::open(model).expect("model package opens");
+    let options = SessionOptions {
+        intra_threads: 2,
+        ..SessionOptions::default()
+    };
+    let detector = Detector::new(runtime(), package, &options, threshold).expect("detector builds");
+    Inspector::new(detector, DecodeLimits::default())
+}
+
+/// The `linesight` binary built for these tests.
+pub fn linesight() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_linesight"))
+}

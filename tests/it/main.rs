@@ -1,0 +1,5 @@
+//! Integration tests: one binary (fast linking on two cores), one module per area.
+
+mod cli;
+mod common;
+mod reference;
