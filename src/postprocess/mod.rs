@@ -8,7 +8,7 @@
 mod overlay;
 mod regions;
 
-pub use overlay::render_overlay;
+pub use overlay::{OverlayOptions, render_overlay};
 pub use regions::extract_regions;
 
 use serde::{Deserialize, Serialize};
