@@ -215,11 +215,13 @@ fn write_overlay(
         height: image.height(),
         roi: inspector.detector.input.roi,
     };
-    let options = OverlayOptions {
-        regions: inspection.regions.clone(),
-        ..OverlayOptions::default()
-    };
-    let overlay = render_overlay(image, map, geometry, &options);
+    let overlay = render_overlay(
+        image,
+        map,
+        geometry,
+        &inspection.regions,
+        &OverlayOptions::default(),
+    );
     let target = dir.join(&entry.relative).with_extension("png");
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)
