@@ -30,8 +30,6 @@ use image::RgbImage;
 /// Pillow's fixed-point precision for 8-bit resampling: 32 bits minus 8 for the result and 2 of
 /// headroom for filters with negative lobes.
 const PRECISION_BITS: u32 = 22;
-/// Added before the final shift so that the shift rounds to nearest instead of truncating.
-const ROUNDING_HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Errors of the resize stage.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,6 +51,8 @@ pub enum ResizeError {
 /// Weights live in one flat buffer with a fixed stride so that looking them up costs one multiply.
 #[derive(Debug, Clone, PartialEq)]
 struct AxisTaps<W> {
+    /// Fixed-point precision of integer weights (bits after the binary point); unused for floats.
+    precision: u32,
     /// `(first input index, number of weights)` per output index.
     windows: Vec<(usize, usize)>,
     /// `windows.len() * stride` weights; entries past a window's length are unused.
@@ -78,6 +78,7 @@ impl<W: Copy> AxisTaps<W> {
             windows.push((start, row.len()));
         }
         AxisTaps {
+            precision: 0,
             windows,
             weights,
             stride,
@@ -94,7 +95,18 @@ fn triangle(x: f64) -> f64 {
 /// Pillow's `precompute_coeffs` for the bilinear filter and a full-image box, then its
 /// `normalize_coeffs_8bpc`. Every operation is done in the order and precision of the C code
 /// (double, truncating casts) because a weight one unit off in the 22nd bit can flip a byte.
-fn pillow_taps(in_size: u32, out_size: u32) -> AxisTaps<i32> {
+/// How float weights become integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightPrecision {
+    /// Pillow: always 22 fractional bits in 32-bit integers.
+    Pillow,
+    /// PyTorch's uint8 antialias kernel (`_compute_index_ranges_int16_weights`): int16 weights
+    /// with as many fractional bits (at most 22) as keep the largest weight of the axis below
+    /// 2^15.
+    TorchInt16,
+}
+
+fn fixed_point_taps(in_size: u32, out_size: u32, precision: WeightPrecision) -> AxisTaps<i32> {
     // Pillow takes the box as C floats; `in1 - in0` is exact for any realistic size.
     let scale = f64::from(in_size) / f64::from(out_size);
     let filterscale = scale.max(1.0);
@@ -116,10 +128,29 @@ fn pillow_taps(in_size: u32, out_size: u32) -> AxisTaps<i32> {
                 // Division, not multiplication by the reciprocal: they differ in the last bit.
                 k.iter_mut().for_each(|w| *w /= total);
             }
+            (start, k)
+        })
+        .collect::<Vec<(usize, Vec<f64>)>>();
+    let bits = match precision {
+        WeightPrecision::Pillow => PRECISION_BITS,
+        WeightPrecision::TorchInt16 => {
+            let max = rows
+                .iter()
+                .flat_map(|(_, k)| k.iter().copied())
+                .fold(0.0f64, f64::max);
+            // The largest precision whose doubled value still fits an int16, capped at 22.
+            (0..22u32)
+                .find(|p| (0.5 + max * f64::from(1u32 << (p + 1))) as i64 >= 1 << 15)
+                .unwrap_or(22)
+        }
+    };
+    let rows = rows
+        .into_iter()
+        .map(|(start, k)| {
             let fixed = k
                 .iter()
                 .map(|&w| {
-                    let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                    let scaled = w * f64::from(1u32 << bits);
                     // Round half away from zero by truncating, as Pillow does; `f64::round`
                     // differs for values just under .5.
                     if w < 0.0 {
@@ -132,13 +163,15 @@ fn pillow_taps(in_size: u32, out_size: u32) -> AxisTaps<i32> {
             (start, fixed)
         })
         .collect();
-    AxisTaps::from_rows(rows, 0)
+    let mut taps = AxisTaps::from_rows(rows, 0);
+    taps.precision = bits;
+    taps
 }
 
-/// Pillow's `clip8`: the accumulator holds the value scaled by 2^22 plus one half.
+/// Pillow's `clip8`: the accumulator holds the value scaled by 2^precision plus one half.
 #[inline(always)]
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+fn clip8(acc: i32, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
 }
 
 /// Pillow 13's choice of pass order (see the module documentation).
@@ -170,16 +203,34 @@ pub struct PillowBilinear {
 }
 
 impl PillowBilinear {
-    /// Resampler from `in_width × in_height` to `width × height` pixels.
+    /// Pillow 13 resampler from `in_width × in_height` to `width × height` pixels.
     pub fn new(in_width: u32, in_height: u32, width: u32, height: u32) -> Self {
+        let taps = |i, o| fixed_point_taps(i, o, WeightPrecision::Pillow);
         PillowBilinear {
             in_width,
             in_height,
             width,
             height,
-            horizontal: (in_width != width).then(|| pillow_taps(in_width, width)),
-            vertical: (in_height != height).then(|| pillow_taps(in_height, height)),
+            horizontal: (in_width != width).then(|| taps(in_width, width)),
+            vertical: (in_height != height).then(|| taps(in_height, height)),
             vertical_first: pillow13_vertical_first(in_width, in_height, width, height),
+        }
+    }
+
+    /// torchvision `Resize((h, w), antialias=True)` on a **uint8** image tensor: PyTorch's uint8
+    /// antialias kernel (`upsample_avx_bilinear_uint8`). Same filter geometry as Pillow, but
+    /// int16 weights with a per-axis precision, always the horizontal pass first, and rounding
+    /// to 8 bits between the passes.
+    pub fn torchvision_uint8(in_width: u32, in_height: u32, width: u32, height: u32) -> Self {
+        let taps = |i, o| fixed_point_taps(i, o, WeightPrecision::TorchInt16);
+        PillowBilinear {
+            in_width,
+            in_height,
+            width,
+            height,
+            horizontal: (in_width != width).then(|| taps(in_width, width)),
+            vertical: (in_height != height).then(|| taps(in_height, height)),
+            vertical_first: false,
         }
     }
 
@@ -247,6 +298,7 @@ impl PillowBilinear {
 /// Horizontal pass on interleaved RGB rows of `in_w` pixels.
 fn horizontal_pass_u8(src: &[u8], in_w: usize, rows: usize, taps: &AxisTaps<i32>) -> Vec<u8> {
     let out_w = taps.windows.len();
+    let (bits, half) = (taps.precision, 1i32 << (taps.precision - 1));
     let mut dst = vec![0u8; out_w * 3 * rows];
     for (src_row, dst_row) in src
         .chunks_exact(in_w * 3)
@@ -254,15 +306,15 @@ fn horizontal_pass_u8(src: &[u8], in_w: usize, rows: usize, taps: &AxisTaps<i32>
     {
         for ((start, weights), out_px) in taps.iter().zip(dst_row.chunks_exact_mut(3)) {
             let window = &src_row[start * 3..][..weights.len() * 3];
-            let mut acc = [ROUNDING_HALF; 3];
+            let mut acc = [half; 3];
             for (px, &w) in window.chunks_exact(3).zip(weights) {
                 acc[0] += i32::from(px[0]) * w;
                 acc[1] += i32::from(px[1]) * w;
                 acc[2] += i32::from(px[2]) * w;
             }
-            out_px[0] = clip8(acc[0]);
-            out_px[1] = clip8(acc[1]);
-            out_px[2] = clip8(acc[2]);
+            out_px[0] = clip8(acc[0], bits);
+            out_px[1] = clip8(acc[1], bits);
+            out_px[2] = clip8(acc[2], bits);
         }
     }
     dst
@@ -272,9 +324,10 @@ fn horizontal_pass_u8(src: &[u8], in_w: usize, rows: usize, taps: &AxisTaps<i32>
 /// rows, so the inner loop runs over contiguous bytes and vectorises.
 fn vertical_pass_u8(src: &[u8], row_len: usize, taps: &AxisTaps<i32>) -> Vec<u8> {
     let mut dst = vec![0u8; row_len * taps.windows.len()];
+    let (bits, half) = (taps.precision, 1i32 << (taps.precision - 1));
     let mut acc = vec![0i32; row_len];
     for ((start, weights), dst_row) in taps.iter().zip(dst.chunks_exact_mut(row_len)) {
-        acc.fill(ROUNDING_HALF);
+        acc.fill(half);
         let rows = src[start * row_len..][..weights.len() * row_len].chunks_exact(row_len);
         for (row, &w) in rows.zip(weights) {
             for (a, &p) in acc.iter_mut().zip(row) {
@@ -282,10 +335,16 @@ fn vertical_pass_u8(src: &[u8], row_len: usize, taps: &AxisTaps<i32>) -> Vec<u8>
             }
         }
         for (d, &a) in dst_row.iter_mut().zip(&acc) {
-            *d = clip8(a);
+            *d = clip8(a, bits);
         }
     }
     dst
+}
+
+/// torchvision `Resize((height, width), antialias=True)` applied to a uint8 image tensor (see
+/// [`PillowBilinear::torchvision_uint8`]); the result is 8-bit like the Pillow path.
+pub fn resize_torchvision_uint8(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    PillowBilinear::torchvision_uint8(src.width(), src.height(), width, height).apply(src)
 }
 
 /// Pillow-exact `Image.resize((width, height), Image.BILINEAR)` on 8-bit RGB (Pillow 13.0.0).
