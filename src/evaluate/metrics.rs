@@ -658,7 +658,7 @@ mod tests {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                *m = k % 3 != 0 && state % 10 == 0;
+                *m = !k.is_multiple_of(3) && state.is_multiple_of(10);
                 *v = ((state >> 40) % 4096) as f32 / 4096.0 + if *m { 0.2 } else { 0.0 };
             }
             acc.add(&map, &mask).expect("same length");
