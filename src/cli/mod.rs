@@ -64,7 +64,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Evaluate(args) => evaluate::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
         Command::Config(ConfigCommand::Show) => {
-            print!("{}", settings.to_toml());
+            use std::io::Write as _;
+            std::io::stdout()
+                .lock()
+                .write_all(settings.to_toml().as_bytes())?;
             Ok(0)
         }
     }
@@ -103,8 +106,8 @@ pub fn parse_threshold(s: &str) -> Result<f32, String> {
     }
 }
 
-/// An image file to inspect, with its path relative to the argument it was found under (used to
-/// mirror the folder structure for overlays).
+/// An image file to inspect, with its path relative to the deepest folder that holds every
+/// argument (used to mirror the folder structure for overlays without name clashes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageEntry {
     pub path: PathBuf,
@@ -114,10 +117,10 @@ pub struct ImageEntry {
 /// Image files under `paths` (files as given, folders recursively, sorted by name).
 pub fn collect_images(paths: &[PathBuf]) -> anyhow::Result<Vec<ImageEntry>> {
     const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "tif", "tiff"];
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let before = out.len();
+            let before = found.len();
             for entry in walkdir::WalkDir::new(path)
                 .follow_links(true)
                 .sort_by_file_name()
@@ -129,26 +132,100 @@ pub fn collect_images(paths: &[PathBuf]) -> anyhow::Result<Vec<ImageEntry>> {
                     .and_then(|e| e.to_str())
                     .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
                 if entry.file_type().is_file() && is_image {
-                    out.push(ImageEntry {
-                        path: p.to_path_buf(),
-                        relative: p.strip_prefix(path).unwrap_or(p).to_path_buf(),
-                    });
+                    found.push(p.to_path_buf());
                 }
             }
-            if out.len() == before {
+            if found.len() == before {
                 anyhow::bail!(
                     "no images (jpg, jpeg, png, bmp, tif, tiff) under {}",
                     path.display()
                 );
             }
         } else if path.exists() {
-            out.push(ImageEntry {
-                path: path.clone(),
-                relative: path.file_name().map_or_else(|| path.clone(), PathBuf::from),
-            });
+            found.push(path.clone());
         } else {
             anyhow::bail!("{} does not exist", path.display());
         }
     }
-    Ok(out)
+    let absolute: Vec<PathBuf> = found
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let base = common_folder(&absolute, paths);
+    Ok(found
+        .into_iter()
+        .zip(absolute)
+        .map(|(path, abs)| {
+            let relative = abs
+                .strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| abs.file_name().map_or_else(|| abs.clone(), PathBuf::from));
+            ImageEntry { path, relative }
+        })
+        .collect())
+}
+
+/// The deepest folder containing every file (a single folder argument is its own base).
+fn common_folder(files: &[PathBuf], args: &[PathBuf]) -> PathBuf {
+    if let [only] = args
+        && only.is_dir()
+    {
+        return std::path::absolute(only).unwrap_or_else(|_| only.clone());
+    }
+    let mut base: Option<PathBuf> = None;
+    for file in files {
+        let parent = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        base = Some(match base {
+            None => parent,
+            Some(b) => {
+                let mut common = PathBuf::new();
+                for (x, y) in b.components().zip(parent.components()) {
+                    if x != y {
+                        break;
+                    }
+                    common.push(x);
+                }
+                common
+            }
+        });
+    }
+    base.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_paths_do_not_clash_across_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["good", "scratch"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("000.png"), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("good/notes.txt"), b"x").unwrap();
+        let entries =
+            collect_images(&[dir.path().join("good"), dir.path().join("scratch")]).unwrap();
+        let relative: Vec<_> = entries.iter().map(|e| e.relative.clone()).collect();
+        assert_eq!(
+            relative,
+            vec![
+                PathBuf::from("good/000.png"),
+                PathBuf::from("scratch/000.png")
+            ]
+        );
+        let single = collect_images(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(single[1].relative, PathBuf::from("scratch/000.png"));
+        let file = collect_images(&[dir.path().join("good/000.png")]).unwrap();
+        assert_eq!(file[0].relative, PathBuf::from("000.png"));
+    }
+
+    #[test]
+    fn missing_paths_and_empty_folders_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = collect_images(&[dir.path().join("nope.png")]).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        let err = collect_images(&[dir.path().to_path_buf()]).unwrap_err();
+        assert!(err.to_string().contains("no images"), "{err}");
+    }
 }

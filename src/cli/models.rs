@@ -71,11 +71,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> a
                 onnxruntime: format!("{} ({})", runtime.library.display(), runtime.source),
                 available_providers: runtime.available_providers(),
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
-                print!("{}", render(&report));
-            }
+                render(&report)
+            };
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
             Ok(0)
         }
     }

@@ -18,11 +18,13 @@
 //! - [`metrics`] — AUROC, ROC curve, confusion counts, pixel accumulator.
 //! - [`report`] — `report.json` and the terminal summary.
 //! - [`plots`] — ROC and score-histogram PNGs.
+//! - [`evaluate_dataset`], [`write_report`] — the loop the command runs, and its output files.
 
 pub mod dataset;
 pub mod metrics;
 pub mod plots;
 pub mod report;
+mod run;
 
 pub use dataset::{DatasetError, Sample, discover, load_mask};
 pub use metrics::{BinaryCounts, MetricsError, PixelAurocAccumulator, RocPoint, auroc, roc_curve};
@@ -31,3 +33,4 @@ pub use report::{
     EvaluationReport, ImageResult, ModelIdentity, PixelSummary, ReportError, ReportInputs,
     SkippedImage,
 };
+pub use run::{EvaluateError, evaluate_dataset, write_report};

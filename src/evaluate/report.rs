@@ -31,14 +31,7 @@ pub enum ReportError {
     },
 }
 
-/// Which model was evaluated (strings as the model package states them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelIdentity {
-    pub name: String,
-    pub version: String,
-    /// SHA-256 of the model file(s), hex.
-    pub sha256: String,
-}
+pub use crate::inspect::ModelIdentity;
 
 /// Ground truth of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -367,7 +360,7 @@ impl EvaluationReport {
             out,
             "Evaluation of {} {} (sha256 {}) on {}",
             self.model.name,
-            self.model.version,
+            self.model.version.as_deref().unwrap_or("(no version)"),
             short_hash(&self.model.sha256),
             self.dataset
         )?;
@@ -534,7 +527,7 @@ mod tests {
             dataset: PathBuf::from("/data/tiles"),
             model: ModelIdentity {
                 name: "padim-tiles".into(),
-                version: "1.2.0".into(),
+                version: Some("1.2.0".into()),
                 sha256: "bb0f78e125ceeca6bbd49f1b4f59bcedc1912e2439c5795e51e92b018c8b021b".into(),
             },
             threshold: 0.5,
