@@ -103,6 +103,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment::Jail's closure returns figment::Error, which is large; that is its API, not ours.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use crate::model::ExecutionProvider;

@@ -243,7 +243,7 @@ impl Detector {
     /// Runs the model on `batch` (N images, CHW each, back to back) and returns N outputs.
     pub fn run(&mut self, batch: &[f32]) -> Result<Vec<RawOutput>, ModelError> {
         let per_image = self.image_len();
-        if batch.is_empty() || batch.len() % per_image != 0 {
+        if batch.is_empty() || !batch.len().is_multiple_of(per_image) {
             return Err(ModelError::BatchSize {
                 got: batch.len(),
                 per_image,

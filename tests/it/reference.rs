@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use linesight::evaluate::evaluate_dataset;
 use linesight::postprocess::Verdict;
 
 use crate::common::{inspector, shared_data};
@@ -67,29 +68,39 @@ fn score_all(model: &Path, data: &Path, rows: &[RefRow]) -> HashMap<String, (f32
 }
 
 #[test]
-fn padim_scores_match_python_onnxruntime_with_pillow_preprocessing() {
+fn padim_scores_and_evaluation_match_python_onnxruntime_with_pillow_preprocessing() {
     let Some(data) = shared_data() else { return };
     let rows = reference_rows(&data);
     assert_eq!(rows.len(), 583, "the whole magnetic-tile test split");
-    let scores = score_all(&data.join("models/padim-magnetic-tile"), &data, &rows);
+    let mut inspector = inspector(&data.join("models/padim-magnetic-tile"), None);
+    // The evaluate command's own loop, batches of 4, over the MVTec-layout test split.
+    let report = evaluate_dataset(&mut inspector, &data.join("magnetic-tile"), 4, |_, _| {})
+        .expect("evaluation runs");
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.images.len(), rows.len());
+    let by_image: HashMap<&str, &RefRow> = rows.iter().map(|r| (r.image.as_str(), r)).collect();
     let mut worst = (0.0f32, String::new());
-    for row in &rows {
-        let (score, verdict) = scores[&row.image];
-        let diff = (score - row.pred_score).abs();
+    for image in &report.images {
+        let key = format!(
+            "magnetic-tile/{}",
+            image.path.split("magnetic-tile/").last().unwrap()
+        );
+        let row = by_image[key.as_str()];
+        let diff = (image.score - row.pred_score).abs();
         if diff > worst.0 {
-            worst = (diff, row.image.clone());
+            worst = (diff, key.clone());
         }
         assert!(
             diff <= 1e-4,
-            "{}: linesight {score} vs Python {} (diff {diff:.2e})",
-            row.image,
+            "{key}: linesight {} vs Python {} (diff {diff:.2e})",
+            image.score,
             row.pred_score
         );
         assert_eq!(
-            verdict == Verdict::Defect,
+            image.verdict == Verdict::Defect,
             row.pred_label,
-            "{}: verdict differs (score {score})",
-            row.image
+            "{key}: verdict differs (score {})",
+            image.score
         );
     }
     eprintln!(
@@ -98,6 +109,24 @@ fn padim_scores_match_python_onnxruntime_with_pillow_preprocessing() {
         worst.1,
         rows.len()
     );
+
+    let eval: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("models/padim-magnetic-tile/eval.json")).unwrap(),
+    )
+    .unwrap();
+    let want = eval["metrics"]["pil_bilinear"]["image_auroc"]
+        .as_f64()
+        .unwrap();
+    let got = report.image_auroc.unwrap();
+    assert_eq!(
+        format!("{got:.3}"),
+        format!("{want:.3}"),
+        "image AUROC {got} vs eval.json {want}"
+    );
+    let f1 = eval["metrics"]["pil_bilinear"]["image_f1_at_baked_threshold"]
+        .as_f64()
+        .unwrap();
+    assert!((report.image_metrics.f1.unwrap() - f1).abs() < 1e-9);
 }
 
 #[test]
