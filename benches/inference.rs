@@ -12,7 +12,7 @@ use image::{ImageEncoder, RgbImage};
 use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
 use linesight::preprocess::{
     ChannelOrder, DecodeLimits, Normalisation, decode, resize_bilinear_pillow,
-    resize_torchvision_antialias, write_chw,
+    resize_torchvision_antialias, resize_torchvision_uint8, write_chw,
 };
 
 const CAMERA: (u32, u32) = (1280, 1024);
@@ -61,9 +61,14 @@ fn preprocess(c: &mut Criterion) {
         BenchmarkId::new("resize_pillow_bilinear_to_256", &id),
         |b| b.iter(|| resize_bilinear_pillow(black_box(&frame), MODEL_SIZE, MODEL_SIZE)),
     );
-    group.bench_function(BenchmarkId::new("resize_torchvision_aa_to_256", &id), |b| {
-        b.iter(|| resize_torchvision_antialias(black_box(&frame), MODEL_SIZE, MODEL_SIZE))
-    });
+    group.bench_function(
+        BenchmarkId::new("resize_torchvision_uint8_to_256", &id),
+        |b| b.iter(|| resize_torchvision_uint8(black_box(&frame), MODEL_SIZE, MODEL_SIZE)),
+    );
+    group.bench_function(
+        BenchmarkId::new("resize_torchvision_float_to_256", &id),
+        |b| b.iter(|| resize_torchvision_antialias(black_box(&frame), MODEL_SIZE, MODEL_SIZE)),
+    );
     group.bench_function(BenchmarkId::new("to_chw_f32", "256x256"), |b| {
         b.iter(|| {
             write_chw(

@@ -9,7 +9,7 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::model::{Detector, ModelError};
+use crate::model::{Detector, ModelError, Thresholds};
 use crate::postprocess::{AnomalyMap, DefectRegion, SourceGeometry, Verdict, extract_regions};
 use crate::preprocess::{DecodeError, DecodeLimits, PreprocessError, decode, prepare};
 
@@ -83,6 +83,7 @@ struct Prepared {
 pub struct Inspector {
     pub detector: Detector,
     pub limits: DecodeLimits,
+    pub thresholds: Thresholds,
     identity: ModelIdentity,
     batch: Vec<f32>,
 }
@@ -92,18 +93,21 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Inspector {
-    pub fn new(detector: Detector, limits: DecodeLimits) -> Inspector {
+    /// An inspector for `detector`; fails when the detector has no threshold to decide with.
+    pub fn new(detector: Detector, limits: DecodeLimits) -> Result<Inspector, ModelError> {
+        let thresholds = detector.require_thresholds()?;
         let identity = ModelIdentity {
             name: detector.package.name(),
             version: detector.package.version().map(str::to_string),
             sha256: detector.package.sha256.clone(),
         };
-        Inspector {
+        Ok(Inspector {
             detector,
             limits,
+            thresholds,
             identity,
             batch: Vec::new(),
-        }
+        })
     }
 
     pub fn identity(&self) -> &ModelIdentity {
@@ -241,7 +245,7 @@ impl Inspector {
         if !score.is_finite() {
             return Err(InspectError::NonFiniteScore { score });
         }
-        let thresholds = self.detector.thresholds;
+        let thresholds = self.thresholds;
         let verdict = Verdict::from_score(score, thresholds.image);
         let geometry = SourceGeometry {
             width: p.width,

@@ -38,7 +38,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: EvaluateArgs) -> a
         &settings.inference,
         args.threshold,
     )?;
-    let mut inspector = Inspector::new(detector, settings.decode);
+    let mut inspector = Inspector::new(detector, settings.decode)?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} images, {eta} left")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -69,7 +69,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: InspectArgs) -> an
         options.execution_providers = args.execution_providers.clone();
     }
     let detector = open_detector(settings, ort_lib, &args.model, &options, args.threshold)?;
-    let mut inspector = Inspector::new(detector, settings.decode);
+    let mut inspector = Inspector::new(detector, settings.decode)?;
     if let Some(dir) = &args.overlays {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create overlay folder {}", dir.display()))?;

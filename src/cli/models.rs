@@ -39,7 +39,7 @@ pub struct ModelReport {
     pub contract: ModelContract,
     pub io: GraphIo,
     pub preprocessing: String,
-    pub thresholds: Thresholds,
+    pub thresholds: Option<Thresholds>,
     pub onnxruntime: String,
     pub available_providers: Vec<String>,
 }
@@ -172,11 +172,21 @@ fn render(r: &ModelReport) -> String {
         let _ = writeln!(s, "  {t}");
     }
     let _ = writeln!(s, "preprocess   {}", r.preprocessing);
-    let _ = writeln!(
-        s,
-        "thresholds   image {} (defect when score > threshold), pixel {}, min region {} px",
-        r.thresholds.image, r.thresholds.pixel, r.thresholds.min_region_area_px
-    );
+    match &r.thresholds {
+        Some(t) => {
+            let _ = writeln!(
+                s,
+                "thresholds   image {} (defect when score > threshold), pixel {}, min region {} px",
+                t.image, t.pixel, t.min_region_area_px
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "thresholds   none: the graph carries none; set decision.threshold in model.toml or pass --threshold"
+            );
+        }
+    }
     let _ = writeln!(s, "runtime      {}", r.onnxruntime);
     let _ = writeln!(s, "providers    {}", r.available_providers.join(", "));
     s

@@ -94,14 +94,14 @@ pub fn evaluate_dataset(
         progress(images.len() + skipped.len(), samples.len());
     }
 
-    let pixel_threshold = inspector.detector.thresholds.pixel;
+    let pixel_threshold = inspector.thresholds.pixel;
     let pixel = pixels.as_mut().map(|acc| {
         PixelSummary::from_accumulator(acc, pixel_threshold, pixel_images, &without_mask)
     });
     Ok(EvaluationReport::build(ReportInputs {
         dataset: root.to_path_buf(),
         model: inspector.identity().clone(),
-        threshold: inspector.detector.thresholds.image,
+        threshold: inspector.thresholds.image,
         images,
         skipped,
         pixel,

@@ -132,7 +132,9 @@ pub struct Detector {
     pub contract: ModelContract,
     pub io: GraphIo,
     pub input: InputSpec,
-    pub thresholds: Thresholds,
+    /// `None` when neither the command line, the manifest nor the graph gives a threshold (a
+    /// bare anomaly-map or score graph): such a detector can be described but not decide.
+    pub thresholds: Option<Thresholds>,
     /// The providers the session was built with, in order.
     pub providers: Vec<ExecutionProvider>,
 }
@@ -158,6 +160,7 @@ fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
 
 impl Detector {
     /// Builds a session for `package` and resolves its contract, preprocessing and thresholds.
+    /// The thresholds resolve in this order: `threshold_override`, `model.toml`, the graph.
     /// `threshold_override` (the `--threshold` flag) wins over the manifest and the graph.
     pub fn new(
         runtime: &OrtRuntime,
@@ -204,26 +207,26 @@ impl Detector {
                 .map_or(Normalisation::None, |n| n.to_normalisation()),
             roi: manifest.input.roi,
         };
-        let image = threshold_override
+        let thresholds = threshold_override
             .or(manifest.decision.threshold)
             .or(contract.graph_threshold)
-            .ok_or_else(|| ModelError::NoThreshold {
-                model: package.name(),
-            })?;
-        // anomalib normalises the map with the same convention as the score (threshold 0.5), so
-        // the pixel threshold follows the image threshold unless the manifest pins it.
-        let pixel = manifest.decision.pixel_threshold.unwrap_or(
-            if contract.kind == ContractKind::Anomalib && threshold_override.is_some() {
-                contract.graph_threshold.unwrap_or(image)
-            } else {
-                image
-            },
-        );
-        let thresholds = Thresholds {
-            image,
-            pixel,
-            min_region_area_px: manifest.decision.min_region_area_px.unwrap_or(0),
-        };
+            .map(|image| {
+                // anomalib normalises map and score alike (threshold 0.5 for both), so overriding
+                // the image threshold leaves the pixel threshold at the graph's unless the
+                // manifest pins it.
+                let pixel = manifest.decision.pixel_threshold.unwrap_or(
+                    if contract.kind == ContractKind::Anomalib && threshold_override.is_some() {
+                        contract.graph_threshold.unwrap_or(image)
+                    } else {
+                        image
+                    },
+                );
+                Thresholds {
+                    image,
+                    pixel,
+                    min_region_area_px: manifest.decision.min_region_area_px.unwrap_or(0),
+                }
+            });
         Ok(Detector {
             session,
             package,
@@ -232,6 +235,13 @@ impl Detector {
             input,
             thresholds,
             providers,
+        })
+    }
+
+    /// The thresholds in force, or the error that says how to provide one.
+    pub fn require_thresholds(&self) -> Result<Thresholds, ModelError> {
+        self.thresholds.ok_or_else(|| ModelError::NoThreshold {
+            model: self.package.name(),
         })
     }
 

@@ -46,6 +46,19 @@ pub enum ResizeError {
     },
 }
 
+/// A cached resampler only accepts the input size its weights were computed for.
+fn check_input_size(src: &RgbImage, width: u32, height: u32) -> Result<(), ResizeError> {
+    if src.dimensions() == (width, height) {
+        return Ok(());
+    }
+    Err(ResizeError::InputSize {
+        expected_width: width,
+        expected_height: height,
+        width: src.width(),
+        height: src.height(),
+    })
+}
+
 /// Convolution taps for one axis: for every output index, the first input index and its weights.
 ///
 /// Weights live in one flat buffer with a fixed stride so that looking them up costs one multiply.
@@ -251,14 +264,7 @@ impl PillowBilinear {
 
     /// Resizes `src`, byte-identical to Pillow 13's `Image.resize(size, Image.BILINEAR)`.
     pub fn resize(&self, src: &RgbImage) -> Result<RgbImage, ResizeError> {
-        if src.dimensions() != (self.in_width, self.in_height) {
-            return Err(ResizeError::InputSize {
-                expected_width: self.in_width,
-                expected_height: self.in_height,
-                width: src.width(),
-                height: src.height(),
-            });
-        }
+        check_input_size(src, self.in_width, self.in_height)?;
         Ok(self.apply(src))
     }
 
@@ -436,14 +442,7 @@ impl TorchvisionAntialias {
     /// Resizes `src` (scaled to `[0, 1]` by `/ 255` first, as `ToDtype(float32, scale=True)`)
     /// and returns `3 × height × width` floats, R plane then G then B.
     pub fn resize(&self, src: &RgbImage) -> Result<Vec<f32>, ResizeError> {
-        if src.dimensions() != (self.in_width, self.in_height) {
-            return Err(ResizeError::InputSize {
-                expected_width: self.in_width,
-                expected_height: self.in_height,
-                width: src.width(),
-                height: src.height(),
-            });
-        }
+        check_input_size(src, self.in_width, self.in_height)?;
         Ok(self.apply(src))
     }
 

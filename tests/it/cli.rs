@@ -209,27 +209,18 @@ fn models_show_json_for_each_supported_contract() {
     ] {
         let out = linesight()
             .args(["models", "show", "--json", dir])
-            .args(if kind == "anomalib" {
-                vec![]
-            } else {
-                vec![] as Vec<&str>
-            })
             .current_dir(repo())
             .output()
             .unwrap();
-        // Graphs without a baked threshold need one from model.toml or --threshold.
-        if kind != "anomalib" {
-            assert_eq!(out.status.code(), Some(2), "{dir}");
-            assert!(
-                stderr_of(&out).contains("no threshold"),
-                "{dir}: {}",
-                stderr_of(&out)
-            );
-            continue;
-        }
         assert!(out.status.success(), "{dir}: {}", stderr_of(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["contract"]["kind"], kind, "{dir}");
+        // Graphs without a baked threshold show none; anomalib exports carry 0.5.
+        if kind == "anomalib" {
+            assert_eq!(v["thresholds"]["image"], 0.5, "{dir}");
+        } else {
+            assert!(v["thresholds"].is_null(), "{dir}");
+        }
         assert_eq!(v["contract"]["batch"], batch, "{dir}");
         assert_eq!(v["contract"]["width"], 256, "{dir}");
     }
@@ -250,6 +241,18 @@ fn models_show_json_for_each_supported_contract() {
 #[test]
 fn threshold_flag_applies_to_map_and_score_only_models() {
     for dir in ["testdata/models/map-only", "testdata/models/score-only"] {
+        let out = linesight()
+            .args(["inspect", "-m", dir])
+            .arg("testdata/synthetic/test/good/000.png")
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{dir}");
+        assert!(
+            stderr_of(&out).contains("set decision.threshold in model.toml or pass --threshold"),
+            "{dir}: {}",
+            stderr_of(&out)
+        );
         let out = linesight()
             .args([
                 "inspect",

@@ -45,7 +45,7 @@ pub fn inspector(model: &Path, threshold: Option<f32>) -> Inspector {
         ..SessionOptions::default()
     };
     let detector = Detector::new(runtime(), package, &options, threshold).expect("detector builds");
-    Inspector::new(detector, DecodeLimits::default())
+    Inspector::new(detector, DecodeLimits::default()).expect("model has a threshold")
 }
 
 /// The `linesight` binary built for these tests.

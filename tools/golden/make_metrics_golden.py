@@ -23,6 +23,7 @@ those float32 values, so the Rust test reads back the same bits.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 SEED = 20261123
-OUT = Path("testdata/golden/metrics/metrics_golden.json")
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "testdata" / "golden" / "metrics"
 
 try:  # optional cross-check
     import sklearn
@@ -163,6 +164,9 @@ def quantised(rng: np.random.Generator, n: int, levels: int, shift: float) -> tu
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    args = parser.parse_args()
     rng = np.random.default_rng(SEED)
     cases = []
 
@@ -226,10 +230,11 @@ def main() -> None:
         "scores >= each distinct threshold; counts with defect = score > threshold",
         "cases": cases,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    out = args.out / "metrics_golden.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     total = sum(len(c["scores"]) for c in cases)
-    print(f"wrote {OUT} ({len(cases)} cases, {total} scores, cross-check: {doc['cross_checked_with']})")
+    print(f"wrote {out} ({len(cases)} cases, {total} scores, cross-check: {doc['cross_checked_with']})")
 
 
 if __name__ == "__main__":
