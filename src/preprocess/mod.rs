@@ -134,3 +134,87 @@ pub fn prepare(image: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, (x + y) as u8]))
+    }
+
+    fn spec(roi: Option<Roi>) -> InputSpec {
+        InputSpec {
+            width: 8,
+            height: 6,
+            resize: ResizeMode::PillowBilinear,
+            channel_order: ChannelOrder::Rgb,
+            normalisation: Normalisation::None,
+            roi,
+        }
+    }
+
+    #[test]
+    fn roi_is_cropped_before_resizing() {
+        let image = gradient(40, 30);
+        let roi = Roi {
+            x: 10,
+            y: 5,
+            width: 16,
+            height: 12,
+        };
+        let mut with_roi = vec![0.0; 3 * 8 * 6];
+        prepare(&image, &spec(Some(roi)), &mut with_roi).unwrap();
+        let cropped = image::imageops::crop_imm(&image, 10, 5, 16, 12).to_image();
+        let mut by_hand = vec![0.0; 3 * 8 * 6];
+        prepare(&cropped, &spec(None), &mut by_hand).unwrap();
+        assert_eq!(with_roi, by_hand);
+        let mut whole = vec![0.0; 3 * 8 * 6];
+        prepare(&image, &spec(None), &mut whole).unwrap();
+        assert_ne!(with_roi, whole, "the ROI changes what the model sees");
+    }
+
+    #[test]
+    fn roi_outside_the_image_names_both_sizes() {
+        let image = gradient(40, 30);
+        let roi = Roi {
+            x: 30,
+            y: 0,
+            width: 16,
+            height: 12,
+        };
+        let err = prepare(&image, &spec(Some(roi)), &mut [0.0; 144]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("40x30") && text.contains("x + width"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_buffer_size_is_an_error_not_a_panic() {
+        let err = prepare(&gradient(8, 6), &spec(None), &mut [0.0; 10]).unwrap_err();
+        assert!(matches!(
+            err,
+            PreprocessError::BufferSize {
+                got: 10,
+                expected: 144,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn same_size_images_are_not_resampled() {
+        let image = gradient(8, 6);
+        let mut out = vec![0.0; 144];
+        for resize in [ResizeMode::PillowBilinear, ResizeMode::TorchvisionAntialias] {
+            let spec = InputSpec {
+                resize,
+                ..spec(None)
+            };
+            prepare(&image, &spec, &mut out).unwrap();
+            assert_eq!(out[1], 1.0 / 255.0, "{resize:?}: pixel (1, 0) red is 1");
+        }
+    }
+}
