@@ -1,6 +1,7 @@
 //! The `linesight` command line. Each subcommand is a thin function over the library; errors
 //! are `anyhow` here and only here, with context that names the file or setting involved.
 
+pub mod bench;
 pub mod inspect;
 pub mod models;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Evaluate a model on a labelled dataset in MVTec AD layout.
     Evaluate(crate::cli::evaluate::EvaluateArgs),
+    /// Measure a model's speed here, through linesight and bare ONNX Runtime, side by side.
+    Bench(bench::BenchArgs),
     /// Model packages.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(args) => inspect::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Evaluate(args) => evaluate::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
+        Command::Bench(args) => bench::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Config(ConfigCommand::Show) => {
             use std::io::Write as _;
             std::io::stdout()

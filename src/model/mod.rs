@@ -19,4 +19,6 @@ pub use contract::{BatchSize, ContractKind, ModelContract};
 pub use manifest::Manifest;
 pub use package::ModelPackage;
 pub use runtime::OrtRuntime;
-pub use session::{Detector, ExecutionProvider, ModelError, RawOutput, SessionOptions, Thresholds};
+pub use session::{
+    Detector, ExecutionProvider, ModelError, RawOutput, SessionOptions, Thresholds, open_session,
+};

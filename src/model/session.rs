@@ -169,21 +169,7 @@ impl Detector {
         threshold_override: Option<f32>,
     ) -> Result<Detector, ModelError> {
         let path = package.onnx_path.clone();
-        let load = |source| ModelError::Load {
-            path: path.clone(),
-            source,
-        };
-        let mut builder = ort::session::Session::builder(&runtime.environment)
-            .map_err(load)?
-            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-            .map_err(|e| load(e.into()))?;
-        if options.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(options.intra_threads)
-                .map_err(|e| load(e.into()))?;
-        }
-        let providers = register_providers(&mut builder, options, runtime)?;
-        let session = builder.commit_from_file(&path).map_err(load)?;
+        let (session, providers) = open_session(runtime, &path, options)?;
 
         let io = GraphIo {
             inputs: session.inputs().iter().map(tensor_spec).collect(),
@@ -342,6 +328,32 @@ impl Detector {
             })
             .collect())
     }
+}
+
+/// Opens an ONNX Runtime session on `path` with linesight's settings (all graph optimisations,
+/// intra-op threads, execution providers in order). [`Detector`] uses it, and so does the
+/// benchmark's bare-ONNX-Runtime baseline, so that both run the very same session setup.
+pub fn open_session(
+    runtime: &OrtRuntime,
+    path: &std::path::Path,
+    options: &SessionOptions,
+) -> Result<(ort::session::Session, Vec<ExecutionProvider>), ModelError> {
+    let load = |source| ModelError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut builder = ort::session::Session::builder(&runtime.environment)
+        .map_err(load)?
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+        .map_err(|e| load(e.into()))?;
+    if options.intra_threads > 0 {
+        builder = builder
+            .with_intra_threads(options.intra_threads)
+            .map_err(|e| load(e.into()))?;
+    }
+    let providers = register_providers(&mut builder, options, runtime)?;
+    let session = builder.commit_from_file(path).map_err(load)?;
+    Ok((session, providers))
 }
 
 fn output_error(name: &str, message: String) -> ModelError {

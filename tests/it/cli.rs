@@ -411,3 +411,46 @@ fn overlays_are_written_at_original_size_mirroring_folders() {
         );
     }
 }
+
+#[test]
+fn bench_reports_linesight_and_bare_onnx_runtime_side_by_side() {
+    let out = linesight()
+        .args([
+            "bench",
+            "-m",
+            "models/demo",
+            "--images",
+            "testdata/synthetic/test/good",
+        ])
+        .args([
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--batch",
+            "2",
+            "--json",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["image_count"], 10);
+    assert_eq!(v["batch"], 2);
+    for run in ["linesight", "bare_ort"] {
+        assert!(v[run]["images"].as_u64().unwrap() >= 2, "{run}: {v}");
+        assert_eq!(
+            v[run]["images"].as_u64().unwrap() % 2,
+            0,
+            "{run}: whole batches"
+        );
+        assert!(v[run]["images_per_second"].as_f64().unwrap() > 0.0);
+        let p = &v[run]["batch_latency_ms"];
+        assert!(p["p50"].as_f64().unwrap() <= p["p99"].as_f64().unwrap());
+    }
+    let ratio = v["ratio_inference_stage"].as_f64().unwrap();
+    assert!(ratio > 0.1 && ratio < 10.0, "{ratio}");
+    assert!(v["stages"]["inference_ms"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(v["memory"]["after_model_mib"].as_f64().unwrap() > 0.0);
+}
