@@ -10,6 +10,9 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use image::{ImageEncoder, RgbImage};
 use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::postprocess::{
+    AnomalyMap, OverlayOptions, SourceGeometry, extract_regions, render_overlay,
+};
 use linesight::preprocess::{
     ChannelOrder, DecodeLimits, Normalisation, decode, resize_bilinear_pillow,
     resize_torchvision_antialias, resize_torchvision_uint8, write_chw,
@@ -132,5 +135,54 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, preprocess, inference);
+/// An anomaly map with a few hot blobs, like a defective part's.
+fn defect_map() -> AnomalyMap {
+    let (w, h) = (MODEL_SIZE, MODEL_SIZE);
+    let blobs = [(40.0, 60.0, 9.0), (180.0, 120.0, 14.0), (90.0, 200.0, 5.0)];
+    let values = (0..w * h)
+        .map(|i| {
+            let (x, y) = ((i % w) as f32, (i / w) as f32);
+            blobs
+                .iter()
+                .map(|(cx, cy, r)| (-((x - cx).powi(2) + (y - cy).powi(2)) / (2.0 * r * r)).exp())
+                .fold(0.2f32, f32::max)
+        })
+        .collect();
+    AnomalyMap {
+        width: w,
+        height: h,
+        values,
+    }
+}
+
+fn postprocess(c: &mut Criterion) {
+    let frame = camera_frame();
+    let map = defect_map();
+    let geometry = SourceGeometry {
+        width: CAMERA.0,
+        height: CAMERA.1,
+        roi: None,
+    };
+    let regions = extract_regions(&map, 0.5, geometry, 0);
+    let id = format!("{}x{}", CAMERA.0, CAMERA.1);
+    let mut group = c.benchmark_group("postprocess");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new("extract_regions_256_map", &id), |b| {
+        b.iter(|| extract_regions(black_box(&map), 0.5, geometry, 0))
+    });
+    group.bench_function(BenchmarkId::new("render_overlay", &id), |b| {
+        b.iter(|| {
+            render_overlay(
+                black_box(&frame),
+                &map,
+                geometry,
+                &regions,
+                &OverlayOptions::default(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, preprocess, inference, postprocess);
 criterion_main!(benches);
