@@ -75,6 +75,13 @@ pub enum DatasetError {
         width: u32,
         height: u32,
     },
+    #[error("mask {path} is {width}x{height}; the model's ROI {roi:?} does not fit inside it")]
+    MaskRoi {
+        path: PathBuf,
+        roi: crate::preprocess::Roi,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Lists the test split of an MVTec-layout dataset at `root`.
@@ -135,6 +142,18 @@ pub fn discover(root: &Path) -> Result<Vec<Sample>, DatasetError> {
 /// edges. It is then resized with torchvision's nearest neighbour
 /// ([`nearest_source_index`]). Returns `width × height` values, row-major.
 pub fn load_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>, DatasetError> {
+    load_mask_in(path, None, width, height)
+}
+
+/// [`load_mask`] for a model that sees only a region of interest: the mask is cropped to `roi`
+/// (original-image pixels, as the image is) before it is resized to `width × height`. A ROI that
+/// does not fit the mask is an error naming both.
+pub fn load_mask_in(
+    path: &Path,
+    roi: Option<crate::preprocess::Roi>,
+    width: u32,
+    height: u32,
+) -> Result<Vec<bool>, DatasetError> {
     if width == 0 || height == 0 {
         return Err(DatasetError::MaskTargetSize {
             path: path.to_path_buf(),
@@ -160,7 +179,21 @@ pub fn load_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>, Data
     limits.max_image_width = Some(MAX_MASK_SIDE);
     limits.max_image_height = Some(MAX_MASK_SIDE);
     reader.limits(limits);
-    let grey = reader.decode().map_err(decode_error)?.into_luma8();
+    let mut grey = reader.decode().map_err(decode_error)?.into_luma8();
+    if let Some(roi) = roi {
+        let (w, h) = grey.dimensions();
+        let fits = roi.x.checked_add(roi.width).is_some_and(|r| r <= w)
+            && roi.y.checked_add(roi.height).is_some_and(|b| b <= h);
+        if !fits {
+            return Err(DatasetError::MaskRoi {
+                path: path.to_path_buf(),
+                roi,
+                width: w,
+                height: h,
+            });
+        }
+        grey = image::imageops::crop_imm(&grey, roi.x, roi.y, roi.width, roi.height).to_image();
+    }
     let (in_w, in_h) = grey.dimensions();
     let binary: Vec<bool> = grey.as_raw().iter().map(|&v| v >= 128).collect();
     Ok(resize_nearest(&binary, in_w, in_h, width, height))
@@ -413,6 +446,30 @@ mod tests {
         );
         assert_eq!(&big[8..16], &big[0..8]);
         assert!(big[16..].iter().all(|&v| v));
+    }
+
+    #[test]
+    fn load_mask_in_crops_to_the_roi_before_resizing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m_mask.png");
+        // 4x2 mask, defect only in the right half of the top row.
+        image::GrayImage::from_raw(4, 2, vec![0, 0, 255, 255, 0, 0, 0, 0])
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let roi = crate::preprocess::Roi {
+            x: 2,
+            y: 0,
+            width: 2,
+            height: 2,
+        };
+        assert_eq!(
+            load_mask_in(&path, Some(roi), 2, 2).unwrap(),
+            vec![true, true, false, false]
+        );
+        let outside = crate::preprocess::Roi { x: 3, ..roi };
+        let err = load_mask_in(&path, Some(outside), 2, 2).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod plots;
 pub mod report;
 mod run;
 
-pub use dataset::{DatasetError, Sample, discover, load_mask};
+pub use dataset::{DatasetError, Sample, discover, load_mask, load_mask_in};
 pub use metrics::{BinaryCounts, MetricsError, PixelAurocAccumulator, RocPoint, auroc, roc_curve};
 pub use plots::{PlotError, write_roc_png, write_score_histogram_png};
 pub use report::{

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::inspect::Inspector;
 
-use super::dataset::{DatasetError, Sample, discover, load_mask};
+use super::dataset::{DatasetError, Sample, discover, load_mask_in};
 use super::metrics::{PixelAurocAccumulator, roc_curve};
 use super::plots::{PlotError, write_roc_png, write_score_histogram_png};
 use super::report::{
@@ -33,8 +33,8 @@ pub enum EvaluateError {
 /// Scores every image of the MVTec-layout dataset at `root` and builds the report.
 ///
 /// `batch_size` images go through the model per call; `progress(done, total)` is called after
-/// each batch. Pixel metrics are computed when the model outputs an anomaly map and no ROI crop
-/// is configured (masks cover the whole image).
+/// each batch. Pixel metrics are computed when the model outputs an anomaly map; with an ROI,
+/// masks are cropped to it as the images are.
 pub fn evaluate_dataset(
     inspector: &mut Inspector,
     root: &Path,
@@ -43,8 +43,8 @@ pub fn evaluate_dataset(
 ) -> Result<EvaluationReport, EvaluateError> {
     let started = Instant::now();
     let samples = discover(root)?;
-    let wants_pixels =
-        inspector.detector.contract.map_output.is_some() && inspector.detector.input.roi.is_none();
+    let wants_pixels = inspector.detector.contract.map_output.is_some();
+    let roi = inspector.detector.input.roi;
     let mut pixels = wants_pixels.then(PixelAurocAccumulator::new);
     let mut pixel_images = 0usize;
     let mut without_mask: Vec<PathBuf> = Vec::new();
@@ -82,7 +82,7 @@ pub fn evaluate_dataset(
                     acc.add_all_good(&map.values);
                     pixel_images += 1;
                 } else if let Some(mask_path) = &sample.mask {
-                    let mask = load_mask(mask_path, map.width, map.height)?;
+                    let mask = load_mask_in(mask_path, roi, map.width, map.height)?;
                     acc.add(&map.values, &mask)
                         .expect("mask resized to the map's size");
                     pixel_images += 1;
