@@ -30,6 +30,7 @@ pub struct Settings {
     pub inference: SessionOptions,
     pub decode: DecodeLimits,
     pub log: LogConfig,
+    pub quality: crate::quality::QualityConfig,
 }
 
 /// Configuration problems, all of them.
@@ -88,6 +89,7 @@ impl Settings {
                 self.decode.max_alloc_bytes
             ));
         }
+        problems.extend(self.quality.problems());
         if problems.is_empty() {
             Ok(())
         } else {
