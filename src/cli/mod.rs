@@ -3,6 +3,7 @@
 
 pub mod inspect;
 pub mod models;
+pub mod quality;
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,12 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Audit trail of the quality records.
+    #[command(subcommand)]
+    Audit(quality::AuditCommand),
+    /// Users of the quality records (operators, inspectors, QA approvers, administrators).
+    #[command(subcommand)]
+    Users(quality::UsersCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .write_all(settings.to_toml().as_bytes())?;
             Ok(0)
         }
+        Command::Audit(cmd) => quality::run_audit(&settings, cmd),
+        Command::Users(cmd) => quality::run_users(&settings, cmd),
     }
 }
 

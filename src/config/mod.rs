@@ -30,6 +30,7 @@ pub struct Settings {
     pub inference: SessionOptions,
     pub decode: DecodeLimits,
     pub log: LogConfig,
+    pub store: crate::store::StoreConfig,
     pub quality: crate::quality::QualityConfig,
 }
 
@@ -89,6 +90,7 @@ impl Settings {
                 self.decode.max_alloc_bytes
             ));
         }
+        problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
         if problems.is_empty() {
             Ok(())
