@@ -49,6 +49,9 @@ pub enum Command {
     /// Users of the quality records (operators, inspectors, QA approvers, administrators).
     #[command(subcommand)]
     Users(quality::UsersCommand),
+    /// Stored inspection images.
+    #[command(subcommand)]
+    Images(quality::ImagesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Audit(cmd) => quality::run_audit(&settings, cmd),
         Command::Users(cmd) => quality::run_users(&settings, cmd),
+        Command::Images(cmd) => quality::run_images(&settings, cmd),
     }
 }
 

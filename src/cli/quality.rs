@@ -31,6 +31,13 @@ pub enum UsersCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Delete stored images past `quality.image_retention_days`, then the oldest ones until
+    /// the rest fit in `quality.image_quota_bytes`. Inspection records keep their metadata.
+    Prune,
+}
+
 #[derive(Debug, Args)]
 pub struct AddUserArgs {
     pub username: String,
@@ -67,7 +74,9 @@ async fn open(settings: &Settings) -> anyhow::Result<Store> {
 fn cli_actor() -> String {
     format!(
         "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
     )
 }
 
@@ -145,5 +154,36 @@ fn read_password() -> anyhow::Result<String> {
         let password = line.trim_end_matches(['\n', '\r']).to_owned();
         anyhow::ensure!(!password.is_empty(), "no password on stdin");
         Ok(password)
+    }
+}
+
+pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ImagesCommand::Prune => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let q = &settings.quality;
+            let dir = q
+                .image_dir
+                .clone()
+                .unwrap_or_else(|| settings.store.data_dir.join("images"));
+            let report = store
+                .enforce_image_retention(
+                    &dir,
+                    q.image_retention_days,
+                    q.image_quota_bytes,
+                    crate::quality::now_ms(),
+                )
+                .await
+                .with_context(|| format!("cannot prune images in {}", dir.display()))?;
+            store.close().await;
+            println!(
+                "pruned {} expired and {} over-quota images ({} bytes) in {}",
+                report.expired,
+                report.evicted,
+                report.bytes_freed,
+                dir.display()
+            );
+            Ok(0)
+        }),
     }
 }

@@ -1015,6 +1015,19 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(2));
     assert!(err.contains("at least 8"), "{err}");
 
+    let images = dir.path().join("images");
+    let out = crate::common::linesight()
+        .args(["images", "prune"])
+        .env("LINESIGHT__STORE__URL", &url)
+        .env("LINESIGHT__QUALITY__IMAGE_DIR", &images)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("pruned 0 expired and 0 over-quota images (0 bytes)")
+    );
+
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
     assert_eq!(out.trim(), "audit trail intact: 1 entries verified");
