@@ -544,6 +544,22 @@ async fn repeated_wrong_passwords_lock_the_account(db: &Db) {
     s.authenticate(&creds("ina", PASSWORD), policy())
         .await
         .unwrap();
+    // A lockout ends by itself after lockout_ms.
+    user(s, "ivo", Role::Inspector).await;
+    let short = LockoutPolicy {
+        max_failures: 1,
+        lockout_ms: 300,
+    };
+    let _ = s.authenticate(&creds("ivo", "guess-guess"), short).await;
+    assert!(matches!(
+        s.authenticate(&creds("ivo", PASSWORD), short).await,
+        Err(StoreError::Locked { .. })
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.authenticate(&creds("ivo", PASSWORD), short)
+        .await
+        .unwrap();
+
     let audit = s.audit_for("user", "ina").await.unwrap();
     assert!(audit.iter().any(|e| e.action == "user.locked"));
     assert!(audit.iter().any(|e| e.action == "user.unlock"));
@@ -1056,4 +1072,31 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
         out.starts_with("audit trail BROKEN at entry 1: content does not match"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn sqlite_store_is_wal_with_full_sync_and_survives_reopening() {
+    let db = sqlite().await;
+    let pool = db.store.raw_pool();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (mode.as_str(), sync),
+        ("wal", 2),
+        "WAL with synchronous=FULL"
+    );
+    let ins = user(&db.store, "ina", Role::Inspector).await;
+    let ncr = db.store.create_ncr(&new_ncr("L"), &ins).await.unwrap();
+    db.store.close().await;
+    // Reopening runs the migrations again (a no-op) and finds everything.
+    let again = Store::open(&db.config).await.unwrap();
+    assert_eq!(again.ncr(ncr.id).await.unwrap(), ncr);
+    assert_eq!(assert_chain_intact(&again).await, 2);
+    again.close().await;
 }
