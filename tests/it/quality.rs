@@ -892,20 +892,29 @@ async fn two_instances_never_claim_the_same_task(db: &Db) {
             .await
             .unwrap();
     }
-    let mut claimers = Vec::new();
+    // Users first (argon2 takes a while), then every claimer starts at once.
+    let mut inspectors = Vec::new();
     for (n, store) in [first.clone(), second.clone()].into_iter().enumerate() {
         for k in 0..4 {
-            let inspector = user(&store, &format!("insp{n}{k}"), Role::Inspector).await;
-            let store = store.clone();
-            claimers.push(tokio::spawn(async move {
-                let mut got = Vec::new();
-                while let Some(t) = store.claim_next_task(&inspector).await.unwrap() {
-                    assert_eq!(t.claimed_by, Some(inspector.id));
-                    got.push(t.id);
-                }
-                got
-            }));
+            inspectors.push((
+                store.clone(),
+                user(&store, &format!("insp{n}{k}"), Role::Inspector).await,
+            ));
         }
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(inspectors.len()));
+    let mut claimers = Vec::new();
+    for (store, inspector) in inspectors {
+        let start = start.clone();
+        claimers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut got = Vec::new();
+            while let Some(t) = store.claim_next_task(&inspector).await.unwrap() {
+                assert_eq!(t.claimed_by, Some(inspector.id));
+                got.push(t.id);
+            }
+            got
+        }));
     }
     let mut seen = HashSet::new();
     let mut per_instance = [0usize; 2];
