@@ -63,6 +63,7 @@ pub async fn postgres() -> Db {
                 pg_url()
             )
         });
+    sweep_schemas_of_dead_runs(&pool).await;
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
@@ -82,6 +83,30 @@ pub async fn postgres() -> Db {
         config,
         _dir: None,
     }
+}
+
+/// A failed test keeps its schema for inspection; the next run drops those whose test
+/// process is gone (the schema name carries its process id).
+async fn sweep_schemas_of_dead_runs(pool: &sqlx::AnyPool) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'lt\\_test\\_%'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        for name in names {
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(pool)
+                    .await;
+            }
+        }
+    })
+    .await;
 }
 
 impl Db {
