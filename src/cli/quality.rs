@@ -83,6 +83,14 @@ fn cli_actor() -> String {
 pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
         AuditCommand::Verify => runtime()?.block_on(async {
+            // Opening a store creates an empty database: a mistyped path would "verify".
+            if let Some(path) = settings.store.sqlite_path() {
+                anyhow::ensure!(
+                    path.is_file(),
+                    "no quality database at {} (store.url / store.data_dir)",
+                    path.display()
+                );
+            }
             let store = open(settings).await?;
             let result = store.verify_audit().await?;
             store.close().await;

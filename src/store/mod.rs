@@ -79,6 +79,15 @@ impl StoreConfig {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("linesight.db").display()))
     }
 
+    /// The database file when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = self.effective_url();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
+    }
+
     /// Problems with the values, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -251,10 +260,8 @@ impl Store {
         let timeout = Duration::from_millis(config.acquire_timeout_ms);
         let (writer, reader) = match backend {
             Backend::Sqlite => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
-                let path = path.split('?').next().unwrap_or(path).to_owned();
+                let path = config.sqlite_path().unwrap_or_default();
+                let path = path.display().to_string();
                 if let Some(parent) = std::path::Path::new(&path).parent()
                     && !parent.as_os_str().is_empty()
                 {

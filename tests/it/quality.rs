@@ -1026,6 +1026,9 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let (code, _, err) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(2), "no database yet: {err}");
+    assert!(err.contains("no quality database at"), "{err}");
     let add = [
         "users",
         "add",
