@@ -315,6 +315,23 @@ impl Store {
         task_row(&row)
     }
 
+    /// Tasks in one state, oldest first (the work queue an inspector or QA sees).
+    pub async fn tasks_in_state(
+        &self,
+        state: TaskState,
+        limit: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(state.as_str())
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.reader())
+        .await
+        .map_err(db("list tasks"))?;
+        rows.iter().map(task_row).collect()
+    }
+
     /// Claims the oldest pending task for `user`, or `None` when there is none. Safe across
     /// instances: on PostgreSQL a task locked by another claimer is skipped, not waited for.
     pub async fn claim_next_task(&self, user: &User) -> Result<Option<Task>, StoreError> {

@@ -214,6 +214,29 @@ impl Store {
         ncr_row(&row)
     }
 
+    /// NCRs, newest first: all of them or only open ones, optionally for one lot.
+    pub async fn list_ncrs(
+        &self,
+        lot: Option<&str>,
+        open_only: bool,
+        limit: i64,
+    ) -> Result<Vec<NcrRecord>, StoreError> {
+        let open = if open_only {
+            " AND state NOT IN ('closed', 'cancelled')"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {NCR_COLUMNS} FROM ncrs WHERE ($1 = '' OR lot = $1){open} ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(lot.unwrap_or(""))
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.reader())
+        .await
+        .map_err(db("list NCRs"))?;
+        rows.iter().map(ncr_row).collect()
+    }
+
     /// NCRs against a lot that are still open (not Closed or Cancelled).
     pub async fn open_ncrs(&self, lot: &str) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query(

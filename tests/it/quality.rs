@@ -814,6 +814,28 @@ async fn tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs(db:
         .unwrap_err();
     assert!(err.to_string().contains("overridden_good"), "{err}");
     assert!(s.claim_next_task(&ina).await.unwrap().is_none());
+    let finished = s
+        .tasks_in_state(TaskState::OverriddenGood, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        finished.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![t2.id]
+    );
+    assert!(
+        s.tasks_in_state(TaskState::Pending, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = s.create_ncr(&new_ncr("LOT-D"), &qa).await.unwrap();
+    let listed = s.list_ncrs(None, true, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![other.id, ncr.id]
+    );
+    let listed = s.list_ncrs(Some("LOT-D"), false, 10).await.unwrap();
+    assert_eq!(listed, vec![other]);
     assert_chain_intact(s).await;
 }
 
