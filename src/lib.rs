@@ -14,6 +14,8 @@
 //! - [`postprocess`] — score → verdict, defect regions, heat-map overlay. Pure, no I/O.
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
 //! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
+//! - [`quality`] — quality domain: NCR and secondary-inspection workflows, e-signatures, audit chain (pure).
+//! - [`store`] — sqlx repositories and migrations for the quality records (SQLite or PostgreSQL).
 //! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `models`).
 
 pub mod cli;
@@ -23,4 +25,6 @@ pub mod inspect;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
+pub mod quality;
+pub mod store;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod inspect;
 pub mod models;
+pub mod quality;
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,15 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Audit trail of the quality records.
+    #[command(subcommand)]
+    Audit(quality::AuditCommand),
+    /// Users of the quality records (operators, inspectors, QA approvers, administrators).
+    #[command(subcommand)]
+    Users(quality::UsersCommand),
+    /// Stored inspection images.
+    #[command(subcommand)]
+    Images(quality::ImagesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +84,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .write_all(settings.to_toml().as_bytes())?;
             Ok(0)
         }
+        Command::Audit(cmd) => quality::run_audit(&settings, cmd),
+        Command::Users(cmd) => quality::run_users(&settings, cmd),
+        Command::Images(cmd) => quality::run_images(&settings, cmd),
     }
 }
 

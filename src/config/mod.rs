@@ -30,6 +30,8 @@ pub struct Settings {
     pub inference: SessionOptions,
     pub decode: DecodeLimits,
     pub log: LogConfig,
+    pub store: crate::store::StoreConfig,
+    pub quality: crate::quality::QualityConfig,
 }
 
 /// Configuration problems, all of them.
@@ -88,6 +90,8 @@ impl Settings {
                 self.decode.max_alloc_bytes
             ));
         }
+        problems.extend(self.store.problems());
+        problems.extend(self.quality.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -95,10 +99,13 @@ impl Settings {
         }
     }
 
-    /// The effective settings as TOML. No setting is secret yet; secrets added later are
-    /// redacted here.
+    /// The effective settings as TOML, with the password in `store.url` redacted; secrets
+    /// added later are redacted here too.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        let mut shown = self.clone();
+        shown.store.url = shown.store.url.as_deref().map(crate::store::redact);
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
 
@@ -158,5 +165,17 @@ mod tests {
         let s = Settings::default();
         let back: Settings = toml::from_str(&s.to_toml()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_when_shown() {
+        let mut s = Settings::default();
+        s.store.url = Some("postgres://app:hunter22@db:5432/quality".into());
+        let shown = s.to_toml();
+        assert!(!shown.contains("hunter22"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db:5432/quality"),
+            "{shown}"
+        );
     }
 }

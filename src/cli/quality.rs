@@ -1,0 +1,197 @@
+//! `linesight audit …` and `linesight users …`: administration of the quality records from
+//! the host. Whoever runs these commands has access to the database already; actions are
+//! audited as `cli:<OS user>`.
+
+use std::io::{BufRead as _, IsTerminal as _};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use crate::config::Settings;
+use crate::quality::{Role, format_ms};
+use crate::store::{NewUser, Store, redact};
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit trail; exit 1 and name the first broken link if any.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user. The password is read from the terminal (asked twice) or, when stdin is
+    /// not a terminal, from the first line of stdin — never from the command line.
+    Add(AddUserArgs),
+    /// Lift a lockout after repeated failed sign-ins.
+    Unlock {
+        username: String,
+        /// Why the account is unlocked (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Delete stored images past `quality.image_retention_days`, then the oldest ones until
+    /// the rest fit in `quality.image_quota_bytes`. Inspection records keep their metadata.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub struct AddUserArgs {
+    pub username: String,
+    /// Printed name, shown on electronic signatures.
+    #[arg(long)]
+    pub full_name: String,
+    /// operator, inspector, qa_approver or admin.
+    #[arg(long, value_parser = parse_role)]
+    pub role: Role,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a role: use operator, inspector, qa_approver or admin")
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn open(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open(&settings.store).await.with_context(|| {
+        format!(
+            "cannot open the quality store {}",
+            redact(&settings.store.effective_url())
+        )
+    })
+}
+
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> {
+    match cmd {
+        AuditCommand::Verify => runtime()?.block_on(async {
+            // Opening a store creates an empty database: a mistyped path would "verify".
+            if let Some(path) = settings.store.sqlite_path() {
+                anyhow::ensure!(
+                    path.is_file(),
+                    "no quality database at {} (store.url / store.data_dir)",
+                    path.display()
+                );
+            }
+            let store = open(settings).await?;
+            let result = store.verify_audit().await?;
+            store.close().await;
+            match result {
+                Ok(n) => {
+                    println!("audit trail intact: {n} entries verified");
+                    Ok(0)
+                }
+                Err(b) => {
+                    println!("audit trail BROKEN at entry {}: {}", b.seq, b.problem);
+                    Ok(1)
+                }
+            }
+        }),
+    }
+}
+
+pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> {
+    match cmd {
+        UsersCommand::Add(args) => {
+            let password = read_password()?;
+            runtime()?.block_on(async {
+                let store = open(settings).await?;
+                let user = store
+                    .add_user(
+                        NewUser {
+                            username: args.username,
+                            full_name: args.full_name,
+                            role: args.role,
+                            password,
+                        },
+                        &cli_actor(),
+                    )
+                    .await?;
+                store.close().await;
+                println!(
+                    "created user {} ({}), role {}",
+                    user.username, user.full_name, user.role
+                );
+                Ok(0)
+            })
+        }
+        UsersCommand::Unlock { username, reason } => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            store.unlock_user(&username, &cli_actor(), &reason).await?;
+            store.close().await;
+            println!(
+                "unlocked {username} at {}",
+                format_ms(crate::quality::now_ms())
+            );
+            Ok(0)
+        }),
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again =
+            rpassword::prompt_password("Password again: ").context("cannot read the password")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        anyhow::ensure!(!password.is_empty(), "no password on stdin");
+        Ok(password)
+    }
+}
+
+pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ImagesCommand::Prune => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let q = &settings.quality;
+            let dir = q
+                .image_dir
+                .clone()
+                .unwrap_or_else(|| settings.store.data_dir.join("images"));
+            let report = store
+                .enforce_image_retention(
+                    &dir,
+                    q.image_retention_days,
+                    q.image_quota_bytes,
+                    crate::quality::now_ms(),
+                )
+                .await
+                .with_context(|| format!("cannot prune images in {}", dir.display()))?;
+            store.close().await;
+            println!(
+                "pruned {} expired and {} over-quota images ({} bytes) in {}",
+                report.expired,
+                report.evicted,
+                report.bytes_freed,
+                dir.display()
+            );
+            Ok(0)
+        }),
+    }
+}

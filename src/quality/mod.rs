@@ -1,0 +1,224 @@
+//! The quality domain: inspection records, secondary inspections, non-conformance records
+//! (NCRs), electronic signatures, users and roles, and the hash-chained audit trail.
+//!
+//! Everything here is pure — no I/O, no async, no database — so the rules can be tested
+//! exhaustively; [`crate::store`] persists what this module decides. The domain does not know
+//! about the inference pipeline: the pipeline hands it plain [`NewInspection`] values.
+//!
+//! - [`ncr`] — NCR life cycle and dispositions.
+//! - [`task`] — secondary-inspection task life cycle and the re-inspection cap.
+//! - [`rules`] — when a result opens a task, AQL sampling of accepts, reject-rate alert.
+//! - [`audit`] — audit entries and the hash chain.
+//! - [`signature`] — Part 11 style electronic signatures bound to a record's content hash.
+//! - [`user`] — roles, argon2 password hashes, lockout policy.
+
+pub mod audit;
+pub mod ncr;
+pub mod rules;
+pub mod signature;
+pub mod task;
+pub mod user;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use audit::{AuditEntry, ChainBreak, NewAuditEntry};
+pub use ncr::{Disposition, NcrAction, NcrState};
+pub use rules::{OpeningReason, QualityConfig};
+pub use signature::{Meaning, Signature, SignatureError};
+pub use task::{TaskAction, TaskState};
+pub use user::{LockoutPolicy, Role};
+
+/// Why a state machine refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("cannot {action} {entity} in state {from}")]
+    NotAllowed {
+        entity: &'static str,
+        from: &'static str,
+        action: &'static str,
+    },
+    #[error("role {role} may not {action}")]
+    Forbidden { action: &'static str, role: Role },
+    #[error("{action} needs a reason")]
+    ReasonRequired { action: &'static str },
+    #[error("{action} needs a valid electronic signature")]
+    SignatureRequired { action: &'static str },
+    #[error("only the inspector who claimed the task may {action} it")]
+    NotClaimant { action: &'static str },
+}
+
+/// Verdict of one inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Good,
+    Defect,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Good => "good",
+            Verdict::Defect => "defect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        match s {
+            "good" => Some(Verdict::Good),
+            "defect" => Some(Verdict::Defect),
+            _ => None,
+        }
+    }
+}
+
+/// One inspection result as the pipeline or a manual upload reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewInspection {
+    pub part_id: String,
+    pub lot: String,
+    pub line: String,
+    pub recipe: String,
+    pub camera: String,
+    pub model_name: String,
+    /// SHA-256 of the model graph (hex): the identity of the model behind the verdict.
+    pub model_sha256: String,
+    pub threshold: f64,
+    pub score: f64,
+    pub verdict: Verdict,
+    /// Defect regions as JSON (the pipeline's own shape; stored verbatim).
+    pub regions_json: String,
+    /// Content hash of the stored image, if kept.
+    pub image_ref: Option<String>,
+    pub overlay_ref: Option<String>,
+    /// Stage timings as JSON.
+    pub timings_json: String,
+    /// `automatic` or `manual`.
+    pub source: String,
+    /// The defect class, when the model or the uploader names one.
+    pub defect_class: Option<String>,
+}
+
+impl NewInspection {
+    /// Checks fields a database would accept but a record must not have.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("part_id", &self.part_id),
+            ("lot", &self.lot),
+            ("line", &self.line),
+            ("model_name", &self.model_name),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!("{field} is empty"));
+            }
+            if value.len() > 200 {
+                return Err(format!(
+                    "{field} is {} bytes long: at most 200",
+                    value.len()
+                ));
+            }
+        }
+        if self.model_sha256.len() != 64
+            || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "model_sha256 {:?} is not 64 hexadecimal digits",
+                self.model_sha256
+            ));
+        }
+        for (field, v) in [("score", self.score), ("threshold", self.threshold)] {
+            if !v.is_finite() {
+                return Err(format!("{field} = {v}: must be a finite number"));
+            }
+        }
+        if !matches!(self.source.as_str(), "automatic" | "manual") {
+            return Err(format!(
+                "source = {:?}: must be \"automatic\" or \"manual\"",
+                self.source
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 over length-prefixed fields: no two different field lists hash alike.
+pub fn fields_hash(domain: &str, fields: &[Option<&str>]) -> String {
+    let mut h = Sha256::new();
+    h.update(domain.as_bytes());
+    for f in fields {
+        match f {
+            None => h.update(b"\x00"),
+            Some(s) => {
+                h.update(b"\x01");
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// Milliseconds since the Unix epoch, as stored.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `2026-11-23T18:50:35.123Z` for a millisecond timestamp.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_utc() {
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_ms(1_795_459_835_123), "2026-11-23T18:50:35.123Z");
+    }
+
+    #[test]
+    fn field_hash_is_unambiguous() {
+        let a = fields_hash("d", &[Some("ab"), Some("c")]);
+        let b = fields_hash("d", &[Some("a"), Some("bc")]);
+        let c = fields_hash("d", &[Some(""), None]);
+        let d = fields_hash("d", &[None, Some("")]);
+        assert_ne!(a, b);
+        assert_ne!(c, d);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn inspections_are_validated_with_field_names() {
+        let mut i = rules::tests::inspection(0.7, Verdict::Defect);
+        assert!(i.validate().is_ok());
+        i.model_sha256 = "abc".into();
+        assert!(i.validate().unwrap_err().contains("model_sha256"));
+        i = rules::tests::inspection(f64::NAN, Verdict::Good);
+        assert!(i.validate().unwrap_err().contains("score"));
+    }
+}

@@ -1,0 +1,140 @@
+//! Images and overlays on disk, addressed by content hash, with a retention period and a disk
+//! quota.
+//!
+//! Invariants: a file is written to a temporary name, flushed and renamed, then recorded, so a
+//! recorded image is complete on disk; the same bytes are stored once. Expiry deletes the file
+//! and marks the row (`deleted_at_ms`) — inspection records keep their `image_ref` and all
+//! their metadata. The quota is enforced by deleting the oldest images first.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use sqlx::Row as _;
+
+use super::{Store, StoreError, db};
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Images older than the retention period.
+    pub expired: u64,
+    /// Images removed, oldest first, to get under the quota.
+    pub evicted: u64,
+    pub bytes_freed: u64,
+}
+
+/// Where an image with this hash lives under `dir` (two-level fan-out).
+pub fn image_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join(&hash[..2]).join(hash)
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::Invalid(format!("{what}: {e}"))
+}
+
+impl Store {
+    /// Stores image bytes under `dir` and returns their SHA-256 (the reference kept in
+    /// inspection records). Storing the same bytes again is a no-op.
+    pub async fn put_image(
+        &self,
+        dir: &Path,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let hash = hex::encode(Sha256::digest(bytes));
+        let path = image_path(dir, &hash);
+        if !path.is_file() {
+            let parent = path.parent().unwrap_or(dir).to_path_buf();
+            std::fs::create_dir_all(&parent)
+                .map_err(io(format!("cannot create {}", parent.display())))?;
+            let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
+            let written = std::fs::File::create(&tmp).and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            });
+            if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::Invalid(format!(
+                    "cannot store {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL",
+        )
+        .bind(&hash)
+        .bind(bytes.len() as i64)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record an image"))?;
+        tx.commit().await.map_err(db("record an image"))?;
+        Ok(hash)
+    }
+
+    /// Deletes images older than `retention_days` and then the oldest ones until the rest fit
+    /// in `quota_bytes`.
+    pub async fn enforce_image_retention(
+        &self,
+        dir: &Path,
+        retention_days: u32,
+        quota_bytes: u64,
+        now_ms: i64,
+    ) -> Result<RetentionReport, StoreError> {
+        let cutoff = now_ms - i64::from(retention_days) * 86_400_000;
+        let rows = sqlx::query(
+            "SELECT hash, bytes, stored_at_ms FROM images WHERE deleted_at_ms IS NULL ORDER BY stored_at_ms, hash",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db("list images"))?;
+        let mut live: Vec<(String, u64, i64)> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            live.push((
+                r.try_get(0).map_err(db("decode an image"))?,
+                r.try_get::<i64, _>(1).map_err(db("decode an image"))? as u64,
+                r.try_get(2).map_err(db("decode an image"))?,
+            ));
+        }
+        let mut total: u64 = live.iter().map(|l| l.1).sum();
+        let mut report = RetentionReport::default();
+        let mut doomed = Vec::new();
+        for (hash, bytes, at) in &live {
+            let expired = *at < cutoff;
+            if expired || total > quota_bytes {
+                if expired {
+                    report.expired += 1;
+                } else {
+                    report.evicted += 1;
+                }
+                total -= bytes;
+                report.bytes_freed += bytes;
+                doomed.push(hash.clone());
+            }
+        }
+        for hash in &doomed {
+            match std::fs::remove_file(image_path(dir, hash)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Invalid(format!(
+                        "cannot delete image {hash}: {e}"
+                    )));
+                }
+            }
+            let mut tx = self.begin().await?;
+            sqlx::query("UPDATE images SET deleted_at_ms = $1 WHERE hash = $2")
+                .bind(now_ms)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("mark an image deleted"))?;
+            tx.commit().await.map_err(db("mark an image deleted"))?;
+        }
+        Ok(report)
+    }
+}

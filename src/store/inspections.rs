@@ -1,0 +1,521 @@
+//! Inspections and secondary-inspection tasks.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row as _, Transaction};
+
+use super::{Backend, Store, StoreError, db};
+use crate::quality::audit::NewAuditEntry;
+use crate::quality::rules::{opening_reason, reject_rate_exceeded};
+use crate::quality::task::{self, TaskContext};
+use crate::quality::{NewInspection, QualityConfig, TaskAction, TaskState, Verdict, now_ms};
+
+use super::ncrs::{NcrSource, NewNcr};
+use super::users::User;
+
+/// A stored inspection.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InspectionRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub inspection: NewInspection,
+}
+
+/// What recording one inspection caused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedInspection {
+    pub inspection_id: i64,
+    /// The secondary-inspection task it opened, if any.
+    pub task: Option<Task>,
+    /// Why no task was opened although the rules asked for one (re-inspection cap).
+    pub task_refused: Option<String>,
+    /// The NCR raised because the lot's reject rate crossed the alert limit.
+    pub raised_ncr: Option<i64>,
+}
+
+/// A secondary-inspection task.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Task {
+    pub id: i64,
+    pub inspection_id: i64,
+    pub part_id: String,
+    pub lot: String,
+    pub opening_reason: String,
+    pub state: TaskState,
+    pub claimed_by: Option<i64>,
+    pub decided_by: Option<i64>,
+    pub decision_reason: Option<String>,
+    pub version: i64,
+}
+
+const TASK_COLUMNS: &str = "id, inspection_id, part_id, lot, opening_reason, state, claimed_by, decided_by, decision_reason, version";
+
+fn task_row(row: &AnyRow) -> Result<Task, StoreError> {
+    let d = || db("decode a task");
+    let state: String = row.try_get("state").map_err(d())?;
+    Ok(Task {
+        id: row.try_get("id").map_err(d())?,
+        inspection_id: row.try_get("inspection_id").map_err(d())?,
+        part_id: row.try_get("part_id").map_err(d())?,
+        lot: row.try_get("lot").map_err(d())?,
+        opening_reason: row.try_get("opening_reason").map_err(d())?,
+        state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
+            column: "tasks.state",
+            value: state,
+        })?,
+        claimed_by: row.try_get("claimed_by").map_err(d())?,
+        decided_by: row.try_get("decided_by").map_err(d())?,
+        decision_reason: row.try_get("decision_reason").map_err(d())?,
+        version: row.try_get("version").map_err(d())?,
+    })
+}
+
+fn count(row: AnyRow) -> Result<i64, StoreError> {
+    row.try_get::<i64, _>(0).map_err(db("count rows"))
+}
+
+impl Store {
+    /// Stores one inspection result and, in the same transaction, applies the opening rules
+    /// (reject, uncertain score, accept sampling, re-inspection cap) and the lot's reject-rate
+    /// alert. `actor` is the user name behind a manual upload, or `system`.
+    pub async fn record_inspection(
+        &self,
+        new: &NewInspection,
+        cfg: &QualityConfig,
+        actor: &str,
+    ) -> Result<RecordedInspection, StoreError> {
+        new.validate()
+            .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO inspections (part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
+             regions_json, image_ref, overlay_ref, timings_json, source, defect_class, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+        )
+        .bind(&new.part_id)
+        .bind(&new.lot)
+        .bind(&new.line)
+        .bind(&new.recipe)
+        .bind(&new.camera)
+        .bind(&new.model_name)
+        .bind(&new.model_sha256)
+        .bind(new.threshold)
+        .bind(new.score)
+        .bind(new.verdict.as_str())
+        .bind(&new.regions_json)
+        .bind(&new.image_ref)
+        .bind(&new.overlay_ref)
+        .bind(&new.timings_json)
+        .bind(&new.source)
+        .bind(&new.defect_class)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("store an inspection"))?
+        .try_get(0)
+        .map_err(db("store an inspection"))?;
+        let mut audit = vec![NewAuditEntry {
+            actor: actor.into(),
+            action: "inspection.create".into(),
+            entity: "inspection".into(),
+            entity_id: id.to_string(),
+            old_value: None,
+            new_value: Some(serde_json::to_string(new).unwrap_or_default()),
+            reason: None,
+        }];
+
+        let accepts_before = count(
+            sqlx::query(
+                "SELECT COUNT(*) FROM inspections WHERE lot = $1 AND verdict = 'good' AND id < $2",
+            )
+            .bind(&new.lot)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("count accepted parts"))?,
+        )?;
+        let mut recorded = RecordedInspection {
+            inspection_id: id,
+            task: None,
+            task_refused: None,
+            raised_ncr: None,
+        };
+        if let Some(reason) = opening_reason(
+            cfg,
+            new.verdict,
+            new.score,
+            new.threshold,
+            accepts_before as u64,
+        ) {
+            let previous = count(
+                sqlx::query("SELECT COUNT(*) FROM tasks WHERE part_id = $1")
+                    .bind(&new.part_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("count secondary inspections"))?,
+            )?;
+            if task::reinspection_allowed(previous as u32, cfg.reinspection_cap) {
+                let row = sqlx::query(&format!(
+                    "INSERT INTO tasks (inspection_id, part_id, lot, opening_reason, state, version, created_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) RETURNING {TASK_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(&new.part_id)
+                .bind(&new.lot)
+                .bind(reason.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("open a secondary inspection"))?;
+                let t = task_row(&row)?;
+                audit.push(NewAuditEntry {
+                    actor: "system".into(),
+                    action: "task.open".into(),
+                    entity: "task".into(),
+                    entity_id: t.id.to_string(),
+                    old_value: None,
+                    new_value: Some(format!(
+                        "state=pending; inspection={id}; part={}",
+                        new.part_id
+                    )),
+                    reason: Some(reason.as_str().into()),
+                });
+                recorded.task = Some(t);
+            } else {
+                let why = format!(
+                    "part {} already had {previous} secondary inspections (cap {}): the machine verdict stands",
+                    new.part_id, cfg.reinspection_cap
+                );
+                audit.push(NewAuditEntry {
+                    actor: "system".into(),
+                    action: "task.refused".into(),
+                    entity: "inspection".into(),
+                    entity_id: id.to_string(),
+                    old_value: None,
+                    new_value: None,
+                    reason: Some(why.clone()),
+                });
+                recorded.task_refused = Some(why);
+            }
+        }
+
+        if new.verdict == Verdict::Defect {
+            let rows = sqlx::query(
+                "SELECT verdict FROM inspections WHERE lot = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(&new.lot)
+            .bind(i64::from(cfg.reject_rate_window))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("compute the reject rate"))?;
+            let total = rows.len() as u64;
+            let rejects = rows
+                .iter()
+                .filter(|r| r.try_get::<String, _>(0).is_ok_and(|v| v == "defect"))
+                .count() as u64;
+            if reject_rate_exceeded(cfg, rejects, total) {
+                let already = count(
+                    sqlx::query(
+                        "SELECT COUNT(*) FROM ncrs WHERE lot = $1 AND source = 'reject_rate' \
+                         AND state NOT IN ('closed', 'cancelled')",
+                    )
+                    .bind(&new.lot)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("look for open NCRs"))?,
+                )?;
+                if already == 0 {
+                    let ncr = NewNcr {
+                        lot: new.lot.clone(),
+                        line: new.line.clone(),
+                        title: format!("Reject rate above {:.2} %", cfg.reject_rate_alert * 100.0),
+                        description: format!(
+                            "{rejects} rejects in the last {total} inspections of lot {} on {}",
+                            new.lot, new.line
+                        ),
+                    };
+                    let (ncr_id, entry) =
+                        Self::insert_ncr(&mut tx, &ncr, NcrSource::RejectRate, "system", now)
+                            .await?;
+                    audit.push(entry);
+                    recorded.raised_ncr = Some(ncr_id);
+                }
+            }
+        }
+        self.append_audit(&mut tx, now, audit).await?;
+        tx.commit().await.map_err(db("commit an inspection"))?;
+        Ok(recorded)
+    }
+
+    /// One inspection.
+    pub async fn inspection(&self, id: i64) -> Result<InspectionRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, at_ms, part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
+             regions_json, image_ref, overlay_ref, timings_json, source, defect_class FROM inspections WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db("read an inspection"))?
+        .ok_or(StoreError::NotFound {
+            entity: "inspection",
+            id: id.to_string(),
+        })?;
+        let d = || db("decode an inspection");
+        let verdict: String = row.try_get("verdict").map_err(d())?;
+        Ok(InspectionRecord {
+            id: row.try_get("id").map_err(d())?,
+            at_ms: row.try_get("at_ms").map_err(d())?,
+            inspection: NewInspection {
+                part_id: row.try_get("part_id").map_err(d())?,
+                lot: row.try_get("lot").map_err(d())?,
+                line: row.try_get("line").map_err(d())?,
+                recipe: row.try_get("recipe").map_err(d())?,
+                camera: row.try_get("camera").map_err(d())?,
+                model_name: row.try_get("model_name").map_err(d())?,
+                model_sha256: row.try_get("model_sha256").map_err(d())?,
+                threshold: row.try_get("threshold").map_err(d())?,
+                score: row.try_get("score").map_err(d())?,
+                verdict: Verdict::parse(&verdict).ok_or(StoreError::Corrupt {
+                    column: "inspections.verdict",
+                    value: verdict,
+                })?,
+                regions_json: row.try_get("regions_json").map_err(d())?,
+                image_ref: row.try_get("image_ref").map_err(d())?,
+                overlay_ref: row.try_get("overlay_ref").map_err(d())?,
+                timings_json: row.try_get("timings_json").map_err(d())?,
+                source: row.try_get("source").map_err(d())?,
+                defect_class: row.try_get("defect_class").map_err(d())?,
+            },
+        })
+    }
+
+    /// Number of stored inspections.
+    pub async fn inspection_count(&self) -> Result<i64, StoreError> {
+        count(
+            sqlx::query("SELECT COUNT(*) FROM inspections")
+                .fetch_one(self.reader())
+                .await
+                .map_err(db("count inspections"))?,
+        )
+    }
+
+    /// One task.
+    pub async fn task(&self, id: i64) -> Result<Task, StoreError> {
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db("read a task"))?
+            .ok_or(StoreError::NotFound {
+                entity: "task",
+                id: id.to_string(),
+            })?;
+        task_row(&row)
+    }
+
+    /// Tasks in one state, oldest first (the work queue an inspector or QA sees).
+    pub async fn tasks_in_state(
+        &self,
+        state: TaskState,
+        limit: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(state.as_str())
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.reader())
+        .await
+        .map_err(db("list tasks"))?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// Claims the oldest pending task for `user`, or `None` when there is none. Safe across
+    /// instances: on PostgreSQL a task locked by another claimer is skipped, not waited for.
+    pub async fn claim_next_task(&self, user: &User) -> Result<Option<Task>, StoreError> {
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'pending' ORDER BY id LIMIT 1{lock}"
+        ))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("find a pending task"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let t = task_row(&row)?;
+        let to = task::apply(
+            t.state,
+            TaskAction::Claim,
+            TaskContext {
+                user_id: user.id,
+                role: user.role,
+                claimed_by: t.claimed_by,
+                reason: None,
+            },
+        )?;
+        let claimed = self
+            .update_task(&mut tx, &t, to, Some(user.id), None, None)
+            .await?;
+        self.append_audit(
+            &mut tx,
+            now_ms(),
+            vec![task_audit(&t, &claimed, &user.username, "task.claim", None)],
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit a claim"))?;
+        Ok(Some(claimed))
+    }
+
+    /// Releases, decides or escalates a task. Confirming a defect of a critical class
+    /// (`quality.critical_defect_classes`) raises an NCR for the lot in the same transaction.
+    pub async fn act_on_task(
+        &self,
+        id: i64,
+        user: &User,
+        action: TaskAction,
+        reason: Option<&str>,
+        cfg: &QualityConfig,
+    ) -> Result<(Task, Option<i64>), StoreError> {
+        if action == TaskAction::Claim {
+            return Err(StoreError::Invalid(
+                "claim tasks with claim_next_task".into(),
+            ));
+        }
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1{lock}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read a task"))?
+        .ok_or(StoreError::NotFound {
+            entity: "task",
+            id: id.to_string(),
+        })?;
+        let t = task_row(&row)?;
+        let to = task::apply(
+            t.state,
+            action,
+            TaskContext {
+                user_id: user.id,
+                role: user.role,
+                claimed_by: t.claimed_by,
+                reason,
+            },
+        )?;
+        let (claimed_by, decided_by) = match to {
+            TaskState::Pending => (None, None),
+            TaskState::Escalated => (t.claimed_by, None),
+            _ => (t.claimed_by, Some(user.id)),
+        };
+        let updated = self
+            .update_task(&mut tx, &t, to, claimed_by, decided_by, reason)
+            .await?;
+        let now = now_ms();
+        let mut audit = vec![task_audit(
+            &t,
+            &updated,
+            &user.username,
+            &format!("task.{}", action.name()),
+            reason,
+        )];
+        let mut raised = None;
+        if to == TaskState::Confirmed {
+            let row = sqlx::query("SELECT defect_class, line FROM inspections WHERE id = $1")
+                .bind(t.inspection_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("read the inspection of a task"))?;
+            let class: Option<String> = row.try_get(0).map_err(db("read a defect class"))?;
+            let line: String = row.try_get(1).map_err(db("read a line"))?;
+            if let Some(class) = class
+                && cfg.critical_defect_classes.contains(&class)
+            {
+                let ncr = NewNcr {
+                    lot: t.lot.clone(),
+                    line,
+                    title: format!("Critical defect {class} confirmed"),
+                    description: format!(
+                        "Inspector {} confirmed defect class {class} on part {} (task {}, inspection {})",
+                        user.full_name, t.part_id, t.id, t.inspection_id
+                    ),
+                };
+                let (ncr_id, entry) = Self::insert_ncr(
+                    &mut tx,
+                    &ncr,
+                    NcrSource::ConfirmedDefect,
+                    &user.username,
+                    now,
+                )
+                .await?;
+                audit.push(entry);
+                raised = Some(ncr_id);
+            }
+        }
+        self.append_audit(&mut tx, now, audit).await?;
+        tx.commit().await.map_err(db("commit a task decision"))?;
+        Ok((updated, raised))
+    }
+
+    async fn update_task(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        t: &Task,
+        to: TaskState,
+        claimed_by: Option<i64>,
+        decided_by: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<Task, StoreError> {
+        // The version check turns a lost update into a clear conflict.
+        let row = sqlx::query(&format!(
+            "UPDATE tasks SET state = $1, claimed_by = $2, decided_by = $3, decision_reason = $4, \
+             version = version + 1, updated_at_ms = $5 WHERE id = $6 AND version = $7 RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(claimed_by)
+        .bind(decided_by)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(t.id)
+        .bind(t.version)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("update a task"))?
+        .ok_or(StoreError::Conflict { id: t.id })?;
+        task_row(&row)
+    }
+}
+
+fn task_audit(
+    before: &Task,
+    after: &Task,
+    actor: &str,
+    action: &str,
+    reason: Option<&str>,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        actor: actor.into(),
+        action: action.into(),
+        entity: "task".into(),
+        entity_id: before.id.to_string(),
+        old_value: Some(format!("state={}", before.state.as_str())),
+        new_value: Some(format!(
+            "state={}; claimed_by={}",
+            after.state.as_str(),
+            after.claimed_by.map_or("-".into(), |u| u.to_string())
+        )),
+        reason: reason.map(str::to_owned),
+    }
+}

@@ -1,0 +1,552 @@
+//! Persistence of the quality records with sqlx, on SQLite (embedded default) or PostgreSQL
+//! (several service instances sharing one database).
+//!
+//! Invariants:
+//! - Every change and its audit entries commit in one transaction: a record never exists
+//!   without its audit trail, and an acknowledged write is on disk (SQLite: WAL with
+//!   `synchronous=FULL`; PostgreSQL: its own commit durability).
+//! - SQLite has exactly one writer connection; concurrent writers queue for it in the pool
+//!   (first come, first served), so "database is locked" cannot happen inside one process.
+//!   Readers use separate read-only connections and never block the writer (WAL).
+//! - Write transactions take turns on both databases: SQLite has one writer; on PostgreSQL
+//!   every write transaction starts with `LOCK TABLE audit_log IN EXCLUSIVE MODE` (plain reads
+//!   pass). So instances sharing a database extend one audit chain, and a check made inside a
+//!   write transaction (no open NCR before a lot release, one reject-rate NCR per lot) holds
+//!   until it commits. Quality records arrive at tens per second, far below what one writer
+//!   sustains.
+//!   Triggers in both databases refuse UPDATE and DELETE on it.
+//! - Secondary-inspection tasks are claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL: two
+//!   instances never claim the same task.
+
+mod images;
+mod inspections;
+mod ncrs;
+mod users;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, Executor as _, Row as _, Transaction};
+
+use crate::quality::audit::{self, AuditEntry, ChainBreak, GENESIS, NewAuditEntry};
+use crate::quality::{SignatureError, TransitionError};
+
+pub use images::{RetentionReport, image_path};
+pub use inspections::{InspectionRecord, RecordedInspection, Task};
+pub use ncrs::{NcrRecord, NcrTransition, NewNcr};
+pub use users::{Credentials, NewUser, User};
+
+/// `[store]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`; default: SQLite file
+    /// `linesight.db` under `data_dir`.
+    pub url: Option<String>,
+    /// Folder for the embedded database (and images unless `quality.image_dir` says otherwise).
+    pub data_dir: PathBuf,
+    /// Connections for reads (and, on PostgreSQL, writes). SQLite always has one writer.
+    pub max_connections: u32,
+    /// PostgreSQL schema holding the tables (default: the server's search path).
+    pub pg_schema: Option<String>,
+    /// How long a write waits for its turn before failing.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            data_dir: PathBuf::from("/var/lib/linesight"),
+            max_connections: 8,
+            pg_schema: None,
+            acquire_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The database URL in effect.
+    pub fn effective_url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("linesight.db").display()))
+    }
+
+    /// The database file when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = self.effective_url();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
+    }
+
+    /// Problems with the values, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let url = self.effective_url();
+        if Backend::of(&url).is_none() {
+            p.push(format!(
+                "store.url = {:?}: must start with sqlite:// or postgres://",
+                redact(&url)
+            ));
+        }
+        if !(1..=256).contains(&self.max_connections) {
+            p.push(format!(
+                "store.max_connections = {}: must be between 1 and 256",
+                self.max_connections
+            ));
+        }
+        if let Some(s) = &self.pg_schema
+            && !valid_identifier(s)
+        {
+            p.push(format!(
+                "store.pg_schema = {s:?}: must be a lower-case identifier (a-z, 0-9, _; at most 63)"
+            ));
+        }
+        if self.acquire_timeout_ms < 100 {
+            p.push(format!(
+                "store.acquire_timeout_ms = {}: must be at least 100",
+                self.acquire_timeout_ms
+            ));
+        }
+        p
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _password)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// Which database holds the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while trying to {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{entity} {id} does not exist")]
+    NotFound { entity: &'static str, id: String },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("invalid user name or password")]
+    InvalidCredentials,
+    #[error("account {username} is locked until {until} after repeated failed sign-ins")]
+    Locked { username: String, until: String },
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("lot {lot} cannot be released: NCR {ncrs:?} still open")]
+    LotHasOpenNcr { lot: String, ncrs: Vec<i64> },
+    #[error("part {part_id} already had {cap} secondary inspections (quality.reinspection_cap)")]
+    ReinspectionCapReached { part_id: String, cap: u32 },
+    #[error("task {id} changed meanwhile (another inspector acted first); reload and retry")]
+    Conflict { id: i64 },
+    #[error("stored value {value:?} in {column} is not valid")]
+    Corrupt { column: &'static str, value: String },
+}
+
+/// Shorthand used by the repositories.
+pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+/// A connection to the quality records.
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: AnyPool,
+    reader: AnyPool,
+    backend: Backend,
+}
+
+/// Migrations embedded in the binary, one set per database.
+#[derive(Debug)]
+struct Embedded(Backend);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>>
+                + Send
+                + 's,
+        >,
+    > {
+        let sql = match self.0 {
+            Backend::Sqlite => include_str!("../../migrations/sqlite/0001_quality.sql"),
+            Backend::Postgres => include_str!("../../migrations/postgres/0001_quality.sql"),
+        };
+        Box::pin(async move {
+            Ok(vec![Migration::new(
+                1,
+                Cow::Borrowed("quality"),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )])
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `config` and brings its schema up to date.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(StoreError::Invalid(problems.join("; ")));
+        }
+        sqlx::any::install_default_drivers();
+        let url = config.effective_url();
+        let backend = Backend::of(&url).ok_or_else(|| StoreError::Invalid(url.clone()))?;
+        let connect_err = |source| StoreError::Connect {
+            url: redact(&url),
+            source,
+        };
+        let timeout = Duration::from_millis(config.acquire_timeout_ms);
+        let (writer, reader) = match backend {
+            Backend::Sqlite => {
+                let path = config.sqlite_path().unwrap_or_default();
+                let path = path.display().to_string();
+                if let Some(parent) = std::path::Path::new(&path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "cannot create database folder {}: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(timeout)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 30000",
+                            ] {
+                                conn.execute(pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&format!("sqlite://{path}?mode=rwc"))
+                    .await
+                    .map_err(connect_err)?;
+                // The writer creates the file and switches it to WAL before readers open it.
+                let reader = AnyPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(timeout)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA busy_timeout = 30000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_lazy(&format!("sqlite://{path}?mode=ro"))
+                    .map_err(connect_err)?;
+                (writer, reader)
+            }
+            Backend::Postgres => {
+                let schema = config.pg_schema.clone();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(timeout)
+                    .after_connect(move |conn, _| {
+                        let schema = schema.clone();
+                        Box::pin(async move {
+                            if let Some(s) = schema {
+                                // Validated as a plain identifier in `problems`.
+                                conn.execute(format!("SET search_path TO {s}").as_str())
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(connect_err)?;
+                (pool.clone(), pool)
+            }
+        };
+        let store = Store {
+            writer,
+            reader,
+            backend,
+        };
+        let mut migrator = Migrator::new(Embedded(backend)).await?;
+        // Several instances may start together on PostgreSQL: sqlx takes an advisory lock.
+        migrator.set_locking(backend == Backend::Postgres);
+        migrator.run(&store.writer).await?;
+        Ok(store)
+    }
+
+    /// The pool writes go through, for tests and tooling that must reach the database
+    /// directly (for example to prove that tampering is detected).
+    #[doc(hidden)]
+    pub fn raw_pool(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pools (waits for checked-out connections).
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            // Take the write lock up front: another process writing the same file makes us
+            // wait (busy_timeout) instead of failing later with SQLITE_BUSY_SNAPSHOT.
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => {
+                let mut tx = self
+                    .writer
+                    .begin()
+                    .await
+                    .map_err(db("begin a transaction"))?;
+                // Writers from every instance take turns, as on SQLite: checks made at the
+                // start of a transaction (one reject-rate NCR per lot, open NCRs before a
+                // release) stay true until it commits. Plain reads are not blocked.
+                sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("take the write lock"))?;
+                return Ok(tx);
+            }
+        }
+        .map_err(db("begin a transaction"))
+    }
+
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// Appends entries to the audit chain inside the caller's transaction.
+    pub(crate) async fn append_audit(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        at_ms: i64,
+        entries: Vec<NewAuditEntry>,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            // Serialises appends across instances; plain reads are not blocked.
+            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+                .execute(&mut **tx)
+                .await
+                .map_err(db("lock the audit trail"))?;
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("read the end of the audit trail"))?;
+        let (mut seq, mut prev) = match last {
+            Some(row) => (
+                row.try_get::<i64, _>(0).map_err(db("read audit seq"))?,
+                row.try_get::<String, _>(1).map_err(db("read audit hash"))?,
+            ),
+            None => (0, GENESIS.to_owned()),
+        };
+        for new in entries {
+            seq += 1;
+            let e = AuditEntry::chain(new, seq, at_ms, &prev);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(e.seq)
+            .bind(e.at_ms)
+            .bind(e.actor)
+            .bind(e.action)
+            .bind(e.entity)
+            .bind(e.entity_id)
+            .bind(e.old_value)
+            .bind(e.new_value)
+            .bind(e.reason)
+            .bind(e.prev_hash)
+            .bind(e.hash.clone())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("append to the audit trail"))?;
+            prev = e.hash;
+        }
+        Ok(())
+    }
+
+    /// Audit entries with `seq` in `from..from + limit`, in order.
+    pub async fn audit_entries(
+        &self,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
+             FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("read the audit trail"))?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// Audit entries about one record, oldest first.
+    pub async fn audit_for(
+        &self,
+        entity: &str,
+        entity_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
+             FROM audit_log WHERE entity = $1 AND entity_id = $2 ORDER BY seq",
+        )
+        .bind(entity)
+        .bind(entity_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("read the audit trail"))?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// Checks the whole audit chain page by page: how many entries verified, or the first
+    /// broken link.
+    pub async fn verify_audit(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+        const PAGE: i64 = 5_000;
+        let mut prev: Option<AuditEntry> = None;
+        let mut checked = 0u64;
+        loop {
+            let from = prev.as_ref().map_or(1, |p| p.seq + 1);
+            let page = self.audit_entries(from, PAGE).await?;
+            // A gap before the first entry of the trail (entry 1 deleted) shows as a wrong seq.
+            if prev.is_none()
+                && page.is_empty()
+                && let Some(first) = self.audit_entries(i64::MIN, 1).await?.first()
+            {
+                return Ok(Err(ChainBreak {
+                    seq: first.seq,
+                    problem: "expected sequence number 1: entries are missing".into(),
+                }));
+            }
+            if let Err(b) = audit::verify_chain(prev.as_ref(), &page) {
+                return Ok(Err(b));
+            }
+            checked += page.len() as u64;
+            let full = page.len() as i64 == PAGE;
+            if let Some(last) = page.into_iter().last() {
+                prev = Some(last);
+            }
+            if !full {
+                return Ok(Ok(checked));
+            }
+        }
+    }
+}
+
+fn audit_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
+    let e = db("decode an audit entry");
+    (|| {
+        Ok::<_, sqlx::Error>(AuditEntry {
+            seq: row.try_get(0)?,
+            at_ms: row.try_get(1)?,
+            actor: row.try_get(2)?,
+            action: row.try_get(3)?,
+            entity: row.try_get(4)?,
+            entity_id: row.try_get(5)?,
+            old_value: row.try_get(6)?,
+            new_value: row.try_get(7)?,
+            reason: row.try_get(8)?,
+            prev_hash: row.try_get(9)?,
+            hash: row.try_get(10)?,
+        })
+    })()
+    .map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_and_checked() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/q"),
+            "postgres://app:***@db:5432/q"
+        );
+        assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
+        let cfg = StoreConfig {
+            url: Some("mysql://x".into()),
+            pg_schema: Some("Bad;drop".into()),
+            ..StoreConfig::default()
+        };
+        let p = cfg.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            StoreConfig::default().effective_url(),
+            "sqlite:///var/lib/linesight/linesight.db"
+        );
+    }
+}

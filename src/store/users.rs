@@ -1,0 +1,297 @@
+//! Users: creation, sign-in with lockout, unlock.
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, db};
+use crate::quality::audit::NewAuditEntry;
+use crate::quality::user::{check_new_password, hash_password, verify_password};
+use crate::quality::{LockoutPolicy, Role, format_ms, now_ms};
+
+/// A user as stored (without the password hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub full_name: String,
+    pub role: Role,
+    pub locked_until_ms: Option<i64>,
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub full_name: String,
+    pub role: Role,
+    pub password: String,
+}
+
+/// User name and password as typed (the password is never logged or stored).
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+fn user_row(row: &AnyRow) -> Result<(User, String, i64), StoreError> {
+    let e = db("decode a user");
+    let role: String = row.try_get("role").map_err(db("decode a user"))?;
+    let user = User {
+        id: row.try_get("id").map_err(db("decode a user"))?,
+        username: row.try_get("username").map_err(db("decode a user"))?,
+        full_name: row.try_get("full_name").map_err(db("decode a user"))?,
+        role: Role::parse(&role).ok_or(StoreError::Corrupt {
+            column: "users.role",
+            value: role,
+        })?,
+        locked_until_ms: row
+            .try_get("locked_until_ms")
+            .map_err(db("decode a user"))?,
+    };
+    let hash: String = row.try_get("password_hash").map_err(e)?;
+    let failed: i64 = row
+        .try_get("failed_attempts")
+        .map_err(db("decode a user"))?;
+    Ok((user, hash, failed))
+}
+
+const USER_COLUMNS: &str =
+    "id, username, full_name, role, locked_until_ms, password_hash, failed_attempts";
+
+impl Store {
+    /// Creates a user; `actor` is who does it (audited).
+    pub async fn add_user(&self, new: NewUser, actor: &str) -> Result<User, StoreError> {
+        let username = new.username.trim().to_owned();
+        if username.is_empty()
+            || username.len() > 64
+            || !username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(StoreError::Invalid(format!(
+                "username {username:?}: 1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-'"
+            )));
+        }
+        if new.full_name.trim().is_empty() || new.full_name.len() > 200 {
+            return Err(StoreError::Invalid(
+                "full_name must not be empty and at most 200 bytes (it is printed on signatures)"
+                    .into(),
+            ));
+        }
+        check_new_password(&new.password).map_err(StoreError::Invalid)?;
+        let password = new.password;
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?
+            .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let exists = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(&username)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("look up a user"))?;
+        if exists.is_some() {
+            return Err(StoreError::UserExists(username));
+        }
+        let id: i64 = sqlx::query(
+            "INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5) RETURNING id",
+        )
+        .bind(&username)
+        .bind(new.full_name.trim())
+        .bind(new.role.as_str())
+        .bind(hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("create a user"))?
+        .try_get(0)
+        .map_err(db("create a user"))?;
+        let user = User {
+            id,
+            username,
+            full_name: new.full_name.trim().to_owned(),
+            role: new.role,
+            locked_until_ms: None,
+        };
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![NewAuditEntry {
+                actor: actor.to_owned(),
+                action: "user.create".into(),
+                entity: "user".into(),
+                entity_id: user.username.clone(),
+                old_value: None,
+                new_value: Some(format!(
+                    "full_name={}; role={}",
+                    user.full_name,
+                    user.role.as_str()
+                )),
+                reason: None,
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit a new user"))?;
+        Ok(user)
+    }
+
+    /// A user by name.
+    pub async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db("look up a user"))?;
+        row.as_ref()
+            .map(user_row)
+            .transpose()
+            .map(|o| o.map(|t| t.0))
+    }
+
+    /// Checks a user name and password. Wrong passwords count towards the lockout; a locked
+    /// account is refused without looking at the password.
+    pub async fn authenticate(
+        &self,
+        creds: &Credentials,
+        policy: LockoutPolicy,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(&creds.username)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db("look up a user"))?;
+        let Some(row) = row else {
+            return Err(StoreError::InvalidCredentials);
+        };
+        let (user, hash, _) = user_row(&row)?;
+        let now = now_ms();
+        if let Some(until) = user.locked_until_ms
+            && until > now
+        {
+            return Err(StoreError::Locked {
+                username: user.username,
+                until: format_ms(until),
+            });
+        }
+        let password = creds.password.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        let mut tx = self.begin().await?;
+        if ok {
+            sqlx::query(
+                "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL WHERE id = $1",
+            )
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("reset failed sign-ins"))?;
+            tx.commit().await.map_err(db("reset failed sign-ins"))?;
+            return Ok(User {
+                locked_until_ms: None,
+                ..user
+            });
+        }
+        let failed: i64 = sqlx::query(
+            "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE id = $1 RETURNING failed_attempts",
+        )
+        .bind(user.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("count a failed sign-in"))?
+        .try_get(0)
+        .map_err(db("count a failed sign-in"))?;
+        let (_, locked) = policy.after_failure((failed - 1).max(0) as u32, now);
+        let mut audit = vec![NewAuditEntry {
+            actor: user.username.clone(),
+            action: "user.sign_in_failed".into(),
+            entity: "user".into(),
+            entity_id: user.username.clone(),
+            old_value: None,
+            new_value: Some(format!("failed_attempts={failed}")),
+            reason: None,
+        }];
+        if let Some(until) = locked {
+            sqlx::query("UPDATE users SET failed_attempts = 0, locked_until_ms = $1 WHERE id = $2")
+                .bind(until)
+                .bind(user.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("lock an account"))?;
+            audit.push(NewAuditEntry {
+                actor: "system".into(),
+                action: "user.locked".into(),
+                entity: "user".into(),
+                entity_id: user.username.clone(),
+                old_value: None,
+                new_value: Some(format!("locked_until={}", format_ms(until))),
+                reason: Some(format!("{failed} consecutive failed sign-ins")),
+            });
+        }
+        self.append_audit(&mut tx, now, audit).await?;
+        tx.commit().await.map_err(db("record a failed sign-in"))?;
+        Err(StoreError::InvalidCredentials)
+    }
+
+    /// Lifts a lockout (an administrator's action, audited with its reason).
+    pub async fn unlock_user(
+        &self,
+        username: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "unlocking an account needs a reason".into(),
+            ));
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL WHERE username = $1",
+        )
+        .bind(username)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("unlock an account"))?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                entity: "user",
+                id: username.into(),
+            });
+        }
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![NewAuditEntry {
+                actor: actor.into(),
+                action: "user.unlock".into(),
+                entity: "user".into(),
+                entity_id: username.into(),
+                old_value: None,
+                new_value: None,
+                reason: Some(reason.into()),
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db("unlock an account"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,1161 @@
+//! Quality records against both databases: every test function below runs once on a fresh
+//! SQLite file and once on a fresh PostgreSQL schema (`LINESIGHT_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; scripts/test starts the server).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use linesight::quality::{
+    Disposition, LockoutPolicy, Meaning, NcrAction, NcrState, NewInspection, QualityConfig, Role,
+    SignatureError, TaskAction, TaskState, TransitionError, Verdict,
+};
+use linesight::store::{
+    Backend, Credentials, NewNcr, NewUser, Store, StoreConfig, StoreError, User,
+};
+
+pub struct Db {
+    pub store: Store,
+    pub config: StoreConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn pg_url() -> String {
+    std::env::var("LINESIGHT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&config).await.expect("SQLite store opens");
+    Db {
+        store,
+        config,
+        _dir: Some(dir),
+    }
+}
+
+pub async fn postgres() -> Db {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let schema = format!(
+        "lt_test_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let admin = StoreConfig {
+        url: Some(pg_url()),
+        max_connections: 1,
+        ..StoreConfig::default()
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&admin.effective_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is not reachable ({e}); scripts/test starts it",
+                pg_url()
+            )
+        });
+    sweep_schemas_of_dead_runs(&pool).await;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let config = StoreConfig {
+        pg_schema: Some(schema),
+        ..admin
+    };
+    let config = StoreConfig {
+        max_connections: 8,
+        ..config
+    };
+    let store = Store::open(&config).await.expect("PostgreSQL store opens");
+    Db {
+        store,
+        config,
+        _dir: None,
+    }
+}
+
+/// A failed test keeps its schema for inspection; the next run drops those whose test
+/// process is gone (the schema name carries its process id).
+async fn sweep_schemas_of_dead_runs(pool: &sqlx::AnyPool) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'lt\\_test\\_%'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        for name in names {
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(pool)
+                    .await;
+            }
+        }
+    })
+    .await;
+}
+
+impl Db {
+    /// A second "service instance": its own pools on the same database.
+    pub async fn another_instance(&self) -> Store {
+        Store::open(&self.config).await.unwrap()
+    }
+
+    pub async fn finish(self) {
+        self.store.close().await;
+        if let Some(schema) = &self.config.pg_schema {
+            let pool = sqlx::AnyPool::connect(&pg_url()).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::sqlite().await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::postgres().await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    ncr_workflow_records_every_transition_and_holds_the_lot,
+    invalid_transitions_are_refused_and_leave_no_trace,
+    signatures_need_the_password_and_bind_to_one_record_version,
+    repeated_wrong_passwords_lock_the_account,
+    audit_trail_refuses_update_and_delete_and_reveals_tampering,
+    inspections_open_tasks_by_the_rules_and_cap_reinspection,
+    tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
+    reject_rate_above_the_limit_raises_one_ncr,
+    fifty_concurrent_writers_lose_nothing,
+    two_instances_never_claim_the_same_task,
+    images_expire_by_age_and_quota_but_records_keep_their_reference,
+);
+
+const PASSWORD: &str = "s3cret-pass";
+
+fn policy() -> LockoutPolicy {
+    LockoutPolicy {
+        max_failures: 3,
+        lockout_ms: 60_000,
+    }
+}
+
+async fn user(store: &Store, name: &str, role: Role) -> User {
+    store
+        .add_user(
+            NewUser {
+                username: name.into(),
+                full_name: format!("{name} Fullname"),
+                role,
+                password: PASSWORD.into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap()
+}
+
+fn creds(name: &str, password: &str) -> Credentials {
+    Credentials {
+        username: name.into(),
+        password: password.into(),
+    }
+}
+
+fn new_ncr(lot: &str) -> NewNcr {
+    NewNcr {
+        lot: lot.into(),
+        line: "line-1".into(),
+        title: "Scratches on washers".into(),
+        description: "Found at final inspection".into(),
+    }
+}
+
+fn inspection(part: &str, lot: &str, score: f64) -> NewInspection {
+    NewInspection {
+        part_id: part.into(),
+        lot: lot.into(),
+        line: "line-1".into(),
+        recipe: "washer".into(),
+        camera: "cam0".into(),
+        model_name: "padim".into(),
+        model_sha256: "ab".repeat(32),
+        threshold: 0.5,
+        score,
+        verdict: if score > 0.5 {
+            Verdict::Defect
+        } else {
+            Verdict::Good
+        },
+        regions_json: "[]".into(),
+        image_ref: None,
+        overlay_ref: None,
+        timings_json: "{\"total_ms\":3.2}".into(),
+        source: "automatic".into(),
+        defect_class: None,
+    }
+}
+
+fn no_sampling() -> QualityConfig {
+    QualityConfig {
+        accept_sampling: false,
+        ..QualityConfig::default()
+    }
+}
+
+async fn assert_chain_intact(store: &Store) -> u64 {
+    match store.verify_audit().await.unwrap() {
+        Ok(n) => n,
+        Err(b) => panic!("audit chain broken: {b}"),
+    }
+}
+
+/// Drives an NCR from Open to DispositionProposed.
+async fn to_proposed(store: &Store, id: i64, inspector: &User) {
+    for action in [
+        NcrAction::Contain,
+        NcrAction::Investigate,
+        NcrAction::Propose(Disposition::Rework),
+    ] {
+        store
+            .transition_ncr(id, inspector, action, None, None)
+            .await
+            .unwrap();
+    }
+}
+
+async fn ncr_workflow_records_every_transition_and_holds_the_lot(db: &Db) {
+    let s = &db.store;
+    let ins = user(s, "ina", Role::Inspector).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let ncr = s.create_ncr(&new_ncr("LOT-7"), &ins).await.unwrap();
+    assert_eq!(ncr.state, NcrState::Open);
+
+    match s.release_lot("LOT-7", &qa).await {
+        Err(StoreError::LotHasOpenNcr { ncrs, .. }) => assert_eq!(ncrs, vec![ncr.id]),
+        other => panic!("release with an open NCR must fail, got {other:?}"),
+    }
+    to_proposed(s, ncr.id, &ins).await;
+    let sig = s
+        .sign_ncr(
+            ncr.id,
+            &creds("quinn", PASSWORD),
+            Meaning::Approved,
+            policy(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sig.full_name, "quinn Fullname");
+    let approved = s
+        .transition_ncr(ncr.id, &qa, NcrAction::Approve, None, Some(sig.id))
+        .await
+        .unwrap();
+    assert_eq!(approved.state, NcrState::Approved);
+    assert_eq!(approved.disposition, Some(Disposition::Rework));
+    assert!(
+        s.release_lot("LOT-7", &qa).await.is_err(),
+        "approved is not closed"
+    );
+    s.transition_ncr(ncr.id, &qa, NcrAction::Close, None, None)
+        .await
+        .unwrap();
+    s.release_lot("LOT-7", &qa).await.unwrap();
+
+    let history = s.ncr_transitions(ncr.id).await.unwrap();
+    let path: Vec<(NcrState, NcrState)> = history.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        path,
+        vec![
+            (NcrState::Open, NcrState::Contained),
+            (NcrState::Contained, NcrState::UnderInvestigation),
+            (NcrState::UnderInvestigation, NcrState::DispositionProposed),
+            (NcrState::DispositionProposed, NcrState::Approved),
+            (NcrState::Approved, NcrState::Closed),
+        ]
+    );
+    assert_eq!(history[3].signature_id, Some(sig.id));
+    assert_eq!(history[3].actor_id, qa.id);
+
+    // Reopening needs a reason and puts the lot back on hold.
+    let err = s
+        .transition_ncr(ncr.id, &qa, NcrAction::Reopen, Some(" "), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Transition(TransitionError::ReasonRequired { .. })
+        ),
+        "{err}"
+    );
+    s.transition_ncr(
+        ncr.id,
+        &qa,
+        NcrAction::Reopen,
+        Some("customer complaint"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(s.release_lot("LOT-7", &qa).await.is_err());
+    let audit = s.audit_for("ncr", &ncr.id.to_string()).await.unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.action, "ncr.reopen");
+    assert_eq!(last.actor, "quinn");
+    assert_eq!(last.reason.as_deref(), Some("customer complaint"));
+    assert_eq!(
+        last.old_value.as_deref(),
+        Some("state=closed; disposition=rework")
+    );
+    assert!(audit.iter().any(|e| {
+        e.action == "ncr.approve"
+            && e.new_value
+                .as_deref()
+                .is_some_and(|v| v.contains("signed: quinn Fullname (quinn)"))
+    }));
+    assert_chain_intact(s).await;
+}
+
+async fn invalid_transitions_are_refused_and_leave_no_trace(db: &Db) {
+    let s = &db.store;
+    let ins = user(s, "ina", Role::Inspector).await;
+    let op = user(s, "otto", Role::Operator).await;
+    let ncr = s.create_ncr(&new_ncr("LOT-1"), &ins).await.unwrap();
+    let audit_before = assert_chain_intact(s).await;
+    let err = s
+        .transition_ncr(ncr.id, &ins, NcrAction::Close, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "cannot close an NCR in state open");
+    let err = s
+        .transition_ncr(ncr.id, &op, NcrAction::Contain, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "role operator may not contain");
+    let err = s
+        .transition_ncr(ncr.id, &ins, NcrAction::Cancel, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::Forbidden { .. })
+    ));
+    assert!(s.ncr_transitions(ncr.id).await.unwrap().is_empty());
+    assert_eq!(s.ncr(ncr.id).await.unwrap().version, 0);
+    assert_eq!(assert_chain_intact(s).await, audit_before);
+    // Approval without a signature.
+    to_proposed(s, ncr.id, &ins).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let err = s
+        .transition_ncr(ncr.id, &qa, NcrAction::Approve, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::SignatureRequired { .. })
+    ));
+}
+
+async fn signatures_need_the_password_and_bind_to_one_record_version(db: &Db) {
+    let s = &db.store;
+    let ins = user(s, "ina", Role::Inspector).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let a = s.create_ncr(&new_ncr("LOT-A"), &ins).await.unwrap();
+    let b = s.create_ncr(&new_ncr("LOT-B"), &ins).await.unwrap();
+    to_proposed(s, a.id, &ins).await;
+    to_proposed(s, b.id, &ins).await;
+
+    // Wrong password: no signature.
+    let err = s
+        .sign_ncr(
+            a.id,
+            &creds("quinn", "wrong-pass"),
+            Meaning::Approved,
+            policy(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidCredentials), "{err}");
+
+    // A signature on A cannot approve B.
+    let sig_a = s
+        .sign_ncr(a.id, &creds("quinn", PASSWORD), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(sig_a.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Signature(SignatureError::OtherRecord { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        s.ncr(b.id).await.unwrap().state,
+        NcrState::DispositionProposed
+    );
+
+    // Copying the signature row onto B in the database does not help either.
+    sqlx::query("UPDATE signatures SET record_id = $1 WHERE id = $2")
+        .bind(b.id.to_string())
+        .bind(sig_a.id)
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(sig_a.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Signature(SignatureError::Tampered { .. })),
+        "{err}"
+    );
+
+    // A signature made before the record changed is void.
+    let sig_b = s
+        .sign_ncr(b.id, &creds("quinn", PASSWORD), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    s.transition_ncr(
+        b.id,
+        &qa,
+        NcrAction::RejectDisposition,
+        Some("needs scrap"),
+        None,
+    )
+    .await
+    .unwrap();
+    s.transition_ncr(
+        b.id,
+        &ins,
+        NcrAction::Propose(Disposition::Scrap),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let err = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(sig_b.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Signature(SignatureError::RecordChanged { .. })
+        ),
+        "{err}"
+    );
+
+    // The wrong meaning, or someone else's signature, does not count.
+    let reviewed = s
+        .sign_ncr(b.id, &creds("quinn", PASSWORD), Meaning::Reviewed, policy())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(reviewed.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Signature(SignatureError::WrongMeaning { .. })
+    ));
+    let by_inspector = s
+        .sign_ncr(b.id, &creds("ina", PASSWORD), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(by_inspector.id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("made by ina"), "{err}");
+
+    // A fresh signature on the current version works, once.
+    let good = s
+        .sign_ncr(b.id, &creds("quinn", PASSWORD), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let approved = s
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(good.id))
+        .await
+        .unwrap();
+    assert_eq!(approved.state, NcrState::Approved);
+    assert_eq!(approved.disposition, Some(Disposition::Scrap));
+    assert_eq!(
+        s.signature(good.id).await.unwrap().record_hash,
+        sig_hash_of_previous_version(s, b.id).await
+    );
+    assert_chain_intact(s).await;
+}
+
+/// The content hash the approval signature was bound to: the version before approval.
+async fn sig_hash_of_previous_version(s: &Store, id: i64) -> String {
+    let mut r = s.ncr(id).await.unwrap();
+    r.version -= 1;
+    r.state = NcrState::DispositionProposed;
+    r.content_hash()
+}
+
+async fn repeated_wrong_passwords_lock_the_account(db: &Db) {
+    let s = &db.store;
+    user(s, "ina", Role::Inspector).await;
+    for _ in 0..3 {
+        let err = s
+            .authenticate(&creds("ina", "guess-guess"), policy())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidCredentials), "{err}");
+    }
+    let err = s
+        .authenticate(&creds("ina", PASSWORD), policy())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(
+        s.authenticate(&creds("nobody", PASSWORD), policy())
+            .await
+            .is_err()
+    );
+    s.unlock_user("ina", "admin", "identity checked by phone")
+        .await
+        .unwrap();
+    let u = s
+        .authenticate(&creds("ina", PASSWORD), policy())
+        .await
+        .unwrap();
+    assert_eq!(u.role, Role::Inspector);
+    // A success resets the count: two failures do not lock.
+    for _ in 0..2 {
+        let _ = s.authenticate(&creds("ina", "guess-guess"), policy()).await;
+    }
+    s.authenticate(&creds("ina", PASSWORD), policy())
+        .await
+        .unwrap();
+    // A lockout ends by itself after lockout_ms.
+    user(s, "ivo", Role::Inspector).await;
+    let short = LockoutPolicy {
+        max_failures: 1,
+        lockout_ms: 300,
+    };
+    let _ = s.authenticate(&creds("ivo", "guess-guess"), short).await;
+    assert!(matches!(
+        s.authenticate(&creds("ivo", PASSWORD), short).await,
+        Err(StoreError::Locked { .. })
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.authenticate(&creds("ivo", PASSWORD), short)
+        .await
+        .unwrap();
+
+    let audit = s.audit_for("user", "ina").await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "user.locked"));
+    assert!(audit.iter().any(|e| e.action == "user.unlock"));
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.new_value.as_deref().unwrap_or("").contains("argon2")),
+        "no password hash in the audit trail"
+    );
+    let err = s
+        .add_user(
+            NewUser {
+                username: "ina".into(),
+                full_name: "Again".into(),
+                role: Role::Admin,
+                password: PASSWORD.into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UserExists(_)));
+}
+
+async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
+    let s = &db.store;
+    let ins = user(s, "ina", Role::Inspector).await;
+    for lot in ["L1", "L2", "L3"] {
+        s.create_ncr(&new_ncr(lot), &ins).await.unwrap();
+    }
+    let n = assert_chain_intact(s).await;
+    assert_eq!(n, 4);
+    let err = sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
+        .execute(s.raw_pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = sqlx::query("DELETE FROM audit_log WHERE seq = 4")
+        .execute(s.raw_pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert_eq!(assert_chain_intact(s).await, 4);
+
+    // Someone with the database owner's rights drops the triggers and edits a row.
+    match s.backend() {
+        Backend::Sqlite => {
+            for t in ["audit_log_no_update", "audit_log_no_delete"] {
+                sqlx::query(&format!("DROP TRIGGER {t}"))
+                    .execute(s.raw_pool())
+                    .await
+                    .unwrap();
+            }
+        }
+        Backend::Postgres => {
+            sqlx::query("DROP TRIGGER audit_log_no_update_delete ON audit_log")
+                .execute(s.raw_pool())
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query("UPDATE audit_log SET new_value = 'state=closed' WHERE seq = 3")
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    let b = s.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(b.seq, 3, "{b}");
+    assert!(b.problem.contains("altered"), "{b}");
+}
+
+async fn inspections_open_tasks_by_the_rules_and_cap_reinspection(db: &Db) {
+    let s = &db.store;
+    let cfg = QualityConfig {
+        reinspection_cap: 2,
+        ..no_sampling()
+    };
+    let reject = s
+        .record_inspection(&inspection("P1", "L", 0.9), &cfg, "system")
+        .await
+        .unwrap();
+    let t = reject.task.expect("a reject opens a task");
+    assert_eq!(
+        (t.opening_reason.as_str(), t.state),
+        ("reject", TaskState::Pending)
+    );
+    let uncertain = s
+        .record_inspection(&inspection("P2", "L", 0.47), &cfg, "system")
+        .await
+        .unwrap();
+    assert_eq!(uncertain.task.unwrap().opening_reason, "uncertain");
+    let clear = s
+        .record_inspection(&inspection("P3", "L", 0.1), &cfg, "system")
+        .await
+        .unwrap();
+    assert!(clear.task.is_none() && clear.task_refused.is_none());
+    // The same part rejected again: one more task, then the cap.
+    let second = s
+        .record_inspection(&inspection("P1", "L", 0.8), &cfg, "system")
+        .await
+        .unwrap();
+    assert!(second.task.is_some());
+    let third = s
+        .record_inspection(&inspection("P1", "L", 0.8), &cfg, "system")
+        .await
+        .unwrap();
+    assert!(third.task.is_none());
+    assert!(
+        third.task_refused.unwrap().contains("already had 2"),
+        "capped"
+    );
+    let stored = s.inspection(third.inspection_id).await.unwrap();
+    assert_eq!(stored.inspection, inspection("P1", "L", 0.8));
+
+    // Accept sampling: every 15th good part of a lot (lot size 1200, level II → 80).
+    let cfg = QualityConfig::default();
+    let mut sampled = Vec::new();
+    for i in 0..30 {
+        let r = s
+            .record_inspection(
+                &inspection(&format!("S{i}"), "SAMPLED", 0.1),
+                &cfg,
+                "system",
+            )
+            .await
+            .unwrap();
+        if let Some(t) = r.task {
+            assert_eq!(t.opening_reason, "sampled");
+            sampled.push(i);
+        }
+    }
+    assert_eq!(sampled, vec![14, 29]);
+    let bad = NewInspection {
+        model_sha256: "xyz".into(),
+        ..inspection("P9", "L", 0.2)
+    };
+    let err = s.record_inspection(&bad, &cfg, "system").await.unwrap_err();
+    assert!(err.to_string().contains("model_sha256"), "{err}");
+    assert_chain_intact(s).await;
+}
+
+async fn tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs(db: &Db) {
+    let s = &db.store;
+    let cfg = QualityConfig {
+        critical_defect_classes: vec!["crack".into()],
+        ..no_sampling()
+    };
+    let ina = user(s, "ina", Role::Inspector).await;
+    let ivo = user(s, "ivo", Role::Inspector).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let op = user(s, "otto", Role::Operator).await;
+    let crack = NewInspection {
+        defect_class: Some("crack".into()),
+        ..inspection("P1", "LOT-C", 0.9)
+    };
+    s.record_inspection(&crack, &cfg, "system").await.unwrap();
+    s.record_inspection(&inspection("P2", "LOT-C", 0.8), &cfg, "system")
+        .await
+        .unwrap();
+
+    let err = s.claim_next_task(&op).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::Forbidden { .. })
+    ));
+    let t1 = s.claim_next_task(&ina).await.unwrap().unwrap();
+    assert_eq!((t1.part_id.as_str(), t1.claimed_by), ("P1", Some(ina.id)));
+    let err = s
+        .act_on_task(t1.id, &ivo, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::NotClaimant { .. })
+    ));
+    let (done, ncr) = s
+        .act_on_task(t1.id, &ina, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Confirmed);
+    assert_eq!(done.decided_by, Some(ina.id));
+    let ncr = s
+        .ncr(ncr.expect("a confirmed crack raises an NCR"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ncr.lot.as_str(), ncr.source.as_str()),
+        ("LOT-C", "confirmed_defect")
+    );
+    assert_eq!(s.open_ncrs("LOT-C").await.unwrap(), vec![ncr.id]);
+
+    let t2 = s.claim_next_task(&ivo).await.unwrap().unwrap();
+    let err = s
+        .act_on_task(t2.id, &ivo, TaskAction::OverrideGood, None, &cfg)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::ReasonRequired { .. })
+    ));
+    let (esc, _) = s
+        .act_on_task(t2.id, &ivo, TaskAction::Escalate, Some("cannot tell"), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(esc.state, TaskState::Escalated);
+    let err = s
+        .act_on_task(t2.id, &ivo, TaskAction::OverrideGood, Some("fine"), &cfg)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Transition(TransitionError::Forbidden { .. })
+    ));
+    let (good, none) = s
+        .act_on_task(
+            t2.id,
+            &qa,
+            TaskAction::OverrideGood,
+            Some("stain, wipes off"),
+            &cfg,
+        )
+        .await
+        .unwrap();
+    assert_eq!((good.state, none), (TaskState::OverriddenGood, None));
+    let err = s
+        .act_on_task(t2.id, &qa, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("overridden_good"), "{err}");
+    assert!(s.claim_next_task(&ina).await.unwrap().is_none());
+    let finished = s
+        .tasks_in_state(TaskState::OverriddenGood, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        finished.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![t2.id]
+    );
+    assert!(
+        s.tasks_in_state(TaskState::Pending, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = s.create_ncr(&new_ncr("LOT-D"), &qa).await.unwrap();
+    let listed = s.list_ncrs(None, true, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![other.id, ncr.id]
+    );
+    let listed = s.list_ncrs(Some("LOT-D"), false, 10).await.unwrap();
+    assert_eq!(listed, vec![other]);
+    assert_chain_intact(s).await;
+}
+
+async fn reject_rate_above_the_limit_raises_one_ncr(db: &Db) {
+    let s = &db.store;
+    let cfg = QualityConfig {
+        reject_rate_window: 20,
+        reject_rate_min_inspections: 10,
+        reject_rate_alert: 0.2,
+        ..no_sampling()
+    };
+    let mut raised = Vec::new();
+    for i in 0..8 {
+        s.record_inspection(&inspection(&format!("G{i}"), "LOT-R", 0.1), &cfg, "system")
+            .await
+            .unwrap();
+    }
+    // 8 good, then rejects: 2/10 = 20 % is not above the limit, 3/11 is.
+    for i in 0..6 {
+        let r = s
+            .record_inspection(&inspection(&format!("D{i}"), "LOT-R", 0.9), &cfg, "system")
+            .await
+            .unwrap();
+        if let Some(id) = r.raised_ncr {
+            raised.push((i, id));
+        }
+    }
+    assert_eq!(raised.len(), 1, "one NCR while it stays open: {raised:?}");
+    assert_eq!(raised[0].0, 2);
+    let ncr = s.ncr(raised[0].1).await.unwrap();
+    assert_eq!(ncr.source, "reject_rate");
+    assert!(
+        ncr.description.contains("3 rejects in the last 11"),
+        "{}",
+        ncr.description
+    );
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    assert!(matches!(
+        s.release_lot("LOT-R", &qa).await,
+        Err(StoreError::LotHasOpenNcr { .. })
+    ));
+}
+
+async fn fifty_concurrent_writers_lose_nothing(db: &Db) {
+    const WRITERS: usize = 50;
+    const EACH: usize = 20;
+    let cfg = no_sampling();
+    let mut handles = Vec::new();
+    for w in 0..WRITERS {
+        let store = db.store.clone();
+        let cfg = cfg.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                let score = if i % 5 == 0 { 0.9 } else { 0.2 };
+                let r = store
+                    .record_inspection(
+                        &inspection(&format!("W{w}-{i}"), &format!("LOT-{}", w % 5), score),
+                        &cfg,
+                        "system",
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w} write {i}: {e}"));
+                ids.push(r.inspection_id);
+            }
+            ids
+        }));
+    }
+    let mut all = HashSet::new();
+    for h in handles {
+        for id in h.await.unwrap() {
+            assert!(all.insert(id), "inspection id {id} handed out twice");
+        }
+    }
+    assert_eq!(all.len(), WRITERS * EACH);
+    assert_eq!(
+        db.store.inspection_count().await.unwrap(),
+        (WRITERS * EACH) as i64
+    );
+    let entries = assert_chain_intact(&db.store).await;
+    // 20 % rejects exceed the 5 % alert: each of the 5 lots gets exactly one NCR, however the
+    // writers interleave.
+    let mut ncrs = 0;
+    for lot in 0..5 {
+        let open = db.store.open_ncrs(&format!("LOT-{lot}")).await.unwrap();
+        assert_eq!(open.len(), 1, "LOT-{lot}: {open:?}");
+        ncrs += open.len();
+    }
+    // One entry per inspection, one per task (every 5th is a reject), one per NCR, none lost.
+    assert_eq!(entries, (WRITERS * EACH + WRITERS * EACH / 5 + ncrs) as u64);
+}
+
+async fn two_instances_never_claim_the_same_task(db: &Db) {
+    const TASKS: usize = 60;
+    let cfg = no_sampling();
+    let first = db.store.clone();
+    let second = db.another_instance().await;
+    for i in 0..TASKS {
+        first
+            .record_inspection(&inspection(&format!("P{i}"), "LOT-T", 0.9), &cfg, "system")
+            .await
+            .unwrap();
+    }
+    // Users first (argon2 takes a while), then every claimer starts at once.
+    let mut inspectors = Vec::new();
+    for (n, store) in [first.clone(), second.clone()].into_iter().enumerate() {
+        for k in 0..4 {
+            inspectors.push((
+                store.clone(),
+                user(&store, &format!("insp{n}{k}"), Role::Inspector).await,
+            ));
+        }
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(inspectors.len()));
+    let mut claimers = Vec::new();
+    for (store, inspector) in inspectors {
+        let start = start.clone();
+        claimers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut got = Vec::new();
+            while let Some(t) = store.claim_next_task(&inspector).await.unwrap() {
+                assert_eq!(t.claimed_by, Some(inspector.id));
+                got.push(t.id);
+            }
+            got
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut per_instance = [0usize; 2];
+    for (c, h) in claimers.into_iter().enumerate() {
+        let got = h.await.unwrap();
+        per_instance[c / 4] += got.len();
+        for id in got {
+            assert!(seen.insert(id), "task {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), TASKS, "every task claimed exactly once");
+    if db.store.backend() == Backend::Postgres {
+        // PostgreSQL queues lock waiters fairly; both instances get work. (SQLite's busy
+        // handler gives no such promise across connections, only correctness.)
+        assert!(per_instance.iter().all(|&n| n > 0), "{per_instance:?}");
+    }
+    second.close().await;
+    assert_chain_intact(&first).await;
+}
+
+async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db) {
+    let s = &db.store;
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000;
+    let a = s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap();
+    let b = s.put_image(dir.path(), &[2u8; 100], 1_000).await.unwrap();
+    let c = s.put_image(dir.path(), &[3u8; 100], 2_000).await.unwrap();
+    assert_eq!(s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap(), a);
+    assert_eq!(a.len(), 64);
+    let rec = s
+        .record_inspection(
+            &NewInspection {
+                image_ref: Some(a.clone()),
+                ..inspection("P1", "L", 0.1)
+            },
+            &no_sampling(),
+            "system",
+        )
+        .await
+        .unwrap();
+
+    let r = s
+        .enforce_image_retention(dir.path(), 90, 250, 3_000)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.evicted, r.bytes_freed), (0, 1, 100));
+    assert!(!linesight::store::image_path(dir.path(), &a).exists());
+    assert!(linesight::store::image_path(dir.path(), &b).is_file());
+    let r = s
+        .enforce_image_retention(dir.path(), 1, 1 << 30, 2_000 + day + 1)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.evicted), (2, 0));
+    assert!(!linesight::store::image_path(dir.path(), &c).exists());
+    let kept = s.inspection(rec.inspection_id).await.unwrap();
+    assert_eq!(kept.inspection.image_ref, Some(a));
+}
+
+#[test]
+fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = crate::common::linesight()
+            .args(args)
+            .env("LINESIGHT__STORE__URL", &url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if !stdin.is_empty() {
+            pipe.write_all(stdin.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(2), "no database yet: {err}");
+    assert!(err.contains("no quality database at"), "{err}");
+    let add = [
+        "users",
+        "add",
+        "ana",
+        "--full-name",
+        "Ana Lopez",
+        "--role",
+        "qa_approver",
+    ];
+    let (code, out, err) = run(&add, "long-enough-pw\n");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("created user ana (Ana Lopez), role qa_approver"),
+        "{out}"
+    );
+    let (code, _, err) = run(&add, "long-enough-pw\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("user ana already exists"), "{err}");
+    let (code, _, err) = run(
+        &["users", "add", "bo", "--full-name", "Bo", "--role", "boss"],
+        "long-enough-pw\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not a role"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "users",
+            "add",
+            "bo",
+            "--full-name",
+            "Bo",
+            "--role",
+            "inspector",
+        ],
+        "short\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("at least 8"), "{err}");
+
+    let images = dir.path().join("images");
+    let out = crate::common::linesight()
+        .args(["images", "prune"])
+        .env("LINESIGHT__STORE__URL", &url)
+        .env("LINESIGHT__QUALITY__IMAGE_DIR", &images)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("pruned 0 expired and 0 over-quota images (0 bytes)")
+    );
+
+    let (code, out, _) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), "audit trail intact: 1 entries verified");
+
+    // Tamper with the file directly, as someone with access to it could.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query("DROP TRIGGER audit_log_no_update")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_log SET new_value = 'full_name=Ana Lopez; role=admin'")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    let (code, out, _) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("audit trail BROKEN at entry 1: content does not match"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_is_wal_with_full_sync_and_survives_reopening() {
+    let db = sqlite().await;
+    let pool = db.store.raw_pool();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (mode.as_str(), sync),
+        ("wal", 2),
+        "WAL with synchronous=FULL"
+    );
+    let ins = user(&db.store, "ina", Role::Inspector).await;
+    let ncr = db.store.create_ncr(&new_ncr("L"), &ins).await.unwrap();
+    db.store.close().await;
+    // Reopening runs the migrations again (a no-op) and finds everything.
+    let again = Store::open(&db.config).await.unwrap();
+    assert_eq!(again.ncr(ncr.id).await.unwrap(), ncr);
+    assert_eq!(assert_chain_intact(&again).await, 2);
+    again.close().await;
+}
