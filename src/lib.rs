@@ -15,6 +15,7 @@
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
 //! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
 //! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `models`).
+//! - [`source`] — `FrameSource`: folder replay, synthetic washers (cameras to come).
 
 pub mod cli;
 pub mod config;
@@ -23,4 +24,5 @@ pub mod inspect;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
+pub mod source;
 pub mod telemetry;
