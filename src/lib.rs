@@ -16,12 +16,16 @@
 //! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
 //! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `models`).
 //! - [`source`] — `FrameSource`: folder replay, synthetic washers (cameras to come).
+//! - [`pipeline`] — the live pipeline: camera tasks, bounded queues, batching workers, shutdown.
+//! - [`actions`] — where results go: JSON-lines results folder, stdout, memory.
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod evaluate;
 pub mod inspect;
 pub mod model;
+pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod source;

@@ -42,6 +42,8 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the live inspection service (cameras, triggers, results) until stopped.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +53,7 @@ pub enum ConfigCommand {
 }
 
 pub mod evaluate;
+pub mod run;
 
 /// Loads settings, installs logging and runs the command. Returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(args) => inspect::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Evaluate(args) => evaluate::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
+        Command::Run(args) => run::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Config(ConfigCommand::Show) => {
             use std::io::Write as _;
             std::io::stdout()

@@ -30,6 +30,8 @@ pub struct Settings {
     pub inference: SessionOptions,
     pub decode: DecodeLimits,
     pub log: LogConfig,
+    pub pipeline: crate::pipeline::PipelineConfig,
+    pub cameras: Vec<crate::pipeline::CameraConfig>,
 }
 
 /// Configuration problems, all of them.
@@ -88,6 +90,10 @@ impl Settings {
                 self.decode.max_alloc_bytes
             ));
         }
+        problems.extend(crate::pipeline::config::problems(
+            &self.pipeline,
+            &self.cameras,
+        ));
         if problems.is_empty() {
             Ok(())
         } else {

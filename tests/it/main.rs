@@ -2,5 +2,6 @@
 
 mod cli;
 mod common;
+mod pipeline;
 mod reference;
 mod synthetic;
