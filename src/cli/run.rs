@@ -38,7 +38,11 @@ pub fn write_demo_model(dir: &Path) -> anyhow::Result<()> {
     for (name, bytes) in [("model.onnx", DEMO_ONNX), ("model.toml", DEMO_MANIFEST)] {
         let path = dir.join(name);
         if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-            std::fs::write(&path, bytes)
+            // Write beside and rename, so that a second `run --demo` starting at the same time
+            // never reads a half-written model.
+            let partial = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&partial, bytes)
+                .and_then(|()| std::fs::rename(&partial, &path))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }

@@ -88,7 +88,8 @@ pub struct CameraConfig {
     pub source: SourceConfig,
     #[serde(default)]
     pub mode: TriggerMode,
-    /// Frames per second asked of the source; 0: as fast as it delivers.
+    /// Free-run: frames per second asked of the source; 0: as fast as it delivers. Triggered
+    /// cameras grab one frame per trigger.
     #[serde(default)]
     pub fps: f64,
     /// Free-run: inspect every Nth frame delivered.
