@@ -755,3 +755,35 @@ async fn mqtt_triggers_from_the_real_broker() {
             .contains("linesight_frames_out_total{camera=\"press\"} 3")
     );
 }
+
+/// Back-off doubles up to its maximum, in virtual time: 1 s, 2 s, 2 s before the fourth grab.
+#[tokio::test(start_paused = true)]
+async fn reopen_back_off_doubles_up_to_its_maximum() {
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 1_000,
+        reopen_backoff_max_ms: 2_000,
+        ..PipelineConfig::default()
+    };
+    let flaky = Camera {
+        config: camera("flaky", synthetic(None), TriggerMode::FreeRun),
+        source: Box::new(Flaky {
+            failures: 3,
+            frames: 1,
+            next: 0,
+        }),
+    };
+    let (pipeline, sink) = start(config, vec![flaky]).await;
+    let start = tokio::time::Instant::now();
+    let real = std::time::Instant::now();
+    pipeline.run_until(std::future::pending()).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_millis(5_500),
+        "{waited:?}"
+    );
+    assert!(
+        real.elapsed() < Duration::from_secs(5),
+        "virtual time, not real"
+    );
+    assert_eq!(sink.results().len(), 1);
+}
