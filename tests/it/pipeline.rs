@@ -787,3 +787,43 @@ async fn reopen_back_off_doubles_up_to_its_maximum() {
     );
     assert_eq!(sink.results().len(), 1);
 }
+
+/// A model with a fixed batch of 2 under dynamic batches of up to 3: chunked and padded, same
+/// verdicts as the dynamic-batch demo model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_batch_models_run_under_dynamic_batching() {
+    let mut cam = camera(
+        "fixed",
+        SourceConfig::Folder {
+            path: repo().join("testdata/synthetic/test"),
+            repeat: false,
+        },
+        TriggerMode::FreeRun,
+    );
+    cam.model = repo().join("testdata/models/fixed-batch");
+    let config = PipelineConfig {
+        batch_size: 3,
+        max_batch_wait_ms: 50,
+        queue_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(config, vec![open(cam)]).await;
+    pipeline.run_until(std::future::pending()).await;
+    let results = sink.results();
+    assert_eq!(results.len(), 25);
+    assert!(
+        results.iter().any(|r| r.batch_size == 3),
+        "batches of 3 formed"
+    );
+    for r in &results {
+        let Outcome::Inspected { verdict, .. } = r.outcome else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            verdict == Verdict::Good,
+            r.origin.contains("/good/"),
+            "{}",
+            r.origin
+        );
+    }
+}
