@@ -165,7 +165,14 @@ impl FrameSource for LazySource {
     fn describe(&self) -> String {
         match &self.inner {
             Some(s) => s.describe(),
-            None => format!("{:?} (not open)", self.config),
+            None => match &self.config {
+                SourceConfig::Folder { path, .. } => {
+                    format!("folder {} (not open yet)", path.display())
+                }
+                SourceConfig::Synthetic { seed, .. } => {
+                    format!("synthetic seed {seed} (not open yet)")
+                }
+            },
         }
     }
 
