@@ -54,12 +54,9 @@ use queue::{Droppable, FrameQueue, Pushed};
 pub enum PipelineError {
     #[error("no cameras configured: add at least one [[cameras]] entry")]
     NoCameras,
-    #[error("model {path}: {source}")]
-    Package {
-        path: PathBuf,
-        #[source]
-        source: crate::model::package::PackageError,
-    },
+    /// The package error names the path itself.
+    #[error(transparent)]
+    Package(#[from] crate::model::package::PackageError),
     #[error("model {path}: {source}")]
     Model {
         path: PathBuf,
@@ -456,10 +453,7 @@ fn load_inspectors(
     models
         .iter()
         .map(|path| {
-            let package = ModelPackage::open(path).map_err(|source| PipelineError::Package {
-                path: path.clone(),
-                source,
-            })?;
+            let package = ModelPackage::open(path)?;
             let model = |source| PipelineError::Model {
                 path: path.clone(),
                 source,
