@@ -9,22 +9,31 @@
 //! ## Layout
 //! - [`config`] — layered settings: embedded defaults → TOML file → `LINESIGHT__SECTION__KEY`.
 //! - [`telemetry`] — tracing setup (text or JSON logs).
+//! - [`source`] — `FrameSource`: folder replay, synthetic washers (cameras to come).
 //! - [`preprocess`] — decode, ROI crop, resize (Pillow-exact), tensor layout. Pure, no I/O.
 //! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions.
 //! - [`postprocess`] — score → verdict, defect regions, heat-map overlay. Pure, no I/O.
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
-//! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
-//! - [`quality`] — quality domain: NCR and secondary-inspection workflows, e-signatures, audit chain (pure).
+//! - [`pipeline`] — the only wiring of the live service: camera tasks, bounded queues, batching
+//!   workers, triggers, metrics, shutdown.
+//! - [`actions`] — where results go: JSON-lines results folder, stdout, memory.
+//! - [`quality`] — quality domain: NCR and secondary-inspection workflows, e-signatures, audit
+//!   chain. Pure, and independent of the pipeline.
 //! - [`store`] — sqlx repositories and migrations for the quality records (SQLite or PostgreSQL).
-//! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `models`).
+//! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
+//! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `bench`, `models`, `run`,
+//!   `audit`, `users`, `images`, `config`).
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod evaluate;
 pub mod inspect;
 pub mod model;
+pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod quality;
+pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -55,6 +55,8 @@ pub enum Command {
     /// Stored inspection images.
     #[command(subcommand)]
     Images(quality::ImagesCommand),
+    /// Run the live inspection service (cameras, triggers, results) until stopped.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +66,7 @@ pub enum ConfigCommand {
 }
 
 pub mod evaluate;
+pub mod run;
 
 /// Loads settings, installs logging and runs the command. Returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Evaluate(args) => evaluate::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
         Command::Bench(args) => bench::run(&settings, cli.ort_lib.as_deref(), args),
+        Command::Run(args) => run::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Config(ConfigCommand::Show) => {
             use std::io::Write as _;
             std::io::stdout()

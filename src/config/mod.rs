@@ -32,6 +32,8 @@ pub struct Settings {
     pub log: LogConfig,
     pub store: crate::store::StoreConfig,
     pub quality: crate::quality::QualityConfig,
+    pub pipeline: crate::pipeline::PipelineConfig,
+    pub cameras: Vec<crate::pipeline::CameraConfig>,
 }
 
 /// Configuration problems, all of them.
@@ -92,6 +94,10 @@ impl Settings {
         }
         problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
+        problems.extend(crate::pipeline::config::problems(
+            &self.pipeline,
+            &self.cameras,
+        ));
         if problems.is_empty() {
             Ok(())
         } else {

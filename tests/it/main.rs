@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod pipeline;
 mod quality;
 mod reference;
 mod synthetic;

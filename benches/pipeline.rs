@@ -1,0 +1,201 @@
+//! The whole live pipeline on the folder source with the demo model, side by side with bare
+//! `ort::Session::run` on the same frames, model and threads: their throughput ratio is what the
+//! pipeline costs (see BENCHMARKS.md). A second group measures the worker's non-model work per
+//! 1280×1024 frame (preprocess to 256×256, regions and verdict) and prints its p99.
+//!
+//! `cargo bench --bench pipeline` to measure; `cargo bench -- --test` runs each once (CI).
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use linesight::actions::{MemorySink, ResultSink};
+use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::pipeline::{Camera, CameraConfig, Pipeline, PipelineConfig, TriggerMode};
+use linesight::preprocess::{DecodeLimits, decode, prepare};
+use linesight::source::SourceConfig;
+
+const THREADS: usize = 2;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn runtime() -> &'static OrtRuntime {
+    match OrtRuntime::init(None, None) {
+        Ok(rt) => rt,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        intra_threads: THREADS,
+        ..SessionOptions::default()
+    }
+}
+
+/// The frames of `folder`, sorted, as files.
+fn frames(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs the pipeline over `folder` once; returns the time from start of frames to last result.
+fn run_pipeline(rt: &tokio::runtime::Runtime, folder: &Path, expect: usize) -> Duration {
+    rt.block_on(async {
+        let config = CameraConfig {
+            id: "bench".into(),
+            source: SourceConfig::Folder {
+                path: folder.to_path_buf(),
+                repeat: false,
+            },
+            mode: TriggerMode::FreeRun,
+            fps: 0.0,
+            every_nth: 1,
+            model: repo().join("models/demo"),
+            threshold: None,
+            recipes: Default::default(),
+        };
+        let source = config.source.open(DecodeLimits::default()).expect("folder");
+        let sink = MemorySink::default();
+        let sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(sink.clone())];
+        let pipeline = Pipeline::start(
+            PipelineConfig {
+                queue_capacity: 4096,
+                ..PipelineConfig::default()
+            },
+            runtime(),
+            options(),
+            DecodeLimits::default(),
+            vec![Camera { config, source }],
+            sinks,
+        )
+        .await
+        .expect("pipeline");
+        // Model loading is outside the timed part.
+        let start = Instant::now();
+        pipeline.run_until(std::future::pending()).await;
+        let elapsed = start.elapsed();
+        assert_eq!(sink.results().len(), expect, "no frame dropped or lost");
+        elapsed
+    })
+}
+
+fn throughput(c: &mut Criterion) {
+    let folder = repo().join("testdata/synthetic/test");
+    let files = frames(&folder);
+    let n = files.len();
+    let package = ModelPackage::open(&repo().join("models/demo")).expect("demo model");
+    let detector = Detector::new(runtime(), package, &options(), None).expect("detector");
+    let (w, h) = (
+        detector.input.width as usize,
+        detector.input.height as usize,
+    );
+    // Bare ONNX Runtime gets the tensors ready-made: everything else is the pipeline's cost.
+    let tensors: Vec<Vec<f32>> = files
+        .iter()
+        .map(|f| {
+            let image =
+                decode(&std::fs::read(f).expect("read"), &DecodeLimits::default()).expect("decode");
+            let mut t = vec![0.0; 3 * w * h];
+            prepare(&image, &detector.input, &mut t).expect("prepare");
+            t
+        })
+        .collect();
+    let mut bare = ort::session::Session::builder(&runtime().environment)
+        .expect("builder")
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+        .expect("opt level")
+        .with_intra_threads(THREADS)
+        .expect("threads")
+        .commit_from_file(repo().join("models/demo/model.onnx"))
+        .expect("bare session");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    let id = format!("demo-washer/batch1/threads{THREADS}/cpu/{n}frames");
+    group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
+        b.iter(|| {
+            for t in &tensors {
+                let tensor =
+                    ort::value::TensorRef::from_array_view(([1usize, 3, h, w], t.as_slice()))
+                        .expect("tensor");
+                let outputs = bare.run(ort::inputs!["input" => tensor]).expect("run");
+                let (_, score) = outputs["pred_score"]
+                    .try_extract_tensor::<f32>()
+                    .expect("score");
+                black_box(score[0]);
+            }
+        })
+    });
+    group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n)).sum())
+    });
+    group.finish();
+}
+
+/// Non-model work a worker does per 1280×1024 frame: prepare (crop, exact resize, tensor) and
+/// decide (regions on the 256×256 map). Prints the p99 over 200 frames.
+fn overhead(c: &mut Criterion) {
+    let package = ModelPackage::open(&repo().join("models/demo")).expect("demo model");
+    let mut detector = Detector::new(runtime(), package, &options(), None).expect("detector");
+    let thresholds = detector.require_thresholds().expect("thresholds");
+    let frame = image::RgbImage::from_fn(1280, 1024, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let input = detector.input.clone();
+    let mut tensor = vec![0.0; detector.image_len()];
+    prepare(&frame, &input, &mut tensor).expect("prepare");
+    let output = detector.run(&tensor).expect("run").remove(0);
+    let map = output.map.expect("demo model has a map");
+    let geometry = linesight::postprocess::SourceGeometry {
+        width: 1280,
+        height: 1024,
+        roi: None,
+    };
+    let work = |tensor: &mut Vec<f32>| {
+        prepare(black_box(&frame), &input, tensor).expect("prepare");
+        black_box(linesight::postprocess::extract_regions(
+            &map,
+            thresholds.pixel,
+            geometry,
+            thresholds.min_region_area_px,
+        ));
+    };
+    let mut samples: Vec<f64> = (0..200)
+        .map(|_| {
+            let start = Instant::now();
+            work(&mut tensor);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    eprintln!(
+        "non-model work per 1280x1024 frame: p50 {:.2} ms, p99 {:.2} ms (200 frames)",
+        samples[100], samples[197]
+    );
+    let mut group = c.benchmark_group("pipeline_overhead");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(
+        BenchmarkId::new("prepare_and_decide", "1280x1024/pillow-bilinear"),
+        |b| b.iter(|| work(&mut tensor)),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, throughput, overhead);
+criterion_main!(benches);

@@ -1,0 +1,181 @@
+//! `linesight run`: the long-running inspection service.
+//!
+//! `--config FILE` runs the cameras of `[[cameras]]`; `--demo` adds a synthetic camera with the
+//! bundled demo model when none is configured, prints results and writes them to a results
+//! folder. SIGTERM or SIGINT stops it gracefully (exit 0).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::actions::{JsonLinesSink, ResultSink, StdoutSink};
+use crate::config::Settings;
+use crate::pipeline::http::{HttpState, app};
+use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
+use crate::source::SourceConfig;
+
+/// Options of `linesight run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run with embedded defaults: a synthetic camera and the bundled demo model; results are
+    /// printed and written to the results folder.
+    #[arg(long)]
+    pub demo: bool,
+    /// With --demo: stop after this many synthetic frames (default: run until stopped).
+    #[arg(long, value_name = "N", requires = "demo")]
+    pub frames: Option<u64>,
+    /// Results folder (overrides pipeline.results_dir).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+}
+
+const DEMO_ONNX: &[u8] = include_bytes!("../../models/demo/model.onnx");
+const DEMO_MANIFEST: &[u8] = include_bytes!("../../models/demo/model.toml");
+
+/// Writes the bundled demo model package to `dir` (unchanged files are left alone).
+pub fn write_demo_model(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in [("model.onnx", DEMO_ONNX), ("model.toml", DEMO_MANIFEST)] {
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            // Write beside and rename, so that a second `run --demo` starting at the same time
+            // never reads a half-written model.
+            let partial = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&partial, bytes)
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The demo's settings on top of what the layers gave.
+fn demo_settings(settings: &mut Settings, frames: Option<u64>) -> anyhow::Result<()> {
+    if settings.cameras.is_empty() {
+        let model = crate::model::runtime::cache_dir().join("demo-model");
+        write_demo_model(&model)?;
+        settings.cameras.push(CameraConfig {
+            id: "demo".into(),
+            source: SourceConfig::Synthetic {
+                seed: 1,
+                defect_rate: 0.3,
+                frames,
+            },
+            mode: TriggerMode::FreeRun,
+            fps: 5.0,
+            every_nth: 1,
+            model,
+            threshold: None,
+            recipes: Default::default(),
+        });
+    }
+    settings.pipeline.print_results = true;
+    if settings.pipeline.results_dir.is_none() {
+        settings.pipeline.results_dir = Some(PathBuf::from("linesight-results"));
+    }
+    Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the service until its sources finish or a signal comes.
+pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow::Result<i32> {
+    let mut settings = settings.clone();
+    if args.demo {
+        demo_settings(&mut settings, args.frames)?;
+    }
+    if let Some(dir) = args.results {
+        settings.pipeline.results_dir = Some(dir);
+    }
+    settings.validate()?;
+    if settings.cameras.is_empty() {
+        anyhow::bail!(
+            "no cameras configured: add [[cameras]] entries to the config file, or use `linesight run --demo`"
+        );
+    }
+    let runtime = crate::cli::runtime(&settings, ort_lib)?;
+    let mut sinks: Vec<Box<dyn ResultSink>> = Vec::new();
+    if let Some(dir) = &settings.pipeline.results_dir {
+        let sink = JsonLinesSink::open(dir)?;
+        tracing::info!(path = %sink.path().display(), "Writing results.");
+        sinks.push(Box::new(sink));
+    }
+    if settings.pipeline.print_results {
+        sinks.push(Box::new(StdoutSink));
+    }
+    let cameras = settings
+        .cameras
+        .iter()
+        .map(|c| Camera {
+            config: c.clone(),
+            source: Box::new(crate::source::LazySource::new(
+                c.source.clone(),
+                settings.decode,
+            )),
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let pipeline = Pipeline::start(
+            settings.pipeline.clone(),
+            runtime,
+            settings.inference.clone(),
+            settings.decode,
+            cameras,
+            sinks,
+        )
+        .await?;
+        let server = match &settings.pipeline.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on pipeline.listen = {addr}"))?;
+                let local = listener.local_addr()?;
+                tracing::info!(address = %local, "Serving triggers on POST /api/v1/triggers, metrics on GET /metrics.");
+                let router = app(HttpState {
+                    triggers: pipeline.triggers(),
+                    status: pipeline.status(),
+                });
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "HTTP endpoint failed.");
+                    }
+                }))
+            }
+            None => None,
+        };
+        let summary = pipeline.run_until(stop_signal()).await;
+        if let Some(server) = server {
+            server.abort();
+        }
+        eprintln!(
+            "stopped: {} inspected, {} late, {} busy, {} errors, {} frames dropped",
+            summary.inspected, summary.late, summary.busy, summary.errors, summary.dropped
+        );
+        Ok(0)
+    })
+}

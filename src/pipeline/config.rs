@@ -1,0 +1,204 @@
+//! `[pipeline]` and `[[cameras]]` settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::SourceConfig;
+
+/// `[pipeline]`: queues, batching, workers, shutdown and the HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Inference workers; each owns one ONNX Runtime session per model (threads per session:
+    /// `[inference] intra_threads`; providers: `[inference] execution_providers`).
+    pub workers: usize,
+    /// Most frames per inference call. A fixed-batch model is fed in chunks of its own size.
+    pub batch_size: usize,
+    /// How long a worker holding fewer than `batch_size` frames waits for more.
+    pub max_batch_wait_ms: u64,
+    /// Frames waiting for inference, all cameras together.
+    pub queue_capacity: usize,
+    /// Triggers waiting for a frame, per camera; a trigger beyond it is answered "busy".
+    pub trigger_queue_capacity: usize,
+    /// A triggered frame not inferred within this time of its trigger is answered "late".
+    pub trigger_deadline_ms: u64,
+    /// On SIGTERM/SIGINT, time given to frames in flight before they are answered "late".
+    pub shutdown_deadline_ms: u64,
+    /// First wait before reopening a failed source; doubled per failure up to the maximum.
+    pub reopen_backoff_initial_ms: u64,
+    pub reopen_backoff_max_ms: u64,
+    /// Folder for `results.jsonl` (none: no file).
+    pub results_dir: Option<PathBuf>,
+    /// Print one line per result on stdout.
+    pub print_results: bool,
+    /// Address of the HTTP endpoint (`POST /api/v1/triggers`, `GET /metrics`,
+    /// `GET /api/v1/health`); none: no endpoint.
+    pub listen: Option<String>,
+    /// Subscribe to triggers over MQTT (none: no subscription).
+    pub mqtt_triggers: Option<super::mqtt::MqttTriggerConfig>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: 1,
+            batch_size: 1,
+            max_batch_wait_ms: 2,
+            queue_capacity: 8,
+            trigger_queue_capacity: 64,
+            trigger_deadline_ms: 2_000,
+            shutdown_deadline_ms: 5_000,
+            reopen_backoff_initial_ms: 200,
+            reopen_backoff_max_ms: 10_000,
+            results_dir: None,
+            print_results: false,
+            listen: None,
+            mqtt_triggers: None,
+        }
+    }
+}
+
+/// Whether a camera inspects every frame it delivers or only frames asked for by a trigger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerMode {
+    #[default]
+    FreeRun,
+    Triggered,
+}
+
+/// A recipe: the model and threshold a camera uses for one product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeConfig {
+    pub model: PathBuf,
+    /// Image threshold (defect when score > threshold); none: the model's own.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+}
+
+/// One `[[cameras]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Unique name, carried by every result.
+    pub id: String,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub mode: TriggerMode,
+    /// Free-run: frames per second asked of the source; 0: as fast as it delivers. Triggered
+    /// cameras grab one frame per trigger.
+    #[serde(default)]
+    pub fps: f64,
+    /// Free-run: inspect every Nth frame delivered.
+    #[serde(default = "one")]
+    pub every_nth: u64,
+    /// The model and threshold when no recipe is named.
+    pub model: PathBuf,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// Named recipes a trigger may select (product change-over).
+    #[serde(default)]
+    pub recipes: BTreeMap<String, RecipeConfig>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Problems with the pipeline and camera settings, all of them.
+pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut range = |field: &str, value: u64, lo: u64, hi: u64| {
+        if !(lo..=hi).contains(&value) {
+            p.push(format!(
+                "pipeline.{field} = {value}: must be between {lo} and {hi}"
+            ));
+        }
+    };
+    range("workers", pipeline.workers as u64, 1, 64);
+    range("batch_size", pipeline.batch_size as u64, 1, 256);
+    range("max_batch_wait_ms", pipeline.max_batch_wait_ms, 0, 10_000);
+    range("queue_capacity", pipeline.queue_capacity as u64, 1, 100_000);
+    range(
+        "trigger_queue_capacity",
+        pipeline.trigger_queue_capacity as u64,
+        1,
+        100_000,
+    );
+    range(
+        "trigger_deadline_ms",
+        pipeline.trigger_deadline_ms,
+        1,
+        3_600_000,
+    );
+    range(
+        "shutdown_deadline_ms",
+        pipeline.shutdown_deadline_ms,
+        0,
+        600_000,
+    );
+    range(
+        "reopen_backoff_initial_ms",
+        pipeline.reopen_backoff_initial_ms,
+        1,
+        3_600_000,
+    );
+    range(
+        "reopen_backoff_max_ms",
+        pipeline.reopen_backoff_max_ms,
+        1,
+        3_600_000,
+    );
+    if let Some(listen) = &pipeline.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        p.push(format!(
+            "pipeline.listen = {listen:?}: must be an address and port such as \"127.0.0.1:8090\""
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in cameras.iter().enumerate() {
+        let field = format!("cameras[{i}]");
+        if c.id.is_empty()
+            || c.id.len() > 64
+            || !c
+                .id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            p.push(format!(
+                "{field}.id = {:?}: must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+                c.id
+            ));
+        }
+        if !seen.insert(c.id.clone()) {
+            p.push(format!(
+                "{field}.id = {:?}: another camera has this id",
+                c.id
+            ));
+        }
+        if !(c.fps.is_finite() && (0.0..=1000.0).contains(&c.fps)) {
+            p.push(format!(
+                "{field}.fps = {}: must be between 0 (as fast as the source delivers) and 1000",
+                c.fps
+            ));
+        }
+        if c.every_nth == 0 {
+            p.push(format!("{field}.every_nth = 0: must be at least 1"));
+        }
+        for (name, t) in std::iter::once(("threshold".to_string(), c.threshold)).chain(
+            c.recipes
+                .iter()
+                .map(|(n, r)| (format!("recipes.{n}.threshold"), r.threshold)),
+        ) {
+            if t.is_some_and(|t| !t.is_finite()) {
+                p.push(format!("{field}.{name}: must be a finite number"));
+            }
+        }
+        p.extend(c.source.problems(&format!("{field}.source")));
+    }
+    p
+}

@@ -1,0 +1,96 @@
+//! The pipeline's small HTTP endpoint: `POST /api/v1/triggers`, `GET /metrics`,
+//! `GET /api/v1/health`. The full API (issue 5) will mount these routes beside its own.
+//!
+//! Errors are RFC 9457 problem+json bodies; the status follows the error exhaustively.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{PipelineStatus, Trigger, TriggerError, Triggers};
+
+/// What the routes need.
+#[derive(Clone)]
+pub struct HttpState {
+    pub triggers: Triggers,
+    pub status: PipelineStatus,
+}
+
+fn problem(status: StatusCode, title: &str, detail: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        serde_json::json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail })
+            .to_string(),
+    )
+        .into_response()
+}
+
+impl IntoResponse for TriggerError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            TriggerError::UnknownCamera { .. } => StatusCode::NOT_FOUND,
+            TriggerError::NotTriggered { .. } => StatusCode::CONFLICT,
+            TriggerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        problem(status, "trigger refused", self.to_string())
+    }
+}
+
+async fn fire(
+    State(state): State<HttpState>,
+    body: Result<Json<Trigger>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(trigger) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid trigger",
+                rejection.body_text(),
+            );
+        }
+    };
+    for (field, value) in [
+        ("id", &trigger.id),
+        ("part_id", &trigger.part_id),
+        ("lot", &trigger.lot),
+        ("recipe", &trigger.recipe),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > 256) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid trigger",
+                format!("{field} is longer than 256 bytes"),
+            );
+        }
+    }
+    match state.triggers.fire(trigger).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.status.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<HttpState>) -> Response {
+    Json(state.status.health()).into_response()
+}
+
+/// The router; serve it with `axum::serve`.
+pub fn app(state: HttpState) -> Router {
+    Router::new()
+        .route("/api/v1/triggers", post(fire))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/health", get(health))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}

@@ -1,0 +1,1184 @@
+//! The live pipeline: the only place that spawns stage tasks and wires their channels.
+//!
+//! ```text
+//! camera task (one per camera) ──► FrameQueue ──► inference workers ──► results channel ──► actions
+//!   pace / wait for trigger          bounded,        one Detector per       bounded, awaited     sinks
+//!   grab on a blocking thread        drop-oldest     model per worker,      (never drops)
+//!   reopen with back-off             for free-run    on blocking threads
+//! ```
+//!
+//! Decode happens in the source (a camera delivers pixels); ROI/resize/tensor, inference and
+//! regions/verdict run in the worker through [`crate::inspect::Inspector`], so the pipeline adds
+//! no stage logic of its own.
+//!
+//! Invariants:
+//! - every accepted trigger produces exactly one result: a verdict, "busy" (queues full),
+//!   "late" (deadline passed before inference, or shutdown deadline), or an error;
+//! - free-run frames may be dropped only by the queue policy ([`queue`]), and every drop is
+//!   counted for its camera;
+//! - a failing source affects only its own camera: it is reopened with exponential back-off and
+//!   its health says so;
+//! - shutdown stops the sources, lets frames in flight finish within
+//!   `shutdown_deadline_ms`, answers what is left, flushes the sinks, then returns.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod mqtt;
+pub mod queue;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use config::{CameraConfig, PipelineConfig, RecipeConfig, TriggerMode};
+pub use metrics::Metrics;
+
+use crate::actions::ResultSink;
+use crate::inspect::{Inspector, ModelIdentity};
+use crate::model::{Detector, ModelError, ModelPackage, OrtRuntime, SessionOptions};
+use crate::postprocess::{DefectRegion, Verdict};
+use crate::preprocess::DecodeLimits;
+use crate::source::{Captured, FrameSource};
+use queue::{Droppable, FrameQueue, Pushed};
+
+/// Errors that stop the pipeline from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("no cameras configured: add at least one [[cameras]] entry")]
+    NoCameras,
+    /// The package error names the path itself.
+    #[error(transparent)]
+    Package(#[from] crate::model::package::PackageError),
+    #[error("model {path}: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("model loading was interrupted: {0}")]
+    Join(String),
+}
+
+/// Why a trigger was not accepted (the caller is told; nothing is recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("unknown camera {camera:?}; cameras: {known}")]
+    UnknownCamera { camera: String, known: String },
+    #[error("camera {camera:?} runs free, not triggered")]
+    NotTriggered { camera: String },
+    #[error("the pipeline is shutting down")]
+    ShuttingDown,
+}
+
+/// A request to inspect the next frame of a camera.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub camera: String,
+    /// Unique id echoed in the result; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub part_id: Option<String>,
+    #[serde(default)]
+    pub lot: Option<String>,
+    /// Recipe name from the camera's `recipes`; none: the camera's default model.
+    #[serde(default)]
+    pub recipe: Option<String>,
+}
+
+/// What became of a frame or trigger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    Inspected {
+        score: f32,
+        verdict: Verdict,
+        threshold: f32,
+        regions: Vec<DefectRegion>,
+    },
+    /// The trigger's deadline passed before inference (or the shutdown deadline did).
+    Late {
+        reason: String,
+        waited_ms: f64,
+    },
+    /// The queues were full when the trigger came.
+    Busy {
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Milliseconds per stage for one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PipelineTimings {
+    pub capture_ms: f64,
+    pub queue_ms: f64,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+    pub postprocess_ms: f64,
+    /// From the start of the grab (or the trigger) to the result.
+    pub total_ms: f64,
+}
+
+/// One pipeline result: what the sinks record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InspectionResult {
+    pub camera: String,
+    /// Frame number within the camera's run (0 for triggers answered without a frame).
+    pub sequence: u64,
+    pub trigger_id: Option<String>,
+    pub part_id: Option<String>,
+    pub lot: Option<String>,
+    pub recipe: Option<String>,
+    /// Capture time, RFC 3339 UTC.
+    pub frame_time: String,
+    /// Where the frame came from (file, synthetic index, device).
+    pub origin: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub model: Option<ModelIdentity>,
+    pub timings: PipelineTimings,
+    /// Frames in the inference call that produced this result (0 without inference).
+    pub batch_size: usize,
+}
+
+impl InspectionResult {
+    /// Short status: `inspected`, `late`, `busy` or `error`.
+    pub fn status(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Inspected { .. } => "inspected",
+            Outcome::Late { .. } => "late",
+            Outcome::Busy { .. } => "busy",
+            Outcome::Error { .. } => "error",
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Health of one camera.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum CameraHealth {
+    Starting,
+    Running,
+    /// The source failed; it is reopened after `retry_in_ms`.
+    Reopening {
+        error: String,
+        failures: u32,
+        retry_in_ms: u64,
+    },
+    /// The source has no more frames (a folder replayed once).
+    Finished,
+    Stopped,
+}
+
+/// A camera to run: its settings and its source.
+pub struct Camera {
+    pub config: CameraConfig,
+    pub source: Box<dyn FrameSource>,
+}
+
+/// Counts at the end of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub inspected: u64,
+    pub late: u64,
+    pub busy: u64,
+    pub errors: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ModelChoice {
+    model: usize,
+    threshold: Option<f32>,
+    recipe: Option<String>,
+}
+
+struct PendingTrigger {
+    trigger: Trigger,
+    id: String,
+    fired_at: Instant,
+}
+
+struct WorkItem {
+    camera: Arc<str>,
+    sequence: u64,
+    captured: Captured,
+    capture_ms: f64,
+    started: Instant,
+    enqueued: Instant,
+    trigger: Option<PendingTrigger>,
+    choice: ModelChoice,
+}
+
+impl Droppable for WorkItem {
+    fn droppable(&self) -> bool {
+        self.trigger.is_none()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// What the camera tasks, workers and trigger handle share.
+struct Shared {
+    config: PipelineConfig,
+    queue: FrameQueue<WorkItem>,
+    results: mpsc::Sender<InspectionResult>,
+    metrics: Arc<Metrics>,
+    health: Mutex<BTreeMap<String, CameraHealth>>,
+    accepting: AtomicBool,
+    trigger_seq: AtomicU64,
+    results_closed: AtomicBool,
+    results_wake: tokio::sync::Notify,
+    cameras_running: std::sync::atomic::AtomicUsize,
+    cameras_done: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn set_health(&self, camera: &str, health: CameraHealth) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(camera.to_string(), health);
+    }
+
+    async fn record(&self, result: InspectionResult) {
+        if let Some(c) = self.metrics.camera(&result.camera) {
+            let counter = match result.outcome {
+                Outcome::Inspected { .. } => &c.inspected,
+                Outcome::Late { .. } => &c.late,
+                Outcome::Busy { .. } => &c.busy,
+                Outcome::Error { .. } => &c.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if result.timings.total_ms > 0.0 {
+            self.metrics.observe_ms("total", result.timings.total_ms);
+        }
+        // The actions task runs until every sender is gone, so this only fails if it panicked.
+        if self.results.send(result).await.is_err() {
+            tracing::error!("Result dropped: the actions task is gone.");
+        }
+    }
+
+    fn count_drop(&self, item: &WorkItem) {
+        if let Some(c) = self.metrics.camera(&item.camera) {
+            c.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn trigger_result(
+    camera: &str,
+    pending: &PendingTrigger,
+    recipe: Option<String>,
+    outcome: Outcome,
+) -> InspectionResult {
+    InspectionResult {
+        camera: camera.to_string(),
+        sequence: 0,
+        trigger_id: Some(pending.id.clone()),
+        part_id: pending.trigger.part_id.clone(),
+        lot: pending.trigger.lot.clone(),
+        recipe: recipe.or_else(|| pending.trigger.recipe.clone()),
+        frame_time: rfc3339(SystemTime::now()),
+        origin: String::new(),
+        outcome,
+        model: None,
+        timings: PipelineTimings {
+            total_ms: ms(pending.fired_at.elapsed()),
+            ..PipelineTimings::default()
+        },
+        batch_size: 0,
+    }
+}
+
+fn item_result(item: &WorkItem, outcome: Outcome) -> InspectionResult {
+    let t = item.trigger.as_ref();
+    InspectionResult {
+        camera: item.camera.to_string(),
+        sequence: item.sequence,
+        trigger_id: t.map(|t| t.id.clone()),
+        part_id: t.and_then(|t| t.trigger.part_id.clone()),
+        lot: t.and_then(|t| t.trigger.lot.clone()),
+        recipe: item.choice.recipe.clone(),
+        frame_time: rfc3339(item.captured.captured_at),
+        origin: item.captured.origin.clone(),
+        outcome,
+        model: None,
+        timings: PipelineTimings {
+            capture_ms: item.capture_ms,
+            queue_ms: ms(item.enqueued.elapsed()),
+            total_ms: ms(item.started.elapsed()),
+            ..PipelineTimings::default()
+        },
+        batch_size: 0,
+    }
+}
+
+/// Accepts triggers for the triggered cameras. Cheap to clone.
+#[derive(Clone)]
+pub struct Triggers {
+    cameras: Arc<BTreeMap<String, Option<mpsc::Sender<PendingTrigger>>>>,
+    shared: Arc<Shared>,
+}
+
+/// What happened to a fired trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TriggerAccepted {
+    pub id: String,
+    /// `queued`, or `busy` when it was answered at once because the camera's trigger queue was full.
+    pub status: &'static str,
+}
+
+impl Triggers {
+    /// Queues `trigger` for its camera. Once accepted, it gets exactly one result.
+    pub async fn fire(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let sender = match self.cameras.get(&trigger.camera) {
+            None => {
+                return Err(TriggerError::UnknownCamera {
+                    camera: trigger.camera,
+                    known: self.cameras.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+            Some(None) => {
+                return Err(TriggerError::NotTriggered {
+                    camera: trigger.camera,
+                });
+            }
+            Some(Some(sender)) => sender,
+        };
+        let id = trigger.id.clone().unwrap_or_else(|| {
+            let n = self.shared.trigger_seq.fetch_add(1, Ordering::Relaxed);
+            format!("{}-{n}", trigger.camera)
+        });
+        let pending = PendingTrigger {
+            trigger,
+            id: id.clone(),
+            fired_at: Instant::now(),
+        };
+        match sender.try_send(pending) {
+            Ok(()) => Ok(TriggerAccepted {
+                id,
+                status: "queued",
+            }),
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let camera = pending.trigger.camera.clone();
+                let result = trigger_result(
+                    &camera,
+                    &pending,
+                    None,
+                    Outcome::Busy {
+                        reason: format!(
+                            "{} triggers already waiting for camera {camera}",
+                            self.shared.config.trigger_queue_capacity
+                        ),
+                    },
+                );
+                self.shared.record(result).await;
+                Ok(TriggerAccepted { id, status: "busy" })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TriggerError::ShuttingDown),
+        }
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    triggers: Triggers,
+    shutdown: watch::Sender<bool>,
+    cameras: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    mqtt: Option<JoinHandle<()>>,
+    actions: Option<JoinHandle<Vec<Box<dyn ResultSink>>>>,
+    results_tx: Option<mpsc::Sender<InspectionResult>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Dropped without `shutdown` (a panic or an early return): stop the tasks.
+        let _ = self.shutdown.send(true);
+        self.shared.queue.close();
+    }
+}
+
+/// Opens every model referenced by `cameras` once per worker.
+fn load_inspectors(
+    runtime: &'static OrtRuntime,
+    models: &[PathBuf],
+    options: &SessionOptions,
+    limits: DecodeLimits,
+) -> Result<Vec<Inspector>, PipelineError> {
+    models
+        .iter()
+        .map(|path| {
+            let package = ModelPackage::open(path)?;
+            let model = |source| PipelineError::Model {
+                path: path.clone(),
+                source,
+            };
+            let detector = Detector::new(runtime, package, options, None).map_err(model)?;
+            Inspector::new(detector, limits).map_err(model)
+        })
+        .collect()
+}
+
+impl Pipeline {
+    /// Loads the models (one session per model per worker), then starts the camera tasks,
+    /// workers and the actions task. Must be called inside a Tokio runtime.
+    pub async fn start(
+        config: PipelineConfig,
+        runtime: &'static OrtRuntime,
+        inference: SessionOptions,
+        limits: DecodeLimits,
+        cameras: Vec<Camera>,
+        sinks: Vec<Box<dyn ResultSink>>,
+    ) -> Result<Pipeline, PipelineError> {
+        if cameras.is_empty() {
+            return Err(PipelineError::NoCameras);
+        }
+        let mut models: Vec<PathBuf> = Vec::new();
+        let mut index_of = |path: &PathBuf| match models.iter().position(|m| m == path) {
+            Some(i) => i,
+            None => {
+                models.push(path.clone());
+                models.len() - 1
+            }
+        };
+        let mut choices = Vec::new();
+        for camera in &cameras {
+            let c = &camera.config;
+            let default = ModelChoice {
+                model: index_of(&c.model),
+                threshold: c.threshold,
+                recipe: None,
+            };
+            let recipes: BTreeMap<String, ModelChoice> = c
+                .recipes
+                .iter()
+                .map(|(name, r)| {
+                    (
+                        name.clone(),
+                        ModelChoice {
+                            model: index_of(&r.model),
+                            threshold: r.threshold,
+                            recipe: Some(name.clone()),
+                        },
+                    )
+                })
+                .collect();
+            choices.push((default, recipes));
+        }
+        let mut worker_inspectors = Vec::new();
+        for _ in 0..config.workers.max(1) {
+            let models = models.clone();
+            let options = inference.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                load_inspectors(runtime, &models, &options, limits)
+            })
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))??;
+            worker_inspectors.push(loaded);
+        }
+
+        let metrics = Arc::new(Metrics::new(cameras.iter().map(|c| c.config.id.as_str())));
+        let (results_tx, results_rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            queue: FrameQueue::new(config.queue_capacity),
+            results: results_tx.clone(),
+            metrics: metrics.clone(),
+            health: Mutex::new(
+                cameras
+                    .iter()
+                    .map(|c| (c.config.id.clone(), CameraHealth::Starting))
+                    .collect(),
+            ),
+            accepting: AtomicBool::new(true),
+            trigger_seq: AtomicU64::new(0),
+            results_closed: AtomicBool::new(false),
+            results_wake: tokio::sync::Notify::new(),
+            cameras_running: std::sync::atomic::AtomicUsize::new(cameras.len()),
+            cameras_done: tokio::sync::Notify::new(),
+            config,
+        });
+        let actions = tokio::spawn(run_actions(results_rx, sinks, shared.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut trigger_senders = BTreeMap::new();
+        let mut camera_tasks = Vec::new();
+        for (camera, (default, recipes)) in cameras.into_iter().zip(choices) {
+            let triggers = if camera.config.mode == TriggerMode::Triggered {
+                let (tx, rx) = mpsc::channel(shared.config.trigger_queue_capacity.max(1));
+                trigger_senders.insert(camera.config.id.clone(), Some(tx));
+                Some(rx)
+            } else {
+                trigger_senders.insert(camera.config.id.clone(), None);
+                None
+            };
+            camera_tasks.push(tokio::spawn(run_camera(
+                camera,
+                default,
+                recipes,
+                triggers,
+                shared.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let workers = worker_inspectors
+            .into_iter()
+            .map(|inspectors| tokio::spawn(run_worker(inspectors, shared.clone())))
+            .collect();
+        let triggers = Triggers {
+            cameras: Arc::new(trigger_senders),
+            shared: shared.clone(),
+        };
+        let mqtt =
+            shared.config.mqtt_triggers.clone().map(|config| {
+                tokio::spawn(mqtt::run(config, triggers.clone(), shutdown_rx.clone()))
+            });
+        Ok(Pipeline {
+            triggers,
+            mqtt,
+            shared,
+            shutdown,
+            cameras: camera_tasks,
+            workers,
+            actions: Some(actions),
+            results_tx: Some(results_tx),
+        })
+    }
+
+    /// The trigger handle (for HTTP, MQTT and tests).
+    pub fn triggers(&self) -> Triggers {
+        self.triggers.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Health of every camera.
+    pub fn health(&self) -> BTreeMap<String, CameraHealth> {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A view for the HTTP endpoint.
+    pub fn status(&self) -> PipelineStatus {
+        PipelineStatus {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until every camera's source has finished or `stop` completes, then shuts down
+    /// gracefully and returns the counts.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Summary {
+        let shared = self.shared.clone();
+        let all_finished = async move {
+            loop {
+                let done = shared.cameras_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if shared.cameras_running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        tokio::select! {
+            () = all_finished => {}
+            () = stop => {}
+        }
+        self.shutdown().await
+    }
+
+    /// Stops the sources, lets frames in flight finish within the shutdown deadline, answers
+    /// what is left, flushes the sinks.
+    pub async fn shutdown(mut self) -> Summary {
+        let shared = self.shared.clone();
+        shared.accepting.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        if let Some(mqtt) = self.mqtt.take() {
+            let _ = mqtt.await;
+        }
+        for task in self.cameras.drain(..) {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "Camera task failed.");
+            }
+        }
+        shared.queue.close();
+        let deadline = Duration::from_millis(shared.config.shutdown_deadline_ms);
+        let mut workers = std::mem::take(&mut self.workers);
+        let drained = tokio::time::timeout(deadline, async {
+            for w in &mut workers {
+                let _ = w.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let left = shared.queue.drain();
+            tracing::warn!(
+                frames = left.len(),
+                "Shutdown deadline passed with frames queued."
+            );
+            for item in left {
+                if item.trigger.is_some() {
+                    let waited_ms = ms(item.enqueued.elapsed());
+                    let result = item_result(
+                        &item,
+                        Outcome::Late {
+                            reason: "shutdown deadline passed before inference".into(),
+                            waited_ms,
+                        },
+                    );
+                    shared.record(result).await;
+                } else {
+                    shared.count_drop(&item);
+                }
+            }
+            // A batch already in inference is finished: its results are worth recording.
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+        drop(self.results_tx.take());
+        // Senders also live in `shared`, which the HTTP state may keep: the actions task is
+        // told to drain and finish explicitly.
+        shared.results_done();
+        let sinks = match self.actions.take() {
+            Some(actions) => match actions.await {
+                Ok(sinks) => sinks,
+                Err(e) => {
+                    tracing::error!(error = %e, "Actions task failed.");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        drop(sinks);
+        let mut summary = Summary::default();
+        for c in shared.metrics.cameras.values() {
+            summary.inspected += c.inspected.load(Ordering::Relaxed);
+            summary.late += c.late.load(Ordering::Relaxed);
+            summary.busy += c.busy.load(Ordering::Relaxed);
+            summary.errors += c.errors.load(Ordering::Relaxed);
+            summary.dropped += c.frames_dropped.load(Ordering::Relaxed);
+        }
+        summary
+    }
+}
+
+/// Read-only view of a running pipeline for the HTTP endpoint.
+#[derive(Clone)]
+pub struct PipelineStatus {
+    shared: Arc<Shared>,
+}
+
+impl PipelineStatus {
+    pub fn metrics_text(&self) -> String {
+        let health = self.health();
+        let up = health
+            .iter()
+            .map(|(k, h)| (k.clone(), matches!(h, CameraHealth::Running)))
+            .collect();
+        self.shared.metrics.render(self.shared.queue.len(), &up)
+    }
+
+    pub fn health(&self) -> BTreeMap<String, CameraHealth> {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Shared {
+    /// Marks the end of results: the actions task drains what is queued and stops.
+    fn results_done(&self) {
+        self.results_closed.store(true, Ordering::SeqCst);
+        self.results_wake.notify_one();
+    }
+}
+
+async fn run_actions(
+    mut rx: mpsc::Receiver<InspectionResult>,
+    mut sinks: Vec<Box<dyn ResultSink>>,
+    shared: Arc<Shared>,
+) -> Vec<Box<dyn ResultSink>> {
+    let deliver = |sinks: &mut Vec<Box<dyn ResultSink>>, result: &InspectionResult| {
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.record(result) {
+                shared.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, camera = %result.camera, "Result not recorded by a sink.");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            Some(result) = rx.recv() => deliver(&mut sinks, &result),
+            () = shared.results_wake.notified() => {
+                if shared.results_closed.load(Ordering::SeqCst) {
+                    while let Ok(result) = rx.try_recv() {
+                        deliver(&mut sinks, &result);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    for sink in sinks.iter_mut() {
+        if let Err(e) = sink.flush() {
+            shared.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "Sink flush failed at shutdown.");
+        }
+    }
+    sinks
+}
+
+/// Grabs one frame on a blocking thread; gives the source back.
+async fn grab(
+    mut source: Box<dyn FrameSource>,
+) -> (Box<dyn FrameSource>, Result<Option<Captured>, String>, f64) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        let result = source.next_frame().map_err(|e| e.to_string());
+        (source, result, ms(start.elapsed()))
+    })
+    .await;
+    match joined {
+        Ok(done) => done,
+        // A panicking driver must not take the pipeline down; the source is lost with it.
+        Err(e) => (
+            Box::new(Broken(e.to_string())),
+            Err(format!("source panicked: {e}")),
+            0.0,
+        ),
+    }
+}
+
+/// Stands in for a source whose driver panicked: every grab fails, so health shows it.
+struct Broken(String);
+
+impl FrameSource for Broken {
+    fn describe(&self) -> String {
+        "broken source".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, crate::source::SourceError> {
+        Err(crate::source::SourceError::Device {
+            source_name: "source".into(),
+            message: format!("the driver panicked earlier: {}", self.0),
+        })
+    }
+    fn reopen(&mut self) -> Result<(), crate::source::SourceError> {
+        self.next_frame().map(|_| ())
+    }
+}
+
+async fn reopen(mut source: Box<dyn FrameSource>) -> (Box<dyn FrameSource>, Result<(), String>) {
+    match tokio::task::spawn_blocking(move || {
+        let r = source.reopen().map_err(|e| e.to_string());
+        (source, r)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => (Box::new(Broken(e.to_string())), Err(e.to_string())),
+    }
+}
+
+async fn run_camera(
+    camera: Camera,
+    default: ModelChoice,
+    recipes: BTreeMap<String, ModelChoice>,
+    mut triggers: Option<mpsc::Receiver<PendingTrigger>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = camera.config;
+    let id: Arc<str> = Arc::from(config.id.as_str());
+    let mut source = camera.source;
+    let counters = shared.metrics.camera(&id);
+    let initial_backoff = Duration::from_millis(shared.config.reopen_backoff_initial_ms);
+    let max_backoff = Duration::from_millis(shared.config.reopen_backoff_max_ms);
+    let mut backoff = initial_backoff;
+    let mut failures = 0u32;
+    let mut interval = (config.fps > 0.0).then(|| {
+        let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / config.fps));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        i
+    });
+    let mut sequence = 0u64;
+    let mut delivered = 0u64;
+    tracing::info!(camera = %id, source = %source.describe(), mode = ?config.mode, "Camera started.");
+    let final_health = loop {
+        if *shutdown.borrow() {
+            break CameraHealth::Stopped;
+        }
+        // Free-run: pace. Triggered: wait for a trigger.
+        let pending = match triggers.as_mut() {
+            Some(rx) => tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => Some(t),
+                    None => break CameraHealth::Stopped,
+                },
+                _ = shutdown.changed() => break CameraHealth::Stopped,
+            },
+            None => {
+                if let Some(i) = interval.as_mut() {
+                    tokio::select! {
+                        _ = i.tick() => {}
+                        _ = shutdown.changed() => break CameraHealth::Stopped,
+                    }
+                } else {
+                    // As fast as possible, but let other tasks (and shutdown) in.
+                    tokio::task::yield_now().await;
+                }
+                None
+            }
+        };
+        let started = pending.as_ref().map_or_else(Instant::now, |p| p.fired_at);
+        let choice = match pending.as_ref().and_then(|p| p.trigger.recipe.as_ref()) {
+            None => default.clone(),
+            Some(name) => match recipes.get(name) {
+                Some(choice) => choice.clone(),
+                None => {
+                    let pending = pending.as_ref().expect("a recipe comes with a trigger");
+                    let known: Vec<&str> = recipes.keys().map(String::as_str).collect();
+                    let result = trigger_result(
+                        &id,
+                        pending,
+                        Some(name.clone()),
+                        Outcome::Error {
+                            message: format!(
+                                "unknown recipe {name:?} for camera {id}; recipes: {}",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        },
+                    );
+                    shared.record(result).await;
+                    continue;
+                }
+            },
+        };
+        let (back, grabbed, capture_ms) = grab(source).await;
+        source = back;
+        shared.metrics.observe_ms("capture", capture_ms);
+        match grabbed {
+            Ok(Some(captured)) => {
+                if failures > 0 {
+                    tracing::info!(camera = %id, failures, "Source recovered.");
+                }
+                failures = 0;
+                backoff = initial_backoff;
+                shared.set_health(&id, CameraHealth::Running);
+                if let Some(c) = counters {
+                    c.frames_in.fetch_add(1, Ordering::Relaxed);
+                }
+                sequence += 1;
+                if pending.is_none() {
+                    delivered += 1;
+                    if !(delivered - 1).is_multiple_of(config.every_nth) {
+                        continue;
+                    }
+                }
+                let item = WorkItem {
+                    camera: id.clone(),
+                    sequence,
+                    captured,
+                    capture_ms,
+                    started,
+                    enqueued: Instant::now(),
+                    trigger: pending,
+                    choice,
+                };
+                match shared.queue.push(item) {
+                    Pushed::Queued => {}
+                    Pushed::QueuedEvicting(old) => shared.count_drop(&old),
+                    Pushed::Refused(item) if item.trigger.is_some() => {
+                        let result = item_result(
+                            &item,
+                            Outcome::Busy {
+                                reason: format!(
+                                    "inference queue full ({} triggered frames waiting)",
+                                    shared.config.queue_capacity
+                                ),
+                            },
+                        );
+                        shared.record(result).await;
+                    }
+                    Pushed::Refused(item) => shared.count_drop(&item),
+                }
+            }
+            Ok(None) => {
+                if let Some(p) = pending {
+                    let result = trigger_result(
+                        &id,
+                        &p,
+                        choice.recipe,
+                        Outcome::Error {
+                            message: format!("camera {id} has no more frames"),
+                        },
+                    );
+                    shared.record(result).await;
+                }
+                tracing::info!(camera = %id, frames = sequence, "Source finished.");
+                break CameraHealth::Finished;
+            }
+            Err(error) => {
+                failures += 1;
+                if let Some(c) = counters {
+                    c.source_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(p) = pending {
+                    let result = trigger_result(
+                        &id,
+                        &p,
+                        choice.recipe,
+                        Outcome::Error {
+                            message: format!("capture failed: {error}"),
+                        },
+                    );
+                    shared.record(result).await;
+                }
+                tracing::warn!(camera = %id, %error, failures, retry_in_ms = backoff.as_millis() as u64, "Source failed; reopening.");
+                shared.set_health(
+                    &id,
+                    CameraHealth::Reopening {
+                        error: error.clone(),
+                        failures,
+                        retry_in_ms: backoff.as_millis() as u64,
+                    },
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break CameraHealth::Stopped,
+                }
+                backoff = (backoff * 2).min(max_backoff);
+                let (back, reopened) = reopen(source).await;
+                source = back;
+                if let Err(error) = reopened {
+                    if let Some(c) = counters {
+                        c.source_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(camera = %id, %error, "Reopen failed.");
+                }
+            }
+        }
+    };
+    // Triggers still waiting get an answer; new ones are refused by the closed channel.
+    if let Some(rx) = triggers.as_mut() {
+        rx.close();
+        while let Ok(p) = rx.try_recv() {
+            let result = trigger_result(
+                &id,
+                &p,
+                None,
+                Outcome::Busy {
+                    reason: "the pipeline stopped before this trigger was served".into(),
+                },
+            );
+            shared.record(result).await;
+        }
+    }
+    shared.set_health(&id, final_health);
+    shared.cameras_running.fetch_sub(1, Ordering::SeqCst);
+    shared.cameras_done.notify_waiters();
+}
+
+async fn run_worker(mut inspectors: Vec<Inspector>, shared: Arc<Shared>) {
+    let max_wait = Duration::from_millis(shared.config.max_batch_wait_ms);
+    let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
+    loop {
+        let batch = shared
+            .queue
+            .pop_batch(shared.config.batch_size, max_wait)
+            .await;
+        if batch.is_empty() {
+            return;
+        }
+        let mut ready = Vec::with_capacity(batch.len());
+        for item in batch {
+            shared
+                .metrics
+                .observe_ms("queue", ms(item.enqueued.elapsed()));
+            match &item.trigger {
+                Some(t) if t.fired_at.elapsed() > deadline => {
+                    let waited_ms = ms(t.fired_at.elapsed());
+                    let result = item_result(
+                        &item,
+                        Outcome::Late {
+                            reason: format!(
+                                "trigger deadline of {} ms passed before inference",
+                                shared.config.trigger_deadline_ms
+                            ),
+                            waited_ms,
+                        },
+                    );
+                    shared.record(result).await;
+                }
+                _ => ready.push(item),
+            }
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        shared.metrics.batch_size.observe(ready.len() as f64);
+        let joined = tokio::task::spawn_blocking(move || {
+            let results = infer(&mut inspectors, &ready);
+            (inspectors, ready, results)
+        })
+        .await;
+        let (back, ready, results) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // The items went down with the thread; nothing to answer them with but the log.
+                tracing::error!(error = %e, "Inference worker panicked; worker stops.");
+                return;
+            }
+        };
+        inspectors = back;
+        for (item, (outcome, model, timings, batch_size)) in ready.iter().zip(results) {
+            let mut result = item_result(item, outcome);
+            result.model = model;
+            result.batch_size = batch_size;
+            result.timings.preprocess_ms = timings.preprocess_ms;
+            result.timings.inference_ms = timings.inference_ms;
+            result.timings.postprocess_ms = timings.postprocess_ms;
+            result.timings.queue_ms -= timings.total_ms().min(result.timings.queue_ms);
+            for (stage, v) in [
+                ("preprocess", timings.preprocess_ms),
+                ("inference", timings.inference_ms),
+                ("postprocess", timings.postprocess_ms),
+            ] {
+                shared.metrics.observe_ms(stage, v);
+            }
+            shared.record(result).await;
+        }
+    }
+}
+
+type Inferred = (
+    Outcome,
+    Option<ModelIdentity>,
+    crate::inspect::StageTimings,
+    usize,
+);
+
+/// Runs `items` through their models, one call per (model, threshold) group.
+fn infer(inspectors: &mut [Inspector], items: &[WorkItem]) -> Vec<Inferred> {
+    let mut out: Vec<Option<Inferred>> = (0..items.len()).map(|_| None).collect();
+    let mut groups: Vec<(usize, Option<f32>, Vec<usize>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = (item.choice.model, item.choice.threshold.map(f32::to_bits));
+        match groups
+            .iter_mut()
+            .find(|(m, t, _)| (*m, t.map(f32::to_bits)) == key)
+        {
+            Some(g) => g.2.push(i),
+            None => groups.push((item.choice.model, item.choice.threshold, vec![i])),
+        }
+    }
+    for (model, threshold, members) in groups {
+        let inspector = &mut inspectors[model];
+        let saved = inspector.thresholds;
+        if let Some(t) = threshold {
+            inspector.thresholds.image = t;
+        }
+        let images: Vec<(String, &image::RgbImage)> = members
+            .iter()
+            .map(|&i| (items[i].captured.origin.clone(), &items[i].captured.image))
+            .collect();
+        let results = inspector.inspect_images(&images);
+        inspector.thresholds = saved;
+        let n = members.len();
+        for (&i, r) in members.iter().zip(results) {
+            out[i] = Some(match r {
+                Ok(insp) => (
+                    Outcome::Inspected {
+                        score: insp.score,
+                        verdict: insp.verdict,
+                        threshold: insp.threshold,
+                        regions: insp.regions,
+                    },
+                    Some(insp.model),
+                    insp.timings,
+                    n,
+                ),
+                Err(e) => (
+                    Outcome::Error {
+                        message: e.to_string(),
+                    },
+                    Some(inspector.identity().clone()),
+                    Default::default(),
+                    n,
+                ),
+            });
+        }
+    }
+    out.into_iter()
+        .map(|o| o.expect("every item is in one group"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

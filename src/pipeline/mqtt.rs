@@ -1,0 +1,180 @@
+//! Triggers over MQTT: a message on `<prefix>/<camera>` (QoS 1) asks camera `<camera>` to
+//! inspect its next frame. The payload is JSON, every field optional:
+//! `{"id": "T-1", "part_id": "P-42", "lot": "L-7", "recipe": "washer-m8"}` (an empty payload is
+//! a trigger without identity).
+//!
+//! The session is persistent (clean session off, fixed client id), so the broker keeps QoS 1
+//! triggers sent while linesight is disconnected; acknowledgements are manual and sent only
+//! after the trigger has been queued or answered, so a trigger the broker saw acknowledged has
+//! a result coming. A bad payload or an unknown camera is logged and acknowledged (resending it
+//! cannot help).
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Trigger, Triggers};
+
+/// `[pipeline.mqtt_triggers]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttTriggerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Client id; keep it stable so the broker keeps the session across restarts.
+    pub client_id: String,
+    /// Topic prefix; linesight subscribes to `<topic_prefix>/+`.
+    pub topic_prefix: String,
+}
+
+impl Default for MqttTriggerConfig {
+    fn default() -> Self {
+        MqttTriggerConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "linesight-triggers".into(),
+            topic_prefix: "linesight/triggers".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    part_id: Option<String>,
+    #[serde(default)]
+    lot: Option<String>,
+    #[serde(default)]
+    recipe: Option<String>,
+}
+
+/// Parses one trigger message; the error says what is wrong with it.
+pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Trigger, String> {
+    let camera = topic
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|c| !c.is_empty() && !c.contains('/'))
+        .ok_or_else(|| format!("topic {topic:?} is not {prefix}/<camera>"))?;
+    let payload: Payload = if payload.iter().all(u8::is_ascii_whitespace) {
+        Payload::default()
+    } else {
+        serde_json::from_slice(payload).map_err(|e| format!("payload is not a trigger: {e}"))?
+    };
+    for (field, value) in [
+        ("id", &payload.id),
+        ("part_id", &payload.part_id),
+        ("lot", &payload.lot),
+        ("recipe", &payload.recipe),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > 256) {
+            return Err(format!("{field} is longer than 256 bytes"));
+        }
+    }
+    Ok(Trigger {
+        camera: camera.to_string(),
+        id: payload.id,
+        part_id: payload.part_id,
+        lot: payload.lot,
+        recipe: payload.recipe,
+    })
+}
+
+/// Subscribes and fires triggers until `stop` turns true. Reconnects with back-off.
+pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch::Receiver<bool>) {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options.set_keep_alive(Duration::from_secs(5));
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let filter = format!("{}/+", config.topic_prefix);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            e = events.poll() => e,
+            _ = stop.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!(broker = %format!("{}:{}", config.host, config.port), topic = %filter, "MQTT trigger subscription connected.");
+                // Subscribing again on every connection is harmless and covers a broker that
+                // lost the session.
+                if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "MQTT subscribe request failed.");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                match parse(&config.topic_prefix, &publish.topic, &publish.payload) {
+                    Ok(trigger) => {
+                        if let Err(e) = triggers.fire(trigger).await {
+                            tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %publish.topic, error = %e, "Bad MQTT trigger ignored.")
+                    }
+                }
+                if let Err(e) = client.try_ack(&publish) {
+                    tracing::warn!(error = %e, "MQTT acknowledgement failed.");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT trigger connection failed.");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_payloads_are_checked() {
+        let t = parse(
+            "lt/trig",
+            "lt/trig/press-1",
+            br#"{"id":"T1","part_id":"P","lot":"L","recipe":"r"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.camera, "press-1");
+        assert_eq!(
+            (
+                t.id.as_deref(),
+                t.part_id.as_deref(),
+                t.lot.as_deref(),
+                t.recipe.as_deref()
+            ),
+            (Some("T1"), Some("P"), Some("L"), Some("r"))
+        );
+        assert_eq!(parse("lt/trig", "lt/trig/cam", b"").unwrap().camera, "cam");
+        assert!(
+            parse("lt/trig", "other/cam", b"")
+                .unwrap_err()
+                .contains("not lt/trig/<camera>")
+        );
+        assert!(
+            parse("lt/trig", "lt/trig/cam", b"{\"colour\":1}")
+                .unwrap_err()
+                .contains("colour")
+        );
+        let long = format!("{{\"lot\":\"{}\"}}", "x".repeat(300));
+        assert!(
+            parse("lt/trig", "lt/trig/cam", long.as_bytes())
+                .unwrap_err()
+                .contains("lot")
+        );
+    }
+}

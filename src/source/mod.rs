@@ -1,0 +1,195 @@
+//! Frame sources: where images come from before the pipeline inspects them.
+//!
+//! One trait, [`FrameSource`], with blocking calls (cameras and disks block); the pipeline runs
+//! each source on a blocking thread and paces it. Sources chosen by configuration
+//! ([`SourceConfig`]):
+//! - [`folder::FolderSource`] replays a folder of images, once or in a loop;
+//! - [`synthetic::SyntheticSource`] generates washers, some defective, so that the demo and the
+//!   tests need no camera.
+//!
+//! USB/V4L2 (nokhwa), GigE Vision (Aravis) and RTSP (GStreamer) cameras are not built yet; see
+//! the README ("Live pipeline") for why. Their configuration kinds do not exist, so a config that
+//! names one fails at start-up with serde's list of the kinds that do.
+//!
+//! Invariants: a source never panics on bad input; a failed grab returns [`SourceError`] and the
+//! pipeline calls [`FrameSource::reopen`] with back-off; `Ok(None)` means the source is finished
+//! for good (a folder replayed once).
+
+pub mod folder;
+pub mod synthetic;
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::DecodeLimits;
+
+pub use folder::FolderSource;
+pub use synthetic::SyntheticSource;
+
+/// One image as a source delivered it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub image: RgbImage,
+    /// Wall-clock time of capture.
+    pub captured_at: SystemTime,
+    /// Where the frame came from: a file path, `synthetic:<seed>:<index>:<kind>`, a device name.
+    pub origin: String,
+}
+
+/// Errors of sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot list folder {path}: {source}")]
+    ListFolder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("folder {path} holds no images (jpg, jpeg, png, bmp, tif, tiff)")]
+    EmptyFolder { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decode {path}: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: crate::preprocess::DecodeError,
+    },
+    #[error("{source_name}: {message}")]
+    Device {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// Something that yields frames. Calls block; the pipeline keeps them off the async runtime.
+pub trait FrameSource: Send {
+    /// A short description for logs and health (`folder /data/parts`, `synthetic seed 1`).
+    fn describe(&self) -> String;
+    /// The next frame; `Ok(None)` when the source is finished for good.
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError>;
+    /// Closes and reopens the device after a failure.
+    fn reopen(&mut self) -> Result<(), SourceError>;
+}
+
+/// `source = { kind = "...", ... }` in a `[[cameras]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Replay the images of a folder (recursively, sorted by path).
+    Folder {
+        path: PathBuf,
+        /// Start again at the first image after the last one.
+        #[serde(default, rename = "loop")]
+        repeat: bool,
+    },
+    /// Generated washers.
+    Synthetic {
+        #[serde(default = "default_seed")]
+        seed: u64,
+        /// Share of defective parts, 0 to 1.
+        #[serde(default = "default_defect_rate")]
+        defect_rate: f64,
+        /// Stop after this many frames (none: run forever).
+        #[serde(default)]
+        frames: Option<u64>,
+    },
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_defect_rate() -> f64 {
+    0.3
+}
+
+impl SourceConfig {
+    /// Problems with this source's settings; `field` names it in messages.
+    pub fn problems(&self, field: &str) -> Vec<String> {
+        match self {
+            SourceConfig::Folder { .. } => Vec::new(),
+            SourceConfig::Synthetic { defect_rate, .. } => {
+                if (0.0..=1.0).contains(defect_rate) {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "{field}.defect_rate = {defect_rate}: must be between 0 and 1"
+                    )]
+                }
+            }
+        }
+    }
+
+    /// Opens the source.
+    pub fn open(&self, limits: DecodeLimits) -> Result<Box<dyn FrameSource>, SourceError> {
+        Ok(match self {
+            SourceConfig::Folder { path, repeat } => {
+                Box::new(FolderSource::open(path.clone(), *repeat, limits)?)
+            }
+            SourceConfig::Synthetic {
+                seed,
+                defect_rate,
+                frames,
+            } => Box::new(SyntheticSource::new(*seed, *defect_rate, *frames)),
+        })
+    }
+}
+
+/// A source opened on first use and reopened from its configuration after a failure, so that
+/// a camera missing at start-up is retried with back-off like one lost later.
+pub struct LazySource {
+    config: SourceConfig,
+    limits: DecodeLimits,
+    inner: Option<Box<dyn FrameSource>>,
+}
+
+impl LazySource {
+    pub fn new(config: SourceConfig, limits: DecodeLimits) -> LazySource {
+        LazySource {
+            config,
+            limits,
+            inner: None,
+        }
+    }
+}
+
+impl FrameSource for LazySource {
+    fn describe(&self) -> String {
+        match &self.inner {
+            Some(s) => s.describe(),
+            None => match &self.config {
+                SourceConfig::Folder { path, .. } => {
+                    format!("folder {} (not open yet)", path.display())
+                }
+                SourceConfig::Synthetic { seed, .. } => {
+                    format!("synthetic seed {seed} (not open yet)")
+                }
+            },
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        if self.inner.is_none() {
+            self.inner = Some(self.config.open(self.limits)?);
+        }
+        self.inner.as_mut().expect("opened just above").next_frame()
+    }
+
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        match self.inner.as_mut() {
+            Some(s) => s.reopen(),
+            None => {
+                self.inner = Some(self.config.open(self.limits)?);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The live pipeline end to end, with the demo model: synthetic and folder sources, triggers
+//! under overload, free-run drops, a failing source, shutdown with frames in flight, the HTTP
+//! endpoint and the `run` command.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use linesight::actions::{MemorySink, ResultSink};
+use linesight::inspect::Inspector;
+use linesight::model::SessionOptions;
+use linesight::pipeline::http::{HttpState, app};
+use linesight::pipeline::{
+    Camera, CameraConfig, CameraHealth, InspectionResult, Outcome, Pipeline, PipelineConfig,
+    Trigger, TriggerMode,
+};
+use linesight::postprocess::Verdict;
+use linesight::preprocess::DecodeLimits;
+use linesight::source::synthetic::{PartKind, render};
+use linesight::source::{Captured, FrameSource, SourceConfig, SourceError};
+
+use crate::common::{inspector, repo, runtime};
+
+fn demo_model() -> PathBuf {
+    repo().join("models/demo")
+}
+
+fn camera(id: &str, source: SourceConfig, mode: TriggerMode) -> CameraConfig {
+    CameraConfig {
+        id: id.into(),
+        source,
+        mode,
+        fps: 0.0,
+        every_nth: 1,
+        model: demo_model(),
+        threshold: None,
+        recipes: BTreeMap::new(),
+    }
+}
+
+fn synthetic(frames: Option<u64>) -> SourceConfig {
+    SourceConfig::Synthetic {
+        seed: 11,
+        defect_rate: 0.5,
+        frames,
+    }
+}
+
+fn open(config: CameraConfig) -> Camera {
+    let source = config.source.open(DecodeLimits::default()).unwrap();
+    Camera { config, source }
+}
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        intra_threads: 1,
+        ..SessionOptions::default()
+    }
+}
+
+async fn start(config: PipelineConfig, cameras: Vec<Camera>) -> (Pipeline, MemorySink) {
+    let sink = MemorySink::default();
+    let sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(sink.clone())];
+    let pipeline = Pipeline::start(
+        config,
+        runtime(),
+        options(),
+        DecodeLimits::default(),
+        cameras,
+        sinks,
+    )
+    .await
+    .unwrap();
+    (pipeline, sink)
+}
+
+/// Waits (up to 20 s, for loaded machines) until `sink` holds `n` results.
+async fn wait_for(sink: &MemorySink, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sink.results().len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn kind_of(origin: &str) -> &str {
+    origin.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn demo_model_tells_synthetic_good_parts_from_defective_ones() {
+    let mut inspector: Inspector = inspector(&demo_model(), None);
+    let mut wrong = Vec::new();
+    let mut total = 0;
+    for index in 0..12 {
+        for kind in [
+            PartKind::Good,
+            PartKind::Good,
+            PartKind::Scratch,
+            PartKind::Spot,
+            PartKind::Chip,
+        ] {
+            let image = render(5, index, kind);
+            let r = inspector.inspect_images(&[(String::new(), &image)]);
+            let r = r.into_iter().next().unwrap().unwrap();
+            total += 1;
+            if (r.verdict == Verdict::Defect) != kind.is_defect() {
+                wrong.push(format!("{index} {kind:?} {:.3}", r.score));
+            }
+        }
+    }
+    // The Python generator's held-out accuracy is 0.974; ours must be as good.
+    assert!(
+        wrong.len() * 100 <= total * 5,
+        "{} of {total} misclassified: {wrong:?}",
+        wrong.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthetic_camera_end_to_end() {
+    let config = PipelineConfig {
+        batch_size: 4,
+        queue_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera(
+            "cam-a",
+            synthetic(Some(16)),
+            TriggerMode::FreeRun,
+        ))],
+    )
+    .await;
+    let summary = pipeline.run_until(std::future::pending()).await;
+    let results = sink.results();
+    assert_eq!(results.len(), 16);
+    assert_eq!(summary.inspected + summary.dropped, 16, "{summary:?}");
+    let mut sequences: Vec<u64> = results.iter().map(|r| r.sequence).collect();
+    sequences.sort();
+    sequences.dedup();
+    assert_eq!(sequences.len(), results.len(), "each frame once");
+    let mut agree = 0;
+    for r in &results {
+        assert_eq!(r.camera, "cam-a");
+        let model = r.model.as_ref().unwrap();
+        assert_eq!(model.name, "demo-washer");
+        assert_eq!(model.sha256.len(), 64);
+        assert!(r.frame_time.ends_with('Z') && r.frame_time.starts_with("20"));
+        let Outcome::Inspected { verdict, .. } = r.outcome else {
+            panic!("{r:?}")
+        };
+        assert!(r.timings.inference_ms > 0.0 && r.timings.total_ms >= r.timings.inference_ms);
+        if (verdict == Verdict::Defect) == (kind_of(&r.origin) != "good") {
+            agree += 1;
+        }
+    }
+    assert!(
+        agree >= 15,
+        "{agree} of 16 verdicts match the generated part"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_replay_end_to_end_matches_the_python_reference_verdicts() {
+    let folder = repo().join("testdata/synthetic/test");
+    let config = PipelineConfig {
+        batch_size: 3,
+        queue_capacity: 64,
+        max_batch_wait_ms: 20,
+        ..PipelineConfig::default()
+    };
+    let source = SourceConfig::Folder {
+        path: folder,
+        repeat: false,
+    };
+    // A slow-ish pace would not drop anything either; as fast as possible with a big queue must
+    // not drop with two workers.
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            workers: 2,
+            ..config
+        },
+        vec![open(camera("folder", source, TriggerMode::FreeRun))],
+    )
+    .await;
+    let summary = pipeline.run_until(std::future::pending()).await;
+    assert_eq!(summary.dropped, 0);
+    let results = sink.results();
+    assert_eq!(results.len(), 25);
+    for r in &results {
+        let Outcome::Inspected { verdict, .. } = r.outcome else {
+            panic!("{r:?}")
+        };
+        let good = r.origin.contains("/good/");
+        assert_eq!(verdict == Verdict::Good, good, "{}", r.origin);
+    }
+    assert!(
+        results.iter().any(|r| r.batch_size > 1),
+        "dynamic batching groups frames"
+    );
+}
+
+fn trigger(camera: &str, i: usize) -> Trigger {
+    Trigger {
+        camera: camera.into(),
+        id: Some(format!("t{i}")),
+        part_id: Some(format!("part-{i}")),
+        lot: Some("lot-7".into()),
+        recipe: None,
+    }
+}
+
+fn assert_each_trigger_once(results: &[InspectionResult], n: usize) {
+    let mut seen = BTreeMap::new();
+    for r in results {
+        let id = r
+            .trigger_id
+            .clone()
+            .expect("triggered results carry the id");
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    for i in 0..n {
+        assert_eq!(
+            seen.get(&format!("t{i}")),
+            Some(&1),
+            "trigger t{i}: {seen:?}"
+        );
+    }
+    assert_eq!(seen.len(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggered_mode_under_overload_answers_every_trigger_exactly_once() {
+    let config = PipelineConfig {
+        queue_capacity: 1,
+        trigger_queue_capacity: 3,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+    )
+    .await;
+    let triggers = pipeline.triggers();
+    let n = 40;
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        statuses.push(triggers.fire(trigger("press", i)).await.unwrap().status);
+    }
+    assert!(
+        statuses.contains(&"busy"),
+        "40 triggers at once overflow 3 slots"
+    );
+    // Let the pipeline serve what it accepted, then stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_each_trigger_once(&results, n);
+    let busy = results.iter().filter(|r| r.status() == "busy").count();
+    let inspected: Vec<_> = results
+        .iter()
+        .filter(|r| r.status() == "inspected")
+        .collect();
+    assert!(
+        busy > 0 && !inspected.is_empty(),
+        "busy {busy}, inspected {}",
+        inspected.len()
+    );
+    for r in &inspected {
+        let i: usize = r.trigger_id.as_ref().unwrap()[1..].parse().unwrap();
+        assert_eq!(r.part_id.as_deref(), Some(format!("part-{i}").as_str()));
+        assert_eq!(r.lot.as_deref(), Some("lot-7"));
+        assert!(r.model.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_triggers_are_answered_late_not_dropped() {
+    // A deadline shorter than one inference: everything behind the first frame is late.
+    let config = PipelineConfig {
+        trigger_deadline_ms: 1,
+        queue_capacity: 16,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+    )
+    .await;
+    let triggers = pipeline.triggers();
+    for i in 0..10 {
+        triggers.fire(trigger("press", i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_each_trigger_once(&results, 10);
+    let late = results.iter().filter(|r| r.status() == "late").count();
+    assert!(late > 0, "{results:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_run_drops_are_counted() {
+    // PNG decoding outruns inference many times over: with one slot, most frames are dropped.
+    let config = PipelineConfig {
+        queue_capacity: 1,
+        ..PipelineConfig::default()
+    };
+    let source = SourceConfig::Folder {
+        path: repo().join("testdata/synthetic/test"),
+        repeat: false,
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera("fast", source, TriggerMode::FreeRun))],
+    )
+    .await;
+    let metrics = pipeline.metrics();
+    let status = pipeline.status();
+    let summary = pipeline.run_until(std::future::pending()).await;
+    let c = metrics.camera("fast").unwrap();
+    assert_eq!(c.frames_in.load(Ordering::Relaxed), 25);
+    assert_eq!(sink.results().len() as u64, summary.inspected);
+    assert_eq!(summary.inspected + summary.dropped, 25, "{summary:?}");
+    assert!(summary.dropped > 0, "{summary:?}");
+    let text = status.metrics_text();
+    assert!(
+        text.contains(&format!(
+            "linesight_frames_dropped_total{{camera=\"fast\"}} {}",
+            summary.dropped
+        )),
+        "{text}"
+    );
+}
+
+/// Fails `failures` times (grab, then reopen), then delivers `frames` washers and finishes.
+struct Flaky {
+    failures: u32,
+    frames: u64,
+    next: u64,
+}
+
+impl FrameSource for Flaky {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        if self.failures > 0 {
+            return Err(SourceError::Device {
+                source_name: "flaky".into(),
+                message: "cable unplugged".into(),
+            });
+        }
+        if self.next == self.frames {
+            return Ok(None);
+        }
+        self.next += 1;
+        Ok(Some(Captured {
+            image: render(3, self.next, PartKind::Good),
+            captured_at: SystemTime::now(),
+            origin: format!("flaky:{}", self.next),
+        }))
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        self.failures -= 1;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_is_reopened_and_the_other_camera_keeps_running() {
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 50,
+        reopen_backoff_max_ms: 100,
+        queue_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    let flaky = Camera {
+        config: camera("flaky", synthetic(None), TriggerMode::FreeRun),
+        source: Box::new(Flaky {
+            failures: 4,
+            frames: 4,
+            next: 0,
+        }),
+    };
+    let steady = open(camera("steady", synthetic(Some(6)), TriggerMode::FreeRun));
+    let (pipeline, sink) = start(config, vec![flaky, steady]).await;
+    let status = pipeline.status();
+    // While it fails, health says so (it fails for about 400 ms).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let health = status.health()["flaky"].clone();
+        if matches!(health, CameraHealth::Reopening { .. }) {
+            break;
+        }
+        seen.push(health);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        matches!(status.health()["flaky"], CameraHealth::Reopening { .. }),
+        "never seen reopening: {seen:?}"
+    );
+    let metrics = pipeline.metrics();
+    pipeline.run_until(std::future::pending()).await;
+    let results = sink.results();
+    let count = |cam: &str| results.iter().filter(|r| r.camera == cam).count();
+    assert_eq!(count("flaky"), 4, "frames after recovery are inspected");
+    assert_eq!(count("steady"), 6);
+    assert_eq!(
+        metrics
+            .camera("flaky")
+            .unwrap()
+            .source_errors
+            .load(Ordering::Relaxed),
+        4
+    );
+    assert_eq!(status.health()["flaky"], CameraHealth::Finished);
+    let text = status.metrics_text();
+    assert!(
+        text.contains("linesight_source_errors_total{camera=\"flaky\"} 4"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_frames_in_flight_answers_every_trigger_and_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PipelineConfig {
+        queue_capacity: 8,
+        batch_size: 2,
+        shutdown_deadline_ms: 0,
+        ..PipelineConfig::default()
+    };
+    let jsonl = linesight::actions::JsonLinesSink::open(dir.path()).unwrap();
+    let memory = MemorySink::default();
+    let sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(jsonl), Box::new(memory.clone())];
+    let pipeline = Pipeline::start(
+        config,
+        runtime(),
+        options(),
+        DecodeLimits::default(),
+        vec![
+            open(camera("press", synthetic(None), TriggerMode::Triggered)),
+            open(camera("belt", synthetic(None), TriggerMode::FreeRun)),
+        ],
+        sinks,
+    )
+    .await
+    .unwrap();
+    let triggers = pipeline.triggers();
+    for i in 0..12 {
+        triggers.fire(trigger("press", i)).await.unwrap();
+    }
+    // Stop at once: triggers are queued, frames are in inference.
+    let summary = pipeline.shutdown().await;
+    let err = triggers.fire(trigger("press", 99)).await.unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    let results = memory.results();
+    let triggered: Vec<_> = results
+        .iter()
+        .filter(|r| r.camera == "press")
+        .cloned()
+        .collect();
+    assert_each_trigger_once(&triggered, 12);
+    let lines = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        results.len(),
+        "every result is in the file"
+    );
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["status"].is_string() && v["camera"].is_string(), "{line}");
+    }
+    assert_eq!(
+        summary.inspected + summary.late + summary.busy + summary.errors,
+        results.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_switch_threshold_and_unknown_recipes_are_answered() {
+    let mut cam = camera("press", synthetic(None), TriggerMode::Triggered);
+    cam.recipes.insert(
+        "strict".into(),
+        linesight::pipeline::RecipeConfig {
+            model: demo_model(),
+            threshold: Some(0.0),
+        },
+    );
+    let (pipeline, sink) = start(PipelineConfig::default(), vec![open(cam)]).await;
+    let triggers = pipeline.triggers();
+    for (i, recipe) in [None, Some("strict"), Some("nope")].into_iter().enumerate() {
+        let mut t = trigger("press", i);
+        t.recipe = recipe.map(str::to_string);
+        triggers.fire(t).await.unwrap();
+    }
+    wait_for(&sink, 3).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_each_trigger_once(&results, 3);
+    let by_id = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.trigger_id.as_deref() == Some(id))
+            .unwrap()
+    };
+    let Outcome::Inspected { threshold, .. } = by_id("t0").outcome else {
+        panic!()
+    };
+    assert_eq!(threshold, 0.5);
+    let strict = by_id("t1");
+    assert_eq!(strict.recipe.as_deref(), Some("strict"));
+    let Outcome::Inspected {
+        threshold, verdict, ..
+    } = strict.outcome
+    else {
+        panic!()
+    };
+    assert_eq!((threshold, verdict), (0.0, Verdict::Defect));
+    let Outcome::Error { message } = &by_id("t2").outcome else {
+        panic!()
+    };
+    assert!(
+        message.contains("unknown recipe \"nope\"") && message.contains("strict"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_triggers_metrics_and_problem_details() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    let (pipeline, sink) = start(
+        PipelineConfig::default(),
+        vec![
+            open(camera("press", synthetic(None), TriggerMode::Triggered)),
+            open(camera("belt", synthetic(Some(2)), TriggerMode::FreeRun)),
+        ],
+    )
+    .await;
+    let router = app(HttpState {
+        triggers: pipeline.triggers(),
+        status: pipeline.status(),
+    });
+    let post = |body: &str| {
+        Request::post("/api/v1/triggers")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let body = |r: axum::response::Response| async move {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    let ok = router
+        .clone()
+        .oneshot(post(
+            r#"{"camera":"press","id":"h1","part_id":"P-1","lot":"L-1"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+    assert!(body(ok).await.contains("\"id\":\"h1\""));
+    for (request, status, needle) in [
+        (
+            r#"{"camera":"nope"}"#,
+            StatusCode::NOT_FOUND,
+            "unknown camera",
+        ),
+        (r#"{"camera":"belt"}"#, StatusCode::CONFLICT, "runs free"),
+        (
+            r#"{"camera":"press","colour":1}"#,
+            StatusCode::BAD_REQUEST,
+            "colour",
+        ),
+    ] {
+        let r = router.clone().oneshot(post(request)).await.unwrap();
+        assert_eq!(r.status(), status, "{request}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let text = body(r).await;
+        assert!(text.contains(needle), "{text}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !sink
+        .results()
+        .iter()
+        .any(|r| r.trigger_id.as_deref() == Some("h1"))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = body(metrics).await;
+    assert!(
+        text.contains("linesight_frames_out_total{camera=\"press\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("linesight_inference_batch_size_count"),
+        "{text}"
+    );
+    pipeline.shutdown().await;
+    let results = sink.results();
+    let h1 = results
+        .iter()
+        .find(|r| r.trigger_id.as_deref() == Some("h1"))
+        .unwrap();
+    assert_eq!(
+        (h1.part_id.as_deref(), h1.lot.as_deref()),
+        (Some("P-1"), Some("L-1"))
+    );
+}
+
+#[test]
+fn run_demo_prints_and_writes_results_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::common::linesight()
+        .args(["run", "--demo", "--frames", "5", "--results"])
+        .arg(dir.path())
+        .env("LINESIGHT__PIPELINE__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert!(stdout.contains("demo"), "{stdout}");
+    let lines = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 5);
+}
+
+#[cfg(unix)]
+#[test]
+fn run_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::common::linesight()
+        .args(["run", "--demo", "--results"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("demo"), "{first}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let written = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    assert_eq!(
+        written.lines().count(),
+        1 + rest.len(),
+        "printed and written agree"
+    );
+}
+
+/// The real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_triggers_from_the_real_broker() {
+    use linesight::pipeline::mqtt::MqttTriggerConfig;
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let prefix = format!("linesight-test/{unique}/triggers");
+    let config = PipelineConfig {
+        mqtt_triggers: Some(MqttTriggerConfig {
+            client_id: format!("lt-{unique}"),
+            topic_prefix: prefix.clone(),
+            ..MqttTriggerConfig::default()
+        }),
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+    )
+    .await;
+    let status = pipeline.status();
+    // Wait for the subscription (the broker answers within milliseconds on loopback).
+    let publisher_opts = MqttOptions::new(format!("lt-pub-{unique}"), "127.0.0.1", 1883);
+    let (client, mut events) = AsyncClient::new(publisher_opts, 16);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let payload = format!(r#"{{"id":"t{i}","part_id":"part-{i}","lot":"lot-7"}}"#);
+        client
+            .publish(format!("{prefix}/press"), QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    client
+        .publish(
+            format!("{prefix}/press"),
+            QoS::AtLeastOnce,
+            false,
+            "not json",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.results().len() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    poller.abort();
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_each_trigger_once(&results, 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.status() == "inspected" && r.lot.as_deref() == Some("lot-7"))
+    );
+    assert!(
+        status
+            .metrics_text()
+            .contains("linesight_frames_out_total{camera=\"press\"} 3")
+    );
+}
+
+/// Back-off doubles up to its maximum, in virtual time: 1 s, 2 s, 2 s before the fourth grab.
+#[tokio::test(start_paused = true)]
+async fn reopen_back_off_doubles_up_to_its_maximum() {
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 1_000,
+        reopen_backoff_max_ms: 2_000,
+        ..PipelineConfig::default()
+    };
+    let flaky = Camera {
+        config: camera("flaky", synthetic(None), TriggerMode::FreeRun),
+        source: Box::new(Flaky {
+            failures: 3,
+            frames: 1,
+            next: 0,
+        }),
+    };
+    let (pipeline, sink) = start(config, vec![flaky]).await;
+    let start = tokio::time::Instant::now();
+    let real = std::time::Instant::now();
+    pipeline.run_until(std::future::pending()).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_millis(5_500),
+        "{waited:?}"
+    );
+    assert!(
+        real.elapsed() < Duration::from_secs(5),
+        "virtual time, not real"
+    );
+    assert_eq!(sink.results().len(), 1);
+}
+
+/// A model with a fixed batch of 2 under dynamic batches of up to 3: chunked and padded, same
+/// verdicts as the dynamic-batch demo model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_batch_models_run_under_dynamic_batching() {
+    let mut cam = camera(
+        "fixed",
+        SourceConfig::Folder {
+            path: repo().join("testdata/synthetic/test"),
+            repeat: false,
+        },
+        TriggerMode::FreeRun,
+    );
+    cam.model = repo().join("testdata/models/fixed-batch");
+    let config = PipelineConfig {
+        batch_size: 3,
+        max_batch_wait_ms: 50,
+        queue_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(config, vec![open(cam)]).await;
+    pipeline.run_until(std::future::pending()).await;
+    let results = sink.results();
+    assert_eq!(results.len(), 25);
+    assert!(
+        results.iter().any(|r| r.batch_size == 3),
+        "batches of 3 formed"
+    );
+    for r in &results {
+        let Outcome::Inspected { verdict, .. } = r.outcome else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            verdict == Verdict::Good,
+            r.origin.contains("/good/"),
+            "{}",
+            r.origin
+        );
+    }
+}
