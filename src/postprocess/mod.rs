@@ -24,7 +24,7 @@ pub struct AnomalyMap {
 }
 
 /// The decision for one part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Score at or below the threshold.
@@ -44,12 +44,28 @@ impl Verdict {
     }
 }
 
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Verdict {
+    /// The lower-case name used in files, JSON and database rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Verdict::Good => "good",
             Verdict::Defect => "defect",
-        })
+        }
+    }
+
+    /// Reads [`Verdict::as_str`]'s form back.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        match s {
+            "good" => Some(Verdict::Good),
+            "defect" => Some(Verdict::Defect),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

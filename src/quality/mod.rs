@@ -48,30 +48,9 @@ pub enum TransitionError {
     NotClaimant { action: &'static str },
 }
 
-/// Verdict of one inspection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Good,
-    Defect,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Good => "good",
-            Verdict::Defect => "defect",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Verdict> {
-        match s {
-            "good" => Some(Verdict::Good),
-            "defect" => Some(Verdict::Defect),
-            _ => None,
-        }
-    }
-}
+/// Verdict of one inspection: the same type the inspection stage decides with, so a record can
+/// never hold a verdict the model could not have given.
+pub use crate::postprocess::Verdict;
 
 /// One inspection result as the pipeline or a manual upload reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
