@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::inspect::{Inspector, StageTimings};
 use crate::model::{ExecutionProvider, OrtRuntime, SessionOptions, open_session};
 use crate::preprocess::prepare;
+use crate::telemetry::nearest_rank;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -98,7 +99,7 @@ impl Percentiles {
         }
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
-        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let rank = |q| nearest_rank(&v, q).unwrap_or_default();
         Percentiles {
             p50: rank(0.50),
             p90: rank(0.90),

@@ -216,10 +216,7 @@ impl TimingSummary {
         let mut sorted = times_ms.to_vec();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
-        let rank = |p: f64| -> Option<f64> {
-            let k = ((p * n as f64).ceil() as usize).clamp(1, n.max(1));
-            sorted.get(k - 1).copied()
-        };
+        let rank = |q| crate::telemetry::nearest_rank(&sorted, q);
         let total_ms: f64 = sorted.iter().sum();
         TimingSummary {
             n,

@@ -45,3 +45,26 @@ pub fn init(config: &LogConfig) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Nearest-rank percentile of an ascending slice: `sorted[ceil(q·n) − 1]`, `None` when empty.
+/// Every latency figure linesight prints (bench, evaluation report) uses this one definition.
+pub fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
+    let n = sorted.len();
+    let k = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(k - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_rank;
+
+    #[test]
+    fn nearest_rank_picks_the_ceiling_rank() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(nearest_rank(&v, 0.5), Some(5.0));
+        assert_eq!(nearest_rank(&v, 0.9), Some(9.0));
+        assert_eq!(nearest_rank(&v, 0.91), Some(10.0));
+        assert_eq!(nearest_rank(&v, 0.0), Some(1.0));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+    }
+}
