@@ -2,6 +2,7 @@
 //! are `anyhow` here and only here, with context that names the file or setting involved.
 
 pub mod bench;
+pub mod evaluate;
 pub mod inspect;
 pub mod models;
 pub mod quality;
@@ -65,7 +66,6 @@ pub enum ConfigCommand {
     Show,
 }
 
-pub mod evaluate;
 pub mod run;
 
 /// Loads settings, installs logging and runs the command. Returns the process exit code.
