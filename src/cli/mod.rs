@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod inspect;
 pub mod models;
 pub mod quality;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 
@@ -65,8 +66,6 @@ pub enum ConfigCommand {
     /// Print the effective configuration (defaults, file and environment merged).
     Show,
 }
-
-pub mod run;
 
 /// Loads settings, installs logging and runs the command. Returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
