@@ -227,18 +227,39 @@ impl<'s> MigrationSource<'s> for Embedded {
                 + 's,
         >,
     > {
-        let sql = match self.0 {
-            Backend::Sqlite => include_str!("../../migrations/sqlite/0001_quality.sql"),
-            Backend::Postgres => include_str!("../../migrations/postgres/0001_quality.sql"),
-        };
-        Box::pin(async move {
-            Ok(vec![Migration::new(
+        // (version, description, SQLite, PostgreSQL), in order.
+        let all: &[(i64, &str, &str, &str)] = &[
+            (
                 1,
-                Cow::Borrowed("quality"),
-                MigrationType::Simple,
-                Cow::Borrowed(sql),
-                false,
-            )])
+                "quality",
+                include_str!("../../migrations/sqlite/0001_quality.sql"),
+                include_str!("../../migrations/postgres/0001_quality.sql"),
+            ),
+            (
+                5,
+                "triggers",
+                include_str!("../../migrations/sqlite/0005_triggers.sql"),
+                include_str!("../../migrations/postgres/0005_triggers.sql"),
+            ),
+        ];
+        let backend = self.0;
+        Box::pin(async move {
+            Ok(all
+                .iter()
+                .map(|&(version, name, sqlite, postgres)| {
+                    let sql = match backend {
+                        Backend::Sqlite => sqlite,
+                        Backend::Postgres => postgres,
+                    };
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
         })
     }
 }
