@@ -77,6 +77,7 @@ fn run_pipeline(rt: &tokio::runtime::Runtime, folder: &Path, expect: usize) -> D
             DecodeLimits::default(),
             vec![Camera { config, source }],
             sinks,
+            None,
         )
         .await
         .expect("pipeline");

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::{Detector, ModelError, Thresholds};
 use crate::postprocess::{AnomalyMap, DefectRegion, SourceGeometry, Verdict, extract_regions};
-use crate::preprocess::{DecodeError, DecodeLimits, PreprocessError, decode, prepare};
+use crate::preprocess::{DecodeError, DecodeLimits, InputSpec, PreprocessError, decode, prepare};
 
 /// Which model produced a result: name, version and package SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,13 +69,62 @@ pub enum InspectError {
     NonFiniteScore { score: f32 },
 }
 
-/// An image waiting for inference.
-struct Prepared {
-    index: usize,
-    width: u32,
-    height: u32,
-    decode_ms: f64,
-    preprocess_ms: f64,
+/// An image turned into a model input tensor, ready for inference.
+///
+/// Built where the pixels are (the camera's thread in the live pipeline) so that preprocessing
+/// overlaps inference; [`Inspector::inspect_prepared`] checks that it was prepared for the
+/// model that runs it.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    pub source: String,
+    /// Size of the original image (regions are reported in its pixels).
+    pub width: u32,
+    pub height: u32,
+    /// The input it was prepared for.
+    pub spec: InputSpec,
+    /// `3 × height × width` floats of `spec`.
+    pub tensor: Vec<f32>,
+    /// The pixels, kept when the tensor may have to be prepared again (a model swap).
+    pub image: Option<std::sync::Arc<RgbImage>>,
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+}
+
+impl PreparedImage {
+    /// Prepares `image` for `spec` (crop, exact resize, normalisation).
+    pub fn new(source: String, image: &RgbImage, spec: &InputSpec) -> Result<Self, InspectError> {
+        let start = Instant::now();
+        let mut tensor = vec![0.0; 3 * spec.width as usize * spec.height as usize];
+        prepare(image, spec, &mut tensor)?;
+        Ok(PreparedImage {
+            source,
+            width: image.width(),
+            height: image.height(),
+            spec: spec.clone(),
+            tensor,
+            image: None,
+            decode_ms: 0.0,
+            preprocess_ms: ms(start),
+        })
+    }
+
+    /// Prepares again for another input, from the kept pixels.
+    fn prepare_again(&mut self, spec: &InputSpec) -> Result<(), InspectError> {
+        let Some(image) = self.image.clone() else {
+            return Err(InspectError::Model(ModelError::Output {
+                name: "input".into(),
+                message: format!(
+                    "the image was prepared for a {}x{} input and its pixels were not kept",
+                    self.spec.width, self.spec.height
+                ),
+            }));
+        };
+        let again = PreparedImage::new(self.source.clone(), &image, spec)?;
+        self.preprocess_ms += again.preprocess_ms;
+        self.spec = again.spec;
+        self.tensor = again.tensor;
+        Ok(())
+    }
 }
 
 /// Runs images through one detector.
@@ -175,39 +224,77 @@ impl Inspector {
         images: &[(String, &RgbImage)],
         decode_ms: &[f64],
     ) -> Vec<Result<Inspection, InspectError>> {
-        let per_image = self.detector.image_len();
         let mut results: Vec<Option<Result<Inspection, InspectError>>> =
             (0..images.len()).map(|_| None).collect();
         let mut prepared = Vec::with_capacity(images.len());
-        self.batch.clear();
-        for (index, (_, image)) in images.iter().enumerate() {
-            let start = Instant::now();
-            let offset = self.batch.len();
-            self.batch.resize(offset + per_image, 0.0);
-            match prepare(image, &self.detector.input, &mut self.batch[offset..]) {
-                Ok(()) => prepared.push(Prepared {
-                    index,
-                    width: image.width(),
-                    height: image.height(),
-                    decode_ms: decode_ms[index],
-                    preprocess_ms: ms(start),
-                }),
-                Err(e) => {
-                    self.batch.truncate(offset);
-                    results[index] = Some(Err(e.into()));
+        for (index, (source, image)) in images.iter().enumerate() {
+            match PreparedImage::new(source.clone(), image, &self.detector.input) {
+                Ok(mut p) => {
+                    p.decode_ms = decode_ms[index];
+                    prepared.push((index, p));
                 }
+                Err(e) => results[index] = Some(Err(e)),
             }
         }
-        if !prepared.is_empty() {
+        let refs: Vec<&PreparedImage> = prepared.iter().map(|(_, p)| p).collect();
+        for ((index, _), r) in prepared.iter().zip(self.inspect_prepared(&refs, None)) {
+            results[*index] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every image has a result"))
+            .collect()
+    }
+
+    /// The input this inspector's model expects (what [`PreparedImage::new`] needs).
+    pub fn input(&self) -> &InputSpec {
+        &self.detector.input
+    }
+
+    /// Runs images prepared beforehand (on another thread, say) as one batch and decides each
+    /// against `threshold`, or the model's own image threshold when `None`. An image prepared
+    /// for another input is prepared again from its pixels when it kept them, refused otherwise.
+    pub fn inspect_prepared(
+        &mut self,
+        images: &[&PreparedImage],
+        threshold: Option<f32>,
+    ) -> Vec<Result<Inspection, InspectError>> {
+        let mut results: Vec<Option<Result<Inspection, InspectError>>> =
+            (0..images.len()).map(|_| None).collect();
+        let mut ready: Vec<(usize, &PreparedImage)> = Vec::with_capacity(images.len());
+        let mut redone: Vec<(usize, PreparedImage)> = Vec::new();
+        self.batch.clear();
+        for (index, p) in images.iter().enumerate() {
+            if p.spec == self.detector.input {
+                ready.push((index, p));
+            } else {
+                redone.push((index, (*p).clone()));
+            }
+        }
+        for (index, p) in &mut redone {
+            if let Err(e) = p.prepare_again(&self.detector.input) {
+                results[*index] = Some(Err(e));
+            }
+        }
+        ready.extend(
+            redone
+                .iter()
+                .filter(|(i, _)| results[*i].is_none())
+                .map(|(i, p)| (*i, p)),
+        );
+        ready.sort_by_key(|(i, _)| *i);
+        for (_, p) in &ready {
+            self.batch.extend_from_slice(&p.tensor);
+        }
+        if !ready.is_empty() {
             let start = Instant::now();
             match self.detector.run(&self.batch) {
                 Ok(outputs) => {
-                    let inference_ms = ms(start) / prepared.len() as f64;
-                    for (p, output) in prepared.iter().zip(outputs) {
+                    let inference_ms = ms(start) / ready.len() as f64;
+                    for ((index, p), output) in ready.iter().zip(outputs) {
                         let post_start = Instant::now();
-                        let result =
-                            self.decide(images[p.index].0.clone(), p, output.score, output.map);
-                        results[p.index] = Some(result.map(|mut inspection| {
+                        let result = self.decide(p, threshold, output.score, output.map);
+                        results[*index] = Some(result.map(|mut inspection| {
                             inspection.timings = StageTimings {
                                 decode_ms: p.decode_ms,
                                 preprocess_ms: p.preprocess_ms,
@@ -220,8 +307,8 @@ impl Inspector {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    for p in &prepared {
-                        results[p.index] = Some(Err(InspectError::Model(ModelError::Output {
+                    for (index, _) in &ready {
+                        results[*index] = Some(Err(InspectError::Model(ModelError::Output {
                             name: "batch".into(),
                             message: message.clone(),
                         })));
@@ -237,15 +324,18 @@ impl Inspector {
 
     fn decide(
         &self,
-        source: String,
-        p: &Prepared,
+        p: &PreparedImage,
+        threshold: Option<f32>,
         score: f32,
         map: Option<AnomalyMap>,
     ) -> Result<Inspection, InspectError> {
         if !score.is_finite() {
             return Err(InspectError::NonFiniteScore { score });
         }
-        let thresholds = self.thresholds;
+        let mut thresholds = self.thresholds;
+        if let Some(t) = threshold {
+            thresholds.image = t;
+        }
         let verdict = Verdict::from_score(score, thresholds.image);
         let geometry = SourceGeometry {
             width: p.width,
@@ -256,7 +346,7 @@ impl Inspector {
             extract_regions(m, thresholds.pixel, geometry, thresholds.min_region_area_px)
         });
         Ok(Inspection {
-            source,
+            source: p.source.clone(),
             width: p.width,
             height: p.height,
             score,

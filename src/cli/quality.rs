@@ -170,10 +170,7 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
         ImagesCommand::Prune => runtime()?.block_on(async {
             let store = open(settings).await?;
             let q = &settings.quality;
-            let dir = q
-                .image_dir
-                .clone()
-                .unwrap_or_else(|| settings.store.data_dir.join("images"));
+            let dir = settings.image_dir();
             let report = store
                 .enforce_image_retention(
                     &dir,

@@ -10,9 +10,11 @@ use anyhow::Context as _;
 
 use crate::actions::{JsonLinesSink, ResultSink, StdoutSink};
 use crate::config::Settings;
+use crate::pipeline::Recorder;
 use crate::pipeline::http::{HttpState, app};
 use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
 use crate::source::SourceConfig;
+use crate::store::{Store, StoreConfig, redact};
 
 /// Options of `linesight run`.
 #[derive(Debug, clap::Args)]
@@ -72,6 +74,12 @@ fn demo_settings(settings: &mut Settings, frames: Option<u64>) -> anyhow::Result
     settings.pipeline.print_results = true;
     if settings.pipeline.results_dir.is_none() {
         settings.pipeline.results_dir = Some(PathBuf::from("linesight-results"));
+    }
+    // The demo keeps its quality store beside its results unless a store was configured.
+    if settings.store.url.is_none() && settings.store.data_dir == StoreConfig::default().data_dir {
+        if let Some(dir) = &settings.pipeline.results_dir {
+            settings.store.data_dir = dir.clone();
+        }
     }
     Ok(())
 }
@@ -140,6 +148,25 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let recorder = if settings.pipeline.record {
+            let store = Store::open(&settings.store).await.with_context(|| {
+                format!(
+                    "cannot open the quality store {} (pipeline.record = false runs without it)",
+                    redact(&settings.store.effective_url())
+                )
+            })?;
+            tracing::info!(store = %redact(&settings.store.effective_url()), "Recording results in the quality store.");
+            Some(Recorder {
+                store,
+                quality: settings.quality.clone(),
+                line: settings.pipeline.line.clone(),
+                default_lot: settings.pipeline.default_lot.clone(),
+                images: settings.pipeline.store_images,
+                image_dir: settings.image_dir(),
+            })
+        } else {
+            None
+        };
         let pipeline = Pipeline::start(
             settings.pipeline.clone(),
             runtime,
@@ -147,6 +174,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             settings.decode,
             cameras,
             sinks,
+            recorder,
         )
         .await?;
         let server = match &settings.pipeline.listen {

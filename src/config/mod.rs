@@ -105,6 +105,15 @@ impl Settings {
         }
     }
 
+    /// Where images and overlays are kept: `quality.image_dir`, else `images` under
+    /// `store.data_dir`.
+    pub fn image_dir(&self) -> PathBuf {
+        self.quality
+            .image_dir
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("images"))
+    }
+
     /// The effective settings as TOML, with the password in `store.url` redacted; secrets
     /// added later are redacted here too.
     pub fn to_toml(&self) -> String {

@@ -38,6 +38,16 @@ pub struct PipelineConfig {
     pub listen: Option<String>,
     /// Subscribe to triggers over MQTT (none: no subscription).
     pub mqtt_triggers: Option<super::mqtt::MqttTriggerConfig>,
+    /// Record every result in the quality store (`[store]`), journal triggers there before
+    /// acknowledging them, and open secondary inspections for rejects (`[quality]` rules).
+    pub record: bool,
+    /// Production line name written on every record.
+    pub line: String,
+    /// Lot of free-run frames and of triggers that name none.
+    pub default_lot: String,
+    /// Frames kept as images with their records: `none`, `rejects` (defect or uncertain
+    /// scores: what an inspector must see) or `all`.
+    pub store_images: super::ImagePolicy,
 }
 
 impl Default for PipelineConfig {
@@ -56,6 +66,10 @@ impl Default for PipelineConfig {
             print_results: false,
             listen: None,
             mqtt_triggers: None,
+            record: true,
+            line: "line-1".into(),
+            default_lot: "unassigned".into(),
+            store_images: super::ImagePolicy::Rejects,
         }
     }
 }
@@ -199,6 +213,16 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
             }
         }
         p.extend(c.source.problems(&format!("{field}.source")));
+    }
+    for (field, value) in [
+        ("line", &pipeline.line),
+        ("default_lot", &pipeline.default_lot),
+    ] {
+        if value.trim().is_empty() || value.len() > 200 {
+            p.push(format!(
+                "pipeline.{field} = {value:?}: must be 1 to 200 bytes, not blank"
+            ));
+        }
     }
     p
 }

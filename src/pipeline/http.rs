@@ -34,6 +34,8 @@ impl IntoResponse for TriggerError {
             TriggerError::UnknownCamera { .. } => StatusCode::NOT_FOUND,
             TriggerError::NotTriggered { .. } => StatusCode::CONFLICT,
             TriggerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            TriggerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            TriggerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         problem(status, "trigger refused", self.to_string())
     }

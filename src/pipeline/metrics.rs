@@ -95,6 +95,8 @@ pub struct Metrics {
     pub stage_seconds: Vec<Histogram>,
     pub batch_size: Histogram,
     pub sink_errors: AtomicU64,
+    /// Quality-store writes that failed (each retried one counts once per failure).
+    pub store_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
             stage_seconds: STAGES.iter().map(|_| Histogram::new(&latency)).collect(),
             batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             sink_errors: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
         }
     }
 
@@ -214,6 +217,11 @@ impl Metrics {
             out,
             "# HELP linesight_sink_errors_total Results a sink failed to record.\n# TYPE linesight_sink_errors_total counter\nlinesight_sink_errors_total {}",
             load(&self.sink_errors)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP linesight_store_errors_total Failed quality-store writes (retried until the shutdown deadline).\n# TYPE linesight_store_errors_total counter\nlinesight_store_errors_total {}",
+            load(&self.store_errors)
         );
         out
     }

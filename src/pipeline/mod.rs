@@ -26,6 +26,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod queue;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,13 +41,15 @@ use tokio::time::Instant;
 
 pub use config::{CameraConfig, PipelineConfig, RecipeConfig, TriggerMode};
 pub use metrics::Metrics;
+pub use record::{ImagePolicy, Recorder};
 
 use crate::actions::ResultSink;
-use crate::inspect::{Inspector, ModelIdentity};
+use crate::inspect::{Inspector, ModelIdentity, PreparedImage};
 use crate::model::{Detector, ModelError, ModelPackage, OrtRuntime, SessionOptions};
 use crate::postprocess::{DefectRegion, Verdict};
-use crate::preprocess::DecodeLimits;
+use crate::preprocess::{DecodeLimits, InputSpec};
 use crate::source::{Captured, FrameSource};
+use crate::store::{Journalled, StoreError};
 use queue::{Droppable, FrameQueue, Pushed};
 
 /// Errors that stop the pipeline from starting.
@@ -76,6 +79,11 @@ pub enum TriggerError {
     NotTriggered { camera: String },
     #[error("the pipeline is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Invalid(String),
+    /// The trigger could not be made durable; it was not accepted and the caller should retry.
+    #[error("the trigger could not be journalled in the quality store: {0}")]
+    Journal(String),
 }
 
 /// A request to inspect the next frame of a camera.
@@ -210,6 +218,12 @@ struct ModelChoice {
     recipe: Option<String>,
 }
 
+/// A result on its way to the actions task, with the frame's pixels when there was one.
+struct Emitted {
+    result: InspectionResult,
+    image: Option<Arc<image::RgbImage>>,
+}
+
 struct PendingTrigger {
     trigger: Trigger,
     id: String,
@@ -220,6 +234,10 @@ struct WorkItem {
     camera: Arc<str>,
     sequence: u64,
     captured: Captured,
+    /// The frame as a model input, prepared on the camera's thread (so that preprocessing
+    /// overlaps inference); it keeps the pixels. An error when preparation failed (an ROI
+    /// outside the frame): the worker answers it as such.
+    prepared: Result<PreparedImage, String>,
     capture_ms: f64,
     started: Instant,
     enqueued: Instant,
@@ -240,8 +258,14 @@ fn ms(d: Duration) -> f64 {
 /// What the camera tasks, workers and trigger handle share.
 struct Shared {
     config: PipelineConfig,
+    /// Records results in the quality store (none: results go to the sinks only).
+    recorder: Option<Recorder>,
+    /// Set once the shutdown deadline has passed: store writes stop being retried.
+    give_up: AtomicBool,
+    /// Input of each loaded model (by model index), for preprocessing on the camera threads.
+    inputs: Vec<InputSpec>,
     queue: FrameQueue<WorkItem>,
-    results: mpsc::Sender<InspectionResult>,
+    results: mpsc::Sender<Emitted>,
     metrics: Arc<Metrics>,
     health: Mutex<BTreeMap<String, CameraHealth>>,
     accepting: AtomicBool,
@@ -261,6 +285,11 @@ impl Shared {
     }
 
     async fn record(&self, result: InspectionResult) {
+        self.emit(result, None).await;
+    }
+
+    /// Hands a result (with the frame's pixels, for the store's images) to the actions task.
+    async fn emit(&self, result: InspectionResult, image: Option<Arc<image::RgbImage>>) {
         if let Some(c) = self.metrics.camera(&result.camera) {
             let counter = match result.outcome {
                 Outcome::Inspected { .. } => &c.inspected,
@@ -274,7 +303,7 @@ impl Shared {
             self.metrics.observe_ms("total", result.timings.total_ms);
         }
         // The actions task runs until every sender is gone, so this only fails if it panicked.
-        if self.results.send(result).await.is_err() {
+        if self.results.send(Emitted { result, image }).await.is_err() {
             tracing::error!("Result dropped: the actions task is gone.");
         }
     }
@@ -345,7 +374,9 @@ pub struct Triggers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TriggerAccepted {
     pub id: String,
-    /// `queued`, or `busy` when it was answered at once because the camera's trigger queue was full.
+    /// `queued`; `busy` when it was answered at once because the camera's trigger queue was
+    /// full; `duplicate` when a trigger with this id was accepted before (it is not served
+    /// again: its first answer stands).
     pub status: &'static str,
 }
 
@@ -370,9 +401,42 @@ impl Triggers {
             Some(Some(sender)) => sender,
         };
         let id = trigger.id.clone().unwrap_or_else(|| {
+            // Unique across restarts: the journal refuses an id seen before.
             let n = self.shared.trigger_seq.fetch_add(1, Ordering::Relaxed);
-            format!("{}-{n}", trigger.camera)
+            format!("{}-{}-{n}", trigger.camera, record::now_ms())
         });
+        if let Some(recorder) = &self.shared.recorder {
+            // Durable before acknowledged: once journalled, the trigger gets an answer even
+            // if linesight stops before serving it (the next start answers it "late").
+            let journalled = recorder
+                .store
+                .journal_trigger(
+                    &id,
+                    &trigger.camera,
+                    trigger.part_id.as_deref(),
+                    trigger.lot.as_deref(),
+                    trigger.recipe.as_deref(),
+                    record::now_ms(),
+                )
+                .await;
+            match journalled {
+                Ok(Journalled::New) => {}
+                Ok(Journalled::Duplicate(_)) => {
+                    return Ok(TriggerAccepted {
+                        id,
+                        status: "duplicate",
+                    });
+                }
+                Err(StoreError::Invalid(message)) => return Err(TriggerError::Invalid(message)),
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .store_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(TriggerError::Journal(e.to_string()));
+                }
+            }
+        }
         let pending = PendingTrigger {
             trigger,
             id: id.clone(),
@@ -399,7 +463,20 @@ impl Triggers {
                 self.shared.record(result).await;
                 Ok(TriggerAccepted { id, status: "busy" })
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TriggerError::ShuttingDown),
+            Err(mpsc::error::TrySendError::Closed(pending)) => {
+                // Journalled already, so it is answered rather than refused.
+                let camera = pending.trigger.camera.clone();
+                let result = trigger_result(
+                    &camera,
+                    &pending,
+                    None,
+                    Outcome::Busy {
+                        reason: "the pipeline is shutting down".into(),
+                    },
+                );
+                self.shared.record(result).await;
+                Ok(TriggerAccepted { id, status: "busy" })
+            }
         }
     }
 }
@@ -413,7 +490,7 @@ pub struct Pipeline {
     workers: Vec<JoinHandle<()>>,
     mqtt: Option<JoinHandle<()>>,
     actions: Option<JoinHandle<Vec<Box<dyn ResultSink>>>>,
-    results_tx: Option<mpsc::Sender<InspectionResult>>,
+    results_tx: Option<mpsc::Sender<Emitted>>,
 }
 
 impl Drop for Pipeline {
@@ -455,6 +532,7 @@ impl Pipeline {
         limits: DecodeLimits,
         cameras: Vec<Camera>,
         sinks: Vec<Box<dyn ResultSink>>,
+        recorder: Option<Recorder>,
     ) -> Result<Pipeline, PipelineError> {
         if cameras.is_empty() {
             return Err(PipelineError::NoCameras);
@@ -521,9 +599,16 @@ impl Pipeline {
             results_wake: tokio::sync::Notify::new(),
             cameras_running: std::sync::atomic::AtomicUsize::new(cameras.len()),
             cameras_done: tokio::sync::Notify::new(),
+            recorder,
+            give_up: AtomicBool::new(false),
+            inputs: worker_inspectors[0]
+                .iter()
+                .map(|i| i.input().clone())
+                .collect(),
             config,
         });
         let actions = tokio::spawn(run_actions(results_rx, sinks, shared.clone()));
+        answer_unserved_triggers(&shared).await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut trigger_senders = BTreeMap::new();
         let mut camera_tasks = Vec::new();
@@ -632,6 +717,14 @@ impl Pipeline {
         }
         shared.queue.close();
         let deadline = Duration::from_millis(shared.config.shutdown_deadline_ms);
+        // Past the deadline, a store that is down no longer holds the exit up.
+        let give_up = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                shared.give_up.store(true, Ordering::SeqCst);
+            })
+        };
         let mut workers = std::mem::take(&mut self.workers);
         let drained = tokio::time::timeout(deadline, async {
             for w in &mut workers {
@@ -680,6 +773,7 @@ impl Pipeline {
             None => Vec::new(),
         };
         drop(sinks);
+        give_up.abort();
         let mut summary = Summary::default();
         for c in shared.metrics.cameras.values() {
             summary.inspected += c.inspected.load(Ordering::Relaxed);
@@ -725,27 +819,83 @@ impl Shared {
     }
 }
 
+/// Triggers a previous run journalled but never answered (it stopped or crashed first) are
+/// answered "late": their moment on the line is gone, but their caller gets a result.
+async fn answer_unserved_triggers(shared: &Arc<Shared>) {
+    let Some(recorder) = &shared.recorder else {
+        return;
+    };
+    let pending = match recorder.store.pending_triggers().await {
+        Ok(p) => p,
+        Err(e) => {
+            shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "Cannot read the trigger journal; unanswered triggers of an earlier run stay pending.");
+            return;
+        }
+    };
+    if !pending.is_empty() {
+        tracing::warn!(
+            triggers = pending.len(),
+            "Answering triggers an earlier run accepted but did not serve."
+        );
+    }
+    for t in pending {
+        let waited_ms = (record::now_ms() - t.received_at_ms).max(0) as f64;
+        let result = InspectionResult {
+            camera: t.camera,
+            sequence: 0,
+            trigger_id: Some(t.id),
+            part_id: t.part_id,
+            lot: t.lot,
+            recipe: t.recipe,
+            frame_time: rfc3339(SystemTime::now()),
+            origin: String::new(),
+            outcome: Outcome::Late {
+                reason: "linesight stopped before this trigger was served".into(),
+                waited_ms,
+            },
+            model: None,
+            timings: PipelineTimings::default(),
+            batch_size: 0,
+        };
+        // Cameras of that run may be gone from the configuration: count only known ones.
+        shared.record(result).await;
+    }
+}
+
 async fn run_actions(
-    mut rx: mpsc::Receiver<InspectionResult>,
+    mut rx: mpsc::Receiver<Emitted>,
     mut sinks: Vec<Box<dyn ResultSink>>,
     shared: Arc<Shared>,
 ) -> Vec<Box<dyn ResultSink>> {
-    let deliver = |sinks: &mut Vec<Box<dyn ResultSink>>, result: &InspectionResult| {
+    // The store first: what the other sinks show is recorded.
+    async fn deliver(shared: &Shared, sinks: &mut [Box<dyn ResultSink>], emitted: Emitted) {
+        let Emitted { result, image } = emitted;
+        if let Some(recorder) = &shared.recorder {
+            recorder
+                .record_with_retry(
+                    &result,
+                    image.as_ref(),
+                    || shared.give_up.load(Ordering::SeqCst),
+                    &shared.metrics.store_errors,
+                )
+                .await;
+        }
         for sink in sinks.iter_mut() {
-            if let Err(e) = sink.record(result) {
+            if let Err(e) = sink.record(&result) {
                 shared.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, camera = %result.camera, "Result not recorded by a sink.");
             }
         }
-    };
+    }
     loop {
         tokio::select! {
             biased;
-            Some(result) = rx.recv() => deliver(&mut sinks, &result),
+            Some(emitted) = rx.recv() => deliver(&shared, &mut sinks, emitted).await,
             () = shared.results_wake.notified() => {
                 if shared.results_closed.load(Ordering::SeqCst) {
-                    while let Ok(result) = rx.try_recv() {
-                        deliver(&mut sinks, &result);
+                    while let Ok(emitted) = rx.try_recv() {
+                        deliver(&shared, &mut sinks, emitted).await;
                     }
                     break;
                 }
@@ -761,14 +911,37 @@ async fn run_actions(
     sinks
 }
 
-/// Grabs one frame on a blocking thread; gives the source back.
+/// A frame grabbed and, when it is to be inspected, prepared for its model (or why not).
+type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>, String>;
+
+/// Grabs one frame on a blocking thread and prepares it for `input` (none: the frame is
+/// skipped, only counted); gives the source back. Returns the capture time alone
+/// (preparation is timed in the [`PreparedImage`]).
 async fn grab(
     mut source: Box<dyn FrameSource>,
-) -> (Box<dyn FrameSource>, Result<Option<Captured>, String>, f64) {
+    input: Option<InputSpec>,
+) -> (Box<dyn FrameSource>, Grabbed, f64) {
     let joined = tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
         let result = source.next_frame().map_err(|e| e.to_string());
-        (source, result, ms(start.elapsed()))
+        let capture_ms = ms(start.elapsed());
+        let result = result.map(|frame| {
+            frame.map(|mut captured| {
+                // The pixels move into the prepared image (no copy); `captured` keeps the
+                // frame's time and origin.
+                let prepared = input.map(|input| {
+                    let image = Arc::new(std::mem::take(&mut captured.image));
+                    PreparedImage::new(captured.origin.clone(), &image, &input)
+                        .map(|mut p| {
+                            p.image = Some(image);
+                            p
+                        })
+                        .map_err(|e| e.to_string())
+                });
+                (captured, prepared)
+            })
+        });
+        (source, result, capture_ms)
     })
     .await;
     match joined {
@@ -890,11 +1063,15 @@ async fn run_camera(
                 }
             },
         };
-        let (back, grabbed, capture_ms) = grab(source).await;
+        // Free-run frames past `every_nth` are grabbed (the camera must be drained) but not
+        // prepared.
+        let inspect = pending.is_some() || delivered.is_multiple_of(config.every_nth);
+        let input = inspect.then(|| shared.inputs[choice.model].clone());
+        let (back, grabbed, capture_ms) = grab(source, input).await;
         source = back;
         shared.metrics.observe_ms("capture", capture_ms);
         match grabbed {
-            Ok(Some(captured)) => {
+            Ok(Some((captured, prepared))) => {
                 if failures > 0 {
                     tracing::info!(camera = %id, failures, "Source recovered.");
                 }
@@ -907,14 +1084,18 @@ async fn run_camera(
                 sequence += 1;
                 if pending.is_none() {
                     delivered += 1;
-                    if !(delivered - 1).is_multiple_of(config.every_nth) {
-                        continue;
-                    }
+                }
+                let Some(prepared) = prepared else {
+                    continue;
+                };
+                if let Ok(p) = &prepared {
+                    shared.metrics.observe_ms("preprocess", p.preprocess_ms);
                 }
                 let item = WorkItem {
                     camera: id.clone(),
                     sequence,
                     captured,
+                    prepared,
                     capture_ms,
                     started,
                     enqueued: Instant::now(),
@@ -1074,15 +1255,18 @@ async fn run_worker(mut inspectors: Vec<Inspector>, shared: Arc<Shared>) {
             result.timings.preprocess_ms = timings.preprocess_ms;
             result.timings.inference_ms = timings.inference_ms;
             result.timings.postprocess_ms = timings.postprocess_ms;
-            result.timings.queue_ms -= timings.total_ms().min(result.timings.queue_ms);
+            // Preparation happened on the camera's thread before queueing; inference and
+            // postprocessing after it.
+            result.timings.queue_ms -=
+                (timings.inference_ms + timings.postprocess_ms).min(result.timings.queue_ms);
             for (stage, v) in [
-                ("preprocess", timings.preprocess_ms),
                 ("inference", timings.inference_ms),
                 ("postprocess", timings.postprocess_ms),
             ] {
                 shared.metrics.observe_ms(stage, v);
             }
-            shared.record(result).await;
+            let image = item.prepared.as_ref().ok().and_then(|p| p.image.clone());
+            shared.emit(result, image).await;
         }
     }
 }
@@ -1099,6 +1283,18 @@ fn infer(inspectors: &mut [Inspector], items: &[WorkItem]) -> Vec<Inferred> {
     let mut out: Vec<Option<Inferred>> = (0..items.len()).map(|_| None).collect();
     let mut groups: Vec<(usize, Option<f32>, Vec<usize>)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
+        if let Err(message) = &item.prepared {
+            let identity = inspectors[item.choice.model].identity().clone();
+            out[i] = Some((
+                Outcome::Error {
+                    message: format!("cannot prepare the frame: {message}"),
+                },
+                Some(identity),
+                Default::default(),
+                0,
+            ));
+            continue;
+        }
         let key = (item.choice.model, item.choice.threshold.map(f32::to_bits));
         match groups
             .iter_mut()
@@ -1110,16 +1306,11 @@ fn infer(inspectors: &mut [Inspector], items: &[WorkItem]) -> Vec<Inferred> {
     }
     for (model, threshold, members) in groups {
         let inspector = &mut inspectors[model];
-        let saved = inspector.thresholds;
-        if let Some(t) = threshold {
-            inspector.thresholds.image = t;
-        }
-        let images: Vec<(String, &image::RgbImage)> = members
+        let images: Vec<&PreparedImage> = members
             .iter()
-            .map(|&i| (items[i].captured.origin.clone(), &items[i].captured.image))
+            .filter_map(|&i| items[i].prepared.as_ref().ok())
             .collect();
-        let results = inspector.inspect_images(&images);
-        inspector.thresholds = saved;
+        let results = inspector.inspect_prepared(&images, threshold);
         let n = members.len();
         for (&i, r) in members.iter().zip(results) {
             out[i] = Some(match r {

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Trigger, Triggers};
+use super::{Trigger, TriggerError, Triggers};
 
 /// `[pipeline.mqtt_triggers]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,8 +111,29 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 match parse(&config.topic_prefix, &publish.topic, &publish.payload) {
                     Ok(trigger) => {
-                        if let Err(e) = triggers.fire(trigger).await {
-                            tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
+                        // Acknowledged only once durable: while the journal cannot take it, keep
+                        // trying (the triggers behind it would fail the same way); at shutdown
+                        // leave it unacknowledged, and the broker redelivers it next time.
+                        let mut wait = Duration::from_millis(100);
+                        loop {
+                            match triggers.fire(trigger.clone()).await {
+                                Err(e @ TriggerError::Journal(_)) => {
+                                    tracing::warn!(topic = %publish.topic, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT trigger not journalled yet; retrying.");
+                                    tokio::select! {
+                                        () = tokio::time::sleep(wait) => {}
+                                        _ = stop.changed() => {
+                                            let _ = client.try_disconnect();
+                                            return;
+                                        }
+                                    }
+                                    wait = (wait * 2).min(Duration::from_secs(5));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
+                                    break;
+                                }
+                                Ok(_) => break,
+                            }
                         }
                     }
                     Err(e) => {

@@ -84,6 +84,19 @@ impl Store {
         cfg: &QualityConfig,
         actor: &str,
     ) -> Result<RecordedInspection, StoreError> {
+        self.record_inspection_for_trigger(new, cfg, actor, None)
+            .await
+    }
+
+    /// [`Store::record_inspection`] for a journalled trigger: the trigger is answered
+    /// `inspected` in the same transaction (see [`super::triggers`]).
+    pub async fn record_inspection_for_trigger(
+        &self,
+        new: &NewInspection,
+        cfg: &QualityConfig,
+        actor: &str,
+        trigger_id: Option<&str>,
+    ) -> Result<RecordedInspection, StoreError> {
         new.validate()
             .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
         let now = now_ms();
@@ -242,6 +255,9 @@ impl Store {
                     recorded.raised_ncr = Some(ncr_id);
                 }
             }
+        }
+        if let Some(trigger) = trigger_id {
+            Self::answer_trigger_in(&mut tx, trigger, "inspected", None, Some(id), now).await?;
         }
         self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an inspection"))?;

@@ -21,6 +21,7 @@
 mod images;
 mod inspections;
 mod ncrs;
+mod triggers;
 mod users;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use crate::quality::{SignatureError, TransitionError};
 pub use images::{RetentionReport, image_path};
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
 pub use ncrs::{NcrRecord, NcrTransition, NewNcr};
+pub use triggers::{Journalled, JournalledTrigger, MAX_TRIGGER_FIELD_BYTES, TriggerAnswer};
 pub use users::{Credentials, NewUser, User};
 
 /// `[store]` settings.

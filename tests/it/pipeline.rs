@@ -69,6 +69,7 @@ async fn start(config: PipelineConfig, cameras: Vec<Camera>) -> (Pipeline, Memor
         DecodeLimits::default(),
         cameras,
         sinks,
+        None,
     )
     .await
     .unwrap();
@@ -455,6 +456,7 @@ async fn shutdown_with_frames_in_flight_answers_every_trigger_and_flushes() {
             open(camera("belt", synthetic(None), TriggerMode::FreeRun)),
         ],
         sinks,
+        None,
     )
     .await
     .unwrap();
@@ -826,4 +828,149 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
             r.origin
         );
     }
+}
+
+/// A pipeline that records into `db`'s store.
+async fn start_recording(
+    config: PipelineConfig,
+    cameras: Vec<Camera>,
+    db: &crate::quality::Db,
+    image_dir: &std::path::Path,
+) -> (Pipeline, MemorySink) {
+    let sink = MemorySink::default();
+    let sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(sink.clone())];
+    let recorder = linesight::pipeline::Recorder {
+        store: db.store.clone(),
+        quality: linesight::quality::QualityConfig::default(),
+        line: "line-7".into(),
+        default_lot: "free".into(),
+        images: linesight::pipeline::ImagePolicy::Rejects,
+        image_dir: image_dir.to_path_buf(),
+    };
+    let pipeline = Pipeline::start(
+        config,
+        runtime(),
+        options(),
+        DecodeLimits::default(),
+        cameras,
+        sinks,
+        Some(recorder),
+    )
+    .await
+    .unwrap();
+    (pipeline, sink)
+}
+
+async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig::default(),
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    let triggers = pipeline.triggers();
+    for i in 0..6 {
+        let accepted = triggers.fire(trigger("press", i)).await.unwrap();
+        assert_eq!(accepted.status, "queued");
+        // Durable before acknowledged: the journal has it as soon as `fire` returns.
+        assert!(db.store.trigger(&accepted.id).await.unwrap().is_some());
+    }
+    wait_for(&sink, 6).await;
+    // The same id again (a client retrying, an MQTT redelivery) is not served twice.
+    let again = triggers.fire(trigger("press", 0)).await.unwrap();
+    assert_eq!(again.status, "duplicate");
+    let summary = pipeline.shutdown().await;
+    assert_eq!(summary.inspected, 6, "{summary:?}");
+    let results = sink.results();
+    assert_eq!(results.len(), 6, "the duplicate produced no result");
+    let mut rejects = 0;
+    for r in &results {
+        let id = r.trigger_id.as_deref().unwrap();
+        let t = db.store.trigger(id).await.unwrap().unwrap();
+        assert_eq!(t.state, "inspected", "{t:?}");
+        let inspection = db.store.inspection(t.inspection_id.unwrap()).await.unwrap();
+        let i = &inspection.inspection;
+        assert_eq!(Some(i.part_id.clone()), r.part_id);
+        assert_eq!(i.line, "line-7");
+        assert_eq!(i.camera, "press");
+        let Outcome::Inspected { score, verdict, .. } = &r.outcome else {
+            panic!("{r:?}")
+        };
+        assert_eq!(i.verdict, *verdict);
+        assert!((i.score - f64::from(*score)).abs() < 1e-6);
+        assert_eq!(
+            i.model_sha256,
+            r.model.as_ref().unwrap().sha256,
+            "the record names the model behind the verdict"
+        );
+        if *verdict == Verdict::Defect {
+            rejects += 1;
+            let hash = i.image_ref.as_deref().expect("a reject keeps its image");
+            let png = std::fs::read(linesight::store::image_path(images.path(), hash)).unwrap();
+            let frame = image::load_from_memory(&png).unwrap();
+            assert!(frame.width() > 0);
+        }
+    }
+    assert!(rejects > 0, "the synthetic camera makes defective parts");
+    assert_eq!(db.store.inspection_count().await.unwrap(), 6);
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_recorded_and_triggers_journalled_sqlite() {
+    results_are_recorded_and_triggers_journalled(crate::quality::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_recorded_and_triggers_journalled_postgres() {
+    results_are_recorded_and_triggers_journalled(crate::quality::postgres().await).await;
+}
+
+async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db) {
+    // A run that journalled (acknowledged) a trigger and died before serving it.
+    let journalled = db
+        .store
+        .journal_trigger("press-crash-1", "press", Some("P-1"), Some("L-9"), None, 1)
+        .await
+        .unwrap();
+    assert_eq!(journalled, linesight::store::Journalled::New);
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig::default(),
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    wait_for(&sink, 1).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].trigger_id.as_deref(), Some("press-crash-1"));
+    assert_eq!(results[0].part_id.as_deref(), Some("P-1"));
+    assert!(matches!(results[0].outcome, Outcome::Late { .. }));
+    let t = db.store.trigger("press-crash-1").await.unwrap().unwrap();
+    assert_eq!(t.state, "late");
+    assert!(db.store.pending_triggers().await.unwrap().is_empty());
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_left_by_a_stopped_run_are_answered_late_sqlite() {
+    triggers_left_by_a_stopped_run_are_answered_late(crate::quality::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_left_by_a_stopped_run_are_answered_late_postgres() {
+    triggers_left_by_a_stopped_run_are_answered_late(crate::quality::postgres().await).await;
 }

@@ -1,0 +1,198 @@
+//! Recording results in the quality store: the pipeline's durable action.
+//!
+//! Every inspected frame becomes an inspection record (which applies the quality rules: a
+//! reject opens a secondary-inspection task, a lot's reject rate may raise an NCR); a trigger
+//! is answered in the trigger journal in the same transaction. Late, busy and failed triggers
+//! are answered in the journal too.
+//!
+//! Invariants:
+//! - a result is recorded before the other sinks see it (results.jsonl, stdout), so what an
+//!   operator saw printed is in the store;
+//! - a write that fails is retried with back-off until it succeeds or the pipeline's shutdown
+//!   deadline passes: the queues back up meanwhile (free-run frames drop, new triggers are
+//!   answered "busy"), and nothing is dropped silently - every give-up is logged with the
+//!   result and counted (`linesight_store_errors_total`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::{InspectionResult, Outcome};
+use crate::quality::{NewInspection, QualityConfig};
+use crate::store::{Store, StoreError, TriggerAnswer};
+
+/// `[pipeline] store_images`: which frames are kept as images with their record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagePolicy {
+    /// No frame images (records only).
+    None,
+    /// Frames judged defect or within the uncertainty band of the threshold: the ones an
+    /// inspector has to look at.
+    #[default]
+    Rejects,
+    /// Every inspected frame (disk use is bounded by `quality.image_quota_bytes`).
+    All,
+}
+
+/// What the pipeline needs to record into the quality store.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub store: Store,
+    pub quality: QualityConfig,
+    /// Production line name written on every record.
+    pub line: String,
+    /// Lot of free-run frames and of triggers that name none.
+    pub default_lot: String,
+    pub images: ImagePolicy,
+    /// Where frame images go (content-addressed).
+    pub image_dir: PathBuf,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    crate::quality::now_ms()
+}
+
+impl Recorder {
+    /// The record of an inspected result (`None` for late, busy and error results).
+    fn new_inspection(&self, r: &InspectionResult) -> Option<NewInspection> {
+        let Outcome::Inspected {
+            score,
+            verdict,
+            threshold,
+            regions,
+        } = &r.outcome
+        else {
+            return None;
+        };
+        let model = r.model.as_ref()?;
+        Some(NewInspection {
+            part_id: r.part_id.clone().unwrap_or_else(|| {
+                // Free-run frames have no part id: camera, frame time and number make one that
+                // is unique across restarts.
+                format!("{}-{}-{}", r.camera, r.frame_time, r.sequence)
+            }),
+            lot: r.lot.clone().unwrap_or_else(|| self.default_lot.clone()),
+            line: self.line.clone(),
+            recipe: r.recipe.clone().unwrap_or_else(|| "default".into()),
+            camera: r.camera.clone(),
+            model_name: model.name.clone(),
+            model_sha256: model.sha256.clone(),
+            threshold: f64::from(*threshold),
+            score: f64::from(*score),
+            verdict: *verdict,
+            regions_json: serde_json::to_string(regions).unwrap_or_else(|_| "[]".into()),
+            image_ref: None,
+            overlay_ref: None,
+            timings_json: serde_json::to_string(&r.timings).unwrap_or_else(|_| "{}".into()),
+            source: "automatic".into(),
+            defect_class: None,
+        })
+    }
+
+    fn keeps_image(&self, new: &NewInspection) -> bool {
+        match self.images {
+            ImagePolicy::None => false,
+            ImagePolicy::All => true,
+            ImagePolicy::Rejects => {
+                new.verdict == crate::postprocess::Verdict::Defect
+                    || (new.score - new.threshold).abs() <= self.quality.uncertainty_band
+            }
+        }
+    }
+
+    /// Records `result` once; the caller retries on error.
+    pub async fn record(
+        &self,
+        result: &InspectionResult,
+        image: Option<&Arc<RgbImage>>,
+    ) -> Result<(), StoreError> {
+        let trigger = result.trigger_id.as_deref();
+        let Some(mut new) = self.new_inspection(result) else {
+            let (answer, reason) = match &result.outcome {
+                Outcome::Late { reason, .. } => (TriggerAnswer::Late, reason.as_str()),
+                Outcome::Busy { reason } => (TriggerAnswer::Busy, reason.as_str()),
+                Outcome::Error { message } => (TriggerAnswer::Error, message.as_str()),
+                Outcome::Inspected { .. } => (TriggerAnswer::Error, "no model identity"),
+            };
+            if let Some(id) = trigger {
+                self.store
+                    .answer_trigger(id, answer, reason, now_ms())
+                    .await?;
+            }
+            return Ok(());
+        };
+        if let Some(image) = image.filter(|_| self.keeps_image(&new)) {
+            let image = image.clone();
+            let png = tokio::task::spawn_blocking(move || encode_png(&image))
+                .await
+                .map_err(|e| StoreError::Invalid(format!("image encoding stopped: {e}")))??;
+            let hash = self
+                .store
+                .put_image(&self.image_dir, &png, now_ms())
+                .await?;
+            new.image_ref = Some(hash);
+        }
+        self.store
+            .record_inspection_for_trigger(&new, &self.quality, "system", trigger)
+            .await?;
+        Ok(())
+    }
+
+    /// Records with retries until it succeeds or `give_up` says stop; returns whether it was
+    /// recorded.
+    pub async fn record_with_retry(
+        &self,
+        result: &InspectionResult,
+        image: Option<&Arc<RgbImage>>,
+        give_up: impl Fn() -> bool,
+        errors: &std::sync::atomic::AtomicU64,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.record(result, image).await {
+                Ok(()) => return true,
+                Err(e @ (StoreError::Db { .. } | StoreError::Connect { .. })) => {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if give_up() {
+                        tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");
+                        return false;
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Quality store write failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    // Refused data (a field too long, a disk that cannot take the image) does
+                    // not get better by retrying.
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result refused by the quality store.");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// PNG with fast compression: lossless evidence, cheap enough for the actions path.
+fn encode_png(image: &RgbImage) -> Result<Vec<u8>, StoreError> {
+    use image::ImageEncoder as _;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| StoreError::Invalid(format!("cannot encode the frame as PNG: {e}")))?;
+    Ok(out)
+}
