@@ -1,0 +1,153 @@
+//! The quality store's write path, per inspection: what the pipeline's actions task pays to make
+//! a result durable (one transaction: the record, the quality rules, the audit chain, and the
+//! trigger's answer), on the embedded SQLite store (WAL, full sync) and, when reachable, on
+//! PostgreSQL (`LINESIGHT_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+//!
+//! `cargo bench --bench store` to measure; `cargo bench -- --test` runs each once (CI).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use linesight::postprocess::Verdict;
+use linesight::quality::{NewInspection, QualityConfig};
+use linesight::store::{Store, StoreConfig};
+
+fn inspection(n: u64) -> NewInspection {
+    NewInspection {
+        part_id: format!("part-{n}"),
+        lot: format!("lot-{}", n / 500),
+        line: "line-1".into(),
+        recipe: "default".into(),
+        camera: "cam-1".into(),
+        model_name: "demo-washer".into(),
+        model_sha256: "dd79cf2e1f7a".repeat(5)[..64].to_string(),
+        threshold: 0.5,
+        // Mostly good parts, a reject now and then: the rules run as on a line.
+        score: if n % 50 == 0 { 0.9 } else { 0.2 },
+        verdict: if n % 50 == 0 {
+            Verdict::Defect
+        } else {
+            Verdict::Good
+        },
+        regions_json: "[]".into(),
+        image_ref: None,
+        overlay_ref: None,
+        timings_json: r#"{"total_ms":7.5}"#.into(),
+        source: "automatic".into(),
+        defect_class: None,
+    }
+}
+
+/// Creates an empty schema for this run on PostgreSQL, or `None` when no server answers.
+async fn postgres() -> Option<StoreConfig> {
+    let url = std::env::var("LINESIGHT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    sqlx::any::install_default_drivers();
+    let pool = tokio::time::timeout(Duration::from_secs(3), sqlx::AnyPool::connect(&url))
+        .await
+        .ok()?
+        .ok()?;
+    let schema = format!("lt_bench_{}", std::process::id());
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .ok()?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .ok()?;
+    pool.close().await;
+    Some(StoreConfig {
+        url: Some(url),
+        pg_schema: Some(schema),
+        ..StoreConfig::default()
+    })
+}
+
+fn record(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut backends = vec![(
+        "sqlite-wal-fullsync",
+        StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("b.db").display())),
+            ..StoreConfig::default()
+        },
+    )];
+    match rt.block_on(postgres()) {
+        Some(config) => backends.push(("postgres", config)),
+        None => eprintln!("PostgreSQL not reachable: measuring SQLite only"),
+    }
+    let quality = QualityConfig::default();
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(1));
+    for (name, config) in backends {
+        let store = rt.block_on(Store::open(&config)).expect("store opens");
+        let n = AtomicU64::new(0);
+        group.bench_function(BenchmarkId::new("record_inspection", name), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let i = inspection(n.fetch_add(1, Ordering::Relaxed));
+                        store
+                            .record_inspection(&i, &quality, "system")
+                            .await
+                            .expect("record");
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("journal_and_answer_trigger", name), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let k = n.fetch_add(1, Ordering::Relaxed);
+                        let id = format!("bench-{k}");
+                        store
+                            .journal_trigger(&id, "cam-1", None, None, None, 0)
+                            .await
+                            .expect("journal");
+                        store
+                            .record_inspection_for_trigger(
+                                &inspection(k),
+                                &quality,
+                                "system",
+                                Some(&id),
+                            )
+                            .await
+                            .expect("record");
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        if let Some(schema) = &config.pg_schema {
+            let url = config.effective_url();
+            rt.block_on(async {
+                store.close().await;
+                if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // Each write is a synced transaction: a handful of samples says enough.
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
+    targets = record
+}
+criterion_main!(benches);
