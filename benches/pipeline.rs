@@ -49,7 +49,12 @@ fn frames(folder: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs the pipeline over `folder` once; returns the time from start of frames to last result.
-fn run_pipeline(rt: &tokio::runtime::Runtime, folder: &Path, expect: usize) -> Duration {
+fn run_pipeline(
+    rt: &tokio::runtime::Runtime,
+    folder: &Path,
+    expect: usize,
+    batch_size: usize,
+) -> Duration {
     rt.block_on(async {
         let config = CameraConfig {
             id: "bench".into(),
@@ -70,6 +75,7 @@ fn run_pipeline(rt: &tokio::runtime::Runtime, folder: &Path, expect: usize) -> D
         let pipeline = Pipeline::start(
             PipelineConfig {
                 queue_capacity: 4096,
+                batch_size,
                 ..PipelineConfig::default()
             },
             runtime(),
@@ -144,7 +150,32 @@ fn throughput(c: &mut Criterion) {
         })
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n)).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n, 1)).sum())
+    });
+    // Dynamic batching: the pipeline groups what is queued (up to 8 frames, 2 ms wait) and is
+    // compared with bare ONNX Runtime at its best fixed batch size.
+    for batch in [2usize, 4, 8] {
+        let id = format!("demo-washer/batch{batch}/threads{THREADS}/cpu/{n}frames");
+        let stacked: Vec<Vec<f32>> = tensors.chunks(batch).map(|c| c.concat()).collect();
+        group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
+            b.iter(|| {
+                for t in &stacked {
+                    let k = t.len() / (3 * w * h);
+                    let tensor =
+                        ort::value::TensorRef::from_array_view(([k, 3, h, w], t.as_slice()))
+                            .expect("tensor");
+                    let outputs = bare.run(ort::inputs!["input" => tensor]).expect("run");
+                    let (_, score) = outputs["pred_score"]
+                        .try_extract_tensor::<f32>()
+                        .expect("score");
+                    black_box(score[0]);
+                }
+            })
+        });
+    }
+    let id = format!("demo-washer/dynamic-batch8/threads{THREADS}/cpu/{n}frames");
+    group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n, 8)).sum())
     });
     group.finish();
 }
