@@ -24,8 +24,8 @@ fn inspection(n: u64) -> NewInspection {
         model_sha256: "dd79cf2e1f7a".repeat(5)[..64].to_string(),
         threshold: 0.5,
         // Mostly good parts, a reject now and then: the rules run as on a line.
-        score: if n % 50 == 0 { 0.9 } else { 0.2 },
-        verdict: if n % 50 == 0 {
+        score: if n.is_multiple_of(50) { 0.9 } else { 0.2 },
+        verdict: if n.is_multiple_of(50) {
             Verdict::Defect
         } else {
             Verdict::Good

@@ -76,10 +76,11 @@ fn demo_settings(settings: &mut Settings, frames: Option<u64>) -> anyhow::Result
         settings.pipeline.results_dir = Some(PathBuf::from("linesight-results"));
     }
     // The demo keeps its quality store beside its results unless a store was configured.
-    if settings.store.url.is_none() && settings.store.data_dir == StoreConfig::default().data_dir {
-        if let Some(dir) = &settings.pipeline.results_dir {
-            settings.store.data_dir = dir.clone();
-        }
+    if settings.store.url.is_none()
+        && settings.store.data_dir == StoreConfig::default().data_dir
+        && let Some(dir) = &settings.pipeline.results_dir
+    {
+        settings.store.data_dir = dir.clone();
     }
     Ok(())
 }

@@ -213,7 +213,8 @@ pub struct Summary {
 
 #[derive(Debug, Clone)]
 struct ModelChoice {
-    model: usize,
+    /// Index into [`ModelTable::slots`].
+    slot: usize,
     threshold: Option<f32>,
     recipe: Option<String>,
 }
@@ -255,6 +256,30 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Model slots and the models serving them.
+///
+/// A slot is what a camera asks for: `<camera>` (its default model) or `<camera>/<recipe>`. Each
+/// slot is served by one loaded model (several slots may share one); every worker holds one
+/// session per loaded model. A swap loads the new model into every worker first, then points
+/// the slot at it in one step under this lock, so every frame is inspected by the old model or
+/// the new one, never by neither.
+struct ModelTable {
+    slots: Vec<String>,
+    /// Model index serving each slot.
+    slot_model: Vec<usize>,
+    /// Input and identity of each model index.
+    inputs: Vec<InputSpec>,
+    identities: Vec<ModelIdentity>,
+    /// Per worker: models it must install before its next batch.
+    installs: Vec<Vec<(usize, Inspector)>>,
+}
+
+impl ModelTable {
+    fn input_for(&self, slot: usize) -> InputSpec {
+        self.inputs[self.slot_model[slot]].clone()
+    }
+}
+
 /// What the camera tasks, workers and trigger handle share.
 struct Shared {
     config: PipelineConfig,
@@ -262,8 +287,12 @@ struct Shared {
     recorder: Option<Recorder>,
     /// Set once the shutdown deadline has passed: store writes stop being retried.
     give_up: AtomicBool,
-    /// Input of each loaded model (by model index), for preprocessing on the camera threads.
-    inputs: Vec<InputSpec>,
+    /// Which model serves which slot; swapped atomically by [`Pipeline::swap_model`].
+    models: Mutex<ModelTable>,
+    /// What loading another model needs.
+    runtime: &'static OrtRuntime,
+    inference: SessionOptions,
+    limits: DecodeLimits,
     queue: FrameQueue<WorkItem>,
     results: mpsc::Sender<Emitted>,
     metrics: Arc<Metrics>,
@@ -277,6 +306,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn models(&self) -> std::sync::MutexGuard<'_, ModelTable> {
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_health(&self, camera: &str, health: CameraHealth) {
         self.health
             .lock()
@@ -481,6 +514,114 @@ impl Triggers {
     }
 }
 
+/// Why a model swap was refused; the old model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("unknown model slot {slot:?}; slots: {known}")]
+    UnknownSlot { slot: String, known: String },
+    #[error("model {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("model {path} failed its warm-up inference: {message}")]
+    WarmUp { path: PathBuf, message: String },
+    #[error("model loading was interrupted: {0}")]
+    Join(String),
+}
+
+/// Swaps the model behind a slot while the pipeline runs. Cheap to clone.
+#[derive(Clone)]
+pub struct ModelSwitch {
+    shared: Arc<Shared>,
+}
+
+impl ModelSwitch {
+    /// Every slot (`<camera>` or `<camera>/<recipe>`) with the model serving it now.
+    pub fn slots(&self) -> Vec<(String, ModelIdentity)> {
+        let table = self.shared.models();
+        table
+            .slots
+            .iter()
+            .zip(&table.slot_model)
+            .map(|(slot, &m)| (slot.clone(), table.identities[m].clone()))
+            .collect()
+    }
+
+    /// Loads `package` into every worker (one session each), checks each with a warm-up
+    /// inference, then points `slot` at it in one step. Frames already prepared for the old
+    /// input are prepared again from their pixels. On any error the old model keeps serving.
+    pub async fn swap(
+        &self,
+        slot: &str,
+        package: ModelPackage,
+    ) -> Result<ModelIdentity, SwapError> {
+        let (index, workers) = {
+            let table = self.shared.models();
+            let index = table.slots.iter().position(|s| s == slot).ok_or_else(|| {
+                SwapError::UnknownSlot {
+                    slot: slot.to_string(),
+                    known: table.slots.join(", "),
+                }
+            })?;
+            (index, table.installs.len())
+        };
+        let shared = self.shared.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let path = package.dir.clone();
+            (0..workers)
+                .map(|_| {
+                    let detector =
+                        Detector::new(shared.runtime, package.clone(), &shared.inference, None)
+                            .map_err(|source| SwapError::Load {
+                                path: path.clone(),
+                                source,
+                            })?;
+                    let mut inspector =
+                        Inspector::new(detector, shared.limits).map_err(|source| {
+                            SwapError::Load {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?;
+                    let input = inspector.input().clone();
+                    let blank = image::RgbImage::new(input.width, input.height);
+                    let warm = inspector.inspect_images(&[("warm-up".into(), &blank)]);
+                    if let Some(Err(e)) = warm.into_iter().next() {
+                        return Err(SwapError::WarmUp {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    Ok(inspector)
+                })
+                .collect::<Result<Vec<Inspector>, SwapError>>()
+        })
+        .await
+        .map_err(|e| SwapError::Join(e.to_string()))??;
+        let identity = loaded[0].identity().clone();
+        let input = loaded[0].input().clone();
+        let mut table = self.shared.models();
+        let model = table.inputs.len();
+        table.inputs.push(input);
+        table.identities.push(identity.clone());
+        for (w, inspector) in loaded.into_iter().enumerate() {
+            table.installs[w].push((model, inspector));
+        }
+        let previous = table.slot_model[index];
+        table.slot_model[index] = model;
+        tracing::info!(
+            slot,
+            from = %table.identities[previous].sha256,
+            to = %identity.sha256,
+            model = %identity.name,
+            "Model swapped."
+        );
+        Ok(identity)
+    }
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -537,19 +678,27 @@ impl Pipeline {
         if cameras.is_empty() {
             return Err(PipelineError::NoCameras);
         }
+        // Slots in order; slots naming the same package path share one loaded model at first.
         let mut models: Vec<PathBuf> = Vec::new();
-        let mut index_of = |path: &PathBuf| match models.iter().position(|m| m == path) {
-            Some(i) => i,
-            None => {
-                models.push(path.clone());
-                models.len() - 1
-            }
+        let mut slots: Vec<String> = Vec::new();
+        let mut slot_model: Vec<usize> = Vec::new();
+        let mut add_slot = |name: String, path: &PathBuf| {
+            let model = match models.iter().position(|m| m == path) {
+                Some(i) => i,
+                None => {
+                    models.push(path.clone());
+                    models.len() - 1
+                }
+            };
+            slots.push(name);
+            slot_model.push(model);
+            slots.len() - 1
         };
         let mut choices = Vec::new();
         for camera in &cameras {
             let c = &camera.config;
             let default = ModelChoice {
-                model: index_of(&c.model),
+                slot: add_slot(c.id.clone(), &c.model),
                 threshold: c.threshold,
                 recipe: None,
             };
@@ -560,7 +709,7 @@ impl Pipeline {
                     (
                         name.clone(),
                         ModelChoice {
-                            model: index_of(&r.model),
+                            slot: add_slot(format!("{}/{name}", c.id), &r.model),
                             threshold: r.threshold,
                             recipe: Some(name.clone()),
                         },
@@ -580,6 +729,19 @@ impl Pipeline {
             .map_err(|e| PipelineError::Join(e.to_string()))??;
             worker_inspectors.push(loaded);
         }
+        let table = ModelTable {
+            slots,
+            slot_model,
+            inputs: worker_inspectors[0]
+                .iter()
+                .map(|i| i.input().clone())
+                .collect(),
+            identities: worker_inspectors[0]
+                .iter()
+                .map(|i| i.identity().clone())
+                .collect(),
+            installs: worker_inspectors.iter().map(|_| Vec::new()).collect(),
+        };
 
         let metrics = Arc::new(Metrics::new(cameras.iter().map(|c| c.config.id.as_str())));
         let (results_tx, results_rx) = mpsc::channel(256);
@@ -601,10 +763,10 @@ impl Pipeline {
             cameras_done: tokio::sync::Notify::new(),
             recorder,
             give_up: AtomicBool::new(false),
-            inputs: worker_inspectors[0]
-                .iter()
-                .map(|i| i.input().clone())
-                .collect(),
+            models: Mutex::new(table),
+            runtime,
+            inference,
+            limits,
             config,
         });
         let actions = tokio::spawn(run_actions(results_rx, sinks, shared.clone()));
@@ -632,7 +794,11 @@ impl Pipeline {
         }
         let workers = worker_inspectors
             .into_iter()
-            .map(|inspectors| tokio::spawn(run_worker(inspectors, shared.clone())))
+            .enumerate()
+            .map(|(w, inspectors)| {
+                let inspectors = inspectors.into_iter().map(Some).collect();
+                tokio::spawn(run_worker(w, inspectors, shared.clone()))
+            })
             .collect();
         let triggers = Triggers {
             cameras: Arc::new(trigger_senders),
@@ -652,6 +818,13 @@ impl Pipeline {
             actions: Some(actions),
             results_tx: Some(results_tx),
         })
+    }
+
+    /// The model-swap handle (for model activation).
+    pub fn model_switch(&self) -> ModelSwitch {
+        ModelSwitch {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The trigger handle (for HTTP, MQTT and tests).
@@ -1066,7 +1239,7 @@ async fn run_camera(
         // Free-run frames past `every_nth` are grabbed (the camera must be drained) but not
         // prepared.
         let inspect = pending.is_some() || delivered.is_multiple_of(config.every_nth);
-        let input = inspect.then(|| shared.inputs[choice.model].clone());
+        let input = inspect.then(|| shared.models().input_for(choice.slot));
         let (back, grabbed, capture_ms) = grab(source, input).await;
         source = back;
         shared.metrics.observe_ms("capture", capture_ms);
@@ -1196,7 +1369,7 @@ async fn run_camera(
     shared.cameras_done.notify_waiters();
 }
 
-async fn run_worker(mut inspectors: Vec<Inspector>, shared: Arc<Shared>) {
+async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, shared: Arc<Shared>) {
     let max_wait = Duration::from_millis(shared.config.max_batch_wait_ms);
     let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
     loop {
@@ -1234,8 +1407,27 @@ async fn run_worker(mut inspectors: Vec<Inspector>, shared: Arc<Shared>) {
             continue;
         }
         shared.metrics.batch_size.observe(ready.len() as f64);
+        // Models swapped in since the last batch are installed before the mapping that may
+        // point at them is read (both under the table's lock).
+        let slot_model = {
+            let mut table = shared.models();
+            for (m, inspector) in table.installs[worker].drain(..) {
+                if inspectors.len() <= m {
+                    inspectors.resize_with(m + 1, || None);
+                }
+                inspectors[m] = Some(inspector);
+            }
+            let mapping = table.slot_model.clone();
+            // A model no slot uses any more is unloaded.
+            for (m, inspector) in inspectors.iter_mut().enumerate() {
+                if inspector.is_some() && !mapping.contains(&m) {
+                    *inspector = None;
+                }
+            }
+            mapping
+        };
         let joined = tokio::task::spawn_blocking(move || {
-            let results = infer(&mut inspectors, &ready);
+            let results = infer(&mut inspectors, &slot_model, &ready);
             (inspectors, ready, results)
         })
         .await;
@@ -1279,33 +1471,52 @@ type Inferred = (
 );
 
 /// Runs `items` through their models, one call per (model, threshold) group.
-fn infer(inspectors: &mut [Inspector], items: &[WorkItem]) -> Vec<Inferred> {
+fn infer(
+    inspectors: &mut [Option<Inspector>],
+    slot_model: &[usize],
+    items: &[WorkItem],
+) -> Vec<Inferred> {
     let mut out: Vec<Option<Inferred>> = (0..items.len()).map(|_| None).collect();
     let mut groups: Vec<(usize, Option<f32>, Vec<usize>)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
+        let model = slot_model[item.choice.slot];
         if let Err(message) = &item.prepared {
-            let identity = inspectors[item.choice.model].identity().clone();
+            let identity = inspectors[model].as_ref().map(|i| i.identity().clone());
             out[i] = Some((
                 Outcome::Error {
                     message: format!("cannot prepare the frame: {message}"),
                 },
-                Some(identity),
+                identity,
                 Default::default(),
                 0,
             ));
             continue;
         }
-        let key = (item.choice.model, item.choice.threshold.map(f32::to_bits));
+        let key = (model, item.choice.threshold.map(f32::to_bits));
         match groups
             .iter_mut()
             .find(|(m, t, _)| (*m, t.map(f32::to_bits)) == key)
         {
             Some(g) => g.2.push(i),
-            None => groups.push((item.choice.model, item.choice.threshold, vec![i])),
+            None => groups.push((model, item.choice.threshold, vec![i])),
         }
     }
     for (model, threshold, members) in groups {
-        let inspector = &mut inspectors[model];
+        let Some(inspector) = inspectors[model].as_mut() else {
+            // Unreachable: a worker installs every model a slot points at before reading the
+            // mapping. Answered rather than panicking all the same.
+            for &i in &members {
+                out[i] = Some((
+                    Outcome::Error {
+                        message: format!("model {model} is not loaded in this worker"),
+                    },
+                    None,
+                    Default::default(),
+                    0,
+                ));
+            }
+            continue;
+        };
         let images: Vec<&PreparedImage> = members
             .iter()
             .filter_map(|&i| items[i].prepared.as_ref().ok())

@@ -37,7 +37,7 @@ pub enum Journalled {
     /// New: it is pending now and must be served.
     New,
     /// The id was already journalled: it must not be served again.
-    Duplicate(JournalledTrigger),
+    Duplicate(Box<JournalledTrigger>),
 }
 
 /// How a trigger was answered.
@@ -114,7 +114,7 @@ impl Store {
             .await
             .map_err(db("look up a trigger"))?
         {
-            return Ok(Journalled::Duplicate(trigger_row(&row)?));
+            return Ok(Journalled::Duplicate(Box::new(trigger_row(&row)?)));
         }
         sqlx::query(
             "INSERT INTO triggers (id, camera, part_id, lot, recipe, received_at_ms, state) \

@@ -974,3 +974,100 @@ async fn triggers_left_by_a_stopped_run_are_answered_late_sqlite() {
 async fn triggers_left_by_a_stopped_run_are_answered_late_postgres() {
     triggers_left_by_a_stopped_run_are_answered_late(crate::quality::postgres().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_swap_under_load_is_atomic_and_a_broken_model_is_refused() {
+    let mut belt = camera("belt", synthetic(None), TriggerMode::FreeRun);
+    belt.fps = 40.0;
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            workers: 2,
+            queue_capacity: 64,
+            ..PipelineConfig::default()
+        },
+        vec![open(belt)],
+    )
+    .await;
+    let switch = pipeline.model_switch();
+    let old = switch.slots();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].0, "belt");
+    let old_hash = old[0].1.sha256.clone();
+    wait_for(&sink, 5).await;
+
+    // Refused: a package with no threshold to decide with, and a slot that does not exist.
+    // The old model keeps serving.
+    let no_threshold =
+        linesight::model::ModelPackage::open(&repo().join("testdata/models/score-only")).unwrap();
+    let err = switch.swap("belt", no_threshold.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("threshold"), "{err}");
+    let err = switch.swap("press", no_threshold).await.unwrap_err();
+    assert!(err.to_string().contains("unknown model slot"), "{err}");
+    assert_eq!(switch.slots()[0].1.sha256, old_hash);
+    let before = sink.results().len();
+    wait_for(&sink, before + 5).await;
+
+    // Accepted: another model (other graph, so another hash) with a threshold.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("testdata/models/score-only/model.onnx"),
+        dir.path().join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("model.toml"),
+        "name = \"score-only\"\nversion = \"2\"\n[decision]\nthreshold = 0.5\n",
+    )
+    .unwrap();
+    let good = linesight::model::ModelPackage::open(dir.path()).unwrap();
+    let new = switch.swap("belt", good).await.unwrap();
+    let swapped_at = SystemTime::now();
+    assert_ne!(new.sha256, old_hash);
+    assert_eq!(switch.slots()[0].1.sha256, new.sha256);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sink
+        .results()
+        .iter()
+        .filter(|r| r.model.as_ref().is_some_and(|m| m.sha256 == new.sha256))
+        .count()
+        < 5
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pipeline.shutdown().await;
+
+    let mut results = sink.results();
+    results.sort_by_key(|r| r.sequence);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Inspected { .. })),
+        "no frame failed during the swaps: {:?}",
+        results
+            .iter()
+            .find(|r| !matches!(r.outcome, Outcome::Inspected { .. }))
+    );
+    // Every frame was inspected by the old model or the new one; every frame captured after
+    // the swap returned by the new one (frame times are rounded to the millisecond).
+    let mut after = 0;
+    for r in &results {
+        let hash = r.model.as_ref().unwrap().sha256.as_str();
+        assert!(hash == old_hash || hash == new.sha256, "{hash}");
+        let captured = humantime::parse_rfc3339(&r.frame_time).unwrap();
+        if captured > swapped_at + Duration::from_millis(1) {
+            after += 1;
+            assert_eq!(
+                hash, new.sha256,
+                "frame {} captured after the swap",
+                r.sequence
+            );
+        }
+    }
+    assert!(after >= 3, "frames after the swap: {after}");
+    let old_served = results
+        .iter()
+        .filter(|r| r.model.as_ref().unwrap().sha256 == old_hash)
+        .count();
+    assert!(old_served >= 10, "the old model served until the swap");
+}
