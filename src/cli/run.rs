@@ -110,11 +110,12 @@ async fn stop_signal() {
 /// Runs the service until its sources finish or a signal comes.
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow::Result<i32> {
     let mut settings = settings.clone();
-    if args.demo {
-        demo_settings(&mut settings, args.frames)?;
-    }
+    // Before the demo's defaults, which put the demo's store in the results folder.
     if let Some(dir) = args.results {
         settings.pipeline.results_dir = Some(dir);
+    }
+    if args.demo {
+        demo_settings(&mut settings, args.frames)?;
     }
     settings.validate()?;
     if settings.cameras.is_empty() {
