@@ -45,6 +45,10 @@ pub struct PipelineConfig {
     pub line: String,
     /// Lot of free-run frames and of triggers that name none.
     pub default_lot: String,
+    /// A journalled trigger still unanswered this long after it came is taken for the trigger
+    /// of an instance that stopped (or crashed) before serving it, and answered "late" by
+    /// whichever instance sharing the store sees it first.
+    pub orphan_trigger_after_ms: u64,
     /// Frames kept as images with their records: `none`, `rejects` (defect or uncertain
     /// scores: what an inspector must see) or `all`.
     pub store_images: super::ImagePolicy,
@@ -69,6 +73,7 @@ impl Default for PipelineConfig {
             record: true,
             line: "line-1".into(),
             default_lot: "unassigned".into(),
+            orphan_trigger_after_ms: 60_000,
             store_images: super::ImagePolicy::Rejects,
         }
     }
@@ -133,6 +138,12 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         }
     };
     range("workers", pipeline.workers as u64, 1, 64);
+    range(
+        "orphan_trigger_after_ms",
+        pipeline.orphan_trigger_after_ms,
+        1_000,
+        86_400_000,
+    );
     range("batch_size", pipeline.batch_size as u64, 1, 256);
     range("max_batch_wait_ms", pipeline.max_batch_wait_ms, 0, 10_000);
     range("queue_capacity", pipeline.queue_capacity as u64, 1, 100_000);

@@ -285,6 +285,8 @@ struct Shared {
     config: PipelineConfig,
     /// Records results in the quality store (none: results go to the sinks only).
     recorder: Option<Recorder>,
+    /// Journalled triggers this instance has not answered yet.
+    in_flight: Mutex<std::collections::HashSet<String>>,
     /// Set once the shutdown deadline has passed: store writes stop being retried.
     give_up: AtomicBool,
     /// Which model serves which slot; swapped atomically by [`Pipeline::swap_model`].
@@ -306,6 +308,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn models(&self) -> std::sync::MutexGuard<'_, ModelTable> {
         self.models.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -336,6 +342,9 @@ impl Shared {
             self.metrics.observe_ms("total", result.timings.total_ms);
         }
         // The actions task runs until every sender is gone, so this only fails if it panicked.
+        if let Some(id) = &result.trigger_id {
+            self.in_flight().remove(id);
+        }
         if self.results.send(Emitted { result, image }).await.is_err() {
             tracing::error!("Result dropped: the actions task is gone.");
         }
@@ -453,7 +462,9 @@ impl Triggers {
                 )
                 .await;
             match journalled {
-                Ok(Journalled::New) => {}
+                Ok(Journalled::New) => {
+                    self.shared.in_flight().insert(id.clone());
+                }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
                         id,
@@ -630,6 +641,7 @@ pub struct Pipeline {
     cameras: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     mqtt: Option<JoinHandle<()>>,
+    orphans: Option<JoinHandle<()>>,
     actions: Option<JoinHandle<Vec<Box<dyn ResultSink>>>>,
     results_tx: Option<mpsc::Sender<Emitted>>,
 }
@@ -763,6 +775,7 @@ impl Pipeline {
             cameras_done: tokio::sync::Notify::new(),
             recorder,
             give_up: AtomicBool::new(false),
+            in_flight: Mutex::new(Default::default()),
             models: Mutex::new(table),
             runtime,
             inference,
@@ -770,8 +783,13 @@ impl Pipeline {
             config,
         });
         let actions = tokio::spawn(run_actions(results_rx, sinks, shared.clone()));
-        answer_unserved_triggers(&shared).await;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let orphans = shared.recorder.is_some().then(|| {
+            tokio::spawn(answer_orphaned_triggers(
+                shared.clone(),
+                shutdown_rx.clone(),
+            ))
+        });
         let mut trigger_senders = BTreeMap::new();
         let mut camera_tasks = Vec::new();
         for (camera, (default, recipes)) in cameras.into_iter().zip(choices) {
@@ -811,6 +829,7 @@ impl Pipeline {
         Ok(Pipeline {
             triggers,
             mqtt,
+            orphans,
             shared,
             shutdown,
             cameras: camera_tasks,
@@ -882,6 +901,9 @@ impl Pipeline {
         let _ = self.shutdown.send(true);
         if let Some(mqtt) = self.mqtt.take() {
             let _ = mqtt.await;
+        }
+        if let Some(orphans) = self.orphans.take() {
+            let _ = orphans.await;
         }
         for task in self.cameras.drain(..) {
             if let Err(e) = task.await {
@@ -992,47 +1014,65 @@ impl Shared {
     }
 }
 
-/// Triggers a previous run journalled but never answered (it stopped or crashed first) are
-/// answered "late": their moment on the line is gone, but their caller gets a result.
-async fn answer_unserved_triggers(shared: &Arc<Shared>) {
-    let Some(recorder) = &shared.recorder else {
+/// Answers journalled triggers nobody answered within `orphan_trigger_after_ms` (their
+/// instance stopped or crashed first) "late": their moment on the line is gone, but their
+/// caller gets a result. Runs at start and then periodically until shutdown; triggers this
+/// instance is still serving are left alone.
+async fn answer_orphaned_triggers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Some(recorder) = shared.recorder.clone() else {
         return;
     };
-    let pending = match recorder.store.pending_triggers().await {
-        Ok(p) => p,
-        Err(e) => {
-            shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "Cannot read the trigger journal; unanswered triggers of an earlier run stay pending.");
-            return;
+    let grace = shared.config.orphan_trigger_after_ms as i64;
+    let period =
+        Duration::from_millis((shared.config.orphan_trigger_after_ms / 4).clamp(250, 15_000));
+    loop {
+        let before = record::now_ms() - grace;
+        match recorder.store.pending_triggers(before).await {
+            Ok(pending) => {
+                let orphans: Vec<_> = {
+                    let in_flight = shared.in_flight();
+                    pending
+                        .into_iter()
+                        .filter(|t| !in_flight.contains(&t.id))
+                        .collect()
+                };
+                if !orphans.is_empty() {
+                    tracing::warn!(
+                        triggers = orphans.len(),
+                        "Answering triggers accepted by an instance that stopped before serving them."
+                    );
+                }
+                for t in orphans {
+                    let waited_ms = (record::now_ms() - t.received_at_ms).max(0) as f64;
+                    let result = InspectionResult {
+                        camera: t.camera,
+                        sequence: 0,
+                        trigger_id: Some(t.id),
+                        part_id: t.part_id,
+                        lot: t.lot,
+                        recipe: t.recipe,
+                        frame_time: rfc3339(SystemTime::now()),
+                        origin: String::new(),
+                        outcome: Outcome::Late {
+                            reason: "the linesight instance that accepted this trigger stopped before serving it".into(),
+                            waited_ms,
+                        },
+                        model: None,
+                        timings: PipelineTimings::default(),
+                        batch_size: 0,
+                    };
+                    shared.record(result).await;
+                }
+            }
+            Err(e) => {
+                shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Cannot read the trigger journal; orphaned triggers stay pending for now.");
+            }
         }
-    };
-    if !pending.is_empty() {
-        tracing::warn!(
-            triggers = pending.len(),
-            "Answering triggers an earlier run accepted but did not serve."
-        );
-    }
-    for t in pending {
-        let waited_ms = (record::now_ms() - t.received_at_ms).max(0) as f64;
-        let result = InspectionResult {
-            camera: t.camera,
-            sequence: 0,
-            trigger_id: Some(t.id),
-            part_id: t.part_id,
-            lot: t.lot,
-            recipe: t.recipe,
-            frame_time: rfc3339(SystemTime::now()),
-            origin: String::new(),
-            outcome: Outcome::Late {
-                reason: "linesight stopped before this trigger was served".into(),
-                waited_ms,
-            },
-            model: None,
-            timings: PipelineTimings::default(),
-            batch_size: 0,
-        };
-        // Cameras of that run may be gone from the configuration: count only known ones.
-        shared.record(result).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //! - an answer moves a trigger out of `pending` once; a second answer changes nothing;
 //! - the answer of an inspected trigger commits with its inspection record
 //!   ([`Store::record_inspection_for_trigger`]), so a crash never leaves one without the other;
-//! - triggers still pending when the service starts were accepted by an instance that stopped
-//!   before answering them ([`Store::pending_triggers`]); the pipeline answers them "late".
+//! - a trigger still pending long after it came (`pipeline.orphan_trigger_after_ms`) was
+//!   accepted by an instance that stopped before answering it ([`Store::pending_triggers`]):
+//!   any instance sharing the store answers it "late", so a crashed replica's triggers are
+//!   answered by the others, or by itself when it restarts.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
@@ -185,11 +187,16 @@ impl Store {
             .transpose()
     }
 
-    /// Triggers not answered yet, oldest first.
-    pub async fn pending_triggers(&self) -> Result<Vec<JournalledTrigger>, StoreError> {
+    /// Triggers not answered yet that came before `received_before_ms`, oldest first.
+    pub async fn pending_triggers(
+        &self,
+        received_before_ms: i64,
+    ) -> Result<Vec<JournalledTrigger>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM triggers WHERE state = 'pending' ORDER BY received_at_ms, id"
+            "SELECT {COLUMNS} FROM triggers WHERE state = 'pending' AND received_at_ms < $1 \
+             ORDER BY received_at_ms, id LIMIT 1000"
         ))
+        .bind(received_before_ms)
         .fetch_all(self.reader())
         .await
         .map_err(db("read pending triggers"))?

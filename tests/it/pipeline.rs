@@ -961,7 +961,13 @@ async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db
     assert!(matches!(results[0].outcome, Outcome::Late { .. }));
     let t = db.store.trigger("press-crash-1").await.unwrap().unwrap();
     assert_eq!(t.state, "late");
-    assert!(db.store.pending_triggers().await.unwrap().is_empty());
+    assert!(
+        db.store
+            .pending_triggers(i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     db.finish().await;
 }
 
@@ -1070,4 +1076,68 @@ async fn a_model_swap_under_load_is_atomic_and_a_broken_model_is_refused() {
         .filter(|r| r.model.as_ref().unwrap().sha256 == old_hash)
         .count();
     assert!(old_served >= 10, "the old model served until the swap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instances_trigger_is_answered_only_after_the_orphan_delay() {
+    let db = crate::quality::sqlite().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Journalled just now by another instance that may still serve it.
+    db.store
+        .journal_trigger("other-1", "press", None, None, None, now)
+        .await
+        .unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            orphan_trigger_after_ms: 1_000,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    // Our own trigger, served normally, is never taken for an orphan.
+    let ours = pipeline.triggers().fire(trigger("press", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let early: Vec<_> = sink
+        .results()
+        .into_iter()
+        .filter(|r| r.trigger_id.as_deref() == Some("other-1"))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "answered before the orphan delay: {early:?}"
+    );
+    assert_eq!(
+        db.store.trigger("other-1").await.unwrap().unwrap().state,
+        "pending"
+    );
+    wait_for(&sink, 2).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_eq!(results.len(), 2, "{results:?}");
+    let other = results
+        .iter()
+        .find(|r| r.trigger_id.as_deref() == Some("other-1"))
+        .unwrap();
+    assert!(matches!(other.outcome, Outcome::Late { .. }));
+    let mine = results
+        .iter()
+        .find(|r| r.trigger_id.as_deref() == Some(ours.id.as_str()))
+        .unwrap();
+    assert!(matches!(mine.outcome, Outcome::Inspected { .. }));
+    assert_eq!(
+        db.store.trigger("other-1").await.unwrap().unwrap().state,
+        "late"
+    );
+    db.finish().await;
 }
