@@ -22,8 +22,15 @@
 //!
 //! Both resamplers precompute their per-axis weights once ([`PillowBilinear::new`],
 //! [`TorchvisionAntialias::new`]) so that a pipeline resizing every frame of one camera to one
-//! model size pays only for the convolution. The inner loops are plain slice arithmetic without
-//! bounds checks in the hot path, so they autovectorise; no `unsafe` is used.
+//! model size pays only for the convolution; [`super::prepare`] keeps them, with the scratch
+//! buffers, per thread.
+//!
+//! Speed without changing a byte: the 8-bit passes are integer sums, so any exact evaluation
+//! order gives the same bytes. On x86-64 CPUs with AVX2 (detected at run time) the horizontal
+//! pass, which dominates when shrinking camera frames, runs the `vpmaddwd` kernel of the `avx2`
+//! submodule and the vertical pass is compiled for AVX2; elsewhere the scalar horizontal pass
+//! and the portable chunked vertical pass run. The scalar passes stay as the reference that
+//! property tests compare the fast ones with, byte for byte.
 
 use image::RgbImage;
 

@@ -89,11 +89,11 @@ pub(super) fn horizontal(
     // SAFETY: `available()` was checked when `packed` was built and is checked by the caller.
     unsafe {
         match packed.groups {
-            1 => horizontal_avx2(src, in_w, taps, packed, 1, dst),
-            2 => horizontal_avx2(src, in_w, taps, packed, 2, dst),
-            3 => horizontal_avx2(src, in_w, taps, packed, 3, dst),
-            4 => horizontal_avx2(src, in_w, taps, packed, 4, dst),
-            g => horizontal_avx2(src, in_w, taps, packed, g, dst),
+            1 => horizontal_avx2::<1>(src, in_w, taps, packed, dst),
+            2 => horizontal_avx2::<2>(src, in_w, taps, packed, dst),
+            3 => horizontal_avx2::<3>(src, in_w, taps, packed, dst),
+            4 => horizontal_avx2::<4>(src, in_w, taps, packed, dst),
+            _ => horizontal_avx2::<0>(src, in_w, taps, packed, dst),
         }
     }
 }
@@ -124,16 +124,16 @@ fn load_weights(w: &[i16; 16]) -> __m256i {
     unsafe { _mm256_loadu_si256(w.as_ptr().cast()) }
 }
 
+/// `G` four-tap groups per output pixel, or `G = 0` for `packed.groups` read at run time.
 #[target_feature(enable = "avx2")]
-#[inline]
-fn horizontal_avx2(
+fn horizontal_avx2<const G: usize>(
     src: &[u8],
     in_w: usize,
     taps: &AxisTaps<i32>,
     packed: &PackedTaps,
-    groups: usize,
     dst: &mut [u8],
 ) {
+    let groups = if G == 0 { packed.groups } else { G };
     let out_w = taps.windows.len();
     let row_len = in_w * 3;
     let out_len = out_w * 3;
@@ -179,7 +179,7 @@ fn horizontal_avx2(
         for (x, (&(start, _), weights)) in taps
             .windows
             .iter()
-            .zip(packed.weights.chunks_exact(2 * packed.groups))
+            .zip(packed.weights.chunks_exact(2 * groups))
             .enumerate()
         {
             let at = row0 + start * 3;
