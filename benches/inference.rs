@@ -13,6 +13,7 @@ use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
 use linesight::postprocess::{
     AnomalyMap, OverlayOptions, SourceGeometry, extract_regions, render_overlay,
 };
+use linesight::preprocess::resize::PillowBilinear;
 use linesight::preprocess::{
     ChannelOrder, DecodeLimits, Normalisation, decode, resize_bilinear_pillow,
     resize_torchvision_antialias, resize_torchvision_uint8, write_chw,
@@ -63,6 +64,12 @@ fn preprocess(c: &mut Criterion) {
     group.bench_function(
         BenchmarkId::new("resize_pillow_bilinear_to_256", &id),
         |b| b.iter(|| resize_bilinear_pillow(black_box(&frame), MODEL_SIZE, MODEL_SIZE)),
+    );
+    // What a pipeline worker pays per frame: weights built once, only the convolution timed.
+    let cached = PillowBilinear::new(CAMERA.0, CAMERA.1, MODEL_SIZE, MODEL_SIZE);
+    group.bench_function(
+        BenchmarkId::new("resize_pillow_bilinear_cached_to_256", &id),
+        |b| b.iter(|| cached.resize(black_box(&frame)).expect("input size")),
     );
     group.bench_function(
         BenchmarkId::new("resize_torchvision_uint8_to_256", &id),

@@ -14,8 +14,17 @@ pub use decode::{DecodeError, DecodeLimits, ImageFormat, decode, sniff_format};
 pub use resize::{resize_bilinear_pillow, resize_torchvision_antialias, resize_torchvision_uint8};
 pub use tensor::{ChannelOrder, Normalisation, write_chw};
 
+use std::cell::RefCell;
+
 use image::RgbImage;
+use resize::{Resampler8, ResizeCache};
 use serde::{Deserialize, Serialize};
+
+thread_local! {
+    /// Each thread that prepares frames (an inference worker) keeps its resamplers and resize
+    /// buffers, so a camera's stream of same-sized frames builds its weights once.
+    static RESIZE_CACHE: RefCell<ResizeCache> = RefCell::new(ResizeCache::default());
+}
 
 /// How the image is brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -116,16 +125,18 @@ pub fn prepare(image: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<()
     };
     let same_size = source.dimensions() == (spec.width, spec.height);
     match spec.resize {
+        ResizeMode::PillowBilinear | ResizeMode::TorchvisionAntialias if same_size => {
+            write_chw(source, spec.channel_order, &spec.normalisation, out);
+        }
         ResizeMode::PillowBilinear | ResizeMode::TorchvisionAntialias => {
-            let resized = match spec.resize {
-                _ if same_size => None,
-                ResizeMode::PillowBilinear => {
-                    Some(resize_bilinear_pillow(source, spec.width, spec.height))
-                }
-                _ => Some(resize_torchvision_uint8(source, spec.width, spec.height)),
+            let kind = match spec.resize {
+                ResizeMode::PillowBilinear => Resampler8::Pillow,
+                _ => Resampler8::TorchvisionUint8,
             };
-            let pixels = resized.as_ref().unwrap_or(source);
-            write_chw(pixels, spec.channel_order, &spec.normalisation, out);
+            RESIZE_CACHE.with_borrow_mut(|cache| {
+                let pixels = cache.resize(source, spec.width, spec.height, kind);
+                tensor::write_chw_pixels(pixels, spec.channel_order, &spec.normalisation, out);
+            });
         }
         ResizeMode::TorchvisionAntialiasFloat => {
             let planes = resize_torchvision_antialias(source, spec.width, spec.height);
@@ -202,6 +213,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn prepare_reuses_resamplers_without_mixing_sizes_or_modes() {
+        let (a, b) = (gradient(40, 30), gradient(33, 47));
+        for _ in 0..2 {
+            for image in [&a, &b] {
+                for resize in [ResizeMode::PillowBilinear, ResizeMode::TorchvisionAntialias] {
+                    let spec = InputSpec {
+                        resize,
+                        ..spec(None)
+                    };
+                    let mut got = vec![0.0; 144];
+                    prepare(image, &spec, &mut got).unwrap();
+                    let resized = match resize {
+                        ResizeMode::PillowBilinear => resize_bilinear_pillow(image, 8, 6),
+                        _ => resize_torchvision_uint8(image, 8, 6),
+                    };
+                    let mut want = vec![0.0; 144];
+                    write_chw(&resized, ChannelOrder::Rgb, &Normalisation::None, &mut want);
+                    assert_eq!(got, want, "{resize:?} {:?}", image.dimensions());
+                }
+            }
+        }
     }
 
     #[test]

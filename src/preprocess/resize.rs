@@ -22,10 +22,20 @@
 //!
 //! Both resamplers precompute their per-axis weights once ([`PillowBilinear::new`],
 //! [`TorchvisionAntialias::new`]) so that a pipeline resizing every frame of one camera to one
-//! model size pays only for the convolution. The inner loops are plain slice arithmetic without
-//! bounds checks in the hot path, so they autovectorise; no `unsafe` is used.
+//! model size pays only for the convolution; [`super::prepare`] keeps them, with the scratch
+//! buffers, per thread.
+//!
+//! Speed without changing a byte: the 8-bit passes are integer sums, so any exact evaluation
+//! order gives the same bytes. On x86-64 CPUs with AVX2 (detected at run time) the horizontal
+//! pass, which dominates when shrinking camera frames, runs the `vpmaddwd` kernel of the `avx2`
+//! submodule and the vertical pass is compiled for AVX2; elsewhere the scalar horizontal pass
+//! and the portable chunked vertical pass run. The scalar passes stay as the reference that
+//! property tests compare the fast ones with, byte for byte.
 
 use image::RgbImage;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Pillow's fixed-point precision for 8-bit resampling: 32 bits minus 8 for the result and 2 of
 /// headroom for filters with negative lobes.
@@ -209,9 +219,9 @@ pub struct PillowBilinear {
     width: u32,
     height: u32,
     /// `None` when the width does not change (Pillow then skips the pass).
-    horizontal: Option<AxisTaps<i32>>,
+    horizontal: Option<FixedPass>,
     /// `None` when the height does not change.
-    vertical: Option<AxisTaps<i32>>,
+    vertical: Option<FixedPass>,
     vertical_first: bool,
 }
 
@@ -224,8 +234,8 @@ impl PillowBilinear {
             in_height,
             width,
             height,
-            horizontal: (in_width != width).then(|| taps(in_width, width)),
-            vertical: (in_height != height).then(|| taps(in_height, height)),
+            horizontal: (in_width != width).then(|| FixedPass::new(taps(in_width, width))),
+            vertical: (in_height != height).then(|| FixedPass::new(taps(in_height, height))),
             vertical_first: pillow13_vertical_first(in_width, in_height, width, height),
         }
     }
@@ -241,8 +251,8 @@ impl PillowBilinear {
             in_height,
             width,
             height,
-            horizontal: (in_width != width).then(|| taps(in_width, width)),
-            vertical: (in_height != height).then(|| taps(in_height, height)),
+            horizontal: (in_width != width).then(|| FixedPass::new(taps(in_width, width))),
+            vertical: (in_height != height).then(|| FixedPass::new(taps(in_height, height))),
             vertical_first: false,
         }
     }
@@ -270,42 +280,132 @@ impl PillowBilinear {
 
     /// The resize proper; `src` has the input size.
     fn apply(&self, src: &RgbImage) -> RgbImage {
-        let (in_w, in_h) = (self.in_width as usize, self.in_height as usize);
-        let (out_w, out_h) = (self.width as usize, self.height as usize);
-        if out_w == 0 || out_h == 0 {
-            return RgbImage::new(self.width, self.height);
-        }
-        if in_w == 0 || in_h == 0 {
-            // Nothing to sample: every window is empty and Pillow's sums stay at zero.
-            return RgbImage::new(self.width, self.height);
-        }
-        let src = src.as_raw().as_slice();
-        let pixels = match (&self.horizontal, &self.vertical) {
-            (None, None) => src.to_vec(),
-            (Some(h), None) => horizontal_pass_u8(src, in_w, in_h, h),
-            (None, Some(v)) => vertical_pass_u8(src, in_w * 3, v),
-            (Some(h), Some(v)) if self.vertical_first => {
-                let tmp = vertical_pass_u8(src, in_w * 3, v);
-                horizontal_pass_u8(&tmp, in_w, out_h, h)
-            }
-            (Some(h), Some(v)) => {
-                let tmp = horizontal_pass_u8(src, in_w, in_h, h);
-                vertical_pass_u8(&tmp, out_w * 3, v)
-            }
-        };
-        debug_assert_eq!(pixels.len(), out_w * out_h * 3);
+        let mut pixels = Vec::new();
+        self.apply_into(src.as_raw(), &mut Vec::new(), &mut pixels);
+        debug_assert_eq!(pixels.len(), self.width as usize * self.height as usize * 3);
         // The buffer has exactly width × height × 3 bytes by construction; the fallback is
         // unreachable and only avoids a panic path.
         RgbImage::from_raw(self.width, self.height, pixels)
             .unwrap_or_else(|| RgbImage::new(self.width, self.height))
     }
+
+    /// Resizes the interleaved RGB bytes `src` (input size) into `out`, using `tmp` for the
+    /// intermediate image. Both buffers keep their capacity, so a caller that keeps them pays
+    /// no allocation per frame.
+    pub(crate) fn apply_into(&self, src: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
+        let (in_w, in_h) = (self.in_width as usize, self.in_height as usize);
+        let (out_w, out_h) = (self.width as usize, self.height as usize);
+        let out_len = out_w * out_h * 3;
+        if out_len == 0 || in_w == 0 || in_h == 0 {
+            // Nothing to sample: every window is empty and Pillow's sums stay at zero.
+            out.clear();
+            out.resize(out_len, 0);
+            return;
+        }
+        match (&self.horizontal, &self.vertical) {
+            (None, None) => {
+                out.clear();
+                out.extend_from_slice(src);
+            }
+            (Some(h), None) => h.run_horizontal(src, in_w, sized(out, out_len)),
+            (None, Some(v)) => v.run_vertical(src, in_w * 3, sized(out, out_len)),
+            (Some(h), Some(v)) if self.vertical_first => {
+                v.run_vertical(src, in_w * 3, sized(tmp, in_w * out_h * 3));
+                h.run_horizontal(tmp, in_w, sized(out, out_len));
+            }
+            (Some(h), Some(v)) => {
+                h.run_horizontal(src, in_w, sized(tmp, out_w * in_h * 3));
+                v.run_vertical(tmp, out_w * 3, sized(out, out_len));
+            }
+        }
+    }
+
+    /// The same resize with the scalar passes only: the reference the fast kernels are tested
+    /// against.
+    #[cfg(test)]
+    fn apply_scalar(&self, src: &RgbImage) -> Vec<u8> {
+        let (in_w, in_h) = (self.in_width as usize, self.in_height as usize);
+        let (out_w, out_h) = (self.width as usize, self.height as usize);
+        if out_w * out_h == 0 || in_w * in_h == 0 {
+            return vec![0; out_w * out_h * 3];
+        }
+        let src = src.as_raw().as_slice();
+        let h = |src: &[u8], rows: usize, taps: &AxisTaps<i32>| {
+            let mut dst = vec![0; taps.windows.len() * 3 * rows];
+            horizontal_scalar(src, in_w, taps, &mut dst);
+            dst
+        };
+        let v = |src: &[u8], row_len: usize, taps: &AxisTaps<i32>| {
+            let mut dst = vec![0; taps.windows.len() * row_len];
+            vertical_scalar(src, row_len, taps, &mut dst);
+            dst
+        };
+        match (&self.horizontal, &self.vertical) {
+            (None, None) => src.to_vec(),
+            (Some(hp), None) => h(src, in_h, &hp.taps),
+            (None, Some(vp)) => v(src, in_w * 3, &vp.taps),
+            (Some(hp), Some(vp)) if self.vertical_first => {
+                h(&v(src, in_w * 3, &vp.taps), out_h, &hp.taps)
+            }
+            (Some(hp), Some(vp)) => v(&h(src, in_h, &hp.taps), out_w * 3, &vp.taps),
+        }
+    }
 }
 
-/// Horizontal pass on interleaved RGB rows of `in_w` pixels.
-fn horizontal_pass_u8(src: &[u8], in_w: usize, rows: usize, taps: &AxisTaps<i32>) -> Vec<u8> {
+/// `buf` resized to `len` bytes for a pass to overwrite entirely (no zeroing when the length
+/// is already right, as it is for every frame after the first).
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() != len {
+        buf.clear();
+        buf.resize(len, 0);
+    }
+    buf
+}
+
+/// The integer taps of one pass, with the same weights in the layout of the AVX2 kernel when
+/// this CPU has one.
+#[derive(Debug, Clone, PartialEq)]
+struct FixedPass {
+    taps: AxisTaps<i32>,
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<avx2::PackedTaps>,
+}
+
+impl FixedPass {
+    fn new(taps: AxisTaps<i32>) -> Self {
+        FixedPass {
+            #[cfg(target_arch = "x86_64")]
+            avx2: (avx2::available() && avx2::PackedTaps::fits(&taps))
+                .then(|| avx2::PackedTaps::new(&taps)),
+            taps,
+        }
+    }
+
+    /// Horizontal pass over rows of `in_w` pixels (as many rows as `src` holds) into `dst`.
+    fn run_horizontal(&self, src: &[u8], in_w: usize, dst: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.avx2 {
+            avx2::horizontal(src, in_w, &self.taps, packed, dst);
+            return;
+        }
+        horizontal_scalar(src, in_w, &self.taps, dst);
+    }
+
+    /// Vertical pass over rows of `row_len` bytes into `dst`.
+    fn run_vertical(&self, src: &[u8], row_len: usize, dst: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2.is_some() {
+            avx2::vertical(src, row_len, &self.taps, dst);
+            return;
+        }
+        vertical_chunked(src, row_len, &self.taps, dst);
+    }
+}
+
+/// Horizontal pass on interleaved RGB rows of `in_w` pixels: the scalar reference.
+fn horizontal_scalar(src: &[u8], in_w: usize, taps: &AxisTaps<i32>, dst: &mut [u8]) {
     let out_w = taps.windows.len();
     let (bits, half) = (taps.precision, 1i32 << (taps.precision - 1));
-    let mut dst = vec![0u8; out_w * 3 * rows];
     for (src_row, dst_row) in src
         .chunks_exact(in_w * 3)
         .zip(dst.chunks_exact_mut(out_w * 3))
@@ -323,13 +423,11 @@ fn horizontal_pass_u8(src: &[u8], in_w: usize, rows: usize, taps: &AxisTaps<i32>
             out_px[2] = clip8(acc[2], bits);
         }
     }
-    dst
 }
 
-/// Vertical pass on rows of `row_len` bytes: each output row is a weighted sum of whole input
-/// rows, so the inner loop runs over contiguous bytes and vectorises.
-fn vertical_pass_u8(src: &[u8], row_len: usize, taps: &AxisTaps<i32>) -> Vec<u8> {
-    let mut dst = vec![0u8; row_len * taps.windows.len()];
+/// Vertical pass on rows of `row_len` bytes: the scalar reference, one output row at a time.
+#[cfg(test)]
+fn vertical_scalar(src: &[u8], row_len: usize, taps: &AxisTaps<i32>, dst: &mut [u8]) {
     let (bits, half) = (taps.precision, 1i32 << (taps.precision - 1));
     let mut acc = vec![0i32; row_len];
     for ((start, weights), dst_row) in taps.iter().zip(dst.chunks_exact_mut(row_len)) {
@@ -344,7 +442,106 @@ fn vertical_pass_u8(src: &[u8], row_len: usize, taps: &AxisTaps<i32>) -> Vec<u8>
             *d = clip8(a, bits);
         }
     }
-    dst
+}
+
+/// Bytes of a row the vertical kernel keeps in registers at once.
+const VERTICAL_CHUNK: usize = 32;
+
+/// Vertical pass on rows of `row_len` bytes: each output row is a weighted sum of whole input
+/// rows. The row is processed in fixed-size chunks whose 32 accumulators stay in registers
+/// across all taps, so the compiler vectorises the chunk loop completely.
+#[inline(always)]
+fn vertical_chunked(src: &[u8], row_len: usize, taps: &AxisTaps<i32>, dst: &mut [u8]) {
+    let (bits, half) = (taps.precision, 1i32 << (taps.precision - 1));
+    for ((start, weights), dst_row) in taps.iter().zip(dst.chunks_exact_mut(row_len)) {
+        let rows = &src[start * row_len..][..weights.len() * row_len];
+        let mut chunks = dst_row.chunks_exact_mut(VERTICAL_CHUNK);
+        for (c, out) in (&mut chunks).enumerate() {
+            let x = c * VERTICAL_CHUNK;
+            let mut acc = [half; VERTICAL_CHUNK];
+            for (row, &w) in rows.chunks_exact(row_len).zip(weights) {
+                let Ok(px) = <&[u8; VERTICAL_CHUNK]>::try_from(&row[x..x + VERTICAL_CHUNK]) else {
+                    continue;
+                };
+                for (a, &p) in acc.iter_mut().zip(px) {
+                    *a += i32::from(p) * w;
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o = clip8(a, bits);
+            }
+        }
+        let tail = chunks.into_remainder();
+        let x0 = row_len - tail.len();
+        for (i, out) in tail.iter_mut().enumerate() {
+            let mut acc = half;
+            for (row, &w) in rows.chunks_exact(row_len).zip(weights) {
+                acc += i32::from(row[x0 + i]) * w;
+            }
+            *out = clip8(acc, bits);
+        }
+    }
+}
+
+/// Which 8-bit reference a cached resampler reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resampler8 {
+    /// [`PillowBilinear::new`].
+    Pillow,
+    /// [`PillowBilinear::torchvision_uint8`].
+    TorchvisionUint8,
+}
+
+/// Resamplers kept at most by one [`ResizeCache`]: one per camera and model size in practice.
+const CACHED_RESAMPLERS: usize = 4;
+
+/// 8-bit resamplers with their weights, and the scratch buffers of the resize, kept between
+/// frames so that a stream of same-sized frames pays neither for weights nor for allocations.
+#[derive(Debug, Default)]
+pub(crate) struct ResizeCache {
+    /// Least recently used first.
+    resamplers: Vec<(Resampler8, PillowBilinear)>,
+    tmp: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl ResizeCache {
+    /// Resizes `src` to `width × height` and returns its interleaved RGB bytes, valid until the
+    /// next call.
+    pub(crate) fn resize(
+        &mut self,
+        src: &RgbImage,
+        width: u32,
+        height: u32,
+        kind: Resampler8,
+    ) -> &[u8] {
+        let (in_width, in_height) = src.dimensions();
+        let found = self.resamplers.iter().position(|(k, r)| {
+            *k == kind
+                && r.input_size() == (in_width, in_height)
+                && r.output_size() == (width, height)
+        });
+        let entry = match found {
+            Some(i) => self.resamplers.remove(i),
+            None => {
+                if self.resamplers.len() >= CACHED_RESAMPLERS {
+                    self.resamplers.remove(0);
+                }
+                let resampler = match kind {
+                    Resampler8::Pillow => PillowBilinear::new(in_width, in_height, width, height),
+                    Resampler8::TorchvisionUint8 => {
+                        PillowBilinear::torchvision_uint8(in_width, in_height, width, height)
+                    }
+                };
+                (kind, resampler)
+            }
+        };
+        entry
+            .1
+            .apply_into(src.as_raw(), &mut self.tmp, &mut self.out);
+        self.resamplers.push(entry);
+        &self.out
+    }
 }
 
 /// torchvision `Resize((height, width), antialias=True)` applied to a uint8 image tensor (see
@@ -761,6 +958,54 @@ mod tests {
         assert_eq!(resize_torchvision_antialias(&empty, 2, 2), vec![0.0; 12]);
     }
 
+    /// A camera-sized frame through the cached path (buffers reused between sizes and both pass
+    /// orders) gives the scalar reference's bytes; this runs the AVX2 kernel's unrolled group
+    /// counts and its edge fallback on large rows.
+    #[test]
+    fn camera_frames_through_reused_buffers_equal_the_scalar_reference() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let src = RgbImage::from_fn(1280, 1024, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+        });
+        let mut cache = ResizeCache::default();
+        for (w, h) in [
+            (256, 256),
+            (224, 176),
+            (1280, 300),
+            (640, 1024),
+            (333, 1001),
+            (64, 50),
+        ] {
+            for kind in [Resampler8::Pillow, Resampler8::TorchvisionUint8] {
+                let mut r = match kind {
+                    Resampler8::Pillow => PillowBilinear::new(1280, 1024, w, h),
+                    Resampler8::TorchvisionUint8 => {
+                        PillowBilinear::torchvision_uint8(1280, 1024, w, h)
+                    }
+                };
+                // The fast path under test is the one this CPU dispatches to.
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(
+                    r.horizontal.as_ref().map(|p| p.avx2.is_some()),
+                    Some(avx2::available())
+                );
+                let want = r.apply_scalar(&src);
+                assert_eq!(
+                    cache.resize(&src, w, h, kind),
+                    want.as_slice(),
+                    "{kind:?} {w}x{h}"
+                );
+                r.vertical_first = !r.vertical_first;
+                let (mut tmp, mut out) = (vec![7; 3], vec![9; 5]);
+                r.apply_into(src.as_raw(), &mut tmp, &mut out);
+                assert_eq!(out, r.apply_scalar(&src), "{kind:?} {w}x{h}, other order");
+            }
+        }
+    }
+
     fn image_strategy(max_side: u32) -> impl Strategy<Value = RgbImage> {
         (1..=max_side, 1..=max_side).prop_flat_map(|(w, h)| {
             proptest::collection::vec(any::<u8>(), (w * h * 3) as usize)
@@ -798,6 +1043,27 @@ mod tests {
                 for c in 0..3 {
                     prop_assert_eq!(tv[c * plane + i], f32::from(px.0[c]) / 255.0);
                 }
+            }
+        }
+
+        /// The fast kernels (AVX2 where the CPU has it, the chunked vertical pass elsewhere)
+        /// give the scalar reference's bytes, for both references and both pass orders.
+        #[test]
+        fn fast_kernels_equal_the_scalar_reference(
+            src in image_strategy(90),
+            (ow, oh) in (1u32..=100, 1u32..=100),
+            torch in any::<bool>(),
+        ) {
+            let (w, h) = src.dimensions();
+            let mut r = if torch {
+                PillowBilinear::torchvision_uint8(w, h, ow, oh)
+            } else {
+                PillowBilinear::new(w, h, ow, oh)
+            };
+            for _ in 0..2 {
+                let fast = r.apply(&src);
+                prop_assert_eq!(fast.as_raw(), &r.apply_scalar(&src), "{:?}", (w, h, ow, oh));
+                r.vertical_first = !r.vertical_first;
             }
         }
 

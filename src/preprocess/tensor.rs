@@ -47,8 +47,18 @@ fn plane_index(order: ChannelOrder, rgb_channel: usize) -> usize {
 ///
 /// `out.len()` must be `3 * width * height`; the caller checks it.
 pub fn write_chw(image: &RgbImage, order: ChannelOrder, norm: &Normalisation, out: &mut [f32]) {
-    let plane = (image.width() * image.height()) as usize;
-    debug_assert_eq!(out.len(), 3 * plane);
+    write_chw_pixels(image.as_raw(), order, norm, out);
+}
+
+/// [`write_chw`] on interleaved RGB bytes (`out.len()` floats for `out.len() / 3` pixels).
+pub(crate) fn write_chw_pixels(
+    pixels: &[u8],
+    order: ChannelOrder,
+    norm: &Normalisation,
+    out: &mut [f32],
+) {
+    let plane = out.len() / 3;
+    debug_assert_eq!(pixels.len(), 3 * plane);
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
     let planes = [r, g, b];
@@ -58,7 +68,7 @@ pub fn write_chw(image: &RgbImage, order: ChannelOrder, norm: &Normalisation, ou
         plane_index(order, 1),
         plane_index(order, 2),
     ];
-    for (i, px) in image.as_raw().chunks_exact(3).enumerate() {
+    for (i, px) in pixels.chunks_exact(3).enumerate() {
         for (c, &value) in px.iter().enumerate() {
             planes[targets[c]][i] = f32::from(value) / 255.0;
         }
