@@ -987,11 +987,11 @@ mod tests {
                     }
                 };
                 // The fast path under test is the one this CPU dispatches to.
+                // (A size whose width does not change has no horizontal pass.)
                 #[cfg(target_arch = "x86_64")]
-                assert_eq!(
-                    r.horizontal.as_ref().map(|p| p.avx2.is_some()),
-                    Some(avx2::available())
-                );
+                if let Some(p) = r.horizontal.as_ref() {
+                    assert_eq!(p.avx2.is_some(), avx2::available(), "{w}x{h}");
+                }
                 let want = r.apply_scalar(&src);
                 assert_eq!(
                     cache.resize(&src, w, h, kind),
