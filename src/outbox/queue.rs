@@ -228,7 +228,7 @@ pub(crate) async fn on_audit(
     e: &AuditEntry,
 ) -> Result<(), StoreError> {
     let inspection: Option<NewInspection> = (e.action == "inspection.create")
-        .then(|| e.new_value.as_deref())
+        .then_some(e.new_value.as_deref())
         .flatten()
         .and_then(|v| serde_json::from_str(v).ok());
     if cfg.mqtt.is_some() && e.entity != "user" {

@@ -59,7 +59,7 @@ fn inspection(n: usize, score: f64, image_ref: Option<String>) -> NewInspection 
         lot: "L1".into(),
         line: "line-1".into(),
         recipe: "washer".into(),
-        camera: if n % 2 == 0 { "cam0" } else { "cam1" }.into(),
+        camera: if n.is_multiple_of(2) { "cam0" } else { "cam1" }.into(),
         model_name: "padim".into(),
         model_sha256: "ab".repeat(32),
         threshold: 0.5,
@@ -551,9 +551,9 @@ async fn mqtt_events_survive_broker_restarts_duplicates_only_by_id() {
     let store = db.store.clone().with_outbox(outbox.clone());
     let delivery = Delivery::start(&store, &outbox, PathBuf::new(), PathBuf::new());
     let cfg = quiet_quality();
-    let n = 300;
+    let n: usize = 300;
     for i in 0..n {
-        let score = if i % 3 == 0 { 0.8 } else { 0.2 };
+        let score = if i.is_multiple_of(3) { 0.8 } else { 0.2 };
         store
             .record_inspection(&inspection(i, score, None), &cfg, "system")
             .await
@@ -915,7 +915,7 @@ async fn samples_reach_s3_exactly_once_through_an_outage_with_a_complete_manifes
         let cfg = cfg.clone();
         async move {
             let image = store.put_image(&images, &bytes, 0).await.unwrap();
-            let score = if n % 4 == 0 { 0.9 } else { 0.1 };
+            let score = if n.is_multiple_of(4) { 0.9 } else { 0.1 };
             store
                 .record_inspection(&inspection(n, score, Some(image)), &cfg, "system")
                 .await
@@ -998,7 +998,7 @@ async fn samples_reach_s3_exactly_once_through_an_outage_with_a_complete_manifes
         .map(|l| l["source-ref"].as_str().unwrap())
         .collect();
     for (n, id) in ids.iter().enumerate() {
-        let cam = if n % 2 == 0 { "cam0" } else { "cam1" };
+        let cam = if n.is_multiple_of(2) { "cam0" } else { "cam1" };
         let key = format!("train/plant-1/line-1/{cam}/dt={day}/{id}.png");
         assert!(keys.contains(&key), "missing {key}");
         assert!(refs.contains(format!("s3://samples/{key}").as_str()));
