@@ -213,3 +213,36 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_problems_name_their_keys() {
+        let c = OutboxConfig {
+            max_bytes: 10,
+            mqtt: Some(MqttOutConfig {
+                password: Some("hunter22".into()),
+                ..MqttOutConfig::default()
+            }),
+            upload: Some(UploadConfig {
+                destination: "s3://b/p".into(),
+                access_key_id: Some("AKIA".into()),
+                secret_access_key: Some("wJalr".into()),
+                ..UploadConfig::default()
+            }),
+            ..OutboxConfig::default()
+        };
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains("hunter22") && !shown.contains("wJalr"),
+            "{shown}"
+        );
+        assert!(shown.contains("AKIA"), "key ids are not secret: {shown}");
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("outbox.max_bytes = 10"), "{p:?}");
+        assert!(c.enabled() && !OutboxConfig::default().enabled());
+    }
+}

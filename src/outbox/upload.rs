@@ -13,7 +13,8 @@
 //! back-off by `object_store`; a sample that still fails is retried from the outbox after a
 //! pause that doubles up to `max_backoff_ms`. Images above `multipart_threshold_bytes` go up as
 //! multipart uploads; a multipart upload cut by a crash starts again from its first part
-//! (configure the bucket's lifecycle rule to abort incomplete uploads).
+//! (configure the bucket's lifecycle rule to abort incomplete uploads). A day's manifest is
+//! written at most every `manifest_interval_s`, since each write holds the whole day.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct UploadConfig {
     pub max_retries: usize,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Least time between two writes of a day's manifest (each write is the whole day).
+    pub manifest_interval_s: u64,
     pub sampling: SamplingConfig,
 }
 
@@ -78,6 +81,7 @@ impl Default for UploadConfig {
             max_retries: 3,
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
+            manifest_interval_s: 60,
             sampling: SamplingConfig::default(),
         }
     }
@@ -475,6 +479,8 @@ pub async fn run_upload(
     let clear_below = config.sample_limit_bytes() / 10 * 9;
     let mut backoff = initial;
     let mut healthy = true;
+    let manifest_every = Duration::from_secs(uploader.up.manifest_interval_s);
+    let mut manifests_due = tokio::time::Instant::now();
     while !*stop.borrow() {
         let pause = match uploader
             .store
@@ -498,11 +504,16 @@ pub async fn run_upload(
             Err(e) => Err(e.into()),
         };
         let pause = match pause {
-            Ok(busy) => match uploader.write_manifests().await {
-                Ok(()) => Ok(busy),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+            Ok(busy) if tokio::time::Instant::now() >= manifests_due => {
+                match uploader.write_manifests().await {
+                    Ok(()) => {
+                        manifests_due = tokio::time::Instant::now() + manifest_every;
+                        Ok(busy)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         };
         let wait = match pause {
             Ok(busy) => {

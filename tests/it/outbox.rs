@@ -442,13 +442,22 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(bin: PathBuf, dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(bin, dir, "")
+    }
+
+    /// With `extra` lines (more listeners) at the end of the configuration.
+    fn start_with(bin: PathBuf, dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
+        // Run as whoever runs the test (as root, Mosquitto would switch to its own user, which
+        // cannot read the private temporary folder).
+        let me = Command::new("id").arg("-un").output().unwrap();
+        let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 0\n",
+                "user {me}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\n{extra}",
                 dir.display()
             ),
         )
@@ -698,6 +707,7 @@ fn sample_outbox(destination: String) -> UploadConfig {
         },
         initial_backoff_ms: 50,
         max_backoff_ms: 500,
+        manifest_interval_s: 1,
         ..UploadConfig::default()
     }
 }
@@ -1155,4 +1165,144 @@ async fn delivery_resumes_after_kill_9() {
         messages
     );
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS with a client certificate (AWS IoT Core style).
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(ok.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all P-256.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=linesight-test-ca",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+        (
+            "client",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, crt, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let cn = format!("/CN=linesight-test-{name}");
+        let mut req = vec!["req", "-subj", cn.as_str()];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &extfile,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_with_a_client_certificate() {
+    let Some(bin) = peer(
+        Path::new("/usr/sbin/mosquitto"),
+        "scripts/test installs mosquitto",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let tls_port = free_port();
+    let d = dir.path().display();
+    let broker = Mosquitto::start_with(
+        bin,
+        dir.path(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\n\
+             keyfile {d}/server.key\nrequire_certificate true\n"
+        ),
+    );
+    wait_for_port(tls_port, "mosquitto (TLS)");
+    let got = subscribe(broker.port, "lt-tls", "lt-tls-sub");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut outbox = mqtt_outbox(tls_port, "lt-tls");
+    if let Some(m) = &mut outbox.mqtt {
+        m.tls = Some(linesight::outbox::MqttTlsConfig {
+            ca_file: dir.path().join("ca.crt"),
+            client_cert_file: Some(dir.path().join("client.crt")),
+            client_key_file: Some(dir.path().join("client.key")),
+        });
+    }
+    let db = sqlite().await;
+    let store = db.store.clone().with_outbox(outbox.clone());
+    let delivery = Delivery::start(&store, &outbox, PathBuf::new(), PathBuf::new());
+    for i in 0..10 {
+        store
+            .record_inspection(&inspection(i, 0.2, None), &quiet_quality(), "system")
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.ends_with("/inspections"))
+            .count();
+        if n >= 10 && store.outbox_status().await.unwrap().mqtt.pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of 10 events arrived over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    delivery.stop().await;
+    db.finish().await;
 }
