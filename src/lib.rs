@@ -20,6 +20,7 @@
 //! - [`quality`] — quality domain: NCR and secondary-inspection workflows, e-signatures, audit
 //!   chain. Pure, and independent of the pipeline.
 //! - [`store`] — sqlx repositories and migrations for the quality records (SQLite or PostgreSQL).
+//! - [`outbox`] — durable delivery from the store: events over MQTT, training samples to S3.
 //! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
 //! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `bench`, `models`, `run`,
 //!   `audit`, `users`, `images`, `config`).
@@ -30,6 +31,7 @@ pub mod config;
 pub mod evaluate;
 pub mod inspect;
 pub mod model;
+pub mod outbox;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod evaluate;
 pub mod inspect;
 pub mod models;
+pub mod outbox;
 pub mod quality;
 pub mod run;
 
@@ -59,6 +60,9 @@ pub enum Command {
     Images(quality::ImagesCommand),
     /// Run the live inspection service (cameras, triggers, results) until stopped.
     Run(run::RunArgs),
+    /// The delivery outbox (MQTT events, S3 samples).
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(cmd) => quality::run_audit(&settings, cmd),
         Command::Users(cmd) => quality::run_users(&settings, cmd),
         Command::Images(cmd) => quality::run_images(&settings, cmd),
+        Command::Outbox(cmd) => outbox::run(&settings, cmd),
     }
 }
 

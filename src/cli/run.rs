@@ -198,9 +198,40 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             }
             None => None,
         };
+        // --- Outbox delivery: events over MQTT, samples to S3 (crate::outbox) ---
+        let outbox = if settings.outbox.enabled() {
+            let store = crate::outbox::open_store(&settings)
+                .await
+                .context("cannot open the quality store for the outbox")?;
+            for c in &settings.cameras {
+                let data = serde_json::json!({"camera": c.id, "model": c.model, "threshold": c.threshold});
+                if let Err(e) =
+                    crate::outbox::append_event(&store, "model.active", &format!("camera:{}", c.id), data).await
+                {
+                    tracing::warn!(error = %e, "Cannot queue the model-change event.");
+                }
+            }
+            let image_dir = settings
+                .quality
+                .image_dir
+                .clone()
+                .unwrap_or_else(|| settings.store.data_dir.join("images"));
+            Some(crate::outbox::Delivery::start(
+                &store,
+                &settings.outbox,
+                image_dir,
+                settings.store.data_dir.clone(),
+            ))
+        } else {
+            None
+        };
+        // --- end outbox ---
         let summary = pipeline.run_until(stop_signal()).await;
         if let Some(server) = server {
             server.abort();
+        }
+        if let Some(outbox) = outbox {
+            outbox.stop().await;
         }
         eprintln!(
             "stopped: {} inspected, {} late, {} busy, {} errors, {} frames dropped",

@@ -34,6 +34,7 @@ pub struct Settings {
     pub quality: crate::quality::QualityConfig,
     pub pipeline: crate::pipeline::PipelineConfig,
     pub cameras: Vec<crate::pipeline::CameraConfig>,
+    pub outbox: crate::outbox::OutboxConfig,
 }
 
 /// Configuration problems, all of them.
@@ -94,6 +95,7 @@ impl Settings {
         }
         problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
+        problems.extend(self.outbox.problems());
         problems.extend(crate::pipeline::config::problems(
             &self.pipeline,
             &self.cameras,
@@ -119,6 +121,7 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.url = shown.store.url.as_deref().map(crate::store::redact);
+        shown.outbox = shown.outbox.redacted();
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }

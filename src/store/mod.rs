@@ -213,6 +213,8 @@ pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
     backend: Backend,
+    /// When set, write paths also append outbox events (see [`crate::outbox`]).
+    outbox: Option<std::sync::Arc<crate::outbox::OutboxConfig>>,
 }
 
 /// Migrations embedded in the binary, one set per database.
@@ -236,6 +238,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "quality",
                 include_str!("../../migrations/sqlite/0001_quality.sql"),
                 include_str!("../../migrations/postgres/0001_quality.sql"),
+            ),
+            (
+                2,
+                "outbox",
+                include_str!("../../migrations/sqlite/0002_outbox.sql"),
+                include_str!("../../migrations/postgres/0002_outbox.sql"),
             ),
             (
                 5,
@@ -355,6 +363,7 @@ impl Store {
             writer,
             reader,
             backend,
+            outbox: None,
         };
         let mut migrator = Migrator::new(Embedded(backend)).await?;
         // Several instances may start together on PostgreSQL: sqlx takes an advisory lock.
@@ -368,6 +377,17 @@ impl Store {
     #[doc(hidden)]
     pub fn raw_pool(&self) -> &AnyPool {
         &self.writer
+    }
+
+    /// This store with the outbox switched on: from now on every write path also appends its
+    /// events (and chosen samples) to the outbox in the same transaction.
+    pub fn with_outbox(mut self, config: crate::outbox::OutboxConfig) -> Store {
+        self.outbox = Some(std::sync::Arc::new(config));
+        self
+    }
+
+    pub(crate) fn outbox_config(&self) -> Option<&crate::outbox::OutboxConfig> {
+        self.outbox.as_deref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -436,6 +456,8 @@ impl Store {
         for new in entries {
             seq += 1;
             let e = AuditEntry::chain(new, seq, at_ms, &prev);
+            // The outbox sees every audited change: one hook for all write paths.
+            let for_outbox = self.outbox.is_some().then(|| e.clone());
             sqlx::query(
                 "INSERT INTO audit_log (seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -455,6 +477,9 @@ impl Store {
             .await
             .map_err(db("append to the audit trail"))?;
             prev = e.hash;
+            if let (Some(cfg), Some(entry)) = (self.outbox.as_deref(), for_outbox) {
+                crate::outbox::on_audit(cfg, tx, &entry).await?;
+            }
         }
         Ok(())
     }

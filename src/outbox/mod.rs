@@ -1,0 +1,248 @@
+//! Durable delivery of what leaves the site: events over MQTT and training samples to S3,
+//! through a transactional outbox in the quality store.
+//!
+//! Invariants:
+//! - An outbox row is written in the same transaction as the record it belongs to (the hook is
+//!   the audit trail: every audited change of an inspection, task, NCR, signature or lot is an
+//!   event), so a committed record always has its event and a rolled-back one never has.
+//! - A row is deleted only after the peer confirmed it: MQTT PUBACK at QoS 1, an S3 2xx. Until
+//!   then it is sent again after a reconnect or a restart (also after `kill -9`), so consumers
+//!   see every event at least once and de-duplicate on its stable `event_id`.
+//! - Rows are delivered in `id` order, which is commit order (write transactions take turns),
+//!   so the order of events with the same ordering key is kept.
+//! - The outbox is bounded by `outbox.max_bytes`. When full: new samples are refused (counted in
+//!   `samples_refused`) once they would take it past `sample_share_percent` of the bound, which
+//!   keeps the rest for events; an event that would take it past the bound is not stored but
+//!   counted in `events_dropped` and logged. Either raises the `full` alarm (shown by
+//!   `linesight outbox status`, in the health messages and the metrics) until the outbox drains
+//!   below 90 % of the sample share. The quality record itself always commits.
+
+mod mqtt;
+mod queue;
+mod sampling;
+mod upload;
+
+use serde::{Deserialize, Serialize};
+
+pub use mqtt::{MqttOutConfig, MqttTlsConfig, run_mqtt, topic_for};
+pub(crate) use queue::on_audit;
+pub use queue::{OutboxRow, OutboxStatus, Sink, SinkStatus, append_event};
+pub use sampling::{SamplingConfig, SamplingReason, manifest_line, sampling_reason};
+pub use upload::{UploadConfig, run_upload};
+
+/// Version of the JSON envelope of every event and sample document.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `[outbox]` settings. The outbox is on when `[outbox.mqtt]` or `[outbox.upload]` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Bound on the bytes waiting in the outbox (payloads plus referenced sample images).
+    pub max_bytes: u64,
+    /// Share of `max_bytes` samples may take; the rest is kept for events.
+    pub sample_share_percent: u8,
+    /// Rows read per delivery round.
+    pub batch_size: u32,
+    /// How often an idle deliverer looks for new rows.
+    pub poll_interval_ms: u64,
+    /// Events over MQTT.
+    pub mqtt: Option<MqttOutConfig>,
+    /// Samples to S3 (or a local folder).
+    pub upload: Option<UploadConfig>,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_bytes: 1 << 30,
+            sample_share_percent: 80,
+            batch_size: 64,
+            poll_interval_ms: 200,
+            mqtt: None,
+            upload: None,
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Whether anything is delivered at all.
+    pub fn enabled(&self) -> bool {
+        self.mqtt.is_some() || self.upload.is_some()
+    }
+
+    /// Bytes samples may fill before new ones are refused.
+    pub fn sample_limit_bytes(&self) -> u64 {
+        self.max_bytes / 100 * u64::from(self.sample_share_percent)
+    }
+
+    /// Problems with the values, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_bytes < 1 << 20 {
+            p.push(format!(
+                "outbox.max_bytes = {}: must be at least 1048576 (1 MiB)",
+                self.max_bytes
+            ));
+        }
+        if !(1..=99).contains(&self.sample_share_percent) {
+            p.push(format!(
+                "outbox.sample_share_percent = {}: must be between 1 and 99",
+                self.sample_share_percent
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            p.push(format!(
+                "outbox.batch_size = {}: must be between 1 and 10000",
+                self.batch_size
+            ));
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            p.push(format!(
+                "outbox.poll_interval_ms = {}: must be between 10 and 60000",
+                self.poll_interval_ms
+            ));
+        }
+        if let Some(m) = &self.mqtt {
+            p.extend(m.problems());
+        }
+        if let Some(u) = &self.upload {
+            p.extend(u.problems());
+        }
+        p
+    }
+
+    /// A copy safe to print: passwords replaced by `***`.
+    pub fn redacted(&self) -> OutboxConfig {
+        let mut c = self.clone();
+        if let Some(m) = &mut c.mqtt
+            && m.password.is_some()
+        {
+            m.password = Some("***".into());
+        }
+        if let Some(u) = &mut c.upload
+            && u.secret_access_key.is_some()
+        {
+            u.secret_access_key = Some("***".into());
+        }
+        c
+    }
+}
+
+/// What went wrong while delivering.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox store error: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("outbox.upload.destination = {destination:?}: {problem}")]
+    Destination {
+        destination: String,
+        problem: String,
+    },
+    #[error("cannot upload {key}: {source}")]
+    Upload {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot read sample image {path}: {source}")]
+    Image {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("outbox.mqtt.tls: {0}")]
+    Tls(String),
+}
+
+/// Opens the quality store for `settings`, with the outbox switched on when it is configured.
+/// Every store that records inspections or workflow changes must be opened this way, or its
+/// writes produce no events.
+pub async fn open_store(
+    settings: &crate::config::Settings,
+) -> Result<crate::store::Store, crate::store::StoreError> {
+    let store = crate::store::Store::open(&settings.store).await?;
+    Ok(if settings.outbox.enabled() {
+        store.with_outbox(settings.outbox.clone())
+    } else {
+        store
+    })
+}
+
+/// The running delivery tasks (one per configured sink).
+#[derive(Debug)]
+pub struct Delivery {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Delivery {
+    /// Starts delivering what `store`'s outbox holds. `image_dir` is where the store keeps
+    /// images; `state_dir` a private folder (credentials handed over in the environment).
+    pub fn start(
+        store: &crate::store::Store,
+        config: &OutboxConfig,
+        image_dir: std::path::PathBuf,
+        state_dir: std::path::PathBuf,
+    ) -> Delivery {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        if config.mqtt.is_some() {
+            let (store, config, rx) = (store.clone(), config.clone(), rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_mqtt(store, config, rx).await {
+                    tracing::error!(error = %e, "MQTT event delivery stopped.");
+                }
+            }));
+        }
+        if config.upload.is_some() {
+            let (store, config) = (store.clone(), config.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_upload(store, config, image_dir, state_dir, rx).await {
+                    tracing::error!(error = %e, "Sample upload stopped.");
+                }
+            }));
+        }
+        Delivery { stop, tasks }
+    }
+
+    /// Stops the tasks (what is not delivered stays in the outbox for the next start).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_problems_name_their_keys() {
+        let c = OutboxConfig {
+            max_bytes: 10,
+            mqtt: Some(MqttOutConfig {
+                password: Some("hunter22".into()),
+                ..MqttOutConfig::default()
+            }),
+            upload: Some(UploadConfig {
+                destination: "s3://b/p".into(),
+                access_key_id: Some("AKIA".into()),
+                secret_access_key: Some("wJalr".into()),
+                ..UploadConfig::default()
+            }),
+            ..OutboxConfig::default()
+        };
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains("hunter22") && !shown.contains("wJalr"),
+            "{shown}"
+        );
+        assert!(shown.contains("AKIA"), "key ids are not secret: {shown}");
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("outbox.max_bytes = 10"), "{p:?}");
+        assert!(c.enabled() && !OutboxConfig::default().enabled());
+    }
+}
