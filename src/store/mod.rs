@@ -20,6 +20,7 @@
 
 mod images;
 mod inspections;
+mod models;
 mod ncrs;
 mod users;
 
@@ -39,6 +40,7 @@ use crate::quality::{SignatureError, TransitionError};
 
 pub use images::{RetentionReport, image_path};
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
+pub use models::{ActivationState, ModelActivation, NewModelActivation};
 pub use ncrs::{NcrRecord, NcrTransition, NewNcr};
 pub use users::{Credentials, NewUser, User};
 
@@ -234,6 +236,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "quality",
                 include_str!("../../migrations/sqlite/0001_quality.sql"),
                 include_str!("../../migrations/postgres/0001_quality.sql"),
+            ),
+            (
+                4,
+                "models",
+                include_str!("../../migrations/sqlite/0004_models.sql"),
+                include_str!("../../migrations/postgres/0004_models.sql"),
             ),
             (
                 5,
