@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod models;
 mod pipeline;
 mod quality;
 mod reference;
