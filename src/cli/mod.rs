@@ -116,12 +116,13 @@ fn check_config(file: Option<&Path>) -> i32 {
     };
     let mut problems = Vec::new();
     for camera in &settings.cameras {
-        let models = std::iter::once((format!("cameras.{}.model", camera.id), &camera.model)).chain(
-            camera
-                .recipes
-                .iter()
-                .map(|(name, r)| (format!("cameras.{}.recipes.{name}.model", camera.id), &r.model)),
-        );
+        let models = std::iter::once((format!("cameras.{}.model", camera.id), &camera.model))
+            .chain(camera.recipes.iter().map(|(name, r)| {
+                (
+                    format!("cameras.{}.recipes.{name}.model", camera.id),
+                    &r.model,
+                )
+            }));
         for (key, dir) in models {
             if let Err(e) = ModelPackage::open(dir) {
                 problems.push(format!("{key} = {:?}: {e}", dir.display().to_string()));

@@ -1,4 +1,4 @@
-//! Settings, layered: embedded defaults → `--config FILE` (TOML) → `LINESIGHT__SECTION__KEY`
+//! Settings, layered: embedded defaults → `--config FILE` (TOML, or JSON when it ends in `.json`) → `LINESIGHT__SECTION__KEY`
 //! environment variables (e.g. `LINESIGHT__INFERENCE__INTRA_THREADS=2`).
 //!
 //! Each module owns its section's type; this module only composes them, loads the layers and
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::model::SessionOptions;
@@ -54,7 +54,12 @@ impl Settings {
                     problems: vec![format!("config file {} does not exist", path.display())],
                 });
             }
-            figment = figment.merge(Toml::file_exact(path));
+            // JSON is what Greengrass renders from a component's configuration.
+            figment = if path.extension().is_some_and(|e| e == "json") {
+                figment.merge(Json::file_exact(path))
+            } else {
+                figment.merge(Toml::file_exact(path))
+            };
         }
         figment = figment.merge(Env::prefixed("LINESIGHT__").split("__"));
         let settings: Settings = figment.extract().map_err(|e| ConfigError {

@@ -236,7 +236,10 @@ impl Validator {
 
         // A flat grey frame at the model's size exercises the whole path (preprocess,
         // session, postprocess) without depending on any image being present.
-        let (w, h) = (inspector.detector.input.width, inspector.detector.input.height);
+        let (w, h) = (
+            inspector.detector.input.width,
+            inspector.detector.input.height,
+        );
         let grey = image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]));
         let start = Instant::now();
         let warm = inspector
@@ -408,9 +411,13 @@ pub async fn activate(
 #[derive(Debug)]
 pub enum FollowEvent {
     /// The slot now serves the recorded package.
-    Swapped { slot: String, active: Arc<ActiveModel> },
+    Swapped {
+        slot: String,
+        active: Arc<ActiveModel>,
+    },
     /// The recorded package failed validation here; the old model keeps serving. Not retried
-    /// until a newer activation of the slot is recorded.
+    /// until a newer activation of the slot is recorded (a package that is not there yet is
+    /// looked for again at every poll instead).
     Failed {
         slot: String,
         activation_id: i64,
@@ -474,6 +481,17 @@ impl Follower {
                         slot: row.slot,
                         active,
                     });
+                }
+                Ok(Err(ValidationError::Package(PackageError::NotFound { path }))) => {
+                    // The package may still be on its way to this machine (a volume or S3
+                    // sync): look again at the next poll.
+                    self.handled.remove(&row.slot);
+                    tracing::warn!(
+                        slot = %row.slot,
+                        activation = row.id,
+                        path = %path.display(),
+                        "Activated model is not on this machine yet; the current model keeps serving."
+                    );
                 }
                 Ok(Err(e)) => {
                     tracing::error!(
@@ -539,7 +557,10 @@ mod tests {
     #[test]
     fn poll_interval_is_bounded() {
         assert!(ModelsConfig::default().problems().is_empty());
-        let p = ModelsConfig { poll_interval_ms: 5 }.problems();
+        let p = ModelsConfig {
+            poll_interval_ms: 5,
+        }
+        .problems();
         assert!(p[0].contains("models.poll_interval_ms = 5"), "{p:?}");
     }
 
