@@ -158,6 +158,23 @@ mod tests {
     }
 
     #[test]
+    fn json_files_load_like_toml_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "linesight.json",
+                r#"{"inference": {"intra_threads": 2}, "models": {"poll_interval_ms": 1000}}"#,
+            )?;
+            let s = Settings::load(Some(Path::new("linesight.json"))).unwrap();
+            assert_eq!(s.inference.intra_threads, 2);
+            assert_eq!(s.models.poll_interval_ms, 1000);
+            jail.create_file("bad.json", r#"{"inference": {"intra_thread": 2}}"#)?;
+            let err = Settings::load(Some(Path::new("bad.json"))).unwrap_err();
+            assert!(err.to_string().contains("intra_thread"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[inference]\nintra_thread = 2\n")?;

@@ -243,6 +243,72 @@ async fn broken_models_are_refused_under_load_and_a_good_one_swaps_without_gap(d
     replica_store.close().await;
 }
 
+fn copy_package(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A replica follows an activation once the package reaches it, and refuses a package whose
+/// files differ from what was activated.
+async fn replicas_wait_for_the_package_and_refuse_other_bytes(db: &Db) {
+    let store = &db.store;
+    let v = validator();
+    let scratch = tempfile::tempdir().unwrap();
+    let shared = scratch.path().join("washer");
+    copy_package(&repo().join("models/demo"), &shared);
+    let (first, _) = activate(store, &v, request(&shared, None)).await.unwrap();
+
+    // On the replica, the package has not arrived yet.
+    let hidden = scratch.path().join("in-transit");
+    std::fs::rename(&shared, &hidden).unwrap();
+    let replica = ModelRegistry::new();
+    let mut follower = Follower::new(db.another_instance().await, replica.clone(), v.clone());
+    assert!(follower.poll_once().await.unwrap().is_empty());
+    assert!(replica.current(SLOT).is_none());
+    std::fs::rename(&hidden, &shared).unwrap();
+    let events = follower.poll_once().await.unwrap();
+    assert!(
+        matches!(&events[..], [FollowEvent::Swapped { active, .. }] if active.sha256 == first.sha256 && active.activation_id == Some(first.id)),
+        "{events:?}"
+    );
+
+    // A second package whose files change on this machine after activation.
+    let next = scratch.path().join("next");
+    copy_package(&repo().join("testdata/models/dynamic-size"), &next);
+    activate(store, &v, request(&next, None)).await.unwrap();
+    std::fs::copy(
+        repo().join("models/demo/model.onnx"),
+        next.join("model.onnx"),
+    )
+    .unwrap();
+    let events = follower.poll_once().await.unwrap();
+    assert!(
+        matches!(&events[..], [FollowEvent::Failed { error, .. }] if error.contains("this machine has other files at that path")),
+        "{events:?}"
+    );
+    assert_eq!(replica.current(SLOT).unwrap().sha256, first.sha256);
+    assert_eq!(replica.current(SLOT).unwrap().generation, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_on_sqlite() {
+    let db = sqlite().await;
+    replicas_wait_for_the_package_and_refuse_other_bytes(&db).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_on_postgres() {
+    let db = postgres().await;
+    replicas_wait_for_the_package_and_refuse_other_bytes(&db).await;
+    db.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_on_sqlite() {
     let db = sqlite().await;
