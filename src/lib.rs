@@ -11,7 +11,8 @@
 //! - [`telemetry`] — tracing setup (text or JSON logs).
 //! - [`source`] — `FrameSource`: folder replay, synthetic washers (cameras to come).
 //! - [`preprocess`] — decode, ROI crop, resize (Pillow-exact), tensor layout. Pure, no I/O.
-//! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions.
+//! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions,
+//!   the registry of models in service (validated activation, hot swap).
 //! - [`postprocess`] — score → verdict, defect regions, heat-map overlay. Pure, no I/O.
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
 //! - [`pipeline`] — the only wiring of the live service: camera tasks, bounded queues, batching

@@ -69,10 +69,16 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the effective configuration (defaults, file and environment merged).
     Show,
+    /// Load and validate the configuration (`--config FILE` and the environment) and the model
+    /// packages it names; print every problem and exit 2 if there is any.
+    Check,
 }
 
 /// Loads settings, installs logging and runs the command. Returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return Ok(check_config(cli.config.as_deref()));
+    }
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(format) = cli.log_format {
         settings.log.format = format;
@@ -84,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
         Command::Bench(args) => bench::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Run(args) => run::run(&settings, cli.ort_lib.as_deref(), args),
+        Command::Config(ConfigCommand::Check) => Ok(check_config(cli.config.as_deref())),
         Command::Config(ConfigCommand::Show) => {
             use std::io::Write as _;
             std::io::stdout()
@@ -95,6 +102,54 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Users(cmd) => quality::run_users(&settings, cmd),
         Command::Images(cmd) => quality::run_images(&settings, cmd),
         Command::Outbox(cmd) => outbox::run(&settings, cmd),
+    }
+}
+
+/// `config check`: every problem of the settings, then of the model packages the cameras
+/// name (they must open: present, readable, with their external data). Returns the exit code.
+fn check_config(file: Option<&Path>) -> i32 {
+    let source = file.map_or_else(
+        || "defaults and environment".to_string(),
+        |f| f.display().to_string(),
+    );
+    let settings = match Settings::load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{source}: {e}");
+            return 2;
+        }
+    };
+    let mut problems = Vec::new();
+    for camera in &settings.cameras {
+        let models = std::iter::once((format!("cameras.{}.model", camera.id), &camera.model))
+            .chain(camera.recipes.iter().map(|(name, r)| {
+                (
+                    format!("cameras.{}.recipes.{name}.model", camera.id),
+                    &r.model,
+                )
+            }));
+        for (key, dir) in models {
+            if let Err(e) = ModelPackage::open(dir) {
+                problems.push(format!("{key} = {:?}: {e}", dir.display().to_string()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{source}: configuration valid ({} cameras)",
+            settings.cameras.len()
+        );
+        0
+    } else {
+        eprintln!(
+            "{source}: invalid configuration:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        2
     }
 }
 

@@ -1,4 +1,6 @@
 //! `linesight models show DIR`: what linesight sees in a model package.
+//! `linesight models activate --slot S DIR` and `models active`: models in service
+//! (see [`crate::model::registry`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::model::contract::{GraphIo, ModelContract};
 use crate::model::package::PackageFile;
+use crate::model::registry::{ActivationError, ActivationRequest, Validator, activate};
 use crate::model::{Detector, ModelPackage, Thresholds};
 use crate::preprocess::InputSpec;
 
@@ -18,6 +21,26 @@ pub enum ModelsCommand {
     Show {
         /// Model package directory.
         dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a package (contract, warm-up inference, golden images) and make it the model of
+    /// a slot; every running service follows within `models.poll_interval_ms`. Exits 1 when the
+    /// package is refused (the current model keeps serving). Audited.
+    Activate {
+        /// A camera's default model or a recipe name.
+        #[arg(long)]
+        slot: String,
+        /// Extra golden images: `good/` and `defect/` folders whose images must get that
+        /// verdict (a package's own `golden/` folder is always checked).
+        #[arg(long, value_name = "DIR")]
+        golden: Option<PathBuf>,
+        /// Model package directory, at a path every service instance can read.
+        dir: PathBuf,
+    },
+    /// List the model each slot serves, as recorded in the quality store.
+    Active {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -46,6 +69,68 @@ pub struct ModelReport {
 
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> anyhow::Result<i32> {
     match cmd {
+        ModelsCommand::Activate { slot, golden, dir } => {
+            let validator = Validator {
+                runtime: super::runtime(settings, ort_lib)?,
+                options: settings.inference.clone(),
+                limits: settings.decode,
+            };
+            let request = ActivationRequest {
+                slot,
+                package: dir,
+                golden,
+                actor: super::quality::cli_actor(),
+            };
+            super::quality::runtime()?.block_on(async {
+                let store = super::quality::open(settings).await?;
+                let outcome = activate(&store, &validator, request).await;
+                store.close().await;
+                match outcome {
+                    Ok((a, v)) => {
+                        println!(
+                            "slot {} now serves {} (sha256 {}); warm-up {:.1} ms, {} golden images matched; activation #{} by {}",
+                            a.slot,
+                            a.package_path,
+                            a.sha256,
+                            v.warmup_ms,
+                            v.golden_checked,
+                            a.id,
+                            a.actor
+                        );
+                        Ok(0)
+                    }
+                    Err(e @ ActivationError::Refused { .. }) => {
+                        eprintln!("linesight: {e}");
+                        Ok(1)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        }
+        ModelsCommand::Active { json } => super::quality::runtime()?.block_on(async {
+            let store = super::quality::open(settings).await?;
+            let active = store.active_models().await;
+            store.close().await;
+            let active = active?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&active)?);
+            } else if active.is_empty() {
+                println!("no model activated yet (linesight models activate --slot SLOT DIR)");
+            } else {
+                for a in &active {
+                    println!(
+                        "{:<16} {}  {}  activated {} by {} (#{})",
+                        a.slot,
+                        a.sha256,
+                        a.package_path,
+                        crate::quality::format_ms(a.at_ms),
+                        a.actor,
+                        a.id
+                    );
+                }
+            }
+            Ok(0)
+        }),
         ModelsCommand::Show { dir, json } => {
             let runtime = super::runtime(settings, ort_lib)?;
             let package = ModelPackage::open(&dir)?;

@@ -55,14 +55,14 @@ fn parse_role(s: &str) -> Result<Role, String> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn open(settings: &Settings) -> anyhow::Result<Store> {
+pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(&settings.store).await.with_context(|| {
         format!(
             "cannot open the quality store {}",
@@ -71,7 +71,7 @@ async fn open(settings: &Settings) -> anyhow::Result<Store> {
     })
 }
 
-fn cli_actor() -> String {
+pub(crate) fn cli_actor() -> String {
     format!(
         "cli:{}",
         std::env::var("USER")

@@ -14,7 +14,7 @@ use crate::pipeline::Recorder;
 use crate::pipeline::http::{HttpState, app};
 use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
 use crate::source::SourceConfig;
-use crate::store::{Store, StoreConfig, redact};
+use crate::store::{StoreConfig, redact};
 
 /// Options of `linesight run`.
 #[derive(Debug, clap::Args)]
@@ -151,7 +151,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let recorder = if settings.pipeline.record {
-            let store = Store::open(&settings.store).await.with_context(|| {
+            // Opened with the outbox when one is configured, so that every record's events and
+            // samples are queued in the same transaction.
+            let store = crate::outbox::open_store(&settings).await.with_context(|| {
                 format!(
                     "cannot open the quality store {} (pipeline.record = false runs without it)",
                     redact(&settings.store.effective_url())

@@ -1,4 +1,4 @@
-//! Settings, layered: embedded defaults → `--config FILE` (TOML) → `LINESIGHT__SECTION__KEY`
+//! Settings, layered: embedded defaults → `--config FILE` (TOML, or JSON when it ends in `.json`) → `LINESIGHT__SECTION__KEY`
 //! environment variables (e.g. `LINESIGHT__INFERENCE__INTRA_THREADS=2`).
 //!
 //! Each module owns its section's type; this module only composes them, loads the layers and
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::model::SessionOptions;
@@ -35,6 +35,7 @@ pub struct Settings {
     pub pipeline: crate::pipeline::PipelineConfig,
     pub cameras: Vec<crate::pipeline::CameraConfig>,
     pub outbox: crate::outbox::OutboxConfig,
+    pub models: crate::model::registry::ModelsConfig,
 }
 
 /// Configuration problems, all of them.
@@ -54,7 +55,12 @@ impl Settings {
                     problems: vec![format!("config file {} does not exist", path.display())],
                 });
             }
-            figment = figment.merge(Toml::file_exact(path));
+            // JSON is what Greengrass renders from a component's configuration.
+            figment = if path.extension().is_some_and(|e| e == "json") {
+                figment.merge(Json::file_exact(path))
+            } else {
+                figment.merge(Toml::file_exact(path))
+            };
         }
         figment = figment.merge(Env::prefixed("LINESIGHT__").split("__"));
         let settings: Settings = figment.extract().map_err(|e| ConfigError {
@@ -96,6 +102,7 @@ impl Settings {
         problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
         problems.extend(self.outbox.problems());
+        problems.extend(self.models.problems());
         problems.extend(crate::pipeline::config::problems(
             &self.pipeline,
             &self.cameras,
@@ -158,6 +165,23 @@ mod tests {
             );
             assert_eq!(s.decode.max_width, 4096);
             assert_eq!(s.decode.max_height, DecodeLimits::default().max_height);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn json_files_load_like_toml_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "linesight.json",
+                r#"{"inference": {"intra_threads": 2}, "models": {"poll_interval_ms": 1000}}"#,
+            )?;
+            let s = Settings::load(Some(Path::new("linesight.json"))).unwrap();
+            assert_eq!(s.inference.intra_threads, 2);
+            assert_eq!(s.models.poll_interval_ms, 1000);
+            jail.create_file("bad.json", r#"{"inference": {"intra_thread": 2}}"#)?;
+            let err = Settings::load(Some(Path::new("bad.json"))).unwrap_err();
+            assert!(err.to_string().contains("intra_thread"), "{err}");
             Ok(())
         });
     }

@@ -7,11 +7,13 @@
 //! - [`manifest`] parses `model.toml`.
 //! - [`contract`] detects which tensors carry the image, score and anomaly map.
 //! - [`session`] runs a model: [`Detector`].
+//! - [`registry`] the validated model each slot serves, activations and hot swaps.
 
 pub mod contract;
 pub mod graph;
 pub mod manifest;
 pub mod package;
+pub mod registry;
 pub mod runtime;
 pub mod session;
 

@@ -20,6 +20,7 @@
 
 mod images;
 mod inspections;
+mod models;
 mod ncrs;
 mod triggers;
 mod users;
@@ -40,6 +41,7 @@ use crate::quality::{SignatureError, TransitionError};
 
 pub use images::{RetentionReport, image_path};
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
+pub use models::{ActivationState, ModelActivation, NewModelActivation};
 pub use ncrs::{NcrRecord, NcrTransition, NewNcr};
 pub use triggers::{Journalled, JournalledTrigger, MAX_TRIGGER_FIELD_BYTES, TriggerAnswer};
 pub use users::{Credentials, NewUser, User};
@@ -244,6 +246,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "outbox",
                 include_str!("../../migrations/sqlite/0002_outbox.sql"),
                 include_str!("../../migrations/postgres/0002_outbox.sql"),
+            ),
+            (
+                4,
+                "models",
+                include_str!("../../migrations/sqlite/0004_models.sql"),
+                include_str!("../../migrations/postgres/0004_models.sql"),
             ),
             (
                 5,

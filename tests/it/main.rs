@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod outbox;
+mod models;
 mod pipeline;
 mod quality;
 mod reference;
