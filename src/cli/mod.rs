@@ -2,6 +2,7 @@
 //! are `anyhow` here and only here, with context that names the file or setting involved.
 
 pub mod bench;
+pub mod cameras;
 pub mod evaluate;
 pub mod inspect;
 pub mod models;
@@ -59,6 +60,8 @@ pub enum Command {
     Images(quality::ImagesCommand),
     /// Run the live inspection service (cameras, triggers, results) until stopped.
     Run(run::RunArgs),
+    /// List the cameras this machine sees (USB / V4L2, GigE Vision) and their formats.
+    Cameras(cameras::CamerasArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(cmd) => quality::run_audit(&settings, cmd),
         Command::Users(cmd) => quality::run_users(&settings, cmd),
         Command::Images(cmd) => quality::run_images(&settings, cmd),
+        Command::Cameras(args) => cameras::run(args),
     }
 }
 
