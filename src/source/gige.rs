@@ -372,11 +372,16 @@ mod device {
             for _ in 0..BUFFERS {
                 stream.push_buffer(Buffer::new_allocate(payload as usize));
             }
-            let id = camera
-                .device_id()
-                .map(|s| s.to_string())
-                .or_else(|_| camera.device_serial_number().map(|s| s.to_string()))
-                .unwrap_or_else(|_| c.camera_id.clone().unwrap_or_default());
+            // The configured id names the camera in results; without one, Aravis's id of the
+            // camera it picked (`<vendor>-<model>-<serial>`, as `linesight cameras` prints).
+            let id = match &c.camera_id {
+                Some(id) => id.clone(),
+                None => [camera.vendor_name(), camera.model_name(), camera.device_serial_number()]
+                    .into_iter()
+                    .map(|part| part.map(|s| s.to_string()).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("-"),
+            };
             setting("acquisition on", camera.start_acquisition())?;
             self.open = Some(Open { camera, stream, id });
             Ok(())
