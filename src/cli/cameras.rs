@@ -32,12 +32,14 @@ pub struct CamerasReport {
 impl CamerasReport {
     /// Looks for cameras.
     pub fn collect() -> anyhow::Result<CamerasReport> {
-        #[allow(unused_mut)]
-        let mut not_built = Vec::new();
-        #[cfg(not(feature = "usb"))]
-        not_built.push("usb");
-        #[cfg(not(feature = "gige"))]
-        not_built.push("gige");
+        let not_built = [
+            ("usb", cfg!(feature = "usb")),
+            ("gige", cfg!(feature = "gige")),
+        ]
+        .into_iter()
+        .filter(|(_, built)| !built)
+        .map(|(kind, _)| kind)
+        .collect();
         Ok(CamerasReport {
             #[cfg(feature = "usb")]
             usb: crate::source::usb::list_cameras()?,
@@ -68,7 +70,7 @@ impl CamerasReport {
         for c in &self.usb {
             let _ = writeln!(
                 out,
-                "usb  {}  (device = {})  {}  {}",
+                "usb  {} (device = {})  {}  {}",
                 c.path, c.index, c.name, c.description
             );
             match &c.info {
@@ -89,13 +91,8 @@ impl CamerasReport {
         for c in &self.gige {
             let _ = writeln!(
                 out,
-                "{:<4} {}  (camera_id = \"{}\")  {} {} at {}",
-                c.protocol.to_lowercase(),
-                c.camera_id,
-                c.camera_id,
-                c.vendor,
-                c.model,
-                c.address
+                "gige {}  {} {} at {} ({})",
+                c.camera_id, c.vendor, c.model, c.address, c.protocol
             );
         }
         if self.count() == 0 {

@@ -110,7 +110,11 @@ impl GigeConfig {
     /// Problems with these settings; `field` names the source in messages.
     pub fn problems(&self, field: &str) -> Vec<String> {
         let mut p = Vec::new();
-        if self.camera_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        if self
+            .camera_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
             p.push(format!(
                 "{field}.camera_id = \"\": must name a camera (or be left out for the first one found)"
             ));
@@ -130,7 +134,10 @@ impl GigeConfig {
             ));
         }
         if self.trigger_line.is_empty()
-            || !self.trigger_line.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !self
+                .trigger_line
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             p.push(format!(
                 "{field}.trigger_line = {:?}: must be a GenICam TriggerSource entry such as \"Line1\"",
@@ -232,8 +239,7 @@ mod device {
                     ));
                 }
                 let mut out = vec![0u8; w * h * 3];
-                let mut raster =
-                    bayer::RasterMut::new(w, h, bayer::RasterDepth::Depth8, &mut out);
+                let mut raster = bayer::RasterMut::new(w, h, bayer::RasterDepth::Depth8, &mut out);
                 bayer::run_demosaic(
                     &mut &data[..],
                     bayer::BayerDepth::Depth8,
@@ -376,11 +382,15 @@ mod device {
             // camera it picked (`<vendor>-<model>-<serial>`, as `linesight cameras` prints).
             let id = match &c.camera_id {
                 Some(id) => id.clone(),
-                None => [camera.vendor_name(), camera.model_name(), camera.device_serial_number()]
-                    .into_iter()
-                    .map(|part| part.map(|s| s.to_string()).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("-"),
+                None => [
+                    camera.vendor_name(),
+                    camera.model_name(),
+                    camera.device_serial_number(),
+                ]
+                .into_iter()
+                .map(|part| part.map(|s| s.to_string()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("-"),
             };
             setting("acquisition on", camera.start_acquisition())?;
             self.open = Some(Open { camera, stream, id });

@@ -127,8 +127,10 @@ impl UsbConfig {
                 self.frame_rate_fps
             ));
         }
-        if matches!(self.pixel_format, UsbPixelFormat::Yuyv | UsbPixelFormat::Nv12)
-            && self.width_px % 2 != 0
+        if matches!(
+            self.pixel_format,
+            UsbPixelFormat::Yuyv | UsbPixelFormat::Nv12
+        ) && !self.width_px.is_multiple_of(2)
         {
             p.push(format!(
                 "{field}.width_px = {}: must be even for pixel_format \"{}\" (two pixels share their colour)",
@@ -136,7 +138,7 @@ impl UsbConfig {
                 self.pixel_format.as_str().to_lowercase()
             ));
         }
-        if self.pixel_format == UsbPixelFormat::Nv12 && self.height_px % 2 != 0 {
+        if self.pixel_format == UsbPixelFormat::Nv12 && !self.height_px.is_multiple_of(2) {
             p.push(format!(
                 "{field}.height_px = {}: must be even for pixel_format \"nv12\"",
                 self.height_px
@@ -306,31 +308,39 @@ mod device {
             let index = device_index(&self.config.device)?;
             let node = PathBuf::from(format!("/dev/video{index}"));
             if !node.exists() {
-                return Err(self.error(format!("no such device ({} does not exist)", node.display())));
+                return Err(self.error(format!(
+                    "no such device ({} does not exist)",
+                    node.display()
+                )));
             }
             let wanted = CameraFormat::new(
                 Resolution::new(self.config.width_px, self.config.height_px),
                 frame_format(self.config.pixel_format),
                 self.config.frame_rate_fps,
             );
-            let requested =
-                RequestedFormat::new::<RgbFormat>(RequestedFormatType::Exact(wanted));
-            let mut camera =
-                Camera::with_backend(CameraIndex::Index(index), requested, ApiBackend::Video4Linux)
-                    .map_err(|e| {
-                        let offered = formats_of(index)
-                            .map(|f| {
-                                f.iter().map(UsbFormat::to_string).collect::<Vec<_>>().join(", ")
-                            })
-                            .unwrap_or_else(|e| format!("unknown ({e})"));
-                        self.error(format!(
-                            "cannot open as {}x{} {} at {} fps: {e}; the device offers: {offered}",
-                            self.config.width_px,
-                            self.config.height_px,
-                            self.config.pixel_format.as_str(),
-                            self.config.frame_rate_fps
-                        ))
-                    })?;
+            let requested = RequestedFormat::new::<RgbFormat>(RequestedFormatType::Exact(wanted));
+            let mut camera = Camera::with_backend(
+                CameraIndex::Index(index),
+                requested,
+                ApiBackend::Video4Linux,
+            )
+            .map_err(|e| {
+                let offered = formats_of(index)
+                    .map(|f| {
+                        f.iter()
+                            .map(UsbFormat::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_else(|e| format!("unknown ({e})"));
+                self.error(format!(
+                    "cannot open as {}x{} {} at {} fps: {e}; the device offers: {offered}",
+                    self.config.width_px,
+                    self.config.height_px,
+                    self.config.pixel_format.as_str(),
+                    self.config.frame_rate_fps
+                ))
+            })?;
             camera
                 .open_stream()
                 .map_err(|e| self.error(format!("cannot start streaming: {e}")))?;
@@ -349,12 +359,10 @@ mod device {
                 Some(c) => c,
                 None => return Err(self.error("not streaming".into())),
             };
-            let frame = camera
-                .frame()
-                .map_err(|e| SourceError::Device {
-                    source_name: format!("usb {}", self.config.device),
-                    message: format!("capture failed: {e}"),
-                })?;
+            let frame = camera.frame().map_err(|e| SourceError::Device {
+                source_name: format!("usb {}", self.config.device),
+                message: format!("capture failed: {e}"),
+            })?;
             let captured_at = SystemTime::now();
             let resolution = frame.resolution();
             let format = pixel_format(frame.source_frame_format());
@@ -423,8 +431,11 @@ mod device {
 
     fn formats_of(index: u32) -> Result<Vec<UsbFormat>, nokhwa::NokhwaError> {
         let requested = RequestedFormat::new::<RgbFormat>(RequestedFormatType::None);
-        let mut camera =
-            Camera::with_backend(CameraIndex::Index(index), requested, ApiBackend::Video4Linux)?;
+        let mut camera = Camera::with_backend(
+            CameraIndex::Index(index),
+            requested,
+            ApiBackend::Video4Linux,
+        )?;
         let mut formats: Vec<UsbFormat> = camera
             .compatible_camera_formats()?
             .into_iter()
@@ -564,7 +575,10 @@ mod tests {
         // NV12 2x2: four luma bytes, then one interleaved U V pair for the block.
         let nv12 = [235u8, 235, 235, 235, 128, 128];
         let img = frame_to_rgb(UsbPixelFormat::Nv12, 2, 2, &nv12, &limits()).unwrap();
-        assert!(img.pixels().all(|p| p.0.iter().all(|&c| c >= 250)), "{img:?}");
+        assert!(
+            img.pixels().all(|p| p.0.iter().all(|&c| c >= 250)),
+            "{img:?}"
+        );
     }
 
     #[test]
@@ -578,8 +592,14 @@ mod tests {
             let e = frame_to_rgb(format, 2, 2, &vec![0; bytes], &limits()).unwrap_err();
             assert!(e.contains(&format!("got {bytes}")), "{e}");
         }
-        let e = frame_to_rgb(UsbPixelFormat::Mjpeg, 2, 2, &[0xFF, 0xD8, 0xFF, 0], &limits())
-            .unwrap_err();
+        let e = frame_to_rgb(
+            UsbPixelFormat::Mjpeg,
+            2,
+            2,
+            &[0xFF, 0xD8, 0xFF, 0],
+            &limits(),
+        )
+        .unwrap_err();
         assert!(!e.is_empty());
     }
 

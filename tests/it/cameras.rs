@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use linesight::actions::{MemorySink, ResultSink};
 use linesight::model::SessionOptions;
-use linesight::pipeline::{Camera, CameraConfig, CameraHealth, Pipeline, PipelineConfig, TriggerMode};
+use linesight::pipeline::{
+    Camera, CameraConfig, CameraHealth, Pipeline, PipelineConfig, TriggerMode,
+};
 use linesight::preprocess::DecodeLimits;
 use linesight::source::usb::{UsbConfig, UsbDevice, UsbPixelFormat};
-use linesight::source::{FrameSource, LazySource, SourceConfig};
+use linesight::source::{LazySource, SourceConfig};
 
 use crate::common::{linesight, repo, runtime};
 
@@ -87,7 +89,9 @@ fn usb_kind_parses_and_validates_with_the_camera_settings() {
         vec!["cameras[0].source.frame_rate_fps = 0: must be between 1 and 1000".to_string()]
     );
     let bad = text.replace("pixel_format", "pixelformat");
-    let e = toml::from_str::<CameraConfig>(&bad).unwrap_err().to_string();
+    let e = toml::from_str::<CameraConfig>(&bad)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pixelformat"), "{e}");
 }
 
@@ -113,17 +117,24 @@ async fn a_missing_usb_camera_is_reported_and_retried_while_others_run() {
     let metrics = pipeline.metrics();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let errors = metrics
-            .camera("usb0")
-            .map_or(0, |c| c.source_errors.load(std::sync::atomic::Ordering::Relaxed));
-        let steady_done = sink.results().iter().filter(|r| r.camera == "steady").count() == 4;
+        let errors = metrics.camera("usb0").map_or(0, |c| {
+            c.source_errors.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let steady_done = sink
+            .results()
+            .iter()
+            .filter(|r| r.camera == "steady")
+            .count()
+            == 4;
         if (errors >= 3 && steady_done) || tokio::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     match &status.health()["usb0"] {
-        CameraHealth::Reopening { error, failures, .. } => {
+        CameraHealth::Reopening {
+            error, failures, ..
+        } => {
             assert!(
                 error.contains("usb /dev/video63: no such device"),
                 "{error}"
@@ -184,6 +195,7 @@ mod gige {
     use std::time::Instant;
 
     use linesight::pipeline::Trigger;
+    use linesight::source::FrameSource;
     use linesight::source::gige::{GigeConfig, GigePixelFormat, GigeSource, GigeTrigger};
 
     use super::*;
@@ -257,10 +269,7 @@ mod gige {
         let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
         let cam = FakeCamera::start("LSFREE");
         let mut source = GigeSource::open(config(&cam.id, GigeTrigger::FreeRun)).unwrap();
-        assert_eq!(
-            source.describe(),
-            format!("gige {} Mono8 free-run", cam.id)
-        );
+        assert_eq!(source.describe(), format!("gige {} Mono8 free-run", cam.id));
         let mut ids = Vec::new();
         for _ in 0..3 {
             let f = source.next_frame().unwrap().unwrap();
@@ -314,7 +323,10 @@ mod gige {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.starts_with("gige Aravis-Fake-ABSENT: cannot connect"), "{e}");
+        assert!(
+            e.starts_with("gige Aravis-Fake-ABSENT: cannot connect"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -329,7 +341,7 @@ mod gige {
         .unwrap();
         source.next_frame().unwrap().unwrap();
         drop(cam);
-        let e = source.next_frame().err().expect("camera gone").to_string();
+        let e = source.next_frame().expect_err("camera gone").to_string();
         assert!(e.starts_with(&format!("gige {id}: ")), "{e}");
         assert!(source.reopen().is_err(), "nothing to reopen yet");
         let _back = FakeCamera::start("LSBACK");
@@ -338,9 +350,18 @@ mod gige {
         assert_eq!(f.image.dimensions(), (512, 512));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pipeline_triggers_fire_the_camera_and_carry_part_and_lot() {
+    #[test]
+    fn pipeline_triggers_fire_the_camera_and_carry_part_and_lot() {
         let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pipeline_triggers());
+    }
+
+    async fn pipeline_triggers() {
         let cam = FakeCamera::start("LSPIPE");
         let source = SourceConfig::Gige(config(&cam.id, GigeTrigger::Software));
         let (pipeline, sink) = start(
@@ -375,7 +396,9 @@ mod gige {
             frame_ids.push(frame_id(&r.origin, &cam.id));
         }
         assert!(
-            frame_ids.windows(2).all(|w| frames_between(w[0], w[1]) == 1),
+            frame_ids
+                .windows(2)
+                .all(|w| frames_between(w[0], w[1]) == 1),
             "one exposure per trigger: {frame_ids:?}"
         );
     }
