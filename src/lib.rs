@@ -9,7 +9,8 @@
 //! ## Layout
 //! - [`config`] — layered settings: embedded defaults → TOML file → `LINESIGHT__SECTION__KEY`.
 //! - [`telemetry`] — tracing setup (text or JSON logs).
-//! - [`source`] — `FrameSource`: folder replay, synthetic washers (cameras to come).
+//! - [`source`] — `FrameSource`: folder replay, synthetic washers, USB / V4L2 (nokhwa) and GigE
+//!   Vision (Aravis) cameras.
 //! - [`preprocess`] — decode, ROI crop, resize (Pillow-exact), tensor layout. Pure, no I/O.
 //! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions,
 //!   the registry of models in service (validated activation, hot swap).
@@ -24,7 +25,7 @@
 //! - [`outbox`] — durable delivery from the store: events over MQTT, training samples to S3.
 //! - [`evaluate`] — MVTec-layout datasets, image/pixel metrics, report and plots.
 //! - [`cli`] — the `linesight` commands (`inspect`, `evaluate`, `bench`, `models`, `run`,
-//!   `audit`, `users`, `images`, `config`).
+//!   `audit`, `users`, `images`, `config`, `cameras`).
 
 pub mod actions;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! are `anyhow` here and only here, with context that names the file or setting involved.
 
 pub mod bench;
+pub mod cameras;
 pub mod evaluate;
 pub mod inspect;
 pub mod models;
@@ -63,6 +64,8 @@ pub enum Command {
     /// The delivery outbox (MQTT events, S3 samples).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// List the cameras this machine sees (USB / V4L2, GigE Vision) and their formats.
+    Cameras(cameras::CamerasArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Users(cmd) => quality::run_users(&settings, cmd),
         Command::Images(cmd) => quality::run_images(&settings, cmd),
         Command::Outbox(cmd) => outbox::run(&settings, cmd),
+        Command::Cameras(args) => cameras::run(args),
     }
 }
 

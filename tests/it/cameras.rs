@@ -1,0 +1,405 @@
+//! Camera sources: a missing USB camera goes through the pipeline's reopen path, `linesight
+//! cameras` on a machine without cameras, and (feature `gige`) GigE Vision against Aravis's fake
+//! camera (`arv-fake-gv-camera-0.8` from Debian's `aravis-tools`) on 127.0.0.1: free-run,
+//! software trigger, Bayer conversion, a camera that vanishes and comes back, and triggered
+//! inspection through the pipeline.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use linesight::actions::{MemorySink, ResultSink};
+use linesight::model::SessionOptions;
+use linesight::pipeline::{
+    Camera, CameraConfig, CameraHealth, Pipeline, PipelineConfig, TriggerMode,
+};
+use linesight::preprocess::DecodeLimits;
+use linesight::source::usb::{UsbConfig, UsbDevice, UsbPixelFormat};
+use linesight::source::{LazySource, SourceConfig};
+
+use crate::common::{linesight, repo, runtime};
+
+/// One fake GigE camera at a time: they all answer on 127.0.0.1's GVCP port. `linesight cameras`
+/// takes it too, so that it sees no fake camera.
+static FAKE_CAMERA: Mutex<()> = Mutex::new(());
+
+fn camera_config(id: &str, source: SourceConfig, mode: TriggerMode) -> CameraConfig {
+    CameraConfig {
+        id: id.into(),
+        source,
+        mode,
+        fps: 0.0,
+        every_nth: 1,
+        model: repo().join("models/demo"),
+        threshold: None,
+        recipes: BTreeMap::new(),
+    }
+}
+
+async fn start(config: PipelineConfig, cameras: Vec<Camera>) -> (Pipeline, MemorySink) {
+    let sink = MemorySink::default();
+    let sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(sink.clone())];
+    let options = SessionOptions {
+        intra_threads: 1,
+        ..SessionOptions::default()
+    };
+    let pipeline = Pipeline::start(
+        config,
+        runtime(),
+        options,
+        DecodeLimits::default(),
+        cameras,
+        sinks,
+    )
+    .await
+    .unwrap();
+    (pipeline, sink)
+}
+
+/// A camera as `linesight run` builds it: opened on first use, reopened from its config.
+fn lazy(config: CameraConfig) -> Camera {
+    let source = Box::new(LazySource::new(
+        config.source.clone(),
+        DecodeLimits::default(),
+    ));
+    Camera { config, source }
+}
+
+fn missing_usb() -> SourceConfig {
+    SourceConfig::Usb(UsbConfig {
+        device: UsbDevice::Path("/dev/video63".into()),
+        width_px: 640,
+        height_px: 480,
+        frame_rate_fps: 30,
+        pixel_format: UsbPixelFormat::Yuyv,
+    })
+}
+
+#[test]
+fn usb_kind_parses_and_validates_with_the_camera_settings() {
+    let text = r#"
+        id = "cam1"
+        model = "models/demo"
+        source = { kind = "usb", device = 0, width_px = 1920, height_px = 1080, frame_rate_fps = 0, pixel_format = "mjpeg" }
+    "#;
+    let c: CameraConfig = toml::from_str(text).unwrap();
+    let problems = linesight::pipeline::config::problems(&PipelineConfig::default(), &[c]);
+    assert_eq!(
+        problems,
+        vec!["cameras[0].source.frame_rate_fps = 0: must be between 1 and 1000".to_string()]
+    );
+    let bad = text.replace("pixel_format", "pixelformat");
+    let e = toml::from_str::<CameraConfig>(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pixelformat"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_usb_camera_is_reported_and_retried_while_others_run() {
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 20,
+        reopen_backoff_max_ms: 40,
+        ..PipelineConfig::default()
+    };
+    let usb = lazy(camera_config("usb0", missing_usb(), TriggerMode::FreeRun));
+    let steady = lazy(camera_config(
+        "steady",
+        SourceConfig::Synthetic {
+            seed: 3,
+            defect_rate: 0.3,
+            frames: Some(4),
+        },
+        TriggerMode::FreeRun,
+    ));
+    let (pipeline, sink) = start(config, vec![usb, steady]).await;
+    let status = pipeline.status();
+    let metrics = pipeline.metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let errors = metrics.camera("usb0").map_or(0, |c| {
+            c.source_errors.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let steady_done = sink
+            .results()
+            .iter()
+            .filter(|r| r.camera == "steady")
+            .count()
+            == 4;
+        if (errors >= 3 && steady_done) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match &status.health()["usb0"] {
+        CameraHealth::Reopening {
+            error, failures, ..
+        } => {
+            assert!(
+                error.contains("usb /dev/video63: no such device"),
+                "{error}"
+            );
+            assert!(*failures >= 2, "retried: {failures}");
+        }
+        other => panic!("usb0 should be reopening, is {other:?}"),
+    }
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_eq!(results.iter().filter(|r| r.camera == "steady").count(), 4);
+    assert!(results.iter().all(|r| r.camera != "usb0"));
+}
+
+#[test]
+fn a_missing_usb_camera_fails_to_open_with_its_name() {
+    let e = missing_usb()
+        .open(DecodeLimits::default())
+        .err()
+        .expect("no /dev/video63 here")
+        .to_string();
+    assert!(e.starts_with("usb /dev/video63: no such device"), "{e}");
+}
+
+#[test]
+fn cameras_command_exits_zero_and_says_what_it_found() {
+    let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+    let out = linesight().arg("cameras").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let json = linesight().args(["cameras", "--json"]).output().unwrap();
+    assert_eq!(json.status.code(), Some(0), "{json:?}");
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let usb = report["usb"].as_array().expect("usb is a default feature");
+    // What V4L2 would list is what /dev holds.
+    let nodes = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("video")
+        })
+        .count();
+    assert_eq!(usb.len(), nodes, "{report}");
+    let gige = report["gige"].as_array().map_or(0, Vec::len);
+    if nodes + gige == 0 {
+        assert!(text.contains("no cameras found"), "{text}");
+    } else {
+        assert!(!text.contains("no cameras found"), "{text}");
+    }
+}
+
+#[cfg(feature = "gige")]
+mod gige {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use linesight::pipeline::Trigger;
+    use linesight::source::FrameSource;
+    use linesight::source::gige::{GigeConfig, GigePixelFormat, GigeSource, GigeTrigger};
+
+    use super::*;
+
+    /// `arv-fake-gv-camera-0.8` on 127.0.0.1, stopped on drop.
+    struct FakeCamera {
+        child: Child,
+        id: String,
+    }
+
+    impl FakeCamera {
+        fn start(serial: &str) -> FakeCamera {
+            let child = Command::new("arv-fake-gv-camera-0.8")
+                .args(["-i", "127.0.0.1", "-s", serial])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("arv-fake-gv-camera-0.8 (Debian aravis-tools; scripts/test installs it)");
+            let id = format!("Aravis-Fake-{serial}");
+            // Wait until discovery sees it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !linesight::source::gige::list_cameras()
+                .iter()
+                .any(|c| c.camera_id == id)
+            {
+                assert!(Instant::now() < deadline, "fake camera {id} never answered");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            FakeCamera { child, id }
+        }
+    }
+
+    impl Drop for FakeCamera {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn config(id: &str, trigger: GigeTrigger) -> GigeConfig {
+        GigeConfig {
+            camera_id: Some(id.into()),
+            pixel_format: GigePixelFormat::Mono8,
+            exposure_us: Some(2_000.0),
+            frame_rate_fps: Some(50.0),
+            trigger,
+            trigger_line: "Line1".into(),
+            frame_timeout_ms: 2_000,
+        }
+    }
+
+    /// `gige:<id>#<frame id>@<timestamp>` → frame id.
+    fn frame_id(origin: &str, id: &str) -> u64 {
+        let rest = origin
+            .strip_prefix(&format!("gige:{id}#"))
+            .unwrap_or_else(|| panic!("origin {origin}"));
+        rest.split('@').next().unwrap().parse().unwrap()
+    }
+
+    /// Frames between two ids; GigE Vision 1 frame ids are 16 bits and wrap (skipping 0).
+    fn frames_between(a: u64, b: u64) -> u64 {
+        if a < 65_536 && b < 65_536 && b < a {
+            b + 65_535 - a
+        } else {
+            b - a
+        }
+    }
+
+    #[test]
+    fn free_run_streams_fresh_frames_in_mono8_and_bayer() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        let cam = FakeCamera::start("LSFREE");
+        let mut source = GigeSource::open(config(&cam.id, GigeTrigger::FreeRun)).unwrap();
+        assert_eq!(source.describe(), format!("gige {} Mono8 free-run", cam.id));
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let f = source.next_frame().unwrap().unwrap();
+            assert_eq!(f.image.dimensions(), (512, 512));
+            // The fake camera draws a diagonal gradient: not a flat image.
+            let p = f.image.get_pixel(10, 10).0;
+            assert_eq!(p[0], p[1]);
+            assert_eq!(p[1], p[2]);
+            assert_ne!(f.image.get_pixel(10, 10), f.image.get_pixel(300, 10));
+            ids.push(frame_id(&f.origin, &cam.id));
+            // The camera streams at 50 fps meanwhile; the next grab skips what queued up.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            ids.windows(2).all(|w| frames_between(w[0], w[1]) >= 5),
+            "grabs 200 ms apart at 50 fps take the newest frame: {ids:?}"
+        );
+        drop(source);
+
+        let bayer = GigeConfig {
+            pixel_format: GigePixelFormat::BayerRG8,
+            ..config(&cam.id, GigeTrigger::FreeRun)
+        };
+        let mut source = GigeSource::open(bayer).unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (512, 512));
+    }
+
+    #[test]
+    fn software_trigger_gives_exactly_one_exposure_per_grab() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        let cam = FakeCamera::start("LSSOFT");
+        let mut source = GigeSource::open(config(&cam.id, GigeTrigger::Software)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let f = source.next_frame().unwrap().unwrap();
+            assert_eq!(f.image.dimensions(), (512, 512));
+            ids.push(frame_id(&f.origin, &cam.id));
+            // In free-run, 200 ms would be ten frames; triggered, the camera waits.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            ids.windows(2).all(|w| frames_between(w[0], w[1]) == 1),
+            "one frame per software trigger: {ids:?}"
+        );
+    }
+
+    #[test]
+    fn an_absent_camera_is_a_device_error_naming_it() {
+        let e = GigeSource::open(config("Aravis-Fake-ABSENT", GigeTrigger::FreeRun))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("gige Aravis-Fake-ABSENT: cannot connect"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_camera_that_vanishes_fails_and_is_reopened_when_back() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        let cam = FakeCamera::start("LSBACK");
+        let id = cam.id.clone();
+        let mut source = GigeSource::open(GigeConfig {
+            frame_timeout_ms: 500,
+            ..config(&id, GigeTrigger::FreeRun)
+        })
+        .unwrap();
+        source.next_frame().unwrap().unwrap();
+        drop(cam);
+        let e = source.next_frame().expect_err("camera gone").to_string();
+        assert!(e.starts_with(&format!("gige {id}: ")), "{e}");
+        assert!(source.reopen().is_err(), "nothing to reopen yet");
+        let _back = FakeCamera::start("LSBACK");
+        source.reopen().unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (512, 512));
+    }
+
+    #[test]
+    fn pipeline_triggers_fire_the_camera_and_carry_part_and_lot() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pipeline_triggers());
+    }
+
+    async fn pipeline_triggers() {
+        let cam = FakeCamera::start("LSPIPE");
+        let source = SourceConfig::Gige(config(&cam.id, GigeTrigger::Software));
+        let (pipeline, sink) = start(
+            PipelineConfig::default(),
+            vec![lazy(camera_config("gige1", source, TriggerMode::Triggered))],
+        )
+        .await;
+        let triggers = pipeline.triggers();
+        for i in 0..3 {
+            let t = Trigger {
+                camera: "gige1".into(),
+                id: Some(format!("t{i}")),
+                part_id: Some(format!("part-{i}")),
+                lot: Some("lot-9".into()),
+                recipe: None,
+            };
+            assert_eq!(triggers.fire(t).await.unwrap().status, "queued");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while sink.results().len() < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pipeline.shutdown().await;
+        let results = sink.results();
+        assert_eq!(results.len(), 3, "{results:#?}");
+        let mut frame_ids = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.status(), "inspected", "{r:?}");
+            assert_eq!(r.part_id.as_deref(), Some(format!("part-{i}").as_str()));
+            assert_eq!(r.lot.as_deref(), Some("lot-9"));
+            frame_ids.push(frame_id(&r.origin, &cam.id));
+        }
+        assert!(
+            frame_ids
+                .windows(2)
+                .all(|w| frames_between(w[0], w[1]) == 1),
+            "one exposure per trigger: {frame_ids:?}"
+        );
+    }
+}
