@@ -10,9 +10,10 @@ use anyhow::Context as _;
 
 use crate::actions::{JsonLinesSink, ResultSink, StdoutSink};
 use crate::config::Settings;
-use crate::pipeline::Recorder;
+use crate::model::registry::{ModelRegistry, Validator};
 use crate::pipeline::http::{HttpState, app};
 use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
+use crate::pipeline::{ModelSwitch, Recorder};
 use crate::source::SourceConfig;
 use crate::store::{StoreConfig, redact};
 
@@ -83,6 +84,49 @@ fn demo_settings(settings: &mut Settings, frames: Option<u64>) -> anyhow::Result
         settings.store.data_dir = dir.clone();
     }
     Ok(())
+}
+
+/// Follows the store's model activations into `switch`: every slot of the pipeline
+/// (`<camera>`, `<camera>/<recipe>`) is watched; an activation validated here is swapped in,
+/// one refused or failing to load leaves the current model serving.
+fn follow_activations(
+    store: crate::store::Store,
+    switch: ModelSwitch,
+    validator: Validator,
+    config: &crate::model::registry::ModelsConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let registry = ModelRegistry::new();
+    let slots: Vec<String> = switch.slots().into_iter().map(|(s, _)| s).collect();
+    tracing::info!(slots = %slots.join(", "), "Following model activations (`linesight models activate --slot SLOT`).");
+    let mut swaps = Vec::new();
+    for slot in slots {
+        let mut changes = registry.subscribe(&slot);
+        let switch = switch.clone();
+        swaps.push(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(active) = changes.borrow_and_update().clone() else {
+                    continue;
+                };
+                match switch.swap(&slot, active.package.clone()).await {
+                    Ok(model) => {
+                        tracing::info!(slot = %slot, sha256 = %model.sha256, generation = active.generation, "Activated model serving.")
+                    }
+                    Err(e) => {
+                        tracing::error!(slot = %slot, error = %e, "Activated model could not be loaded; the current model keeps serving.")
+                    }
+                }
+            }
+        }));
+    }
+    let follower = crate::model::registry::follow(store, registry, validator, config, stop);
+    tokio::spawn(async move {
+        let _ = follower.await;
+        // The registry (and its senders) went with the follower: the watchers end.
+        for s in swaps {
+            let _ = s.await;
+        }
+    })
 }
 
 async fn stop_signal() {
@@ -171,6 +215,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         } else {
             None
         };
+        let store = recorder.as_ref().map(|r| r.store.clone());
         let pipeline = Pipeline::start(
             settings.pipeline.clone(),
             runtime,
@@ -181,6 +226,22 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             recorder,
         )
         .await?;
+        // Model activations (`linesight models activate`, other replicas) are followed from
+        // the store and swapped into the running pipeline.
+        let (stop_follow, follow_rx) = tokio::sync::watch::channel(false);
+        let follower = store.map(|store| {
+            follow_activations(
+                store,
+                pipeline.model_switch(),
+                Validator {
+                    runtime,
+                    options: settings.inference.clone(),
+                    limits: settings.decode,
+                },
+                &settings.models,
+                follow_rx,
+            )
+        });
         let server = match &settings.pipeline.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -229,6 +290,10 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         };
         // --- end outbox ---
         let summary = pipeline.run_until(stop_signal()).await;
+        let _ = stop_follow.send(true);
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
         if let Some(server) = server {
             server.abort();
         }

@@ -50,6 +50,7 @@ async fn start(config: PipelineConfig, cameras: Vec<Camera>) -> (Pipeline, Memor
         DecodeLimits::default(),
         cameras,
         sinks,
+        None,
     )
     .await
     .unwrap();

@@ -3,8 +3,8 @@
 mod cameras;
 mod cli;
 mod common;
-mod outbox;
 mod models;
+mod outbox;
 mod pipeline;
 mod quality;
 mod reference;

@@ -1141,3 +1141,111 @@ async fn another_instances_trigger_is_answered_only_after_the_orphan_delay() {
     );
     db.finish().await;
 }
+
+/// `linesight run` follows `linesight models activate` from another process: a refused model
+/// leaves the running one serving, an accepted one takes over without a failed frame.
+#[test]
+fn run_follows_model_activations_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+data_dir = "{data}"
+[models]
+poll_interval_ms = 200
+[pipeline]
+results_dir = "{data}"
+[[cameras]]
+id = "belt"
+source = {{ kind = "synthetic", seed = 3, defect_rate = 0.3 }}
+fps = 20
+model = "{model}"
+"#,
+            data = dir.path().display(),
+            model = demo_model().display()
+        ),
+    )
+    .unwrap();
+    let mut child = crate::common::linesight()
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = dir.path().join("results.jsonl");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&results)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let wait = |pred: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !pred(&lines()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sha = |v: &serde_json::Value| v["model"]["sha256"].as_str().unwrap_or("").to_string();
+    wait(&|l| l.len() >= 5);
+    let old = sha(&lines()[0]);
+    let activate = |package: &std::path::Path| {
+        crate::common::linesight()
+            .arg("--config")
+            .arg(&config)
+            .args(["models", "activate", "--slot", "belt"])
+            .arg(package)
+            .output()
+            .unwrap()
+    };
+    // No threshold to decide with: refused, the demo model keeps serving.
+    let refused = activate(&repo().join("testdata/models/score-only"));
+    assert_eq!(refused.status.code(), Some(1));
+    let good = dir.path().join("score-only-v2");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::copy(
+        repo().join("testdata/models/score-only/model.onnx"),
+        good.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        good.join("model.toml"),
+        "name = \"score-only\"\nversion = \"2\"\n[decision]\nthreshold = 0.5\n",
+    )
+    .unwrap();
+    let accepted = activate(&good);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let new = linesight::model::ModelPackage::open(&good).unwrap().sha256;
+    wait(&|l| l.iter().filter(|v| sha(v) == new).count() >= 5);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let all = lines();
+    assert!(
+        all.iter().all(|v| v["status"] == "inspected"),
+        "no frame failed: {:?}",
+        all.iter().find(|v| v["status"] != "inspected")
+    );
+    let hashes: Vec<String> = all.iter().map(sha).collect();
+    let first_new = hashes
+        .iter()
+        .position(|h| *h == new)
+        .expect("new model served");
+    assert!(first_new >= 5 && hashes[..first_new].iter().all(|h| *h == old));
+    assert!(
+        hashes[first_new..].iter().filter(|h| **h == new).count() >= 5,
+        "the new model serves after the swap"
+    );
+}
