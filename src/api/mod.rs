@@ -31,8 +31,6 @@ use crate::store::{Credentials, Store, StoreError, User, image_path};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address to serve on (`HOST:PORT`); no API when unset.
-    pub listen: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest a decode plus inference may take before the request fails with 503.
@@ -44,7 +42,6 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            listen: None,
             max_body_bytes: 32 << 20,
             inference_timeout_ms: 30_000,
             inspectors: 2,
@@ -56,13 +53,6 @@ impl ApiConfig {
     /// Problems with the values, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if let Some(l) = &self.listen
-            && l.parse::<std::net::SocketAddr>().is_err()
-        {
-            p.push(format!(
-                "api.listen = {l:?}: must be HOST:PORT, e.g. 0.0.0.0:8080"
-            ));
-        }
         if !(1024..=(1 << 30)).contains(&self.max_body_bytes) {
             p.push(format!(
                 "api.max_body_bytes = {}: must be between 1024 and 1073741824",

@@ -34,6 +34,7 @@ pub struct Settings {
     pub quality: crate::quality::QualityConfig,
     pub pipeline: crate::pipeline::PipelineConfig,
     pub cameras: Vec<crate::pipeline::CameraConfig>,
+    pub api: crate::api::ApiConfig,
 }
 
 /// Configuration problems, all of them.
@@ -94,6 +95,7 @@ impl Settings {
         }
         problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
+        problems.extend(self.api.problems());
         problems.extend(crate::pipeline::config::problems(
             &self.pipeline,
             &self.cameras,
