@@ -525,3 +525,51 @@ async fn decide(
         .await?;
     Ok(Json(serde_json::json!({ "task": task, "raised_ncr": ncr })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_every_bad_value_is_named() {
+        assert!(ApiConfig::default().problems().is_empty());
+        let bad = ApiConfig {
+            max_body_bytes: 10,
+            inference_timeout_ms: 5,
+            inspectors: 0,
+        };
+        let p = bad.problems().join("\n");
+        for key in [
+            "api.max_body_bytes = 10",
+            "api.inference_timeout_ms = 5",
+            "api.inspectors = 0",
+        ] {
+            assert!(p.contains(key), "{key} missing from {p}");
+        }
+    }
+
+    async fn body(res: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_detail_client_errors_name_the_field() {
+        let res = ApiError::Internal("secret path /x".into()).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let p = body(res).await;
+        assert!(p.get("detail").is_none());
+        assert!(!p.to_string().contains("secret"));
+        let res = ApiError::BadRequest {
+            field: "threshold",
+            message: "NaN is not a finite number".into(),
+        }
+        .into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let p = body(res).await;
+        assert_eq!(p["field"], "threshold");
+        assert_eq!(p["detail"], "threshold: NaN is not a finite number");
+    }
+}
