@@ -177,7 +177,7 @@ impl IntoResponse for ApiError {
 /// Inspectors lent to one upload at a time.
 pub struct InspectorPool {
     idle: Mutex<Vec<Inspector>>,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl InspectorPool {
@@ -186,7 +186,7 @@ impl InspectorPool {
         let n = inspectors.len();
         InspectorPool {
             idle: Mutex::new(inspectors),
-            permits: tokio::sync::Semaphore::new(n),
+            permits: Arc::new(tokio::sync::Semaphore::new(n)),
         }
     }
 }
@@ -327,9 +327,10 @@ async fn upload(
         });
     }
     let pool = state.inspectors.clone();
-    let _permit = pool
+    let permit = pool
         .permits
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut inspector = pool
@@ -339,6 +340,7 @@ async fn upload(
         .pop()
         .ok_or_else(|| ApiError::Internal("inspector pool is empty".into()))?;
     let bytes = body.clone();
+    let pool_back = pool.clone();
     let threshold = params.threshold;
     let job = tokio::task::spawn_blocking(move || {
         let saved = inspector.thresholds;
@@ -365,19 +367,19 @@ async fn upload(
             }),
             _ => None,
         };
-        (inspector, result, overlay)
+        // The inspector goes back (and the permit is released) when the work ends, even when
+        // the request has already timed out, so a slow image never shrinks the pool.
+        if let Ok(mut idle) = pool_back.idle.lock() {
+            idle.push(inspector);
+        }
+        drop(permit);
+        (result, overlay)
     });
     let timeout = Duration::from_millis(state.config.inference_timeout_ms);
-    let (inspector, result, overlay) = match tokio::time::timeout(timeout, job).await {
+    let (result, overlay) = match tokio::time::timeout(timeout, job).await {
         Ok(joined) => joined.map_err(|e| ApiError::Internal(e.to_string()))?,
-        // The blocking job still owns its inspector; it is lost to the pool with the permit
-        // returned, so the pool shrinks rather than running two jobs on one session.
         Err(_) => return Err(ApiError::Timeout(state.config.inference_timeout_ms)),
     };
-    pool.idle
-        .lock()
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .push(inspector);
     let found = result?;
     let overlay_png = overlay.as_ref().map(png).transpose()?;
     let now = crate::quality::now_ms();
