@@ -266,3 +266,27 @@ async fn refusals_are_problem_json_naming_the_cause() {
     let (s, _, _) = send(&f, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_share_the_inspector_pool() {
+    let mut f = fixture(ApiConfig::default()).await;
+    f.state.inspectors = Arc::new(InspectorPool::new(vec![
+        inspector(&repo().join("models/demo"), None),
+        inspector(&repo().join("models/demo"), None),
+    ]));
+    let bytes = washer("good/000.png");
+    let uploads = (0..8).map(|i| {
+        let router = app(f.state.clone());
+        let req = upload(
+            Some("op"),
+            &format!("part_id=C{i}&lot=L"),
+            "image/png",
+            bytes.clone(),
+        );
+        tokio::spawn(async move { router.oneshot(req).await.unwrap().status() })
+    });
+    for handle in uploads {
+        assert_eq!(handle.await.unwrap(), StatusCode::CREATED);
+    }
+    assert_eq!(f.db.store.inspection_count().await.unwrap(), 8);
+}
