@@ -213,7 +213,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/images/{hash}", get(image))
         .route("/tasks", get(tasks))
         .route("/tasks/claim", post(claim))
-        .route("/tasks/{id}/decision", post(decide));
+        .route("/tasks/{id}/decision", post(decide))
+        .route("/ncrs/{id}", get(ncr))
+        .route("/lots/{lot}/release", post(release));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(|| async { "ok" }))
@@ -264,6 +266,7 @@ async fn authorize(
 }
 
 const ALL: &[Role] = &Role::ALL;
+const QA: &[Role] = &[Role::QaApprover, Role::Admin];
 const INSPECTORS: &[Role] = &[Role::Inspector, Role::QaApprover, Role::Admin];
 
 /// Upload parameters (query string).
@@ -526,6 +529,27 @@ async fn decide(
         )
         .await?;
     Ok(Json(serde_json::json!({ "task": task, "raised_ncr": ncr })))
+}
+
+async fn ncr(
+    State(state): State<ApiState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, ALL, "read NCRs").await?;
+    let ncr = state.store.ncr(id).await?;
+    let history = state.store.ncr_transitions(id).await?;
+    Ok(Json(serde_json::json!({ "ncr": ncr, "history": history })))
+}
+
+async fn release(
+    State(state): State<ApiState>,
+    Path(lot): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let user = authorize(&state, &headers, QA, "release lots").await?;
+    state.store.release_lot(&lot, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -290,3 +290,29 @@ async fn concurrent_uploads_share_the_inspector_pool() {
     }
     assert_eq!(f.db.store.inspection_count().await.unwrap(), 8);
 }
+
+#[tokio::test]
+async fn only_qa_releases_lots_and_missing_ncrs_are_404() {
+    let f = fixture(ApiConfig::default()).await;
+    let req = |method: &str, path: &str, user: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, basic(user))
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (user, want) in [
+        ("op", StatusCode::FORBIDDEN),
+        ("insp", StatusCode::FORBIDDEN),
+        ("qa", StatusCode::NO_CONTENT),
+        ("admin", StatusCode::NO_CONTENT),
+    ] {
+        let (s, body, _) = send(&f, req("POST", "/api/v1/lots/L9/release", user)).await;
+        assert_eq!(s, want, "{user}: {}", String::from_utf8_lossy(&body));
+    }
+    let (s, body, _) = send(&f, req("GET", "/api/v1/ncrs/42", "op")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(p["detail"], "ncr 42 does not exist");
+}
