@@ -18,6 +18,7 @@
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
 //! - [`pipeline`] — the only wiring of the live service: camera tasks, bounded queues, batching
 //!   workers, triggers, metrics, shutdown.
+//! - [`api`] — HTTP API under `/api/v1`: uploads, inspections, images, secondary-inspection tasks.
 //! - [`actions`] — where results go: JSON-lines results folder, stdout, memory.
 //! - [`quality`] — quality domain: NCR and secondary-inspection workflows, e-signatures, audit
 //!   chain. Pure, and independent of the pipeline.
@@ -28,6 +29,7 @@
 //!   `audit`, `users`, `images`, `config`, `cameras`).
 
 pub mod actions;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod evaluate;

@@ -36,6 +36,7 @@ pub struct Settings {
     pub cameras: Vec<crate::pipeline::CameraConfig>,
     pub outbox: crate::outbox::OutboxConfig,
     pub models: crate::model::registry::ModelsConfig,
+    pub api: crate::api::ApiConfig,
 }
 
 /// Configuration problems, all of them.
@@ -103,6 +104,7 @@ impl Settings {
         problems.extend(self.quality.problems());
         problems.extend(self.outbox.problems());
         problems.extend(self.models.problems());
+        problems.extend(self.api.problems());
         problems.extend(crate::pipeline::config::problems(
             &self.pipeline,
             &self.cameras,
