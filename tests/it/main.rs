@@ -1,7 +1,7 @@
 //! Integration tests: one binary (fast linking on two cores), one module per area.
 
-mod cameras;
 mod api;
+mod cameras;
 mod cli;
 mod common;
 mod models;
