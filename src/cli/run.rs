@@ -279,12 +279,13 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 .image_dir
                 .clone()
                 .unwrap_or_else(|| settings.store.data_dir.join("images"));
-            Some(crate::outbox::Delivery::start(
+            let delivery = crate::outbox::Delivery::start(
                 &store,
                 &settings.outbox,
                 image_dir,
                 settings.store.data_dir.clone(),
-            ))
+            );
+            Some((delivery, store))
         } else {
             None
         };
@@ -297,7 +298,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         if let Some(server) = server {
             server.abort();
         }
-        if let Some(outbox) = outbox {
+        if let Some((outbox, store)) = outbox {
+            // What the peers have not confirmed by the deadline stays queued for the next start.
+            let deadline = std::time::Duration::from_millis(settings.pipeline.shutdown_deadline_ms);
+            if !outbox.drain(&store, deadline).await {
+                tracing::warn!("Outbox not empty at shutdown; delivery resumes at the next start.");
+            }
             outbox.stop().await;
         }
         eprintln!(

@@ -205,6 +205,26 @@ impl Delivery {
         Delivery { stop, tasks }
     }
 
+    /// Waits until the outbox is empty or `deadline` passes (a graceful shutdown gives the
+    /// peers a chance to confirm what is queued); returns whether it emptied.
+    pub async fn drain(&self, store: &crate::store::Store, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            match store.outbox_status().await {
+                Ok(s) if s.mqtt.pending + s.s3.pending == 0 => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the outbox while draining it.");
+                    return false;
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the tasks (what is not delivered stays in the outbox for the next start).
     pub async fn stop(self) {
         let _ = self.stop.send(true);

@@ -70,6 +70,33 @@ fn task_row(row: &AnyRow) -> Result<Task, StoreError> {
     })
 }
 
+/// The recorded fields of an `inspections` row (the columns of [`NewInspection`]).
+pub(crate) fn inspection_row(row: &AnyRow) -> Result<NewInspection, StoreError> {
+    let d = || db("decode an inspection");
+    let verdict: String = row.try_get("verdict").map_err(d())?;
+    Ok(NewInspection {
+        part_id: row.try_get("part_id").map_err(d())?,
+        lot: row.try_get("lot").map_err(d())?,
+        line: row.try_get("line").map_err(d())?,
+        recipe: row.try_get("recipe").map_err(d())?,
+        camera: row.try_get("camera").map_err(d())?,
+        model_name: row.try_get("model_name").map_err(d())?,
+        model_sha256: row.try_get("model_sha256").map_err(d())?,
+        threshold: row.try_get("threshold").map_err(d())?,
+        score: row.try_get("score").map_err(d())?,
+        verdict: Verdict::parse(&verdict).ok_or(StoreError::Corrupt {
+            column: "inspections.verdict",
+            value: verdict,
+        })?,
+        regions_json: row.try_get("regions_json").map_err(d())?,
+        image_ref: row.try_get("image_ref").map_err(d())?,
+        overlay_ref: row.try_get("overlay_ref").map_err(d())?,
+        timings_json: row.try_get("timings_json").map_err(d())?,
+        source: row.try_get("source").map_err(d())?,
+        defect_class: row.try_get("defect_class").map_err(d())?,
+    })
+}
+
 fn count(row: AnyRow) -> Result<i64, StoreError> {
     row.try_get::<i64, _>(0).map_err(db("count rows"))
 }
@@ -279,31 +306,10 @@ impl Store {
             id: id.to_string(),
         })?;
         let d = || db("decode an inspection");
-        let verdict: String = row.try_get("verdict").map_err(d())?;
         Ok(InspectionRecord {
             id: row.try_get("id").map_err(d())?,
             at_ms: row.try_get("at_ms").map_err(d())?,
-            inspection: NewInspection {
-                part_id: row.try_get("part_id").map_err(d())?,
-                lot: row.try_get("lot").map_err(d())?,
-                line: row.try_get("line").map_err(d())?,
-                recipe: row.try_get("recipe").map_err(d())?,
-                camera: row.try_get("camera").map_err(d())?,
-                model_name: row.try_get("model_name").map_err(d())?,
-                model_sha256: row.try_get("model_sha256").map_err(d())?,
-                threshold: row.try_get("threshold").map_err(d())?,
-                score: row.try_get("score").map_err(d())?,
-                verdict: Verdict::parse(&verdict).ok_or(StoreError::Corrupt {
-                    column: "inspections.verdict",
-                    value: verdict,
-                })?,
-                regions_json: row.try_get("regions_json").map_err(d())?,
-                image_ref: row.try_get("image_ref").map_err(d())?,
-                overlay_ref: row.try_get("overlay_ref").map_err(d())?,
-                timings_json: row.try_get("timings_json").map_err(d())?,
-                source: row.try_get("source").map_err(d())?,
-                defect_class: row.try_get("defect_class").map_err(d())?,
-            },
+            inspection: inspection_row(&row)?,
         })
     }
 

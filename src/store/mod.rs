@@ -40,6 +40,7 @@ use crate::quality::audit::{self, AuditEntry, ChainBreak, GENESIS, NewAuditEntry
 use crate::quality::{SignatureError, TransitionError};
 
 pub use images::{RetentionReport, image_path};
+pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
 pub use models::{ActivationState, ModelActivation, NewModelActivation};
 pub use ncrs::{NcrRecord, NcrTransition, NewNcr};

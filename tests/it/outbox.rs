@@ -278,31 +278,6 @@ fn model_postgres_nothing_lost_order_per_key_kept() {
 // ---------------------------------------------------------------------------------------------
 // Events with their records, and the full policy.
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_db {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::sqlite().await;
-                    super::$name(&db).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres_db {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::postgres().await;
-                    super::$name(&db).await;
-                    db.finish().await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_databases!(
     records_and_their_events_commit_together,
     a_full_outbox_refuses_samples_and_counts_dropped_events,
