@@ -21,7 +21,7 @@ fn inspection(n: u64) -> NewInspection {
         recipe: "default".into(),
         camera: "cam-1".into(),
         model_name: "demo-washer".into(),
-        model_sha256: "dd79cf2e1f7a".repeat(5)[..64].to_string(),
+        model_sha256: "dd79cf2e1f7a".repeat(6)[..64].to_string(),
         threshold: 0.5,
         // Mostly good parts, a reject now and then: the rules run as on a line.
         score: if n.is_multiple_of(50) { 0.9 } else { 0.2 },
