@@ -274,11 +274,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                     tracing::warn!(error = %e, "Cannot queue the model-change event.");
                 }
             }
-            let image_dir = settings
-                .quality
-                .image_dir
-                .clone()
-                .unwrap_or_else(|| settings.store.data_dir.join("images"));
+            let image_dir = settings.image_dir();
             let delivery = crate::outbox::Delivery::start(
                 &store,
                 &settings.outbox,
