@@ -1,0 +1,136 @@
+//! [`ApiError`]: every failure of a route, answered as RFC 9457 `application/problem+json`.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::inspect::InspectError;
+use crate::store::StoreError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    BadRequest {
+        field: &'static str,
+        message: String,
+    },
+    #[error("authentication required (HTTP Basic)")]
+    Unauthenticated,
+    #[error("role {role} may not {action}")]
+    Forbidden {
+        role: &'static str,
+        action: &'static str,
+    },
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("unsupported media type {0:?}: send image/jpeg or image/png")]
+    UnsupportedMedia(String),
+    #[error("inspection took longer than api.inference_timeout_ms = {0}")]
+    Timeout(u64),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Inspect(e) => match e {
+                InspectError::Decode(_) | InspectError::Preprocess(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                InspectError::Model(_) | InspectError::NonFiniteScore { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            ApiError::Store(e) => match e {
+                StoreError::Invalid(_) | StoreError::Transition(_) | StoreError::Signature(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+                StoreError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+                StoreError::Locked { .. } => StatusCode::FORBIDDEN,
+                StoreError::UserExists(_)
+                | StoreError::LotHasOpenNcr { .. }
+                | StoreError::ReinspectionCapReached { .. }
+                | StoreError::Conflict { .. } => StatusCode::CONFLICT,
+                StoreError::Connect { .. }
+                | StoreError::Migrate(_)
+                | StoreError::Db { .. }
+                | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+        });
+        if status.is_server_error() && !matches!(self, ApiError::Timeout(_)) {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            body["detail"] = self.to_string().into();
+        }
+        if let ApiError::BadRequest { field, .. } = &self {
+            body["field"] = (*field).into();
+        }
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"linesight\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(res: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_detail_client_errors_name_the_field() {
+        let res = ApiError::Internal("secret path /x".into()).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let p = body(res).await;
+        assert!(p.get("detail").is_none());
+        assert!(!p.to_string().contains("secret"));
+        let res = ApiError::BadRequest {
+            field: "threshold",
+            message: "NaN is not a finite number".into(),
+        }
+        .into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let p = body(res).await;
+        assert_eq!(p["field"], "threshold");
+        assert_eq!(p["detail"], "threshold: NaN is not a finite number");
+    }
+}
