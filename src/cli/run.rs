@@ -103,6 +103,7 @@ fn follow_activations(
     for slot in slots {
         let mut changes = registry.subscribe(&slot);
         let switch = switch.clone();
+        let audit = store.clone();
         swaps.push(tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let Some(active) = changes.borrow_and_update().clone() else {
@@ -113,7 +114,14 @@ fn follow_activations(
                         tracing::info!(slot = %slot, sha256 = %model.sha256, generation = active.generation, "Activated model serving.")
                     }
                     Err(e) => {
-                        tracing::error!(slot = %slot, error = %e, "Activated model could not be loaded; the current model keeps serving.")
+                        tracing::error!(slot = %slot, error = %e, "Activated model could not be loaded; the current model keeps serving.");
+                        let instance = crate::model::registry::instance_name();
+                        if let Err(e) = audit
+                            .record_model_load_failure(&slot, active.activation_id, &active.sha256, &instance, &e.to_string())
+                            .await
+                        {
+                            tracing::warn!(slot = %slot, error = %e, "Cannot audit the model load failure.");
+                        }
                     }
                 }
             }

@@ -501,20 +501,39 @@ impl Follower {
                         error = %e,
                         "Activated model failed validation here; the current model keeps serving."
                     );
+                    self.audit_failure(&row.slot, row.id, &row.sha256, &e.to_string())
+                        .await;
                     events.push(FollowEvent::Failed {
                         slot: row.slot,
                         activation_id: row.id,
                         error: e.to_string(),
                     });
                 }
-                Err(e) => events.push(FollowEvent::Failed {
-                    slot: row.slot,
-                    activation_id: row.id,
-                    error: format!("validation task failed: {e}"),
-                }),
+                Err(e) => {
+                    let error = format!("validation task failed: {e}");
+                    self.audit_failure(&row.slot, row.id, &row.sha256, &error)
+                        .await;
+                    events.push(FollowEvent::Failed {
+                        slot: row.slot,
+                        activation_id: row.id,
+                        error,
+                    });
+                }
             }
         }
         Ok(events)
+    }
+
+    /// Audits a failure to serve an activation here; a store error is only logged (the
+    /// follower must keep following, and the failure is in the log either way).
+    async fn audit_failure(&self, slot: &str, activation_id: i64, sha256: &str, error: &str) {
+        if let Err(e) = self
+            .store
+            .record_model_load_failure(slot, Some(activation_id), sha256, &instance_name(), error)
+            .await
+        {
+            tracing::warn!(slot, error = %e, "Cannot audit the model load failure.");
+        }
     }
 
     /// Polls every `interval` until `shutdown` turns true. A database error is logged and the
@@ -535,6 +554,20 @@ impl Follower {
             }
         }
     }
+}
+
+/// The name this service instance is audited under: the host (the pod's name on Kubernetes).
+pub fn instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
 }
 
 /// Follows the store's activations into `registry` every `config.poll_interval_ms` until

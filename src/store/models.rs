@@ -160,6 +160,45 @@ impl Store {
         })
     }
 
+    /// Audits (`model.load_failed`) that this service instance could not validate or load an
+    /// activated model, so that a replica silently left on the old model shows in the trail.
+    /// `instance` names the host or pod; the slot's activation itself is left as it is.
+    pub async fn record_model_load_failure(
+        &self,
+        slot: &str,
+        activation_id: Option<i64>,
+        sha256: &str,
+        instance: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let activation = activation_id.map_or_else(
+            || "an activation".to_owned(),
+            |id| format!("activation {id}"),
+        );
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![NewAuditEntry {
+                actor: "system".into(),
+                action: "model.load_failed".into(),
+                entity: "model_slot".into(),
+                entity_id: slot.to_owned(),
+                old_value: None,
+                new_value: Some(sha256.to_owned()),
+                reason: Some(format!(
+                    "{activation} could not be served on {instance}; the previous model keeps serving: {error}"
+                )),
+            }],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("commit a model load failure"))?;
+        Ok(())
+    }
+
     /// The newest `active` activation of every slot, ordered by slot.
     pub async fn active_models(&self) -> Result<Vec<ModelActivation>, StoreError> {
         let rows = sqlx::query(&format!(

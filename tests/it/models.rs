@@ -293,6 +293,21 @@ async fn replicas_wait_for_the_package_and_refuse_other_bytes(db: &Db) {
     );
     assert_eq!(replica.current(SLOT).unwrap().sha256, first.sha256);
     assert_eq!(replica.current(SLOT).unwrap().generation, 1);
+
+    // The replica left on the old model is in the audit trail, with the reason and the host.
+    let audit = store.audit_for("model_slot", SLOT).await.unwrap();
+    let failed: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "model.load_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{audit:?}");
+    let reason = failed[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("this machine has other files at that path")
+            && reason.contains(&linesight::model::registry::instance_name()),
+        "{reason}"
+    );
+    assert!(store.verify_audit().await.unwrap().is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
