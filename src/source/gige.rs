@@ -7,7 +7,8 @@
 //! - `software`: each grab fires `TriggerSoftware` and waits for that exposure, so a pipeline
 //!   trigger (HTTP, MQTT) is one exposure at the moment it is served;
 //! - `line`: `TriggerMode=On`, `TriggerSource=<trigger_line>`; the camera exposes on its digital
-//!   input and a grab waits, with no time limit, for the next pulse. Run such a camera in
+//!   input and a grab waits, with no time limit, for the next pulse (checking every second
+//!   that the camera still answers, so a camera that vanishes is still reported and reopened). Run such a camera in
 //!   free-run mode with `fps = 0`: every frame is then one trigger event. A pulse carries no
 //!   part id or lot; the result's `origin` carries the camera's frame id and timestamp
 //!   (`gige:<camera>#<frame id>@<camera timestamp ns>`) so that a line controller can match it.
@@ -413,8 +414,8 @@ mod device {
             loop {
                 let slice = match deadline {
                     Some(d) => d.saturating_duration_since(Instant::now()),
-                    // Wake up now and then, so a quiet line does not look like a hung call in
-                    // a debugger; there is nothing else to do while waiting.
+                    // Wake up now and then to check that the camera still answers: a quiet
+                    // line and a camera that vanished look the same from the stream.
                     None => Duration::from_secs(1),
                 };
                 let popped = open.stream.timeout_pop_buffer(slice.as_micros() as u64);
@@ -426,7 +427,28 @@ mod device {
                                 self.config.frame_timeout_ms
                             )));
                         }
-                        _ => continue,
+                        Some(_) => continue,
+                        None => {
+                            // One uncached read of the bootstrap register at address 0 (the
+                            // protocol version, present on every GigE Vision and USB3 Vision
+                            // device): it fails once the camera is gone, so the pipeline
+                            // reports and reopens it.
+                            let answer = match open.camera.device() {
+                                Some(device) => match device.read_register(0) {
+                                    Ok((true, _)) => Ok(()),
+                                    Ok((false, _)) => Err("no answer".to_owned()),
+                                    Err(e) => Err(e.to_string()),
+                                },
+                                None => Ok(()),
+                            };
+                            if let Err(e) = answer {
+                                return Err(self.error(format!(
+                                    "stopped answering while waiting for a trigger on {}: {e}",
+                                    self.config.trigger_line
+                                )));
+                            }
+                            continue;
+                        }
                     }
                 };
                 let converted = self.convert(open, &buffer);

@@ -318,6 +318,59 @@ mod gige {
         );
     }
 
+    /// Line trigger on the fake camera's digital input `Line0`. Aravis's fake camera never
+    /// pulses that input (it only simulates software triggers), so this checks what can be
+    /// checked without a pulse: the camera is armed on the line and sends nothing while the
+    /// line is quiet (a free-running camera would send a frame every 20 ms); a camera that
+    /// vanishes while armed is reported, naming it, instead of waiting forever; and a line the
+    /// camera does not have is refused at open, naming it.
+    #[test]
+    fn line_trigger_waits_for_the_line_and_reports_a_camera_that_vanishes() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        let cam = FakeCamera::start("LSLINE");
+        let id = cam.id.clone();
+        let e = GigeSource::open(GigeConfig {
+            trigger_line: "Line7".into(),
+            ..config(&id, GigeTrigger::Line)
+        })
+        .err()
+        .expect("no Line7 on the fake camera")
+        .to_string();
+        assert!(
+            e.starts_with(&format!("gige {id}: ")) && e.contains("Line7"),
+            "{e}"
+        );
+
+        let line = GigeConfig {
+            trigger_line: "Line0".into(),
+            ..config(&id, GigeTrigger::Line)
+        };
+        let mut source = GigeSource::open(line).unwrap();
+        assert_eq!(
+            source.describe(),
+            format!("gige {id} Mono8 trigger on Line0")
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let grab = std::thread::spawn(move || {
+            let outcome = source.next_frame().map(|f| f.map(|f| f.origin));
+            let _ = tx.send(outcome.map_err(|e| e.to_string()));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(1500)).is_err(),
+            "no frame while the line is quiet"
+        );
+        drop(cam);
+        let outcome = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("a vanished camera ends the wait");
+        let e = outcome.expect_err("camera gone");
+        assert!(
+            e.starts_with(&format!("gige {id}: stopped answering")),
+            "{e}"
+        );
+        grab.join().unwrap();
+    }
+
     #[test]
     fn an_absent_camera_is_a_device_error_naming_it() {
         let e = GigeSource::open(config("Aravis-Fake-ABSENT", GigeTrigger::FreeRun))
