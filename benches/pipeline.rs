@@ -36,6 +36,14 @@ fn options() -> SessionOptions {
     }
 }
 
+/// The same, with ONNX Runtime's intra-op threads not spinning between runs.
+fn options_no_spin() -> SessionOptions {
+    SessionOptions {
+        intra_op_spinning: false,
+        ..options()
+    }
+}
+
 /// The frames of `folder`, sorted, as files.
 fn frames(folder: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(folder)
@@ -54,6 +62,7 @@ fn run_pipeline(
     folder: &Path,
     expect: usize,
     batch_size: usize,
+    options: &SessionOptions,
 ) -> Duration {
     rt.block_on(async {
         let config = CameraConfig {
@@ -79,7 +88,7 @@ fn run_pipeline(
                 ..PipelineConfig::default()
             },
             runtime(),
-            options(),
+            options.clone(),
             DecodeLimits::default(),
             vec![Camera { config, source }],
             sinks,
@@ -117,14 +126,20 @@ fn throughput(c: &mut Criterion) {
             t
         })
         .collect();
-    let mut bare = ort::session::Session::builder(&runtime().environment)
-        .expect("builder")
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-        .expect("opt level")
-        .with_intra_threads(THREADS)
-        .expect("threads")
-        .commit_from_file(repo().join("models/demo/model.onnx"))
-        .expect("bare session");
+    let bare_session = |spin: bool| {
+        ort::session::Session::builder(&runtime().environment)
+            .expect("builder")
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .expect("opt level")
+            .with_intra_threads(THREADS)
+            .expect("threads")
+            .with_intra_op_spinning(spin)
+            .expect("spinning")
+            .commit_from_file(repo().join("models/demo/model.onnx"))
+            .expect("bare session")
+    };
+    let mut bare = bare_session(true);
+    let mut bare_no_spin = bare_session(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -150,7 +165,37 @@ fn throughput(c: &mut Criterion) {
         })
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n, 1)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_pipeline(&rt, &folder, n, 1, &options()))
+                .sum()
+        })
+    });
+    // Intra-op threads that do not spin between runs leave the cores to the camera thread's
+    // decode and preparation; bare ONNX Runtime is measured with the same setting too.
+    let id_no_spin = format!("demo-washer/batch1/threads{THREADS}-nospin/cpu/{n}frames");
+    group.bench_function(BenchmarkId::new("bare_ort_session_run", &id_no_spin), |b| {
+        b.iter(|| {
+            for t in &tensors {
+                let tensor =
+                    ort::value::TensorRef::from_array_view(([1usize, 3, h, w], t.as_slice()))
+                        .expect("tensor");
+                let outputs = bare_no_spin
+                    .run(ort::inputs!["input" => tensor])
+                    .expect("run");
+                let (_, score) = outputs["pred_score"]
+                    .try_extract_tensor::<f32>()
+                    .expect("score");
+                black_box(score[0]);
+            }
+        })
+    });
+    group.bench_function(BenchmarkId::new("folder_pipeline", &id_no_spin), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_pipeline(&rt, &folder, n, 1, &options_no_spin()))
+                .sum()
+        })
     });
     // Dynamic batching: the pipeline groups what is queued (up to 8 frames, 2 ms wait) and is
     // compared with bare ONNX Runtime at its best fixed batch size.
@@ -173,9 +218,13 @@ fn throughput(c: &mut Criterion) {
             })
         });
     }
-    let id = format!("demo-washer/dynamic-batch8/threads{THREADS}/cpu/{n}frames");
+    let id = format!("demo-washer/dynamic-batch8/threads{THREADS}-nospin/cpu/{n}frames");
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_pipeline(&rt, &folder, n, 8)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_pipeline(&rt, &folder, n, 8, &options_no_spin()))
+                .sum()
+        })
     });
     group.finish();
 }

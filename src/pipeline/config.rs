@@ -18,6 +18,10 @@ pub struct PipelineConfig {
     pub batch_size: usize,
     /// How long a worker holding fewer than `batch_size` frames waits for more.
     pub max_batch_wait_ms: u64,
+    /// With `batch_size` above 1: at start, time the first camera's model at batch sizes 1, 2,
+    /// 4, … up to `batch_size` and batch up to the size fastest per frame (logged), so that
+    /// batching never costs throughput on hardware where larger batches are slower.
+    pub batch_autotune: bool,
     /// Frames waiting for inference, all cameras together.
     pub queue_capacity: usize,
     /// Triggers waiting for a frame, per camera; a trigger beyond it is answered "busy".
@@ -60,6 +64,7 @@ impl Default for PipelineConfig {
             workers: 1,
             batch_size: 1,
             max_batch_wait_ms: 2,
+            batch_autotune: true,
             queue_capacity: 8,
             trigger_queue_capacity: 64,
             trigger_deadline_ms: 2_000,

@@ -741,6 +741,41 @@ impl Pipeline {
             .map_err(|e| PipelineError::Join(e.to_string()))??;
             worker_inspectors.push(loaded);
         }
+        let mut config = config;
+        if config.batch_size > 1 && config.batch_autotune {
+            let max = config.batch_size;
+            let mut first = worker_inspectors.swap_remove(0);
+            let (first, tuned) = tokio::task::spawn_blocking(move || {
+                let tuned = first[0].detector.fastest_batch_size(max, 5);
+                (first, tuned)
+            })
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))?;
+            worker_inspectors.push(first);
+            let last = worker_inspectors.len() - 1;
+            worker_inspectors.swap(0, last);
+            match tuned {
+                Ok((best, figures)) => {
+                    let table = figures
+                        .iter()
+                        .map(|(k, ms)| format!("{k}: {ms:.2} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    tracing::info!(
+                        batch_size = best,
+                        per_frame = %table,
+                        "Batch size tuned to the fastest per frame (pipeline.batch_autotune)."
+                    );
+                    config.batch_size = best;
+                }
+                Err(e) => {
+                    return Err(PipelineError::Model {
+                        path: models[0].clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
         let table = ModelTable {
             slots,
             slot_model,
@@ -853,6 +888,11 @@ impl Pipeline {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
+    }
+
+    /// Most frames per inference call, after `pipeline.batch_autotune` when it applied.
+    pub fn batch_size(&self) -> usize {
+        self.shared.config.batch_size
     }
 
     /// Health of every camera.

@@ -118,10 +118,57 @@ fn demo_model_tells_synthetic_good_parts_from_defective_ones() {
     );
 }
 
+/// Batch-size tuning: the demo model is timed at 1, 2, 4 and 8 images, the pipeline batches up
+/// to the fastest size per frame, and no inference call is larger. A fixed-batch model has one
+/// size, its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_autotune_picks_the_fastest_size_per_frame() {
+    let package = linesight::model::ModelPackage::open(&repo().join("models/demo")).unwrap();
+    let mut detector =
+        linesight::model::Detector::new(runtime(), package, &options(), None).unwrap();
+    let (best, figures) = detector.fastest_batch_size(8, 3).unwrap();
+    let sizes: Vec<usize> = figures.iter().map(|f| f.0).collect();
+    assert_eq!(sizes, vec![1, 2, 4, 8]);
+    let fastest = figures.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(best, fastest.0, "{figures:?}");
+    assert!(figures.iter().all(|f| f.1 > 0.0 && f.1.is_finite()));
+    let package =
+        linesight::model::ModelPackage::open(&repo().join("testdata/models/fixed-batch")).unwrap();
+    let mut fixed = linesight::model::Detector::new(runtime(), package, &options(), None).unwrap();
+    let (size, figures) = fixed.fastest_batch_size(8, 1).unwrap();
+    assert!(size > 1 && figures.is_empty(), "fixed batch {size}");
+
+    let config = PipelineConfig {
+        batch_size: 4,
+        queue_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    let (pipeline, sink) = start(
+        config,
+        vec![open(camera(
+            "cam-a",
+            synthetic(Some(12)),
+            TriggerMode::FreeRun,
+        ))],
+    )
+    .await;
+    let tuned = pipeline.batch_size();
+    assert!([1, 2, 4].contains(&tuned), "{tuned}");
+    pipeline.run_until(std::future::pending()).await;
+    let results = sink.results();
+    assert_eq!(results.len(), 12);
+    assert!(
+        results.iter().all(|r| r.batch_size <= tuned),
+        "tuned to {tuned}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthetic_camera_end_to_end() {
     let config = PipelineConfig {
         batch_size: 4,
+        // Batching itself is under test: keep the configured size.
+        batch_autotune: false,
         queue_capacity: 64,
         ..PipelineConfig::default()
     };
@@ -168,6 +215,8 @@ async fn folder_replay_end_to_end_matches_the_python_reference_verdicts() {
     let folder = repo().join("testdata/synthetic/test");
     let config = PipelineConfig {
         batch_size: 3,
+        // Batching itself is under test: keep the configured size.
+        batch_autotune: false,
         queue_capacity: 64,
         max_batch_wait_ms: 20,
         ..PipelineConfig::default()
@@ -440,6 +489,8 @@ async fn shutdown_with_frames_in_flight_answers_every_trigger_and_flushes() {
     let config = PipelineConfig {
         queue_capacity: 8,
         batch_size: 2,
+        // Batching itself is under test: keep the configured size.
+        batch_autotune: false,
         shutdown_deadline_ms: 0,
         ..PipelineConfig::default()
     };
@@ -805,6 +856,8 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
     cam.model = repo().join("testdata/models/fixed-batch");
     let config = PipelineConfig {
         batch_size: 3,
+        // Batching itself is under test: keep the configured size.
+        batch_autotune: false,
         max_batch_wait_ms: 50,
         queue_capacity: 64,
         ..PipelineConfig::default()
