@@ -1320,7 +1320,29 @@ async fn run_camera(
         // prepared.
         let inspect = pending.is_some() || delivered.is_multiple_of(config.every_nth);
         let input = inspect.then(|| shared.models().input_for(choice.slot));
-        let (back, grabbed, capture_ms) = grab(source, input).await;
+        // A grab can wait long (a line-triggered camera waits for its next pulse): shutdown
+        // does not wait for it. The blocking thread keeps the source until its grab returns,
+        // then drops it.
+        let grabbing = grab(source, input);
+        tokio::pin!(grabbing);
+        let (back, grabbed, capture_ms) = tokio::select! {
+            done = &mut grabbing => done,
+            _ = shutdown.changed() => {
+                if let Some(p) = pending {
+                    let result = trigger_result(
+                        &id,
+                        &p,
+                        choice.recipe,
+                        Outcome::Busy {
+                            reason: "the pipeline stopped while the camera was waiting for a frame".into(),
+                        },
+                    );
+                    shared.record(result).await;
+                }
+                tracing::info!(camera = %id, "Stopped during a grab; the camera is released when its grab returns.");
+                break CameraHealth::Stopped;
+            }
+        };
         source = back;
         shared.metrics.observe_ms("capture", capture_ms);
         match grabbed {

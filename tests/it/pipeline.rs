@@ -393,6 +393,79 @@ async fn free_run_drops_are_counted() {
     );
 }
 
+/// Blocks in `next_frame` until the test lets go (a camera waiting for a line pulse that
+/// never comes).
+struct Stuck(std::sync::mpsc::Receiver<()>);
+
+impl FrameSource for Stuck {
+    fn describe(&self) -> String {
+        "stuck".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        let _ = self.0.recv();
+        Ok(None)
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Shutdown does not wait for a grab that waits forever: the pending trigger is answered busy,
+/// the other camera's frames are finished, and the pipeline stops within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_grab_in_progress() {
+    let (release, stuck) = std::sync::mpsc::channel();
+    let memory = MemorySink::default();
+    let pipeline = Pipeline::start(
+        PipelineConfig {
+            shutdown_deadline_ms: 1_000,
+            ..PipelineConfig::default()
+        },
+        runtime(),
+        options(),
+        DecodeLimits::default(),
+        vec![
+            Camera {
+                config: camera("line", synthetic(None), TriggerMode::Triggered),
+                source: Box::new(Stuck(stuck)),
+            },
+            open(camera("belt", synthetic(Some(5)), TriggerMode::FreeRun)),
+        ],
+        vec![Box::new(memory.clone()) as Box<dyn ResultSink>],
+        None,
+    )
+    .await
+    .unwrap();
+    let status = pipeline.status();
+    let triggers = pipeline.triggers();
+    triggers.fire(trigger("line", 1)).await.unwrap();
+    // The camera task is now inside the grab.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(10), pipeline.shutdown())
+        .await
+        .expect("shutdown does not hang on the stuck grab");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = summary;
+    let health = status.health();
+    assert!(
+        matches!(health.get("line"), Some(CameraHealth::Stopped)),
+        "{health:?}"
+    );
+    let line: Vec<_> = memory
+        .results()
+        .into_iter()
+        .filter(|r| r.camera == "line")
+        .collect();
+    assert_eq!(line.len(), 1, "{line:?}");
+    assert_eq!(line[0].status(), "busy", "{:?}", line[0]);
+    release.send(()).ok();
+}
+
 /// Fails `failures` times (grab, then reopen), then delivers `frames` washers and finishes.
 struct Flaky {
     failures: u32,
