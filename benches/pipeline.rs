@@ -257,17 +257,35 @@ fn overhead(c: &mut Criterion) {
             thresholds.min_region_area_px,
         ));
     };
-    let mut samples: Vec<f64> = (0..200)
-        .map(|_| {
-            let start = Instant::now();
-            work(&mut tensor);
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
+    let percentiles = |f: &mut dyn FnMut()| {
+        let mut samples: Vec<f64> = (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        (samples[100], samples[197])
+    };
+    let (p50, p99) = percentiles(&mut || work(&mut tensor));
+    let (prepare_p50, prepare_p99) = percentiles(&mut || {
+        prepare(black_box(&frame), &input, &mut tensor).expect("prepare");
+    });
+    let above = map.values.iter().filter(|&&v| v > thresholds.pixel).count();
+    let (regions_p50, regions_p99) = percentiles(&mut || {
+        black_box(linesight::postprocess::extract_regions(
+            &map,
+            thresholds.pixel,
+            geometry,
+            thresholds.min_region_area_px,
+        ));
+    });
     eprintln!(
-        "non-model work per 1280x1024 frame: p50 {:.2} ms, p99 {:.2} ms (200 frames)",
-        samples[100], samples[197]
+        "non-model work per 1280x1024 frame: p50 {p50:.2} ms, p99 {p99:.2} ms (200 frames); \
+         prepare p50 {prepare_p50:.2} / p99 {prepare_p99:.2} ms, regions p50 {regions_p50:.3} / \
+         p99 {regions_p99:.3} ms ({above} of {} map pixels above the threshold)",
+        map.values.len()
     );
     let mut group = c.benchmark_group("pipeline_overhead");
     group.throughput(Throughput::Elements(1));

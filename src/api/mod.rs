@@ -40,6 +40,12 @@ pub struct ApiConfig {
     pub inference_timeout_ms: u64,
     /// Inspectors (one ONNX Runtime session each) serving uploads.
     pub inspectors: usize,
+    /// Address the API listens on (`linesight serve`, and `linesight run` beside its cameras),
+    /// such as "0.0.0.0:8080"; none: `run` serves no API and `serve` refuses to start.
+    pub listen: Option<String>,
+    /// Model package that inspects manual uploads; none: the first camera's model, else the
+    /// bundled demo model.
+    pub model: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +54,8 @@ impl Default for ApiConfig {
             max_body_bytes: 32 << 20,
             inference_timeout_ms: 30_000,
             inspectors: 2,
+            listen: None,
+            model: None,
         }
     }
 }
@@ -66,6 +74,13 @@ impl ApiConfig {
             p.push(format!(
                 "api.inference_timeout_ms = {}: must be between 100 and 600000",
                 self.inference_timeout_ms
+            ));
+        }
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!(
+                "api.listen = {listen:?}: must be an address and port such as \"0.0.0.0:8080\""
             ));
         }
         if !(1..=64).contains(&self.inspectors) {
@@ -127,12 +142,15 @@ mod tests {
             max_body_bytes: 10,
             inference_timeout_ms: 5,
             inspectors: 0,
+            listen: Some("port 80".into()),
+            model: None,
         };
         let p = bad.problems().join("\n");
         for key in [
             "api.max_body_bytes = 10",
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
+            "api.listen = \"port 80\"",
         ] {
             assert!(p.contains(key), "{key} missing from {p}");
         }

@@ -9,6 +9,7 @@ pub mod models;
 pub mod outbox;
 pub mod quality;
 pub mod run;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,8 @@ pub enum Command {
     Images(quality::ImagesCommand),
     /// Run the live inspection service (cameras, triggers, results) until stopped.
     Run(run::RunArgs),
+    /// Serve the HTTP API (manual inspections, tasks, NCRs, lots) without cameras.
+    Serve(serve::ServeArgs),
     /// The delivery outbox (MQTT events, S3 samples).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Models(cmd) => models::run(&settings, cli.ort_lib.as_deref(), cmd),
         Command::Bench(args) => bench::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Run(args) => run::run(&settings, cli.ort_lib.as_deref(), args),
+        Command::Serve(args) => serve::run(&settings, cli.ort_lib.as_deref(), args),
         Command::Config(ConfigCommand::Check) => Ok(check_config(cli.config.as_deref())),
         Command::Config(ConfigCommand::Show) => {
             use std::io::Write as _;

@@ -137,7 +137,8 @@ fn follow_activations(
     })
 }
 
-async fn stop_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub(super) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -237,7 +238,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         // Model activations (`linesight models activate`, other replicas) are followed from
         // the store and swapped into the running pipeline.
         let (stop_follow, follow_rx) = tokio::sync::watch::channel(false);
-        let follower = store.map(|store| {
+        let follower = store.clone().map(|store| {
             follow_activations(
                 store,
                 pipeline.model_switch(),
@@ -250,6 +251,31 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 follow_rx,
             )
         });
+        // The HTTP API (manual uploads, tasks, NCRs) on `api.listen`, with the pipeline's
+        // trigger and metrics routes on the same port.
+        let api_server = match &settings.api.listen {
+            Some(addr) => {
+                let store = match &store {
+                    Some(store) => store.clone(),
+                    None => crate::outbox::open_store(&settings)
+                        .await
+                        .context("cannot open the quality store for the HTTP API")?,
+                };
+                let state = super::serve::api_state(&settings, runtime, store).await?;
+                let listener = super::serve::bind(addr, "api.listen").await?;
+                tracing::info!(address = %listener.local_addr()?, "Serving the HTTP API (/api/v1, /healthz, /readyz) and triggers on POST /api/v1/triggers.");
+                let router = crate::api::app(state).merge(app(HttpState {
+                    triggers: pipeline.triggers(),
+                    status: pipeline.status(),
+                }));
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "HTTP API failed.");
+                    }
+                }))
+            }
+            None => None,
+        };
         let server = match &settings.pipeline.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -269,51 +295,64 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             }
             None => None,
         };
-        // --- Outbox delivery: events over MQTT, samples to S3 (crate::outbox) ---
-        let outbox = if settings.outbox.enabled() {
-            let store = crate::outbox::open_store(&settings)
-                .await
-                .context("cannot open the quality store for the outbox")?;
-            for c in &settings.cameras {
-                let data = serde_json::json!({"camera": c.id, "model": c.model, "threshold": c.threshold});
-                if let Err(e) =
-                    crate::outbox::append_event(&store, "model.active", &format!("camera:{}", c.id), data).await
-                {
-                    tracing::warn!(error = %e, "Cannot queue the model-change event.");
-                }
-            }
-            let image_dir = settings.image_dir();
-            let delivery = crate::outbox::Delivery::start(
-                &store,
-                &settings.outbox,
-                image_dir,
-                settings.store.data_dir.clone(),
-            );
-            Some((delivery, store))
-        } else {
-            None
-        };
-        // --- end outbox ---
+        let outbox = start_outbox(&settings).await?;
         let summary = pipeline.run_until(stop_signal()).await;
         let _ = stop_follow.send(true);
         if let Some(follower) = follower {
             let _ = follower.await;
         }
-        if let Some(server) = server {
+        for server in [server, api_server].into_iter().flatten() {
             server.abort();
         }
-        if let Some((outbox, store)) = outbox {
-            // What the peers have not confirmed by the deadline stays queued for the next start.
-            let deadline = std::time::Duration::from_millis(settings.pipeline.shutdown_deadline_ms);
-            if !outbox.drain(&store, deadline).await {
-                tracing::warn!("Outbox not empty at shutdown; delivery resumes at the next start.");
-            }
-            outbox.stop().await;
-        }
+        stop_outbox(outbox, &settings).await;
         eprintln!(
             "stopped: {} inspected, {} late, {} busy, {} errors, {} frames dropped",
             summary.inspected, summary.late, summary.busy, summary.errors, summary.dropped
         );
         Ok(0)
     })
+}
+
+/// Outbox delivery (events over MQTT, samples to S3) when `[outbox]` configures a peer, after
+/// queueing the model-change event of every camera.
+pub(super) async fn start_outbox(
+    settings: &Settings,
+) -> anyhow::Result<Option<(crate::outbox::Delivery, crate::store::Store)>> {
+    if !settings.outbox.enabled() {
+        return Ok(None);
+    }
+    let store = crate::outbox::open_store(settings)
+        .await
+        .context("cannot open the quality store for the outbox")?;
+    for c in &settings.cameras {
+        let data = serde_json::json!({"camera": c.id, "model": c.model, "threshold": c.threshold});
+        if let Err(e) =
+            crate::outbox::append_event(&store, "model.active", &format!("camera:{}", c.id), data)
+                .await
+        {
+            tracing::warn!(error = %e, "Cannot queue the model-change event.");
+        }
+    }
+    let delivery = crate::outbox::Delivery::start(
+        &store,
+        &settings.outbox,
+        settings.image_dir(),
+        settings.store.data_dir.clone(),
+    );
+    Ok(Some((delivery, store)))
+}
+
+/// Drains the outbox within `pipeline.shutdown_deadline_ms`, then stops delivery; what the peers
+/// have not confirmed by then stays queued for the next start.
+pub(super) async fn stop_outbox(
+    outbox: Option<(crate::outbox::Delivery, crate::store::Store)>,
+    settings: &Settings,
+) {
+    if let Some((outbox, store)) = outbox {
+        let deadline = std::time::Duration::from_millis(settings.pipeline.shutdown_deadline_ms);
+        if !outbox.drain(&store, deadline).await {
+            tracing::warn!("Outbox not empty at shutdown; delivery resumes at the next start.");
+        }
+        outbox.stop().await;
+    }
 }

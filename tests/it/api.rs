@@ -316,3 +316,141 @@ async fn only_qa_releases_lots_and_missing_ncrs_are_404() {
     let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(p["detail"], "ncr 42 does not exist");
 }
+
+/// One HTTP/1.1 request over a plain socket (`Connection: close`); the status and the body.
+fn http(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let request = format!(
+        "{head}\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `linesight serve` from the command line: users added with `linesight users add`, a manual
+/// upload over HTTP inspected with the bundled model and recorded, a request without
+/// credentials refused, and SIGTERM stops it with exit code 0.
+#[cfg(unix)]
+#[test]
+fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let env = |cmd: &mut std::process::Command| {
+        cmd.env("LINESIGHT__STORE__URL", &url)
+            .env("LINESIGHT__STORE__DATA_DIR", dir.path());
+    };
+    let mut add = crate::common::linesight();
+    add.args([
+        "users",
+        "add",
+        "ana",
+        "--full-name",
+        "Ana",
+        "--role",
+        "inspector",
+    ]);
+    env(&mut add);
+    let mut child = add
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ana-long-password\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = crate::common::linesight();
+    serve.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    env(&mut serve);
+    let mut server = serve
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "linesight serve never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(http(port, "GET /healthz HTTP/1.1", b""), (200, "ok".into()));
+
+    let image = std::fs::read(repo().join("testdata/synthetic/test/chip/000.png")).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ana:ana-long-password");
+    let (status, body) = http(
+        port,
+        &format!(
+            "POST /api/v1/inspections?part_id=P-1&lot=L-9 HTTP/1.1\r\nContent-Type: image/png\r\nAuthorization: Basic {auth}"
+        ),
+        &image,
+    );
+    assert_eq!(status, 201, "{body}");
+    let answer: UploadAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.model_name, "demo-washer");
+    assert!(matches!(
+        answer.verdict.as_str(),
+        "good" | "defect" | "uncertain"
+    ));
+
+    let (status, body) = http(
+        port,
+        &format!("GET /api/v1/inspections/{} HTTP/1.1", answer.id),
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        port,
+        &format!(
+            "GET /api/v1/inspections/{} HTTP/1.1\r\nAuthorization: Basic {auth}",
+            answer.id
+        ),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"part_id\":\"P-1\""), "{body}");
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,118 @@
+//! `linesight serve`: the HTTP API (manual inspections, tasks, NCRs, lots) without cameras, for
+//! an inspection station or the QA office. `linesight run` serves the same API beside its
+//! cameras when `api.listen` is set; both build it here.
+//!
+//! SIGTERM or SIGINT stops it gracefully: requests in progress finish, then it exits 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::api::{ApiState, InspectorPool};
+use crate::config::Settings;
+use crate::inspect::Inspector;
+use crate::model::{Detector, ModelPackage, OrtRuntime};
+use crate::store::{Store, redact};
+
+/// Options of `linesight serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides api.listen), such as 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// The model package that inspects manual uploads: `api.model`, else the first camera's model,
+/// else the bundled demo model (written to the cache folder).
+pub fn upload_model(settings: &Settings) -> anyhow::Result<PathBuf> {
+    if let Some(model) = &settings.api.model {
+        return Ok(model.clone());
+    }
+    if let Some(camera) = settings.cameras.first() {
+        return Ok(camera.model.clone());
+    }
+    let demo = crate::model::runtime::cache_dir().join("demo-model");
+    super::run::write_demo_model(&demo)?;
+    Ok(demo)
+}
+
+/// Loads `api.inspectors` sessions of the upload model and assembles what the routes need.
+pub async fn api_state(
+    settings: &Settings,
+    runtime: &'static OrtRuntime,
+    store: Store,
+) -> anyhow::Result<ApiState> {
+    let model = upload_model(settings)?;
+    let count = settings.api.inspectors;
+    let options = settings.inference.clone();
+    let limits = settings.decode;
+    let path = model.clone();
+    let inspectors = tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|_| {
+                let package = ModelPackage::open(&path)?;
+                let detector = Detector::new(runtime, package, &options, None)?;
+                Ok(Inspector::new(detector, limits)?)
+            })
+            .collect::<anyhow::Result<Vec<Inspector>>>()
+    })
+    .await
+    .context("model loading stopped")?
+    .with_context(|| format!("cannot load the upload model {}", model.display()))?;
+    tracing::info!(model = %model.display(), inspectors = count, "Manual uploads are inspected with this model.");
+    Ok(ApiState {
+        store,
+        quality: settings.quality.clone(),
+        config: settings.api.clone(),
+        image_dir: settings.image_dir(),
+        inspectors: Arc::new(InspectorPool::new(inspectors)),
+        line: settings.pipeline.line.clone(),
+    })
+}
+
+/// Binds `addr`, naming the setting in the error.
+pub async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {key} = {addr}"))
+}
+
+/// Serves the API until SIGTERM or SIGINT.
+pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyhow::Result<i32> {
+    let mut settings = settings.clone();
+    if let Some(listen) = args.listen {
+        settings.api.listen = Some(listen);
+    }
+    settings.validate()?;
+    let Some(listen) = settings.api.listen.clone() else {
+        anyhow::bail!(
+            "api.listen is not set: give an address with --listen 127.0.0.1:8080 or in the config file ([api] listen)"
+        );
+    };
+    let runtime = super::runtime(&settings, ort_lib)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let store = crate::outbox::open_store(&settings).await.with_context(|| {
+            format!(
+                "cannot open the quality store {}",
+                redact(&settings.store.effective_url())
+            )
+        })?;
+        let state = api_state(&settings, runtime, store).await?;
+        let listener = bind(&listen, "api.listen").await?;
+        let outbox = super::run::start_outbox(&settings).await?;
+        tracing::info!(address = %listener.local_addr()?, "Serving the HTTP API (/api/v1, /healthz, /readyz).");
+        axum::serve(listener, crate::api::app(state))
+            .with_graceful_shutdown(super::run::stop_signal())
+            .await
+            .context("the HTTP API failed")?;
+        super::run::stop_outbox(outbox, &settings).await;
+        eprintln!("stopped");
+        Ok(0)
+    })
+}
