@@ -1,48 +1,328 @@
 //! Who is calling, and may they.
+//!
+//! Three ways in, checked in this order:
+//! - `Authorization: Bearer lst_…`: a token issued to a machine, a script or the MES
+//!   (`linesight users token`), acting as its user;
+//! - `Authorization: Basic …`: user name and password on every request (for tools that cannot
+//!   keep a token; each request pays a password hash);
+//! - the `linesight_session` cookie of the web UI, opened by `POST /api/v1/session`. Requests
+//!   that change something must then also carry the session's CSRF token in `X-CSRF-Token`;
+//!   the cookie is `SameSite=Strict` and `HttpOnly` besides.
+//!
+//! Every route takes a [`Caller`] and states the roles it admits with [`Caller::require`].
 
-use axum::http::{HeaderMap, header};
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{ApiError, ApiState};
 use crate::quality::Role;
 use crate::store::{Credentials, User};
 
-/// Checks HTTP Basic credentials and that the user's role is one of `allowed`.
-pub(super) async fn authorize(
-    state: &ApiState,
-    headers: &HeaderMap,
-    allowed: &[Role],
-    action: &'static str,
-) -> Result<User, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .ok_or(ApiError::Unauthenticated)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(value.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(ApiError::Unauthenticated)?;
-    let (username, password) = decoded.split_once(':').ok_or(ApiError::Unauthenticated)?;
-    let creds = Credentials {
-        username: username.into(),
-        password: password.into(),
-    };
-    let user = state
-        .store
-        .authenticate(&creds, state.quality.lockout())
-        .await?;
-    if allowed.contains(&user.role) {
-        Ok(user)
-    } else {
-        Err(ApiError::Forbidden {
-            role: user.role.as_str(),
-            action,
-        })
+/// Name of the web UI's session cookie.
+pub const SESSION_COOKIE: &str = "linesight_session";
+/// Header carrying the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Basic,
+    /// The web UI's session cookie (its secret, to end it on sign-out).
+    Session {
+        secret: String,
+        csrf_token: String,
+    },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    pub via: Via,
+}
+
+impl Caller {
+    /// Refuses with 403 unless the caller's role is one of `allowed`.
+    pub fn require(&self, allowed: &[Role], action: &'static str) -> Result<&User, ApiError> {
+        if allowed.contains(&self.user.role) {
+            Ok(&self.user)
+        } else {
+            Err(ApiError::Forbidden {
+                role: self.user.role.as_str(),
+                action,
+            })
+        }
     }
+}
+
+fn idle_ms(state: &ApiState) -> i64 {
+    i64::from(state.config.session_idle_minutes) * 60_000
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Caller, ApiError> {
+        authenticate(state, &parts.method, &parts.headers).await
+    }
+}
+
+async fn authenticate(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        let user = state
+            .store
+            .token_user(token.trim())
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        return Ok(Caller {
+            user,
+            via: Via::Bearer,
+        });
+    }
+    if let Some(basic) = authorization.and_then(|v| v.strip_prefix("Basic ")) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        let (username, password) = decoded.split_once(':').ok_or(ApiError::Unauthenticated)?;
+        let creds = Credentials {
+            username: username.into(),
+            password: password.into(),
+        };
+        let user = state
+            .store
+            .authenticate(&creds, state.quality.lockout())
+            .await?;
+        return Ok(Caller {
+            user,
+            via: Via::Basic,
+        });
+    }
+    let jar = CookieJar::from_headers(headers);
+    let secret = jar
+        .get(SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+        .ok_or(ApiError::Unauthenticated)?;
+    let session = state
+        .store
+        .session(&secret, idle_ms(state))
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        if sent != Some(session.csrf_token.as_str()) {
+            return Err(ApiError::Csrf);
+        }
+    }
+    Ok(Caller {
+        user: session.user,
+        via: Via::Session {
+            secret,
+            csrf_token: session.csrf_token,
+        },
+    })
 }
 
 pub(super) const ALL: &[Role] = &Role::ALL;
 pub(super) const QA: &[Role] = &[Role::QaApprover, Role::Admin];
 pub(super) const INSPECTORS: &[Role] = &[Role::Inspector, Role::QaApprover, Role::Admin];
+pub(super) const ADMIN: &[Role] = &[Role::Admin];
+
+/// Sign-in form.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub username: String,
+    pub password: String,
+}
+
+/// The signed-in user, as the web UI needs it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    pub username: String,
+    pub full_name: String,
+    pub role: Role,
+    /// Send it back in `X-CSRF-Token` with every POST, PUT, PATCH and DELETE.
+    pub csrf_token: Option<String>,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A browser-session cookie (gone when the browser closes, which suits shared shop-floor
+/// terminals); the server ends the session itself after `api.session_idle_minutes` idle.
+fn session_cookie(state: &ApiState, value: String) -> Cookie<'static> {
+    Cookie::build((SESSION_COOKIE, value))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(state.config.tls.is_some())
+        .path("/")
+        .build()
+}
+
+/// Signs in and opens a session (cookie `linesight_session`).
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = SignIn,
+    responses((status = 200, body = SessionInfo), (status = 401, description = "wrong user name or password"),
+        (status = 403, description = "account locked")))]
+pub(super) async fn sign_in(
+    State(state): State<ApiState>,
+    jar: CookieJar,
+    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+) -> Result<(CookieJar, Json<SessionInfo>), ApiError> {
+    let Json(form) = body.map_err(|r| ApiError::BadRequest {
+        field: "body",
+        message: r.body_text(),
+    })?;
+    let user = state
+        .store
+        .authenticate(
+            &Credentials {
+                username: form.username,
+                password: form.password,
+            },
+            state.quality.lockout(),
+        )
+        .await?;
+    let (secret, session) = state.store.create_session(&user, idle_ms(&state)).await?;
+    Ok((
+        jar.add(session_cookie(&state, secret)),
+        Json(SessionInfo {
+            username: user.username,
+            full_name: user.full_name,
+            role: user.role,
+            csrf_token: Some(session.csrf_token),
+            expires_at_ms: Some(session.expires_at_ms),
+        }),
+    ))
+}
+
+/// The signed-in user (any way of signing in).
+#[utoipa::path(get, path = "/api/v1/session", tag = "session",
+    responses((status = 200, body = SessionInfo), (status = 401)))]
+pub(super) async fn whoami(caller: Caller) -> Json<SessionInfo> {
+    let csrf_token = match &caller.via {
+        Via::Session { csrf_token, .. } => Some(csrf_token.clone()),
+        _ => None,
+    };
+    Json(SessionInfo {
+        username: caller.user.username,
+        full_name: caller.user.full_name,
+        role: caller.user.role,
+        csrf_token,
+        expires_at_ms: None,
+    })
+}
+
+/// Signs out: ends the session and clears the cookie.
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session",
+    responses((status = 204), (status = 401)))]
+pub(super) async fn sign_out(
+    State(state): State<ApiState>,
+    caller: Caller,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
+    if let Via::Session { secret, .. } = &caller.via {
+        state.store.end_session(secret, &caller.user).await?;
+    }
+    let gone = session_cookie(&state, String::new());
+    Ok((jar.remove(gone), StatusCode::NO_CONTENT).into_response())
+}
+
+/// A bearer token to issue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// User the token acts as.
+    pub username: String,
+    /// What uses it ("MES bridge line 3").
+    pub name: String,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A token just issued: the secret is shown this once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedToken {
+    pub id: i64,
+    pub token: String,
+}
+
+/// Issues a bearer token (admin, audited).
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "session", request_body = NewToken,
+    responses((status = 201, body = IssuedToken), (status = 403)))]
+pub(super) async fn issue_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    let admin = caller.require(ADMIN, "issue tokens")?;
+    let Json(new) = body.map_err(|r| ApiError::BadRequest {
+        field: "body",
+        message: r.body_text(),
+    })?;
+    let (listed, token) = state
+        .store
+        .create_token(&new.username, &new.name, new.expires_at_ms, &admin.username)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            id: listed.id,
+            token,
+        }),
+    ))
+}
+
+/// Issued tokens, without their secrets (admin).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "session",
+    responses((status = 200, body = Vec<crate::store::ApiToken>), (status = 403)))]
+pub(super) async fn tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<crate::store::ApiToken>>, ApiError> {
+    caller.require(ADMIN, "list tokens")?;
+    Ok(Json(state.store.tokens().await?))
+}
+
+/// Why a token is revoked.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub reason: String,
+}
+
+/// Revokes a token for good (admin, audited with the reason).
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", tag = "session", request_body = Revocation,
+    params(("id" = i64, Path)), responses((status = 204), (status = 403), (status = 404)))]
+pub(super) async fn revoke_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    body: Result<Json<Revocation>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let admin = caller.require(ADMIN, "revoke tokens")?;
+    let Json(r) = body.map_err(|r| ApiError::BadRequest {
+        field: "reason",
+        message: r.body_text(),
+    })?;
+    state
+        .store
+        .revoke_token(id, &admin.username, &r.reason)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

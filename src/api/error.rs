@@ -4,6 +4,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::inspect::InspectError;
+use crate::quality::TransitionError;
 use crate::store::StoreError;
 
 /// Why a request failed.
@@ -14,8 +15,10 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
-    #[error("authentication required (HTTP Basic)")]
+    #[error("authentication required: sign in, or send a bearer token or HTTP Basic credentials")]
     Unauthenticated,
+    #[error("missing or wrong X-CSRF-Token header: send the token given at sign-in")]
+    Csrf,
     #[error("role {role} may not {action}")]
     Forbidden {
         role: &'static str,
@@ -23,6 +26,12 @@ pub enum ApiError {
     },
     #[error("{0} does not exist")]
     NotFound(String),
+    #[error("refused, the current model keeps serving: {0}")]
+    Refused(String),
+    #[error("request body larger than api.max_body_bytes = {0}")]
+    TooLarge(usize),
+    #[error("no cameras run in this service: triggers go to `linesight run` with api.listen set")]
+    NoPipeline,
     #[error("unsupported media type {0:?}: send image/jpeg or image/png")]
     UnsupportedMedia(String),
     #[error("inspection took longer than api.inference_timeout_ms = {0}")]
@@ -36,13 +45,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether the failure is the service's (5xx), not the caller's.
+    pub fn is_server_error(&self) -> bool {
+        self.status().is_server_error()
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NoPipeline => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Inspect(e) => match e {
                 InspectError::Decode(_) | InspectError::Preprocess(_) => {
@@ -53,6 +70,7 @@ impl ApiError {
                 }
             },
             ApiError::Store(e) => match e {
+                StoreError::Transition(TransitionError::Forbidden { .. }) => StatusCode::FORBIDDEN,
                 StoreError::Invalid(_) | StoreError::Transition(_) | StoreError::Signature(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -95,10 +113,12 @@ impl IntoResponse for ApiError {
             body.to_string(),
         )
             .into_response();
+        // A Bearer challenge: a Basic one would make browsers pop up their own password
+        // dialog over the web UI's sign-in form. Basic credentials are still accepted.
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"linesight\""),
+                header::HeaderValue::from_static("Bearer realm=\"linesight\""),
             );
         }
         response

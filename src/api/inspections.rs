@@ -1,26 +1,32 @@
-//! Manual uploads, inspection records and stored images.
+//! Manual uploads, inspection records and listings, stored images, camera summaries, and
+//! triggers of the live pipeline.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequest as _, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{ALL, authorize};
+use super::auth::{ALL, Caller};
 use super::{ApiError, ApiState};
 use crate::inspect::Inspector;
-use crate::postprocess::{OverlayOptions, SourceGeometry, render_overlay};
-use crate::quality::NewInspection;
-use crate::store::image_path;
+use crate::pipeline::metrics::Histogram;
+use crate::pipeline::{Trigger, TriggerAccepted};
+use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay};
+use crate::quality::{NewInspection, Verdict};
+use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, image_path};
 
 /// Inspectors lent to one upload at a time.
 pub struct InspectorPool {
     idle: Mutex<Vec<Inspector>>,
     permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
 }
 
 impl InspectorPool {
@@ -30,16 +36,83 @@ impl InspectorPool {
         InspectorPool {
             idle: Mutex::new(inspectors),
             permits: Arc::new(tokio::sync::Semaphore::new(n)),
+            size: n,
+        }
+    }
+
+    /// How many inspectors the pool holds.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// The API's own metrics.
+#[derive(Debug)]
+pub struct ApiMetrics {
+    /// Uploads answered, by outcome: created, client error, server error.
+    pub uploads: [AtomicU64; 3],
+    /// Seconds from the request to the answer of an upload that was inspected.
+    pub upload_seconds: Histogram,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            uploads: Default::default(),
+            upload_seconds: Histogram::new(&[
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ]),
         }
     }
 }
 
-/// Upload parameters (query string).
-#[derive(Debug, Deserialize)]
+impl ApiMetrics {
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP linesight_api_uploads_total Manual uploads answered, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE linesight_api_uploads_total counter");
+        for (outcome, n) in ["created", "client_error", "server_error"]
+            .iter()
+            .zip(&self.uploads)
+        {
+            let _ = writeln!(
+                out,
+                "linesight_api_uploads_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP linesight_api_upload_seconds Time to answer an inspected upload."
+        );
+        let _ = writeln!(out, "# TYPE linesight_api_upload_seconds histogram");
+        self.upload_seconds
+            .render(&mut out, "linesight_api_upload_seconds", "");
+        out
+    }
+
+    fn count(&self, result: &Result<impl Sized, ApiError>) {
+        let slot = match result {
+            Ok(_) => 0,
+            Err(e) if e.is_server_error() => 2,
+            Err(_) => 1,
+        };
+        self.uploads[slot].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Upload parameters: query string of a raw upload, or form fields of a multipart one.
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadParams {
-    pub part_id: String,
-    pub lot: String,
+    pub part_id: Option<String>,
+    pub lot: Option<String>,
     pub recipe: Option<String>,
     pub camera: Option<String>,
     /// Overrides the model's threshold for this image.
@@ -47,20 +120,93 @@ pub struct UploadParams {
     pub defect_class: Option<String>,
 }
 
+/// A multipart upload (`multipart/form-data`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the form for the OpenAPI document only.
+struct UploadForm {
+    /// The image (JPEG or PNG).
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    image: String,
+    part_id: String,
+    lot: String,
+    recipe: Option<String>,
+    camera: Option<String>,
+    threshold: Option<f32>,
+    defect_class: Option<String>,
+}
+
 /// The answer to an upload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadAnswer {
     pub id: i64,
     pub score: f64,
     pub verdict: String,
     pub threshold: f64,
-    pub regions: serde_json::Value,
+    pub regions: Vec<DefectRegion>,
     pub model_name: String,
     pub model_sha256: String,
+    /// URL of the stored image.
     pub image: String,
+    /// URL of the heat-map overlay.
     pub overlay: Option<String>,
+    /// The secondary-inspection task the rejection opened.
     pub task: Option<i64>,
+    /// The NCR raised because the lot's reject rate crossed its limit.
     pub raised_ncr: Option<i64>,
+}
+
+/// An inspection as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InspectionView {
+    pub id: i64,
+    pub at_ms: i64,
+    pub part_id: String,
+    pub lot: String,
+    pub line: String,
+    pub recipe: String,
+    pub camera: String,
+    pub model_name: String,
+    pub model_sha256: String,
+    pub threshold: f64,
+    pub score: f64,
+    pub verdict: Verdict,
+    pub regions: Vec<DefectRegion>,
+    /// URL of the stored image (none when not kept or pruned by retention).
+    pub image: Option<String>,
+    pub overlay: Option<String>,
+    /// Milliseconds per stage.
+    #[schema(value_type = Object)]
+    pub timings: serde_json::Value,
+    /// `automatic` (a camera) or `manual` (an upload).
+    pub source: String,
+    pub defect_class: Option<String>,
+}
+
+impl From<InspectionRecord> for InspectionView {
+    fn from(r: InspectionRecord) -> Self {
+        let i = r.inspection;
+        let url = |h: Option<String>| h.map(|h| format!("/api/v1/images/{h}"));
+        InspectionView {
+            id: r.id,
+            at_ms: r.at_ms,
+            regions: serde_json::from_str(&i.regions_json).unwrap_or_default(),
+            timings: serde_json::from_str(&i.timings_json).unwrap_or_default(),
+            image: url(i.image_ref),
+            overlay: url(i.overlay_ref),
+            part_id: i.part_id,
+            lot: i.lot,
+            line: i.line,
+            recipe: i.recipe,
+            camera: i.camera,
+            model_name: i.model_name,
+            model_sha256: i.model_sha256,
+            threshold: i.threshold,
+            score: i.score,
+            verdict: i.verdict,
+            source: i.source,
+            defect_class: i.defect_class,
+        }
+    }
 }
 
 fn png(image: &image::RgbImage) -> Result<Vec<u8>, ApiError> {
@@ -71,28 +217,151 @@ fn png(image: &image::RgbImage) -> Result<Vec<u8>, ApiError> {
     Ok(out.into_inner())
 }
 
+fn multipart_error(field: &'static str, e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The limit is the router's; the rejection does not carry it.
+        ApiError::TooLarge(0)
+    } else {
+        bad(field, e.body_text())
+    }
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Reads a multipart upload: the `image` file and the text fields.
+async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String), ApiError> {
+    let mut params = UploadParams::default();
+    let mut image = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error("body", e))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "image" {
+            let media = field.content_type().unwrap_or_default().to_owned();
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| multipart_error("image", e))?;
+            image = Some((bytes, media));
+            continue;
+        }
+        let text = field.text().await.map_err(|e| multipart_error("body", e))?;
+        let text = Some(text).filter(|t| !t.is_empty());
+        match name.as_str() {
+            "part_id" => params.part_id = text,
+            "lot" => params.lot = text,
+            "recipe" => params.recipe = text,
+            "camera" => params.camera = text,
+            "defect_class" => params.defect_class = text,
+            "threshold" => {
+                params.threshold = text
+                    .map(|t| t.trim().parse::<f32>())
+                    .transpose()
+                    .map_err(|e| bad("threshold", format!("not a number: {e}")))?;
+            }
+            _ => {
+                return Err(bad(
+                    "body",
+                    format!(
+                        "unknown form field {name:?}: use image, part_id, lot, recipe, camera, threshold, defect_class"
+                    ),
+                ));
+            }
+        }
+    }
+    let (bytes, media) = image.ok_or_else(|| bad("image", "the form has no image file"))?;
+    // Browsers label files by extension; trust the bytes, which the decoder checks anyway.
+    let media = match image::guess_format(&bytes) {
+        Ok(image::ImageFormat::Png) => "image/png".into(),
+        Ok(image::ImageFormat::Jpeg) => "image/jpeg".into(),
+        _ => media,
+    };
+    Ok((params, bytes, media))
+}
+
+/// Inspects an uploaded image, stores it with its overlay and records the inspection. A
+/// rejected part opens a secondary-inspection task. Send `multipart/form-data` with an
+/// `image` file and the fields, or a raw `image/jpeg` / `image/png` body with the fields in
+/// the query string.
+#[utoipa::path(post, path = "/api/v1/inspections", tag = "inspections", params(UploadParams),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "image/jpeg"),
+        (Vec<u8> = "image/png"))),
+    responses((status = 201, body = UploadAnswer),
+        (status = 400, description = "a field is missing or invalid (named in `field`)"),
+        (status = 413, description = "body larger than api.max_body_bytes"),
+        (status = 415, description = "not JPEG or PNG"),
+        (status = 422, description = "the image cannot be decoded or is too large"),
+        (status = 503, description = "inspection took longer than api.inference_timeout_ms")))]
 pub(super) async fn upload(
     State(state): State<ApiState>,
-    Query(params): Query<UploadParams>,
-    headers: HeaderMap,
-    body: Bytes,
+    caller: Caller,
+    Query(query): Query<UploadParams>,
+    request: Request,
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
-    let user = authorize(&state, &headers, ALL, "upload images").await?;
-    let media = headers
+    let started = Instant::now();
+    let result = upload_inner(&state, caller, query, request).await;
+    state.metrics.count(&result);
+    if result.is_ok() {
+        state
+            .metrics
+            .upload_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+async fn upload_inner(
+    state: &ApiState,
+    caller: Caller,
+    query: UploadParams,
+    request: Request,
+) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
+    let user = caller.require(ALL, "upload images")?.clone();
+    let content_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let (params, body, media) = if content_type.starts_with("multipart/form-data") {
+        let form = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| bad("body", e.body_text()))?;
+        read_form(form).await.map_err(|e| match e {
+            ApiError::TooLarge(_) => ApiError::TooLarge(state.config.max_body_bytes),
+            e => e,
+        })?
+    } else {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.max_body_bytes),
+                _ => bad("body", e.body_text()),
+            })?;
+        (query, body, content_type)
+    };
     if !matches!(media.as_str(), "image/jpeg" | "image/png") {
         return Err(ApiError::UnsupportedMedia(media));
     }
+    let part_id = params
+        .part_id
+        .ok_or_else(|| bad("part_id", "required: the id of the inspected part"))?;
+    let lot = params
+        .lot
+        .ok_or_else(|| bad("lot", "required: the lot the part belongs to"))?;
     if let Some(t) = params.threshold
         && !(t.is_finite())
     {
-        return Err(ApiError::BadRequest {
-            field: "threshold",
-            message: format!("{t} is not a finite number"),
-        });
+        return Err(bad("threshold", format!("{t} is not a finite number")));
     }
     let pool = state.inspectors.clone();
     let permit = pool
@@ -135,6 +404,8 @@ pub(super) async fn upload(
             }),
             _ => None,
         };
+        // The overlay is encoded here too, off the async runtime.
+        let overlay = overlay.as_ref().map(png);
         // The inspector goes back (and the permit is released) when the work ends, even when
         // the request has already timed out, so a slow image never shrinks the pool.
         if let Ok(mut idle) = pool_back.idle.lock() {
@@ -149,7 +420,7 @@ pub(super) async fn upload(
         Err(_) => return Err(ApiError::Timeout(state.config.inference_timeout_ms)),
     };
     let found = result?;
-    let overlay_png = overlay.as_ref().map(png).transpose()?;
+    let overlay_png = overlay.transpose()?;
     let now = crate::quality::now_ms();
     let image_ref = state.store.put_image(&state.image_dir, &body, now).await?;
     let overlay_ref = match overlay_png {
@@ -159,8 +430,8 @@ pub(super) async fn upload(
     let regions_json =
         serde_json::to_string(&found.regions).map_err(|e| ApiError::Internal(e.to_string()))?;
     let new = NewInspection {
-        part_id: params.part_id,
-        lot: params.lot,
+        part_id,
+        lot,
         line: state.line.clone(),
         recipe: params.recipe.unwrap_or_default(),
         camera: params.camera.unwrap_or_else(|| "upload".into()),
@@ -169,7 +440,7 @@ pub(super) async fn upload(
         threshold: f64::from(found.threshold),
         score: f64::from(found.score),
         verdict: found.verdict,
-        regions_json: regions_json.clone(),
+        regions_json,
         image_ref: Some(image_ref.clone()),
         overlay_ref: overlay_ref.clone(),
         timings_json: serde_json::to_string(&found.timings).unwrap_or_default(),
@@ -187,7 +458,7 @@ pub(super) async fn upload(
             score: new.score,
             verdict: new.verdict.as_str().into(),
             threshold: new.threshold,
-            regions: serde_json::from_str(&regions_json).unwrap_or_default(),
+            regions: found.regions.clone(),
             model_name: new.model_name,
             model_sha256: new.model_sha256,
             image: format!("/api/v1/images/{image_ref}"),
@@ -198,28 +469,105 @@ pub(super) async fn upload(
     ))
 }
 
-pub(super) async fn inspection(
-    State(state): State<ApiState>,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-) -> Result<Json<crate::store::InspectionRecord>, ApiError> {
-    authorize(&state, &headers, ALL, "read inspections").await?;
-    Ok(Json(state.store.inspection(id).await?))
+/// Inspection listing filter; `cursor` is the `next_cursor` of the previous page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// From this time on (Unix ms, inclusive).
+    pub from_ms: Option<i64>,
+    /// Before this time (Unix ms, exclusive).
+    pub to_ms: Option<i64>,
+    #[param(value_type = Option<String>, example = "defect")]
+    pub verdict: Option<Verdict>,
+    pub lot: Option<String>,
+    pub camera: Option<String>,
+    pub recipe: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
 }
 
+/// A page of inspections.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InspectionPage {
+    pub items: Vec<InspectionView>,
+    /// Pass as `cursor` for the next page; none on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Inspections, newest first, filtered and paged by cursor.
+#[utoipa::path(get, path = "/api/v1/inspections", tag = "inspections", params(ListQuery),
+    responses((status = 200, body = InspectionPage), (status = 400)))]
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InspectionPage>, ApiError> {
+    caller.require(ALL, "read inspections")?;
+    let Query(q) = query.map_err(|e| bad("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit", format!("{limit}: must be between 1 and 1000")));
+    }
+    let before_id = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| bad("cursor", "not a cursor given by this API"))
+        })
+        .transpose()?;
+    let filter = InspectionFilter {
+        from_ms: q.from_ms,
+        to_ms: q.to_ms,
+        verdict: q.verdict,
+        lot: q.lot,
+        camera: q.camera,
+        recipe: q.recipe,
+        before_id,
+        after_id: None,
+        limit,
+    };
+    let items: Vec<InspectionView> = state
+        .store
+        .list_inspections(&filter)
+        .await?
+        .into_iter()
+        .map(InspectionView::from)
+        .collect();
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.id.to_string()))
+        .flatten();
+    Ok(Json(InspectionPage { items, next_cursor }))
+}
+
+/// One inspection.
+#[utoipa::path(get, path = "/api/v1/inspections/{id}", tag = "inspections",
+    params(("id" = i64, Path)), responses((status = 200, body = InspectionView), (status = 404)))]
+pub(super) async fn inspection(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<InspectionView>, ApiError> {
+    caller.require(ALL, "read inspections")?;
+    Ok(Json(state.store.inspection(id).await?.into()))
+}
+
+/// A stored image or overlay, by its SHA-256.
+#[utoipa::path(get, path = "/api/v1/images/{hash}", tag = "inspections",
+    params(("hash" = String, Path, description = "SHA-256, 64 hexadecimal digits")),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404)))]
 pub(super) async fn image(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(hash): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, ALL, "read images").await?;
+    caller.require(ALL, "read images")?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest {
-            field: "hash",
-            message: "must be 64 hexadecimal digits".into(),
-        });
+        return Err(bad("hash", "must be 64 hexadecimal digits"));
     }
-    let path = image_path(&state.image_dir, &hash);
+    let path = image_path(&state.image_dir, &hash.to_ascii_lowercase());
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::NotFound(format!("image {hash}")))?;
@@ -228,5 +576,82 @@ pub(super) async fn image(
         Ok(image::ImageFormat::Jpeg) => "image/jpeg",
         _ => "application/octet-stream",
     };
-    Ok(([(header::CONTENT_TYPE, media)], bytes).into_response())
+    // Content-addressed: the bytes behind a hash never change.
+    Ok((
+        [
+            (header::CONTENT_TYPE, media),
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Summary window.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SummaryQuery {
+    /// Count inspections from this time on (Unix ms); default: the last hour.
+    pub since_ms: Option<i64>,
+}
+
+/// Inspections and reject rate per camera.
+#[utoipa::path(get, path = "/api/v1/cameras/summary", tag = "inspections", params(SummaryQuery),
+    responses((status = 200, body = Vec<CameraSummary>)))]
+pub(super) async fn camera_summary(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<Vec<CameraSummary>>, ApiError> {
+    caller.require(ALL, "read inspections")?;
+    let since = q
+        .since_ms
+        .unwrap_or_else(|| crate::quality::now_ms() - 3_600_000);
+    Ok(Json(state.store.camera_summary(since).await?))
+}
+
+/// Fires a trigger on a camera of the live pipeline (when the API runs beside the cameras).
+/// The trigger is journalled before it is acknowledged and answered exactly once.
+#[utoipa::path(post, path = "/api/v1/triggers", tag = "triggers", request_body = Trigger,
+    responses((status = 202, body = TriggerAccepted),
+        (status = 404, description = "no such camera"),
+        (status = 409, description = "the camera is not triggered, or no cameras run here"),
+        (status = 503, description = "shutting down, or the journal cannot be written")))]
+pub(super) async fn trigger(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<Trigger>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(ALL, "fire triggers")?;
+    let Json(trigger) = body.map_err(|r| bad("body", r.body_text()))?;
+    let Some(pipeline) = &state.pipeline else {
+        return Err(ApiError::NoPipeline);
+    };
+    for (field, value) in [
+        ("id", &trigger.id),
+        ("part_id", &trigger.part_id),
+        ("lot", &trigger.lot),
+        ("recipe", &trigger.recipe),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > crate::store::MAX_TRIGGER_FIELD_BYTES)
+        {
+            return Err(bad(
+                field,
+                format!(
+                    "longer than {} bytes",
+                    crate::store::MAX_TRIGGER_FIELD_BYTES
+                ),
+            ));
+        }
+    }
+    Ok(match pipeline.triggers.fire(trigger).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => e.into_response(),
+    })
 }

@@ -1,34 +1,59 @@
-//! The HTTP API under `/api/v1`, plus `/healthz` and `/readyz`.
+//! The HTTP API under `/api/v1`, the web UI under `/ui/`, and `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Invariants:
 //! - Every error leaves through [`ApiError`]: one exhaustive match picks the status, the body is
 //!   RFC 9457 `application/problem+json`; details of 5xx errors are logged, never sent.
-//! - Every `/api/v1` route checks the caller's role (HTTP Basic credentials checked against the
-//!   user store, with its lockout) before it touches anything.
+//! - Every `/api/v1` route but sign-in takes a [`Caller`] (bearer token, HTTP Basic or the web
+//!   UI's session cookie with its CSRF token) and states the roles it admits before it touches
+//!   anything; `tests/it/api.rs` holds the role × route matrix.
 //! - Decoding and inference run on blocking threads, one pooled `Inspector` at a time each,
 //!   under a time limit; the request body and the image dimensions are bounded.
 //! - An upload is answered only after its image, overlay and inspection record are durable.
+//! - The OpenAPI document (`/api/v1/openapi.json`) is generated from the routes themselves:
+//!   a route cannot exist without being documented.
 
+mod audit;
 mod auth;
 mod error;
+mod events;
 mod inspections;
+mod lots;
+mod models;
 mod ncrs;
 mod tasks;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::pipeline::{PipelineStatus, Triggers};
 use crate::quality::QualityConfig;
 use crate::store::Store;
 
+pub use auth::{CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
 pub use error::ApiError;
-pub use inspections::{InspectorPool, UploadAnswer, UploadParams};
+pub use inspections::{ApiMetrics, InspectionView, InspectorPool, UploadAnswer, UploadParams};
 pub use tasks::{Decision, TaskQuery};
+
+/// `[api.tls]`: serve HTTPS with these PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
 
 /// `[api]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +71,14 @@ pub struct ApiConfig {
     /// Model package that inspects manual uploads; none: the first camera's model, else the
     /// bundled demo model.
     pub model: Option<PathBuf>,
+    /// A web UI session ends after this many minutes without a request (Part 11 session
+    /// control: an unattended terminal signs itself out).
+    pub session_idle_minutes: u32,
+    /// Serve HTTPS instead of HTTP.
+    pub tls: Option<TlsConfig>,
+    /// Serve the web UI from this folder instead of the copy built into the binary (a
+    /// customised UI, or UI development without rebuilding).
+    pub ui_dir: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +89,9 @@ impl Default for ApiConfig {
             inspectors: 2,
             listen: None,
             model: None,
+            session_idle_minutes: 30,
+            tls: None,
+            ui_dir: None,
         }
     }
 }
@@ -89,8 +125,36 @@ impl ApiConfig {
                 self.inspectors
             ));
         }
+        if !(1..=720).contains(&self.session_idle_minutes) {
+            p.push(format!(
+                "api.session_idle_minutes = {}: must be between 1 and 720",
+                self.session_idle_minutes
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    p.push(format!("{key} = {}: no such file", path.display()));
+                }
+            }
+        }
+        if let Some(dir) = &self.ui_dir
+            && !dir.join("index.html").is_file()
+        {
+            p.push(format!(
+                "api.ui_dir = {}: no index.html in that folder",
+                dir.display()
+            ));
+        }
         p
     }
+}
+
+/// The live pipeline, when the API runs beside the cameras (`linesight run`).
+#[derive(Clone)]
+pub struct PipelineHandle {
+    pub triggers: Triggers,
+    pub status: PipelineStatus,
 }
 
 /// What the routes need.
@@ -101,34 +165,170 @@ pub struct ApiState {
     pub config: ApiConfig,
     /// Where images and overlays are kept.
     pub image_dir: PathBuf,
+    /// Where NCR attachments are kept (never pruned with the images).
+    pub attachment_dir: PathBuf,
     pub inspectors: Arc<InspectorPool>,
     /// Production line recorded with uploads.
     pub line: String,
+    pub pipeline: Option<PipelineHandle>,
+    pub metrics: Arc<ApiMetrics>,
+    /// Validates model packages activated through the API.
+    pub validator: crate::model::registry::Validator,
+    /// Turns true when the service stops: live streams (SSE) end so that shutdown is not held.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The API router.
+/// The OpenAPI document's frame; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "linesight",
+        description = "Visual quality inspection on production lines: manual inspections, secondary-inspection tasks, non-conformance records with electronic signatures, lots, audit trail and models."
+    ),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("basic" = []), ("session" = [])),
+    tags(
+        (name = "inspections", description = "Inspections, images and live results"),
+        (name = "tasks", description = "Secondary-inspection tasks"),
+        (name = "ncrs", description = "Non-conformance records, dispositions and e-signatures"),
+        (name = "lots", description = "Lot holds and release"),
+        (name = "audit", description = "Audit trail"),
+        (name = "models", description = "Model packages and activations"),
+        (name = "session", description = "Sign-in, sessions and tokens"),
+        (name = "triggers", description = "Triggers of the live pipeline"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(SESSION_COOKIE))),
+        );
+    }
+}
+
+/// The `/api/v1` routes with their OpenAPI description.
+fn v1() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::sign_in, auth::whoami, auth::sign_out))
+        .routes(routes!(auth::issue_token, auth::tokens))
+        .routes(routes!(auth::revoke_token))
+        .routes(routes!(inspections::upload, inspections::list))
+        .routes(routes!(inspections::inspection))
+        .routes(routes!(inspections::image))
+        .routes(routes!(inspections::camera_summary))
+        .routes(routes!(events::events))
+        .routes(routes!(inspections::trigger))
+        .routes(routes!(tasks::tasks))
+        .routes(routes!(tasks::task))
+        .routes(routes!(tasks::claim_next))
+        .routes(routes!(tasks::claim))
+        .routes(routes!(tasks::decide))
+        .routes(routes!(ncrs::list, ncrs::create))
+        .routes(routes!(ncrs::ncr))
+        .routes(routes!(ncrs::transition))
+        .routes(routes!(ncrs::sign))
+        .routes(routes!(ncrs::attach))
+        .routes(routes!(ncrs::attachment))
+        .routes(routes!(lots::lots))
+        .routes(routes!(lots::lot))
+        .routes(routes!(lots::hold))
+        .routes(routes!(lots::release))
+        .routes(routes!(audit::query))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::verify))
+        .routes(routes!(models::list))
+        .routes(routes!(models::activate))
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    v1().into_openapi()
+}
+
+/// The API router, with the web UI.
 pub fn app(state: ApiState) -> Router {
     let limit = state.config.max_body_bytes;
-    let v1 = Router::new()
-        .route("/inspections", post(inspections::upload))
-        .route("/inspections/{id}", get(inspections::inspection))
-        .route("/images/{hash}", get(inspections::image))
-        .route("/tasks", get(tasks::tasks))
-        .route("/tasks/claim", post(tasks::claim))
-        .route("/tasks/{id}/decision", post(tasks::decide))
-        .route("/ncrs/{id}", get(ncrs::ncr))
-        .route("/lots/{lot}/release", post(ncrs::release));
+    let (v1, doc) = v1().split_for_parts();
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     Router::new()
-        .nest("/api/v1", v1)
+        .merge(v1)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-async fn ready(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
-    state.store.inspection_count().await?;
-    Ok("ready")
+/// Ready when the quality store answers, the upload model is loaded and, beside cameras, every
+/// camera is up. The answer lists each check.
+async fn ready(State(state): State<ApiState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let store_ok = match state.store.inspection_count().await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "Readiness: the quality store does not answer.");
+            false
+        }
+    };
+    checks.insert("store".into(), store_ok.into());
+    let model_ok = state.inspectors.size() > 0;
+    checks.insert("upload_model".into(), model_ok.into());
+    let mut cameras_ok = true;
+    if let Some(p) = &state.pipeline {
+        for (camera, health) in p.status.health() {
+            let up = matches!(
+                health,
+                crate::pipeline::CameraHealth::Running | crate::pipeline::CameraHealth::Finished
+            );
+            cameras_ok &= up;
+            checks.insert(format!("camera:{camera}"), up.into());
+        }
+    }
+    let ready = store_ok && model_ok && cameras_ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics: the API's own, and the pipeline's when it runs beside the cameras.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = state.metrics.render();
+    if let Some(p) = &state.pipeline {
+        text.push_str(&p.status.metrics_text());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]
@@ -144,6 +344,12 @@ mod tests {
             inspectors: 0,
             listen: Some("port 80".into()),
             model: None,
+            session_idle_minutes: 0,
+            tls: Some(TlsConfig {
+                cert: "/nonexistent/cert.pem".into(),
+                key: "/nonexistent/key.pem".into(),
+            }),
+            ui_dir: Some("/nonexistent".into()),
         };
         let p = bad.problems().join("\n");
         for key in [
@@ -151,6 +357,10 @@ mod tests {
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
             "api.listen = \"port 80\"",
+            "api.session_idle_minutes = 0",
+            "api.tls.cert = /nonexistent/cert.pem",
+            "api.tls.key = /nonexistent/key.pem",
+            "api.ui_dir = /nonexistent",
         ] {
             assert!(p.contains(key), "{key} missing from {p}");
         }

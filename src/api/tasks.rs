@@ -1,29 +1,43 @@
-//! Secondary-inspection tasks: list, claim, decide.
+//! Secondary-inspection tasks: list, show, claim, decide.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{INSPECTORS, authorize};
+use super::auth::{Caller, INSPECTORS};
+use super::inspections::InspectionView;
 use super::{ApiError, ApiState};
 use crate::quality::{TaskAction, TaskState};
+use crate::store::Task;
 
 /// Task list filter.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TaskQuery {
+    /// Default: pending.
+    #[param(value_type = Option<String>, example = "pending")]
     pub state: Option<TaskState>,
+    /// At most this many (default 100).
     pub limit: Option<i64>,
 }
 
+/// Tasks in one state, oldest first: the inspectors' work queue.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskQuery),
+    responses((status = 200, body = Vec<Task>), (status = 403)))]
 pub(super) async fn tasks(
     State(state): State<ApiState>,
-    Query(q): Query<TaskQuery>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<crate::store::Task>>, ApiError> {
-    authorize(&state, &headers, INSPECTORS, "list tasks").await?;
+    caller: Caller,
+    query: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    caller.require(INSPECTORS, "list tasks")?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest {
+        field: "state",
+        message: e.body_text(),
+    })?;
     let list = state
         .store
         .tasks_in_state(
@@ -34,46 +48,102 @@ pub(super) async fn tasks(
     Ok(Json(list))
 }
 
-pub(super) async fn claim(
+/// A task with the inspection it is about.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskDetail {
+    pub task: Task,
+    pub inspection: InspectionView,
+}
+
+/// One task and its inspection (image, overlay, score, regions).
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = TaskDetail), (status = 404)))]
+pub(super) async fn task(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskDetail>, ApiError> {
+    caller.require(INSPECTORS, "read tasks")?;
+    let task = state.store.task(id).await?;
+    let inspection = state.store.inspection(task.inspection_id).await?.into();
+    Ok(Json(TaskDetail { task, inspection }))
+}
+
+/// Claims the oldest pending task; 204 when the queue is empty.
+#[utoipa::path(post, path = "/api/v1/tasks/claim", tag = "tasks",
+    responses((status = 200, body = Task), (status = 204, description = "no pending task")))]
+pub(super) async fn claim_next(
+    State(state): State<ApiState>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, INSPECTORS, "claim tasks").await?;
-    Ok(match state.store.claim_next_task(&user).await? {
+    let user = caller.require(INSPECTORS, "claim tasks")?;
+    Ok(match state.store.claim_next_task(user).await? {
         Some(task) => Json(task).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }
 
+/// Claims one task (it must be pending).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/claim", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = Task), (status = 404), (status = 409), (status = 422)))]
+pub(super) async fn claim(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Task>, ApiError> {
+    let user = caller.require(INSPECTORS, "claim tasks")?;
+    Ok(Json(state.store.claim_task(id, user).await?))
+}
+
 /// A decision on a claimed task.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     /// `confirm_defect`, `override_good`, `escalate` or `release`.
+    #[schema(value_type = String, example = "confirm_defect")]
     pub action: TaskAction,
     pub comment: Option<String>,
 }
 
+/// What a decision did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionAnswer {
+    pub task: Task,
+    /// The NCR raised when a confirmed defect is of a critical class.
+    pub raised_ncr: Option<i64>,
+}
+
+/// Decides a task the caller has claimed: confirm the defect, override to good (with a
+/// comment), escalate to QA, or release it back to the queue.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/decision", tag = "tasks", params(("id" = i64, Path)),
+    request_body = Decision,
+    responses((status = 200, body = DecisionAnswer), (status = 404), (status = 409), (status = 422)))]
 pub(super) async fn decide(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(id): Path<i64>,
-    headers: HeaderMap,
     body: Result<Json<Decision>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let user = authorize(&state, &headers, INSPECTORS, "decide tasks").await?;
+) -> Result<Json<DecisionAnswer>, ApiError> {
+    let user = caller.require(INSPECTORS, "decide tasks")?;
     let Json(decision) = body.map_err(|r| ApiError::BadRequest {
         field: "action",
         message: r.body_text(),
     })?;
-    let (task, ncr) = state
+    if decision.action == TaskAction::Claim {
+        return Err(ApiError::BadRequest {
+            field: "action",
+            message: "claim with POST /api/v1/tasks/{id}/claim".into(),
+        });
+    }
+    let (task, raised_ncr) = state
         .store
         .act_on_task(
             id,
-            &user,
+            user,
             decision.action,
-            decision.comment.as_deref(),
+            decision.comment.as_deref().filter(|c| !c.trim().is_empty()),
             &state.quality,
         )
         .await?;
-    Ok(Json(serde_json::json!({ "task": task, "raised_ncr": ncr })))
+    Ok(Json(DecisionAnswer { task, raised_ncr }))
 }

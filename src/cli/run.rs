@@ -5,6 +5,7 @@
 //! folder. SIGTERM or SIGINT stops it gracefully (exit 0).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -251,8 +252,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 follow_rx,
             )
         });
-        // The HTTP API (manual uploads, tasks, NCRs) on `api.listen`, with the pipeline's
-        // trigger and metrics routes on the same port.
+        // The HTTP API (manual uploads, tasks, NCRs, the web UI) on `api.listen`, with the
+        // pipeline's triggers (authenticated there) and metrics.
+        let (api_stop, api_stop_rx) = tokio::sync::watch::channel(false);
         let api_server = match &settings.api.listen {
             Some(addr) => {
                 let store = match &store {
@@ -261,16 +263,33 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                         .await
                         .context("cannot open the quality store for the HTTP API")?,
                 };
-                let state = super::serve::api_state(&settings, runtime, store).await?;
-                let listener = super::serve::bind(addr, "api.listen").await?;
-                tracing::info!(address = %listener.local_addr()?, "Serving the HTTP API (/api/v1, /healthz, /readyz) and triggers on POST /api/v1/triggers.");
-                let router = crate::api::app(state).merge(app(HttpState {
+                let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+                let handle = crate::api::PipelineHandle {
                     triggers: pipeline.triggers(),
                     status: pipeline.status(),
-                }));
+                };
+                let state =
+                    super::serve::api_state(&settings, runtime, store, Some(handle), stopping)
+                        .await?;
+                let listener = super::serve::bind(addr, "api.listen").await?;
+                let router = crate::api::app(state);
+                let tls = settings.api.tls.clone();
+                let mut stop_rx = api_stop_rx.clone();
                 Some(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
-                        tracing::error!(error = %e, "HTTP API failed.");
+                    let stop = async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    };
+                    let served = super::serve::serve_api(
+                        listener,
+                        router,
+                        tls.as_ref(),
+                        stop,
+                        stopping_tx,
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %format!("{e:#}"), "HTTP API failed.");
                     }
                 }))
             }
@@ -301,8 +320,17 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         if let Some(follower) = follower {
             let _ = follower.await;
         }
-        for server in [server, api_server].into_iter().flatten() {
+        if let Some(server) = server {
             server.abort();
+        }
+        // The API finishes the requests in progress (a few seconds at most), then stops.
+        let _ = api_stop.send(true);
+        if let Some(mut api) = api_server
+            && tokio::time::timeout(Duration::from_secs(10), &mut api)
+                .await
+                .is_err()
+        {
+            api.abort();
         }
         stop_outbox(outbox, &settings).await;
         eprintln!(

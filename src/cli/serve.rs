@@ -4,14 +4,19 @@
 //!
 //! SIGTERM or SIGINT stops it gracefully: requests in progress finish, then it exits 0.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::api::{ApiState, InspectorPool};
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::api::{ApiState, InspectorPool, PipelineHandle, TlsConfig};
 use crate::config::Settings;
 use crate::inspect::Inspector;
+use crate::model::registry::Validator;
 use crate::model::{Detector, ModelPackage, OrtRuntime};
 use crate::store::{Store, redact};
 
@@ -42,6 +47,8 @@ pub async fn api_state(
     settings: &Settings,
     runtime: &'static OrtRuntime,
     store: Store,
+    pipeline: Option<PipelineHandle>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ApiState> {
     let model = upload_model(settings)?;
     let count = settings.api.inspectors;
@@ -66,8 +73,17 @@ pub async fn api_state(
         quality: settings.quality.clone(),
         config: settings.api.clone(),
         image_dir: settings.image_dir(),
+        attachment_dir: settings.store.data_dir.join("attachments"),
         inspectors: Arc::new(InspectorPool::new(inspectors)),
         line: settings.pipeline.line.clone(),
+        pipeline,
+        metrics: Arc::default(),
+        validator: Validator {
+            runtime,
+            options: settings.inference.clone(),
+            limits: settings.decode,
+        },
+        stopping,
     })
 }
 
@@ -76,6 +92,58 @@ pub async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListen
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {key} = {addr}"))
+}
+
+/// Serves `router` on `listener` (HTTPS when `tls` is given) until `stop` completes: the
+/// API's live streams are told to end through `stopping`, requests in progress finish (at most
+/// `drain` more), then it returns.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<&TlsConfig>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    stopping: tokio::sync::watch::Sender<bool>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    match tls {
+        None => {
+            tracing::info!(address = %local, "Serving the HTTP API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    stop.await;
+                    let _ = stopping.send(true);
+                })
+                .await
+                .context("the HTTP API failed")
+        }
+        Some(tls) => {
+            // ring, as for every other TLS connection of the binary; a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load api.tls.cert = {} / api.tls.key = {}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                stop.await;
+                let _ = stopping.send(true);
+                stopper.graceful_shutdown(Some(drain));
+            });
+            tracing::info!(address = %local, "Serving the HTTPS API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
+            axum_server::from_tcp_rustls(listener.into_std()?, config)
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await
+                .context("the HTTPS API failed")
+        }
+    }
 }
 
 /// Serves the API until SIGTERM or SIGINT.
@@ -97,20 +165,27 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let store = crate::outbox::open_store(&settings).await.with_context(|| {
-            format!(
-                "cannot open the quality store {}",
-                redact(&settings.store.effective_url())
-            )
-        })?;
-        let state = api_state(&settings, runtime, store).await?;
+        let store = crate::outbox::open_store(&settings)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the quality store {}",
+                    redact(&settings.store.effective_url())
+                )
+            })?;
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let state = api_state(&settings, runtime, store, None, stopping).await?;
         let listener = bind(&listen, "api.listen").await?;
         let outbox = super::run::start_outbox(&settings).await?;
-        tracing::info!(address = %listener.local_addr()?, "Serving the HTTP API (/api/v1, /healthz, /readyz).");
-        axum::serve(listener, crate::api::app(state))
-            .with_graceful_shutdown(super::run::stop_signal())
-            .await
-            .context("the HTTP API failed")?;
+        serve_api(
+            listener,
+            crate::api::app(state),
+            settings.api.tls.as_ref(),
+            super::run::stop_signal(),
+            stopping_tx,
+            Duration::from_secs(30),
+        )
+        .await?;
         super::run::stop_outbox(outbox, &settings).await;
         eprintln!("stopped");
         Ok(0)

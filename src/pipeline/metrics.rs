@@ -50,7 +50,7 @@ impl Histogram {
             .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(

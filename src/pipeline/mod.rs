@@ -87,7 +87,7 @@ pub enum TriggerError {
 }
 
 /// A request to inspect the next frame of a camera.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     pub camera: String,
@@ -413,7 +413,7 @@ pub struct Triggers {
 }
 
 /// What happened to a fired trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TriggerAccepted {
     pub id: String,
     /// `queued`; `busy` when it was answered at once because the camera's trigger queue was

@@ -24,7 +24,7 @@ pub struct AnomalyMap {
 }
 
 /// The decision for one part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Score at or below the threshold.
@@ -70,7 +70,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// A connected area of the anomaly map above the threshold, in original-image pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DefectRegion {
     /// Left edge of the bounding box.
     pub x: u32,

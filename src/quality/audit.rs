@@ -27,7 +27,7 @@ pub struct NewAuditEntry {
 }
 
 /// A stored audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at_ms: i64,
@@ -85,7 +85,7 @@ impl AuditEntry {
 }
 
 /// The first place where the chain does not hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChainBreak {
     /// Sequence number of the first entry that fails.
     pub seq: i64,

@@ -53,7 +53,7 @@ pub enum TransitionError {
 pub use crate::postprocess::Verdict;
 
 /// One inspection result as the pipeline or a manual upload reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewInspection {
     pub part_id: String,
     pub lot: String,

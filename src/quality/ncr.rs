@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{Role, TransitionError};
 
 /// Where an NCR stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NcrState {
     Open,
@@ -71,7 +71,7 @@ impl NcrState {
 }
 
 /// What is to be done with the non-conforming product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     UseAsIs,

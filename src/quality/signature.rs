@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::fields_hash;
 
 /// What the signer means by signing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Meaning {
     Reviewed,
@@ -70,7 +70,7 @@ pub enum SignatureError {
 }
 
 /// A stored signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Signature {
     pub id: i64,
     pub signer_id: i64,

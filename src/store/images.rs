@@ -33,6 +33,35 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |e| StoreError::Invalid(format!("{what}: {e}"))
 }
 
+/// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless that file is
+/// there already, and returns the SHA-256.
+pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
+    let hash = hex::encode(Sha256::digest(bytes));
+    let path = image_path(dir, &hash);
+    if !path.is_file() {
+        let parent = path.parent().unwrap_or(dir).to_path_buf();
+        std::fs::create_dir_all(&parent)
+            .map_err(io(format!("cannot create {}", parent.display())))?;
+        let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        // The directory is synced too, so that the new name survives a power cut.
+        let renamed = written
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(&parent)?.sync_all());
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Invalid(format!(
+                "cannot store {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    Ok(hash)
+}
+
 impl Store {
     /// Stores image bytes under `dir` and returns their SHA-256 (the reference kept in
     /// inspection records). Storing the same bytes again is a no-op.
@@ -42,25 +71,7 @@ impl Store {
         bytes: &[u8],
         now_ms: i64,
     ) -> Result<String, StoreError> {
-        let hash = hex::encode(Sha256::digest(bytes));
-        let path = image_path(dir, &hash);
-        if !path.is_file() {
-            let parent = path.parent().unwrap_or(dir).to_path_buf();
-            std::fs::create_dir_all(&parent)
-                .map_err(io(format!("cannot create {}", parent.display())))?;
-            let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
-            let written = std::fs::File::create(&tmp).and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            });
-            if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::Invalid(format!(
-                    "cannot store {}: {e}",
-                    path.display()
-                )));
-            }
-        }
+        let hash = write_content_addressed(dir, bytes)?;
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \

@@ -13,7 +13,7 @@ use super::ncrs::{NcrSource, NewNcr};
 use super::users::User;
 
 /// A stored inspection.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct InspectionRecord {
     pub id: i64,
     pub at_ms: i64,
@@ -34,7 +34,7 @@ pub struct RecordedInspection {
 }
 
 /// A secondary-inspection task.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: i64,
     pub inspection_id: i64,
@@ -371,7 +371,37 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
+        self.claim_in(tx, task_row(&row)?, user).await.map(Some)
+    }
+
+    /// Claims one task for `user`: it must be pending (another inspector's claim is refused).
+    pub async fn claim_task(&self, id: i64, user: &User) -> Result<Task, StoreError> {
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1{lock}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read a task"))?
+        .ok_or(StoreError::NotFound {
+            entity: "task",
+            id: id.to_string(),
+        })?;
         let t = task_row(&row)?;
+        self.claim_in(tx, t, user).await
+    }
+
+    async fn claim_in(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        t: Task,
+        user: &User,
+    ) -> Result<Task, StoreError> {
         let to = task::apply(
             t.state,
             TaskAction::Claim,
@@ -392,7 +422,7 @@ impl Store {
         )
         .await?;
         tx.commit().await.map_err(db("commit a claim"))?;
-        Ok(Some(claimed))
+        Ok(claimed)
     }
 
     /// Releases, decides or escalates a task. Confirming a defect of a critical class

@@ -18,6 +18,7 @@
 //! - Secondary-inspection tasks are claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL: two
 //!   instances never claim the same task.
 
+mod api;
 mod images;
 mod inspections;
 mod models;
@@ -39,6 +40,9 @@ use sqlx::{Any, AnyPool, Executor as _, Row as _, Transaction};
 use crate::quality::audit::{self, AuditEntry, ChainBreak, GENESIS, NewAuditEntry};
 use crate::quality::{SignatureError, TransitionError};
 
+pub use api::{
+    ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
+};
 pub use images::{RetentionReport, image_path};
 pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
@@ -259,6 +263,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "triggers",
                 include_str!("../../migrations/sqlite/0005_triggers.sql"),
                 include_str!("../../migrations/postgres/0005_triggers.sql"),
+            ),
+            (
+                6,
+                "api",
+                include_str!("../../migrations/sqlite/0006_api.sql"),
+                include_str!("../../migrations/postgres/0006_api.sql"),
             ),
         ];
         let backend = self.0;

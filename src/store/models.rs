@@ -12,7 +12,7 @@ use crate::quality::audit::NewAuditEntry;
 use crate::quality::now_ms;
 
 /// Whether an activation put the package into service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActivationState {
     Active,
@@ -53,7 +53,7 @@ pub struct NewModelActivation {
 }
 
 /// A recorded activation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelActivation {
     pub id: i64,
     pub slot: String,

@@ -39,7 +39,7 @@ impl NcrSource {
 }
 
 /// A stored NCR.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NcrRecord {
     pub id: i64,
     pub lot: String,
@@ -78,7 +78,7 @@ impl NcrRecord {
 }
 
 /// One row of an NCR's history.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NcrTransition {
     pub from: NcrState,
     pub to: NcrState,
@@ -553,7 +553,8 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO lots (lot, released_at_ms, released_by) VALUES ($1, $2, $3) \
-             ON CONFLICT (lot) DO UPDATE SET released_at_ms = $2, released_by = $3",
+             ON CONFLICT (lot) DO UPDATE SET released_at_ms = $2, released_by = $3, \
+             held_at_ms = NULL, held_by = NULL, hold_reason = NULL",
         )
         .bind(lot)
         .bind(now)

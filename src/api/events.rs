@@ -1,0 +1,121 @@
+//! Live inspections as Server-Sent Events, for the web UI's line view.
+//!
+//! The stream reads new inspections from the quality store (every 500 ms) rather than from
+//! an in-process channel: it then shows the results of every instance that writes to the same
+//! database — `linesight run` on the line, `linesight serve` in the office, replicas on
+//! PostgreSQL — and a client that reconnects with `Last-Event-ID` misses nothing.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::auth::{ALL, Caller};
+use super::inspections::InspectionView;
+use super::{ApiError, ApiState};
+use crate::store::InspectionFilter;
+
+/// Where the stream starts.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Send inspections after this id first (default: only those recorded from now on, or
+    /// after the `Last-Event-ID` header of a reconnecting client).
+    pub after_id: Option<i64>,
+}
+
+const POLL: Duration = Duration::from_millis(500);
+const PAGE: i64 = 200;
+
+/// New inspections as they are recorded: events named `inspection`, the data an inspection
+/// (JSON), the event id its id.
+#[utoipa::path(get, path = "/api/v1/events", tag = "inspections", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "`event: inspection`, `id: <inspection id>`, `data: <Inspection JSON>`")))]
+pub(super) async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require(ALL, "follow inspections")?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let start = match q.after_id.or(resume) {
+        Some(id) => id,
+        None => latest_id(&state).await?,
+    };
+    let stream = futures_util::stream::unfold(
+        (state, start, Vec::<InspectionView>::new().into_iter()),
+        |(state, mut last, mut pending)| async move {
+            let mut stopping = state.stopping.clone();
+            loop {
+                if let Some(view) = pending.next() {
+                    last = view.id;
+                    let event = Event::default()
+                        .event("inspection")
+                        .id(view.id.to_string())
+                        .json_data(&view)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable inspection"));
+                    return Some((Ok(event), (state, last, pending)));
+                }
+                if *stopping.borrow() {
+                    return None;
+                }
+                let filter = InspectionFilter {
+                    after_id: Some(last),
+                    limit: PAGE,
+                    ..Default::default()
+                };
+                match state.store.list_inspections(&filter).await {
+                    Ok(found) if !found.is_empty() => {
+                        pending = found
+                            .into_iter()
+                            .map(InspectionView::from)
+                            .collect::<Vec<_>>()
+                            .into_iter();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Live view: cannot read new inspections."),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = stopped(&mut stopping) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Resolves when the service starts stopping (never, if nobody can tell it to).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn latest_id(state: &ApiState) -> Result<i64, ApiError> {
+    let newest = state
+        .store
+        .list_inspections(&InspectionFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    Ok(newest.first().map_or(0, |r| r.id))
+}
