@@ -29,6 +29,26 @@ pub enum UsersCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Issue a bearer token acting as a user, for a machine, the MES or a script
+    /// (`Authorization: Bearer lst_…`). The token is printed once; only its hash is kept.
+    Token {
+        username: String,
+        /// What uses the token ("MES bridge line 3"), shown in the token list.
+        #[arg(long)]
+        name: String,
+        /// Days until the token stops working (default: until revoked).
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_days: Option<u32>,
+    },
+    /// List issued tokens (never their secrets).
+    Tokens,
+    /// Revoke a token for good.
+    RevokeToken {
+        id: i64,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +153,61 @@ pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> 
                 Ok(0)
             })
         }
+        UsersCommand::Token {
+            username,
+            name,
+            expires_days,
+        } => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let expires =
+                expires_days.map(|d| crate::quality::now_ms() + i64::from(d) * 86_400_000);
+            let issued = store
+                .create_token(&username, &name, expires, &cli_actor())
+                .await;
+            store.close().await;
+            let (listed, token) = issued?;
+            eprintln!(
+                "token {} for {} ({}), expires {}; keep it secret, it is not shown again:",
+                listed.id,
+                listed.username,
+                listed.name,
+                listed.expires_at_ms.map_or("never".into(), format_ms)
+            );
+            println!("{token}");
+            Ok(0)
+        }),
+        UsersCommand::Tokens => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let tokens = store.tokens().await;
+            store.close().await;
+            for t in tokens? {
+                let state = match (t.revoked_at_ms, t.expires_at_ms) {
+                    (Some(at), _) => format!("revoked {}", format_ms(at)),
+                    (None, Some(at)) if at <= crate::quality::now_ms() => {
+                        format!("expired {}", format_ms(at))
+                    }
+                    (None, Some(at)) => format!("expires {}", format_ms(at)),
+                    (None, None) => "no expiry".into(),
+                };
+                println!(
+                    "{:>5}  {:<16} {:<30} {}  last used {}",
+                    t.id,
+                    t.username,
+                    t.name,
+                    state,
+                    t.last_used_ms.map_or("never".into(), format_ms)
+                );
+            }
+            Ok(0)
+        }),
+        UsersCommand::RevokeToken { id, reason } => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let revoked = store.revoke_token(id, &cli_actor(), &reason).await;
+            store.close().await;
+            revoked?;
+            println!("revoked token {id}");
+            Ok(0)
+        }),
         UsersCommand::Unlock { username, reason } => runtime()?.block_on(async {
             let store = open(settings).await?;
             store.unlock_user(&username, &cli_actor(), &reason).await?;

@@ -451,10 +451,18 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
         b"",
     );
     assert_eq!(status, 401, "{body}");
+    // A machine's bearer token, issued from the command line.
+    let mut issue = crate::common::linesight();
+    issue.args(["users", "token", "ana", "--name", "MES bridge"]);
+    env(&mut issue);
+    let issued = issue.output().unwrap();
+    assert!(issued.status.success(), "{issued:?}");
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("lst_"), "{token}");
     let (status, body) = http(
         port,
         &format!(
-            "GET /api/v1/inspections/{} HTTP/1.1\r\nAuthorization: Basic {auth}",
+            "GET /api/v1/inspections/{} HTTP/1.1\r\nAuthorization: Bearer {token}",
             answer.id
         ),
         b"",

@@ -140,6 +140,7 @@ on_both_databases!(
     fifty_concurrent_writers_lose_nothing,
     two_instances_never_claim_the_same_task,
     images_expire_by_age_and_quota_but_records_keep_their_reference,
+    api_sessions_tokens_listings_holds_and_attachments,
 );
 
 const PASSWORD: &str = "s3cret-pass";
@@ -1133,4 +1134,112 @@ async fn sqlite_store_is_wal_with_full_sync_and_survives_reopening() {
     assert_eq!(again.ncr(ncr.id).await.unwrap(), ncr);
     assert_eq!(assert_chain_intact(&again).await, 2);
     again.close().await;
+}
+
+/// What the HTTP API keeps: sessions and tokens (only their hashes stored), filtered listings
+/// paged by id, per-camera summaries, lot holds lifted by release, NCR attachments.
+async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
+    use linesight::store::InspectionFilter;
+    let s = &db.store;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let (secret, session) = s.create_session(&qa, 60_000).await.unwrap();
+    assert_eq!(s.session(&secret, 60_000).await.unwrap(), Some(session));
+    assert_eq!(s.session("forged", 60_000).await.unwrap(), None);
+    let stored: String = sqlx::query_scalar::<_, String>("SELECT secret_sha256 FROM api_sessions")
+        .fetch_one(s.raw_pool())
+        .await
+        .unwrap();
+    assert_ne!(stored, secret, "only the hash is stored");
+    s.end_session(&secret, &qa).await.unwrap();
+    assert_eq!(s.session(&secret, 60_000).await.unwrap(), None);
+
+    let (listed, token) = s.create_token("quinn", "MES", None, "admin").await.unwrap();
+    assert_eq!(
+        s.token_user(&token).await.unwrap().unwrap().username,
+        "quinn"
+    );
+    assert!(s.tokens().await.unwrap()[0].last_used_ms.is_some());
+    s.revoke_token(listed.id, "admin", "rotated").await.unwrap();
+    assert_eq!(s.token_user(&token).await.unwrap(), None);
+    assert!(s.revoke_token(listed.id, "admin", "again").await.is_err());
+
+    let cfg = QualityConfig::default();
+    for (i, score) in [0.1, 0.9, 0.2, 0.95].into_iter().enumerate() {
+        let mut new = inspection(&format!("P{i}"), "LOT-A", score);
+        new.camera = if i < 2 { "cam-1" } else { "cam-2" }.into();
+        s.record_inspection(&new, &cfg, "system").await.unwrap();
+    }
+    let page = |before_id, verdict| InspectionFilter {
+        verdict,
+        before_id,
+        limit: 2,
+        ..Default::default()
+    };
+    let first = s.list_inspections(&page(None, None)).await.unwrap();
+    let ids: Vec<i64> = first.iter().map(|r| r.id).collect();
+    let rest = s.list_inspections(&page(Some(ids[1]), None)).await.unwrap();
+    let mut all = ids.clone();
+    all.extend(rest.iter().map(|r| r.id));
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "{all:?}");
+    let defects = s
+        .list_inspections(&page(None, Some(linesight::quality::Verdict::Defect)))
+        .await
+        .unwrap();
+    assert!(
+        defects.iter().all(|r| r.inspection.score > 0.5),
+        "{defects:?}"
+    );
+    assert_eq!(defects.len(), 2);
+    let after = s
+        .list_inspections(&InspectionFilter {
+            after_id: Some(all[3]),
+            camera: Some("cam-2".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 2);
+    assert!(after[0].id < after[1].id, "oldest first after an id");
+    let summary = s.camera_summary(0).await.unwrap();
+    assert_eq!(summary.len(), 2);
+    assert_eq!((summary[0].total, summary[0].defects), (2, 1));
+    assert!((summary[1].reject_rate - 0.5).abs() < 1e-9);
+
+    let held = s.hold_lot("LOT-A", &qa, "seal suspect").await.unwrap();
+    assert!(held.held);
+    assert_eq!(held.held_by.as_deref(), Some("quinn"));
+    assert_eq!(s.lots(true, 10).await.unwrap().len(), 1);
+    s.release_lot("LOT-A", &qa).await.unwrap();
+    let released = s.lot("LOT-A").await.unwrap();
+    assert!(!released.held);
+    assert_eq!(released.released_by.as_deref(), Some("quinn"));
+    assert!(s.lots(true, 10).await.unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ncr = s.create_ncr(&new_ncr("LOT-B"), &qa).await.unwrap();
+    let a = s
+        .add_attachment(
+            dir.path(),
+            ncr.id,
+            "photo.jpg",
+            "image/jpeg",
+            b"jpeg bytes",
+            &qa,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.attachments(ncr.id).await.unwrap(), vec![a.clone()]);
+    assert_eq!(s.attachment(ncr.id, a.id).await.unwrap(), a);
+    assert!(
+        s.add_attachment(dir.path(), ncr.id, "../x", "text/plain", b"x", &qa)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        std::fs::read(linesight::store::image_path(dir.path(), &a.sha256)).unwrap(),
+        b"jpeg bytes"
+    );
+    assert!(matches!(s.verify_audit().await.unwrap(), Ok(n) if n > 5));
 }
