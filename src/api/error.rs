@@ -79,6 +79,7 @@ impl ApiError {
                 StoreError::Locked { .. } => StatusCode::FORBIDDEN,
                 StoreError::UserExists(_)
                 | StoreError::LotHasOpenNcr { .. }
+                | StoreError::Stale { .. }
                 | StoreError::ReinspectionCapReached { .. }
                 | StoreError::Conflict { .. } => StatusCode::CONFLICT,
                 StoreError::Connect { .. }

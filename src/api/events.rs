@@ -49,7 +49,9 @@ pub(super) async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let start = match q.after_id.or(resume) {
+    // A browser reconnects to the same URL (with its after_id) and sends the last id it got:
+    // resume from the later of the two.
+    let start = match q.after_id.max(resume) {
         Some(id) => id,
         None => latest_id(&state).await?,
     };

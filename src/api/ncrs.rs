@@ -222,6 +222,9 @@ pub struct SignForm {
     /// approved, reviewed or rejected.
     #[schema(value_type = String, example = "approved")]
     pub meaning: Meaning,
+    /// The NCR version the signer was shown: the signature is refused (409) when the NCR has
+    /// changed since.
+    pub version: Option<i64>,
 }
 
 /// Signs an NCR as it is now (21 CFR 11.200: the signed-in user enters the password again).
@@ -229,8 +232,10 @@ pub struct SignForm {
 /// name, the date and time and the meaning to the NCR's content hash.
 #[utoipa::path(post, path = "/api/v1/ncrs/{id}/signatures", tag = "ncrs", params(("id" = i64, Path)),
     request_body = SignForm,
-    responses((status = 201, body = Signature), (status = 401, description = "wrong password"),
-        (status = 403, description = "account locked"), (status = 404)))]
+    responses((status = 201, body = Signature),
+        (status = 400, description = "wrong password (`field`: password): nothing was signed"),
+        (status = 403, description = "account locked"), (status = 404),
+        (status = 409, description = "the NCR changed since the signer read it")))]
 pub(super) async fn sign(
     State(state): State<ApiState>,
     caller: Caller,
@@ -245,7 +250,13 @@ pub(super) async fn sign(
     };
     let signature = state
         .store
-        .sign_ncr(id, &creds, form.meaning, state.quality.lockout())
+        .sign_ncr_seen(
+            id,
+            &creds,
+            form.meaning,
+            state.quality.lockout(),
+            form.version,
+        )
         .await
         .map_err(|e| match e {
             // Not a sign-in failure of the request (the caller is signed in): the password

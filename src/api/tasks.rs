@@ -13,6 +13,32 @@ use super::{ApiError, ApiState};
 use crate::quality::{TaskAction, TaskState};
 use crate::store::Task;
 
+/// A task with the names of who claimed and decided it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub task: Task,
+    pub claimed_by_username: Option<String>,
+    pub decided_by_username: Option<String>,
+}
+
+async fn views(state: &ApiState, tasks: Vec<Task>) -> Result<Vec<TaskView>, ApiError> {
+    let names = state.store.user_names().await?;
+    let name = |id: Option<i64>| id.and_then(|id| names.get(&id).cloned());
+    Ok(tasks
+        .into_iter()
+        .map(|task| TaskView {
+            claimed_by_username: name(task.claimed_by),
+            decided_by_username: name(task.decided_by),
+            task,
+        })
+        .collect())
+}
+
+async fn view(state: &ApiState, task: Task) -> Result<TaskView, ApiError> {
+    Ok(views(state, vec![task]).await?.remove(0))
+}
+
 /// Task list filter.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -27,12 +53,12 @@ pub struct TaskQuery {
 
 /// Tasks in one state, oldest first: the inspectors' work queue.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskQuery),
-    responses((status = 200, body = Vec<Task>), (status = 403)))]
+    responses((status = 200, body = Vec<TaskView>), (status = 403)))]
 pub(super) async fn tasks(
     State(state): State<ApiState>,
     caller: Caller,
     query: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<Json<Vec<TaskView>>, ApiError> {
     caller.require(INSPECTORS, "list tasks")?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest {
         field: "state",
@@ -45,13 +71,13 @@ pub(super) async fn tasks(
             q.limit.unwrap_or(100),
         )
         .await?;
-    Ok(Json(list))
+    Ok(Json(views(&state, list).await?))
 }
 
 /// A task with the inspection it is about.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskDetail {
-    pub task: Task,
+    pub task: TaskView,
     pub inspection: InspectionView,
 }
 
@@ -66,33 +92,37 @@ pub(super) async fn task(
     caller.require(INSPECTORS, "read tasks")?;
     let task = state.store.task(id).await?;
     let inspection = state.store.inspection(task.inspection_id).await?.into();
-    Ok(Json(TaskDetail { task, inspection }))
+    Ok(Json(TaskDetail {
+        task: view(&state, task).await?,
+        inspection,
+    }))
 }
 
 /// Claims the oldest pending task; 204 when the queue is empty.
 #[utoipa::path(post, path = "/api/v1/tasks/claim", tag = "tasks",
-    responses((status = 200, body = Task), (status = 204, description = "no pending task")))]
+    responses((status = 200, body = TaskView), (status = 204, description = "no pending task")))]
 pub(super) async fn claim_next(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let user = caller.require(INSPECTORS, "claim tasks")?;
     Ok(match state.store.claim_next_task(user).await? {
-        Some(task) => Json(task).into_response(),
+        Some(task) => Json(view(&state, task).await?).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }
 
 /// Claims one task (it must be pending).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/claim", tag = "tasks", params(("id" = i64, Path)),
-    responses((status = 200, body = Task), (status = 404), (status = 409), (status = 422)))]
+    responses((status = 200, body = TaskView), (status = 404), (status = 409), (status = 422)))]
 pub(super) async fn claim(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Json<TaskView>, ApiError> {
     let user = caller.require(INSPECTORS, "claim tasks")?;
-    Ok(Json(state.store.claim_task(id, user).await?))
+    let task = state.store.claim_task(id, user).await?;
+    Ok(Json(view(&state, task).await?))
 }
 
 /// A decision on a claimed task.
@@ -108,7 +138,7 @@ pub struct Decision {
 /// What a decision did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DecisionAnswer {
-    pub task: Task,
+    pub task: TaskView,
     /// The NCR raised when a confirmed defect is of a critical class.
     pub raised_ncr: Option<i64>,
 }
@@ -145,5 +175,8 @@ pub(super) async fn decide(
             &state.quality,
         )
         .await?;
-    Ok(Json(DecisionAnswer { task, raised_ncr }))
+    Ok(Json(DecisionAnswer {
+        task: view(&state, task).await?,
+        raised_ncr,
+    }))
 }

@@ -793,6 +793,22 @@ impl Store {
         Ok(out)
     }
 
+    /// User names by id (for showing who claimed or decided something).
+    pub async fn user_names(&self) -> Result<std::collections::HashMap<i64, String>, StoreError> {
+        let rows = sqlx::query("SELECT id, username FROM users")
+            .fetch_all(self.reader())
+            .await
+            .map_err(db("list users"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0).map_err(db("decode a user"))?,
+                    r.try_get::<String, _>(1).map_err(db("decode a user"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Records that someone exported audit entries (who, how many, which format).
     pub async fn record_export(
         &self,

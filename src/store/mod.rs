@@ -199,14 +199,29 @@ pub enum StoreError {
     Locked { username: String, until: String },
     #[error("user {0} already exists")]
     UserExists(String),
-    #[error("lot {lot} cannot be released: NCR {ncrs:?} still open")]
+    #[error("lot {lot} cannot be released: {} still open", open_list(.ncrs))]
     LotHasOpenNcr { lot: String, ncrs: Vec<i64> },
+    #[error("{entity} {id} changed since it was read (version {seen}, now {now}); read it again")]
+    Stale {
+        entity: &'static str,
+        id: i64,
+        seen: i64,
+        now: i64,
+    },
     #[error("part {part_id} already had {cap} secondary inspections (quality.reinspection_cap)")]
     ReinspectionCapReached { part_id: String, cap: u32 },
     #[error("task {id} changed meanwhile (another inspector acted first); reload and retry")]
     Conflict { id: i64 },
     #[error("stored value {value:?} in {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+}
+
+fn open_list(ncrs: &[i64]) -> String {
+    let ids: Vec<String> = ncrs.iter().map(i64::to_string).collect();
+    match ids.len() {
+        1 => format!("NCR {} is", ids[0]),
+        _ => format!("NCRs {} are", ids.join(", ")),
+    }
 }
 
 /// Shorthand used by the repositories.

@@ -85,6 +85,9 @@ pub struct NcrTransition {
     pub action: String,
     pub disposition: Option<Disposition>,
     pub actor_id: i64,
+    /// User name and printed name of the actor, as people read the history.
+    pub actor_username: String,
+    pub actor_full_name: String,
     pub reason: Option<String>,
     pub signature_id: Option<i64>,
     pub at_ms: i64,
@@ -254,8 +257,9 @@ impl Store {
     /// An NCR's history, oldest first.
     pub async fn ncr_transitions(&self, id: i64) -> Result<Vec<NcrTransition>, StoreError> {
         let rows = sqlx::query(
-            "SELECT from_state, to_state, action, disposition, actor_id, reason, signature_id, at_ms \
-             FROM ncr_transitions WHERE ncr_id = $1 ORDER BY id",
+            "SELECT t.from_state, t.to_state, t.action, t.disposition, t.actor_id, t.reason, t.signature_id, t.at_ms, \
+             COALESCE(u.username, ''), COALESCE(u.full_name, '') \
+             FROM ncr_transitions t LEFT JOIN users u ON u.id = t.actor_id WHERE t.ncr_id = $1 ORDER BY t.id",
         )
         .bind(id)
         .fetch_all(self.reader())
@@ -275,6 +279,8 @@ impl Store {
                     action: r.try_get(2).map_err(d())?,
                     disposition: disp.as_deref().and_then(Disposition::parse),
                     actor_id: r.try_get(4).map_err(d())?,
+                    actor_username: r.try_get(8).map_err(d())?,
+                    actor_full_name: r.try_get(9).map_err(d())?,
                     reason: r.try_get(5).map_err(d())?,
                     signature_id: r.try_get(6).map_err(d())?,
                     at_ms: r.try_get(7).map_err(d())?,
@@ -292,6 +298,21 @@ impl Store {
         meaning: Meaning,
         policy: LockoutPolicy,
     ) -> Result<Signature, StoreError> {
+        self.sign_ncr_seen(ncr_id, creds, meaning, policy, None)
+            .await
+    }
+
+    /// Signs an NCR as the signer saw it: with `seen_version`, the signature is refused
+    /// ([`StoreError::Stale`]) when the NCR has changed since, so that it never binds to
+    /// content the signer did not read.
+    pub async fn sign_ncr_seen(
+        &self,
+        ncr_id: i64,
+        creds: &Credentials,
+        meaning: Meaning,
+        policy: LockoutPolicy,
+        seen_version: Option<i64>,
+    ) -> Result<Signature, StoreError> {
         let user = self.authenticate(creds, policy).await?;
         let now = now_ms();
         let mut tx = self.begin().await?;
@@ -305,6 +326,16 @@ impl Store {
                 id: ncr_id.to_string(),
             })?;
         let record = ncr_row(&row)?;
+        if let Some(seen) = seen_version
+            && seen != record.version
+        {
+            return Err(StoreError::Stale {
+                entity: "ncr",
+                id: ncr_id,
+                seen,
+                now: record.version,
+            });
+        }
         let mut sig = Signature {
             id: 0,
             signer_id: user.id,

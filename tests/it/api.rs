@@ -191,6 +191,8 @@ async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let done: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(done["task"]["state"], "confirmed");
+    assert_eq!(done["task"]["claimed_by_username"], "insp");
+    assert_eq!(done["task"]["decided_by_username"], "insp");
     // Deciding again is a state conflict, reported as problem+json.
     let (s, _, media) = send(&f, decide("override_good")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
@@ -1151,6 +1153,19 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     let (s, b, _) = send(&f, sign("not-it")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(json(&b)["field"], "password");
+    // A signature on a version the signer did not see is refused, and nothing is signed.
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            &format!("/api/v1/ncrs/{id}/signatures"),
+            Some(&qa),
+            Some(r#"{"password":"qa-secret-pw","meaning":"approved","version":1}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));
+    assert!(f.db.store.ncr_signatures(id).await.unwrap().is_empty());
     let (s, _, _) = send(&f, step(&qa, r#"{"action":"approve"}"#)).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let (s, b, _) = send(&f, sign("qa-secret-pw")).await;
@@ -1179,6 +1194,10 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        json(&b)["detail"],
+        format!("lot LOT-7 cannot be released: NCR {id} is still open")
+    );
     let (s, _, _) = send(&f, step(&qa, r#"{"action":"close"}"#)).await;
     assert_eq!(s, StatusCode::OK);
     let (s, b, _) = send(
@@ -1214,6 +1233,7 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
         ]
     );
     assert_eq!(detail["signatures"][0]["username"], "qa");
+    assert_eq!(detail["history"][0]["actor_username"], "insp");
     assert_eq!(detail["attachments"][0]["name"], "caliper report.pdf");
 
     // Audit: QA reads and exports it, inspectors may not; the chain verifies.

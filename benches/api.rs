@@ -1,0 +1,289 @@
+//! Manual uploads under load: 8 HTTP clients upload the synthetic washer images concurrently
+//! to the real API (TCP on 127.0.0.1, bearer token, SQLite store with its fsyncs, images and
+//! overlays written), side by side with bare `ort::Session::run` of the same model on the same
+//! images with the same sessions and threads. Their throughput ratio is what the API costs;
+//! the upload latencies' p50 and p99 are printed (see BENCHMARKS.md).
+//!
+//! `cargo bench --bench api` to measure; `cargo bench -- --test` runs each once (CI).
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use linesight::api::{ApiConfig, ApiState, InspectorPool, app};
+use linesight::inspect::Inspector;
+use linesight::model::registry::Validator;
+use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::preprocess::{DecodeLimits, decode, prepare};
+use linesight::quality::{QualityConfig, Role};
+use linesight::store::{NewUser, Store, StoreConfig};
+
+/// Concurrent HTTP clients.
+const CLIENTS: usize = 8;
+/// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: the two
+/// cores of the reference machine.
+const INSPECTORS: usize = 2;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn runtime() -> &'static OrtRuntime {
+    match OrtRuntime::init(None, None) {
+        Ok(rt) => rt,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        intra_threads: 1,
+        intra_op_spinning: false,
+        ..SessionOptions::default()
+    }
+}
+
+fn images() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(repo().join("testdata/synthetic/test"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).expect("read");
+            (f, bytes)
+        })
+        .collect()
+}
+
+struct Server {
+    port: u16,
+    token: String,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn start_server(model: &Path) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoreConfig {
+        url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store");
+    store
+        .add_user(
+            NewUser {
+                username: "bench".into(),
+                full_name: "Load benchmark".into(),
+                role: Role::Operator,
+                password: "bench-password-1".into(),
+            },
+            "bench",
+        )
+        .await
+        .expect("user");
+    let (_, token) = store
+        .create_token("bench", "load benchmark", None, "bench")
+        .await
+        .expect("token");
+    let inspectors = (0..INSPECTORS)
+        .map(|_| {
+            let package = ModelPackage::open(model).expect("model");
+            let detector = Detector::new(runtime(), package, &options(), None).expect("detector");
+            Inspector::new(detector, DecodeLimits::default()).expect("inspector")
+        })
+        .collect();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let state = ApiState {
+        store,
+        quality: QualityConfig::default(),
+        config: ApiConfig::default(),
+        image_dir: dir.path().join("images"),
+        attachment_dir: dir.path().join("attachments"),
+        inspectors: Arc::new(InspectorPool::new(inspectors)),
+        line: "bench".into(),
+        pipeline: None,
+        metrics: Arc::default(),
+        validator: Validator {
+            runtime: runtime(),
+            options: options(),
+            limits: DecodeLimits::default(),
+        },
+        stopping,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        axum::serve(listener, app(state)).await.expect("serve");
+    });
+    Server {
+        port,
+        token,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+/// Uploads every image once, spread over [`CLIENTS`] concurrent clients; the wall time and
+/// each request's latency.
+async fn upload_all(
+    client: &reqwest::Client,
+    server: &Server,
+    images: &Arc<Vec<(PathBuf, Vec<u8>)>>,
+) -> (Duration, Vec<f64>) {
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, images, next) = (client.clone(), images.clone(), next.clone());
+            let url = format!("http://127.0.0.1:{}/api/v1/inspections", server.port);
+            let auth = format!("Bearer {}", server.token);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((_, bytes)) = images.get(i) else {
+                        return latencies;
+                    };
+                    let sent = Instant::now();
+                    let res = client
+                        .post(&url)
+                        .query(&[("part_id", format!("B{c}-{i}")), ("lot", "LOAD".into())])
+                        .header("authorization", &auth)
+                        .header("content-type", "image/png")
+                        .body(bytes.clone())
+                        .send()
+                        .await
+                        .expect("upload");
+                    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+                    black_box(res.bytes().await.expect("answer"));
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("client"));
+    }
+    (start.elapsed(), latencies)
+}
+
+/// Bare ONNX Runtime: [`INSPECTORS`] sessions on their own threads run the ready-made tensors
+/// of every image once between them.
+fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usize, h: usize) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for session in sessions.iter_mut() {
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(t) = tensors.get(i) else { return };
+                    let tensor =
+                        ort::value::TensorRef::from_array_view(([1usize, 3, h, w], t.as_slice()))
+                            .expect("tensor");
+                    let outputs = session.run(ort::inputs!["input" => tensor]).expect("run");
+                    let (_, score) = outputs["pred_score"]
+                        .try_extract_tensor::<f32>()
+                        .expect("score");
+                    black_box(score[0]);
+                }
+            });
+        }
+    });
+}
+
+fn load(c: &mut Criterion) {
+    let model = repo().join("models/demo");
+    let images = Arc::new(images());
+    let n = images.len();
+    let package = ModelPackage::open(&model).expect("model");
+    let detector = Detector::new(runtime(), package, &options(), None).expect("detector");
+    let (w, h) = (
+        detector.input.width as usize,
+        detector.input.height as usize,
+    );
+    let tensors: Vec<Vec<f32>> = images
+        .iter()
+        .map(|(_, bytes)| {
+            let image = decode(bytes, &DecodeLimits::default()).expect("decode");
+            let mut t = vec![0.0; 3 * w * h];
+            prepare(&image, &detector.input, &mut t).expect("prepare");
+            t
+        })
+        .collect();
+    let mut sessions: Vec<ort::session::Session> = (0..INSPECTORS)
+        .map(|_| {
+            ort::session::Session::builder(&runtime().environment)
+                .expect("builder")
+                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+                .expect("opt level")
+                .with_intra_threads(1)
+                .expect("threads")
+                .with_intra_op_spinning(false)
+                .expect("spinning")
+                .commit_from_file(model.join("model.onnx"))
+                .expect("bare session")
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = rt.block_on(start_server(&model));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    // Warm-up: sessions, connections, the store's first writes.
+    rt.block_on(upload_all(&client, &server, &images));
+
+    let mut group = c.benchmark_group("api_load");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    let id = format!("demo-washer/{INSPECTORS}sessions-x1thread/cpu/{n}images");
+    group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
+        b.iter(|| bare_all(&mut sessions, &tensors, w, h))
+    });
+    let mut latencies = Vec::new();
+    group.bench_function(
+        BenchmarkId::new(format!("http_upload_{CLIENTS}_clients"), &id),
+        |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let (took, mut l) = rt.block_on(upload_all(&client, &server, &images));
+                        latencies.append(&mut l);
+                        took
+                    })
+                    .sum()
+            })
+        },
+    );
+    group.finish();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    if !latencies.is_empty() {
+        eprintln!(
+            "upload latency with {CLIENTS} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} uploads)",
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            latencies.len()
+        );
+    }
+}
+
+criterion_group!(benches, load);
+criterion_main!(benches);

@@ -1,0 +1,328 @@
+// Browser scenarios of the linesight web UI against a real `linesight serve` (started by
+// ./run with a fresh database and three users). Each scenario prepares its records through
+// the API, works through the UI as the person in that role would, checks what the page shows,
+// and then checks through the API that the UI really changed the records. Screenshots of each
+// step go to the artifacts folder.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import {
+  Api, attributeIs, imageLoaded, launchBrowser, portraitFits, settings, signIn, snap, testImage, tid, unique, uploadReject, users,
+  withPage,
+} from './lib.mjs';
+
+let browser;
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+const scenario = (name, body) => test(name, { timeout: 180_000 }, body);
+
+scenario('(a) an inspector reviews rejects, claims the tasks, confirms one defect and overrides one to good', async () => {
+  const api = await Api.signIn(users.inspector);
+  const lot = unique('LOT-A');
+  const toConfirm = await uploadReject(api, { part_id: unique('PART-A'), lot });
+  const toOverride = await uploadReject(api, { part_id: unique('PART-A'), lot });
+
+  await withPage(browser, 'a', async (page) => {
+    await signIn(page, users.inspector);
+    // Inspectors start on the task queue; the header says who is signed in, in which role.
+    await page.waitForURL(/#\/tasks$/);
+    assert.equal(await page.locator(tid('header-role')).textContent(), 'Inspector');
+    const row = page.locator(tid('task-list-pending')).locator(tid('task-row', { 'data-task-id': toConfirm.task }));
+    await row.waitFor();
+    await snap(page, 'a-01-task-queue');
+
+    await row.click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'pending');
+    const image = await imageLoaded(page, tid('task-inspection-image'));
+    assert.ok(image.width > 0 && image.height > 0);
+    await imageLoaded(page, tid('task-inspection-overlay'));
+    assert.equal(await page.locator(tid('task-inspection-score')).textContent(), toConfirm.score.toFixed(3));
+    assert.equal(await page.locator(tid('task-inspection-threshold')).textContent(), toConfirm.threshold.toFixed(3));
+    assert.equal(await page.locator(tid('task-inspection-verdict')).textContent(), 'Defect');
+    if (toConfirm.regions.length) {
+      assert.equal(await page.locator(`${tid('task-inspection-regions')} tbody tr`).count(), toConfirm.regions.length);
+      assert.equal(await page.locator('.boxes rect.region-box').count(), toConfirm.regions.length);
+    }
+    await snap(page, 'a-02-task-side-by-side');
+    // The heat map alone, then the image alone.
+    await page.locator(tid('task-inspection-mode-overlay')).click();
+    assert.ok(await page.locator(tid('task-inspection-overlay')).isVisible());
+    assert.ok(!(await page.locator(tid('task-inspection-image')).isVisible()));
+    await snap(page, 'a-03-task-heat-map');
+    await page.locator(tid('task-inspection-mode-image')).click();
+    assert.ok(await page.locator(tid('task-inspection-image')).isVisible());
+    assert.ok(!(await page.locator(tid('task-inspection-overlay')).isVisible()));
+
+    await page.locator(tid('task-claim')).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'claimed');
+    await snap(page, 'a-04-task-claimed');
+    await portraitFits(page, 'a-04b-task-claimed-portrait');
+
+    // Overriding a machine reject needs a comment: without one nothing is sent.
+    await page.locator(tid('task-override')).click();
+    await page.locator(tid('task-error')).filter({ hasText: /comment/i }).waitFor();
+    await snap(page, 'a-05-override-needs-comment');
+    assert.equal((await api.get(`/tasks/${toConfirm.task}`)).task.state, 'claimed');
+
+    await page.locator(tid('task-confirm')).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'confirmed');
+    await page.locator(tid('task-message')).filter({ hasText: 'defect confirmed' }).waitFor();
+    assert.equal(await page.locator(tid('task-confirm')).count(), 0, 'a decided task offers no more decisions');
+    await snap(page, 'a-06-task-confirmed');
+    const confirmed = (await api.get(`/tasks/${toConfirm.task}`)).task;
+    assert.equal(confirmed.state, 'confirmed');
+    assert.notEqual(confirmed.decided_by, null);
+
+    // The second reject: the part is good after all.
+    const comment = 'Mark is a reflection on the chamfer; part re-checked under ring light, no chip.';
+    await page.locator(tid('task-list-pending')).locator(tid('task-row', { 'data-task-id': toOverride.task })).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'pending');
+    await page.locator(tid('task-claim')).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'claimed');
+    await page.locator(tid('task-comment')).fill(comment);
+    await page.locator(tid('task-override')).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'overridden_good');
+    assert.equal(await page.locator(tid('task-decision-reason')).textContent(), comment);
+    await snap(page, 'a-07-task-overridden');
+    const overridden = (await api.get(`/tasks/${toOverride.task}`)).task;
+    assert.equal(overridden.state, 'overridden_good');
+    assert.equal(overridden.decision_reason, comment);
+
+    // When the session is gone (here: its cookie), the next request leads to the sign-in
+    // form; signing in again returns to the same task.
+    await page.context().clearCookies();
+    await page.locator(tid('task-refresh')).click();
+    await page.locator(tid('login-notice')).filter({ hasText: 'session has ended' }).waitFor();
+    assert.equal(await page.locator(tid('app-header')).isVisible(), false);
+    await snap(page, 'a-08-session-ended');
+    await page.locator(tid('login-username')).fill(users.inspector.username);
+    await page.locator(tid('login-password')).fill(users.inspector.password);
+    await page.locator(tid('login-submit')).click();
+    await page.waitForURL(new RegExp(`#/tasks/${toOverride.task}$`));
+    await attributeIs(page, tid('task-state'), 'data-state', 'overridden_good');
+  });
+});
+
+/** An NCR brought to `disposition_proposed` by an inspector, through the API. */
+async function proposedNcr(lot, disposition) {
+  const inspector = await Api.signIn(users.inspector);
+  const ncr = await inspector.post('/ncrs', {
+    lot,
+    title: 'Chipped outer edge on washers',
+    description: 'Secondary inspection confirmed chips on the outer edge of several washers of this lot.',
+  });
+  for (const step of [{ action: 'contain' }, { action: 'investigate' }, { action: 'propose', disposition }]) {
+    await inspector.post(`/ncrs/${ncr.id}/transitions`, step);
+  }
+  const { ncr: proposed } = await inspector.get(`/ncrs/${ncr.id}`);
+  assert.equal(proposed.state, 'disposition_proposed');
+  return proposed;
+}
+
+scenario('(b) QA approves a proposed disposition with an electronic signature; a wrong password signs nothing', async () => {
+  const ncr = await proposedNcr(unique('LOT-B'), 'rework');
+  const qa = await Api.signIn(users.qa);
+
+  await withPage(browser, 'b', async (page) => {
+    await signIn(page, users.qa);
+    // QA approvers start on the NCR list.
+    await page.waitForURL(/#\/ncrs$/);
+    await page.locator(tid('ncr-row', { 'data-ncr-id': ncr.id })).click();
+    await attributeIs(page, tid('ncr-state'), 'data-state', 'disposition_proposed');
+    await attributeIs(page, tid('ncr-disposition'), 'data-disposition', 'rework');
+    await snap(page, 'b-01-ncr-proposed');
+
+    await page.locator(tid('ncr-action-approve')).click();
+    const dialog = page.locator(tid('sign-dialog'));
+    await dialog.waitFor();
+    // What is signed, by whom, meaning what: shown before the password is asked for.
+    assert.equal(await page.locator(tid('sign-signer')).textContent(), `${users.qa.fullName} (${users.qa.username})`);
+    const meaning = await page.locator(tid('sign-meaning')).textContent();
+    assert.match(meaning, /^Approved — I approve the proposed disposition “Rework” of NCR \d+\.$/);
+    assert.ok(meaning.includes(`NCR ${ncr.id}`), meaning);
+    const record = await page.locator(tid('sign-record')).textContent();
+    assert.ok(record.includes(`NCR ${ncr.id}`) && record.includes('Rework') && record.includes(ncr.lot), record);
+    await snap(page, 'b-02-signature-dialog');
+
+    await page.locator(tid('sign-password')).fill(`${users.qa.password}-wrong`);
+    await page.locator(tid('sign-submit')).click();
+    await page.locator(tid('sign-error')).filter({ hasText: /password/i }).waitFor();
+    assert.ok(await dialog.isVisible(), 'the dialog stays open after a wrong password');
+    assert.equal(await page.locator(tid('sign-password')).inputValue(), '', 'the wrong password is cleared');
+    await snap(page, 'b-03-wrong-password');
+    const refused = await qa.get(`/ncrs/${ncr.id}`);
+    assert.equal(refused.ncr.state, 'disposition_proposed');
+    assert.equal(refused.signatures.length, 0, 'a wrong password makes no signature');
+
+    await page.locator(tid('sign-password')).fill(users.qa.password);
+    await page.locator(tid('sign-submit')).click();
+    await dialog.waitFor({ state: 'hidden' });
+    await attributeIs(page, tid('ncr-state'), 'data-state', 'approved');
+    const shown = page.locator(tid('ncr-signature', { 'data-meaning': 'approved' }));
+    await shown.waitFor();
+    assert.ok((await shown.textContent()).includes(users.qa.fullName));
+    await snap(page, 'b-04-approved');
+    await portraitFits(page, 'b-04b-approved-portrait');
+
+    const approved = await qa.get(`/ncrs/${ncr.id}`);
+    assert.equal(approved.ncr.state, 'approved');
+    assert.equal(approved.ncr.disposition, 'rework');
+    assert.equal(approved.signatures.length, 1);
+    const [signature] = approved.signatures;
+    assert.equal(signature.full_name, users.qa.fullName);
+    assert.equal(signature.username, users.qa.username);
+    assert.equal(signature.meaning, 'approved');
+    assert.equal(signature.record_type, 'ncr');
+    assert.equal(signature.record_id, String(ncr.id));
+    const approval = approved.history.at(-1);
+    assert.equal(approval.action, 'approve');
+    assert.equal(approval.to, 'approved');
+    assert.equal(approval.signature_id, signature.id);
+
+    // A measurement report attached to the NCR.
+    await page.locator(tid('attach-file')).setInputFiles({
+      name: 'bore-gauge-report.txt', mimeType: 'text/plain', buffer: Buffer.from('Bore 12.02 mm, 12.05 mm, 11.98 mm\n'),
+    });
+    await page.locator(tid('attach-submit')).click();
+    await page.locator(tid('ncr-attachment')).filter({ hasText: 'bore-gauge-report.txt' }).waitFor();
+    await snap(page, 'b-05-attachment');
+    const attached = await qa.get(`/ncrs/${ncr.id}`);
+    assert.deepEqual(attached.attachments.map((a) => a.name), ['bore-gauge-report.txt']);
+  });
+});
+
+scenario('(c) an operator inspects an uploaded image and sees the verdict and the heat map', async () => {
+  const part = unique('PART-C');
+  const lot = unique('LOT-C');
+  const operatorApi = await Api.signIn(users.operator);
+
+  await withPage(browser, 'c', async (page) => {
+    await signIn(page, users.operator);
+    // Operators start on the line view and have no task queue.
+    await page.waitForURL(/#\/line$/);
+    assert.equal(await page.locator(tid('header-role')).textContent(), 'Operator');
+    assert.equal(await page.locator(tid('nav-tasks')).count(), 0, 'operators see no task queue');
+
+    await page.locator(tid('nav-inspect')).click();
+    await page.waitForURL(/#\/inspect$/);
+    await page.locator(tid('inspect-file')).setInputFiles(testImage('chip/002.png'));
+    await page.locator(tid('inspect-part')).fill(part);
+    await page.locator(tid('inspect-lot')).fill(lot);
+    await imageLoaded(page, `${tid('inspect-preview')} img`);
+    await snap(page, 'c-01-image-chosen');
+
+    await page.locator(tid('inspect-submit')).click();
+    const verdict = page.locator(tid('inspect-outcome'));
+    await verdict.waitFor();
+    const overlay = await imageLoaded(page, tid('inspect-overlay'));
+    assert.ok(overlay.width > 0, 'the heat-map overlay is loaded');
+    await imageLoaded(page, tid('inspect-image'));
+    const id = Number(await page.locator(tid('inspect')).getAttribute('data-inspection-id'));
+    await snap(page, 'c-02-verdict');
+    await portraitFits(page, 'c-02b-verdict-portrait');
+
+    // What the page shows is the record the server keeps.
+    const recorded = await operatorApi.get(`/inspections/${id}`);
+    assert.equal(recorded.part_id, part);
+    assert.equal(recorded.lot, lot);
+    assert.equal(recorded.source, 'manual');
+    assert.equal(await verdict.getAttribute('data-state'), recorded.verdict);
+    assert.equal(await page.locator(tid('inspect-score')).textContent(), recorded.score.toFixed(3));
+    assert.equal(await page.locator(tid('inspect-threshold')).textContent(), recorded.threshold.toFixed(3));
+    const regionRows = await page.locator(`${tid('inspect-regions')} tbody tr`).count();
+    assert.equal(regionRows, recorded.regions.length);
+    if (recorded.verdict === 'defect') {
+      await page.locator(tid('inspect-task')).waitFor();
+    }
+
+    // An operator who opens the task queue by its address is told it is not for this role.
+    await page.goto(`${settings.url}/ui/#/tasks`);
+    await page.locator('h1').filter({ hasText: 'Not available to your role' }).waitFor();
+
+    // Signing out leads back to the sign-in form, and pages need signing in again.
+    await page.locator(tid('sign-out')).click();
+    await page.locator(tid('login-form')).waitFor();
+    await page.locator(tid('login-notice')).filter({ hasText: 'signed out' }).waitFor();
+    await snap(page, 'c-03-signed-out');
+    await page.goto(`${settings.url}/ui/#/line`);
+    await page.locator(tid('login-form')).waitFor();
+    assert.equal(await page.locator(tid('app-header')).isVisible(), false);
+  });
+});
+
+scenario('(d) the line view shows a new inspection live, over Server-Sent Events', async () => {
+  const api = await Api.signIn(users.inspector);
+  const camera = unique('cam-sse');
+  const lot = unique('LOT-D');
+
+  await withPage(browser, 'd', async (page) => {
+    await signIn(page, users.inspector, '#/line');
+    await page.waitForURL(/#\/line$/);
+    await attributeIs(page, tid('line-status'), 'data-live', 'true');
+    await snap(page, 'd-01-line-live');
+
+    const good = await api.upload('good/000.png', { part_id: unique('PART-D'), lot, camera });
+    const row = page.locator(tid('line-camera', { 'data-camera': camera }));
+    await page.locator(tid('line-inspection', { 'data-inspection-id': good.id })).waitFor();
+    assert.equal(await row.locator(tid('line-camera-total')).textContent(), '1');
+    await snap(page, 'd-02-first-inspection-live');
+
+    const reject = await uploadReject(api, { part_id: unique('PART-D'), lot, camera });
+    await page.locator(tid('line-inspection', { 'data-inspection-id': reject.id })).waitFor();
+    // The counts kept live by the page agree with the server's own summary of the camera.
+    const summary = (await api.get(`/cameras/summary?since_ms=${Date.now() - 3_600_000}`)).find((c) => c.camera === camera);
+    assert.ok(summary && summary.defects >= 1, `the server counts a reject for camera ${camera}`);
+    const cell = (name) => `${tid('line-camera', { 'data-camera': camera })} ${tid(name)}`;
+    await page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want,
+      [cell('line-camera-defects'), String(summary.defects)]);
+    assert.equal(await page.locator(cell('line-camera-total')).textContent(), String(summary.total));
+    assert.equal(await page.locator(cell('line-camera-rate')).textContent(), `${(summary.reject_rate * 100).toFixed(1)} %`);
+    await snap(page, 'd-03-reject-live');
+
+    // Nothing is shown twice.
+    assert.equal(await page.locator(tid('line-inspection', { 'data-inspection-id': reject.id })).count(), 1);
+  });
+});
+
+scenario('(e) QA holds a lot; its release is refused while its NCR is open and allowed once the NCR is closed', async () => {
+  const ncr = await proposedNcr(unique('LOT-E'), 'scrap');
+  const qa = await Api.signIn(users.qa);
+  const signature = await qa.call('POST', `/ncrs/${ncr.id}/signatures`, { json: { password: users.qa.password, meaning: 'approved' } });
+  await qa.post(`/ncrs/${ncr.id}/transitions`, { action: 'approve', signature_id: signature.id });
+
+  await withPage(browser, 'e', async (page) => {
+    await signIn(page, users.qa, `#/ncrs/${ncr.id}`);
+    await attributeIs(page, tid('ncr-state'), 'data-state', 'approved');
+
+    await page.locator(tid('lot-hold-lot')).fill(ncr.lot);
+    await page.locator(tid('lot-hold-reason')).fill(`NCR ${ncr.id}: washers to be scrapped`);
+    await page.locator(tid('lot-hold-submit')).click();
+    const held = page.locator(tid('held-lot', { 'data-lot': ncr.lot }));
+    await held.waitFor();
+    await snap(page, 'e-01-lot-held');
+    assert.equal((await qa.get(`/lots/${encodeURIComponent(ncr.lot)}`)).held, true);
+
+    await held.locator(tid('lot-release')).click();
+    await page.locator(tid('lots-error')).filter({ hasText: /NCR|open/i }).waitFor();
+    await snap(page, 'e-02-release-refused');
+    assert.equal((await qa.get(`/lots/${encodeURIComponent(ncr.lot)}`)).held, true);
+
+    await page.locator(tid('ncr-action-close')).click();
+    await attributeIs(page, tid('ncr-state'), 'data-state', 'closed');
+    await held.locator(tid('lot-release')).click();
+    await held.waitFor({ state: 'detached' });
+    await page.locator(tid('lots-message')).filter({ hasText: 'released' }).waitFor();
+    await snap(page, 'e-03-lot-released');
+    const lot = await qa.get(`/lots/${encodeURIComponent(ncr.lot)}`);
+    assert.equal(lot.held, false);
+    assert.equal(lot.released_by, users.qa.username);
+  });
+});
