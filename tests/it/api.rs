@@ -1407,3 +1407,42 @@ async fn admins_activate_models_and_a_broken_package_is_refused() {
     assert_eq!(json(&b)[0]["slot"], "cam1");
     assert_eq!(json(&b)[0]["actor"], "admin");
 }
+
+/// The web UI is served from the binary, under a strict content security policy, and only
+/// its own files.
+#[tokio::test]
+async fn web_ui_is_served_with_a_strict_content_security_policy() {
+    let f = fixture(ApiConfig::default()).await;
+    let (s, _, _) = send(&f, call("GET", "/", None, None)).await;
+    assert!(s.is_redirection());
+    let res = app(f.state.clone())
+        .oneshot(call("GET", "/ui/", None, None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    for bad in ["/ui/../Cargo.toml", "/ui/.hidden", "/ui/nothing-here.js"] {
+        let (s, _, _) = send(&f, call("GET", bad, None, None)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{bad}");
+    }
+    // Nothing is loaded from elsewhere: the plant network has no internet.
+    for (file, marker) in [
+        ("/ui/index.html", "://"),
+        ("/ui/app.css", "url(http"),
+        ("/ui/app.js", "from 'http"),
+    ] {
+        let (s, b, _) = send(&f, call("GET", file, None, None)).await;
+        assert_eq!(s, StatusCode::OK, "{file}");
+        assert!(
+            !String::from_utf8_lossy(&b).contains(marker),
+            "{file} loads {marker}"
+        );
+    }
+}
