@@ -1,8 +1,10 @@
-//! Manual uploads under load: 8 HTTP clients upload the synthetic washer images concurrently
+//! Manual uploads under load: 8 HTTP clients upload images concurrently
 //! to the real API (TCP on 127.0.0.1, bearer token, SQLite store with its fsyncs, images and
 //! overlays written), side by side with bare `ort::Session::run` of the same model on the same
 //! images with the same sessions and threads. Their throughput ratio is what the API costs;
-//! the upload latencies' p50 and p99 are printed (see BENCHMARKS.md).
+//! the upload latencies' p50 and p99 are printed (see BENCHMARKS.md). The bundled demo model
+//! on the synthetic washers always; the reference PaDiM export on magnetic tiles too when
+//! `../shared/data` (or `LINESIGHT_SHARED_DATA`) is there.
 //!
 //! `cargo bench --bench api` to measure; `cargo bench -- --test` runs each once (CI).
 
@@ -45,21 +47,44 @@ fn options() -> SessionOptions {
     }
 }
 
-fn images() -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(repo().join("testdata/synthetic/test"))
+/// Up to `limit` images of `folder` (PNG or JPEG), sorted, with their media type.
+fn images(folder: &Path, limit: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(folder)
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "png" || x == "jpg")
+        })
         .map(|e| e.into_path())
         .collect();
     files.sort();
+    // Every defect class and the good parts, not only the first folder.
+    let step = files.len().div_ceil(limit).max(1);
     files
         .into_iter()
+        .step_by(step)
         .map(|f| {
-            let bytes = std::fs::read(&f).expect("read");
-            (f, bytes)
+            let media = if f.extension().is_some_and(|x| x == "png") {
+                "image/png"
+            } else {
+                "image/jpeg"
+            };
+            (media, std::fs::read(&f).expect("read"))
         })
         .collect()
+}
+
+/// The reference PaDiM export beside the repository, when there (licence-restricted: never
+/// shipped).
+fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("LINESIGHT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    dir.join("models/padim-magnetic-tile/model.onnx")
+        .is_file()
+        .then_some(dir)
 }
 
 struct Server {
@@ -138,7 +163,7 @@ async fn start_server(model: &Path) -> Server {
 async fn upload_all(
     client: &reqwest::Client,
     server: &Server,
-    images: &Arc<Vec<(PathBuf, Vec<u8>)>>,
+    images: &Arc<Vec<(&'static str, Vec<u8>)>>,
 ) -> (Duration, Vec<f64>) {
     let start = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -151,7 +176,7 @@ async fn upload_all(
                 let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((_, bytes)) = images.get(i) else {
+                    let Some((media, bytes)) = images.get(i) else {
                         return latencies;
                     };
                     let sent = Instant::now();
@@ -159,7 +184,7 @@ async fn upload_all(
                         .post(&url)
                         .query(&[("part_id", format!("B{c}-{i}")), ("lot", "LOAD".into())])
                         .header("authorization", &auth)
-                        .header("content-type", "image/png")
+                        .header("content-type", *media)
                         .body(bytes.clone())
                         .send()
                         .await
@@ -204,10 +229,40 @@ fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usi
 }
 
 fn load(c: &mut Criterion) {
-    let model = repo().join("models/demo");
-    let images = Arc::new(images());
+    let mut cases = vec![(
+        "demo-washer",
+        repo().join("models/demo"),
+        images(&repo().join("testdata/synthetic/test"), 25),
+    )];
+    if let Some(shared) = shared_data() {
+        cases.push((
+            "padim-magnetic-tile",
+            shared.join("models/padim-magnetic-tile"),
+            images(&shared.join("mini/test"), 30),
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("api_load");
+    group.sample_size(10);
+    for (name, model, images) in cases {
+        load_one(&mut group, &rt, name, &model, Arc::new(images));
+    }
+    group.finish();
+}
+
+fn load_one(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    model: &Path,
+    images: Arc<Vec<(&'static str, Vec<u8>)>>,
+) {
     let n = images.len();
-    let package = ModelPackage::open(&model).expect("model");
+    let package = ModelPackage::open(model).expect("model");
     let detector = Detector::new(runtime(), package, &options(), None).expect("detector");
     let (w, h) = (
         detector.input.width as usize,
@@ -236,12 +291,7 @@ fn load(c: &mut Criterion) {
                 .expect("bare session")
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = rt.block_on(start_server(&model));
+    let server = rt.block_on(start_server(model));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -249,10 +299,8 @@ fn load(c: &mut Criterion) {
     // Warm-up: sessions, connections, the store's first writes.
     rt.block_on(upload_all(&client, &server, &images));
 
-    let mut group = c.benchmark_group("api_load");
     group.throughput(Throughput::Elements(n as u64));
-    group.sample_size(10);
-    let id = format!("demo-washer/{INSPECTORS}sessions-x1thread/cpu/{n}images");
+    let id = format!("{name}/{INSPECTORS}sessions-x1thread/cpu/{n}images");
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
         b.iter(|| bare_all(&mut sessions, &tensors, w, h))
     });
@@ -271,12 +319,11 @@ fn load(c: &mut Criterion) {
             })
         },
     );
-    group.finish();
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     if !latencies.is_empty() {
         eprintln!(
-            "upload latency with {CLIENTS} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} uploads)",
+            "{name}: upload latency with {CLIENTS} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} uploads)",
             at(0.5),
             at(0.99),
             at(1.0),

@@ -209,12 +209,20 @@ impl From<InspectionRecord> for InspectionView {
     }
 }
 
+/// PNG with fast compression: an overlay is looked at, not archived, and the upload waits.
 fn png(image: &image::RgbImage) -> Result<Vec<u8>, ApiError> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut out, image::ImageFormat::Png)
+    use image::ImageEncoder as _;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let mut out = Vec::new();
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| ApiError::Internal(format!("cannot encode overlay: {e}")))?;
-    Ok(out.into_inner())
+    Ok(out)
 }
 
 fn multipart_error(field: &'static str, e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -422,11 +430,15 @@ async fn upload_inner(
     let found = result?;
     let overlay_png = overlay.transpose()?;
     let now = crate::quality::now_ms();
-    let image_ref = state.store.put_image(&state.image_dir, &body, now).await?;
-    let overlay_ref = match overlay_png {
-        Some(bytes) => Some(state.store.put_image(&state.image_dir, &bytes, now).await?),
-        None => None,
-    };
+    let mut files = vec![body.to_vec()];
+    files.extend(overlay_png);
+    let mut refs = state
+        .store
+        .put_images(&state.image_dir, files, now)
+        .await?
+        .into_iter();
+    let image_ref = refs.next().expect("the upload's hash");
+    let overlay_ref = refs.next();
     let regions_json =
         serde_json::to_string(&found.regions).map_err(|e| ApiError::Internal(e.to_string()))?;
     let new = NewInspection {

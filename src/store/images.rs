@@ -71,20 +71,42 @@ impl Store {
         bytes: &[u8],
         now_ms: i64,
     ) -> Result<String, StoreError> {
-        let hash = write_content_addressed(dir, bytes)?;
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL",
-        )
-        .bind(&hash)
-        .bind(bytes.len() as i64)
-        .bind(now_ms)
-        .execute(&mut *tx)
+        let mut hashes = self.put_images(dir, vec![bytes.to_vec()], now_ms).await?;
+        Ok(hashes.remove(0))
+    }
+
+    /// Stores several images (an upload and its overlay) with one database transaction; the
+    /// files are written and synced on a blocking thread, never on the async runtime.
+    pub async fn put_images(
+        &self,
+        dir: &Path,
+        images: Vec<Vec<u8>>,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let folder = dir.to_path_buf();
+        let written = tokio::task::spawn_blocking(move || {
+            images
+                .iter()
+                .map(|bytes| Ok((write_content_addressed(&folder, bytes)?, bytes.len())))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
         .await
-        .map_err(db("record an image"))?;
+        .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))??;
+        let mut tx = self.begin().await?;
+        for (hash, len) in &written {
+            sqlx::query(
+                "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL",
+            )
+            .bind(hash)
+            .bind(*len as i64)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record an image"))?;
+        }
         tx.commit().await.map_err(db("record an image"))?;
-        Ok(hash)
+        Ok(written.into_iter().map(|(hash, _)| hash).collect())
     }
 
     /// Deletes images older than `retention_days` and then the oldest ones until the rest fit

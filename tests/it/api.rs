@@ -341,7 +341,7 @@ async fn only_qa_releases_lots_and_missing_ncrs_are_404() {
 }
 
 /// One HTTP/1.1 request over a plain socket (`Connection: close`); the status and the body.
-fn http(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn http(port: u16, head: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream

@@ -1268,11 +1268,17 @@ async fn another_instances_trigger_is_answered_only_after_the_orphan_delay() {
     db.finish().await;
 }
 
-/// `linesight run` follows `linesight models activate` from another process: a refused model
-/// leaves the running one serving, an accepted one takes over without a failed frame.
+/// `linesight run` follows model activations from another process: a refused model (command
+/// line) leaves the running one serving, an accepted one (the admin API of the running service)
+/// takes over without a failed frame, and `/readyz` stays ready throughout the swap.
 #[test]
-fn run_follows_model_activations_from_the_cli() {
+fn run_follows_model_activations_from_the_cli_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = dir.path().join("line.toml");
     std::fs::write(
         &config,
@@ -1282,6 +1288,9 @@ fn run_follows_model_activations_from_the_cli() {
 data_dir = "{data}"
 [models]
 poll_interval_ms = 200
+[api]
+listen = "127.0.0.1:{port}"
+inspectors = 1
 [pipeline]
 results_dir = "{data}"
 [[cameras]]
@@ -1295,6 +1304,43 @@ model = "{model}"
         ),
     )
     .unwrap();
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write as _;
+        let mut child = crate::common::linesight()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let added = cli(
+        &[
+            "users",
+            "add",
+            "ada",
+            "--full-name",
+            "Ada Admin",
+            "--role",
+            "admin",
+        ],
+        Some("ada-long-password\n"),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let issued = cli(
+        &["users", "token", "ada", "--name", "release pipeline"],
+        None,
+    );
+    assert!(issued.status.success(), "{issued:?}");
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
     let mut child = crate::common::linesight()
         .arg("--config")
         .arg(&config)
@@ -1320,6 +1366,24 @@ model = "{model}"
     let sha = |v: &serde_json::Value| v["model"]["sha256"].as_str().unwrap_or("").to_string();
     wait(&|l| l.len() >= 5);
     let old = sha(&lines()[0]);
+    // Readiness, polled every 50 ms from now until the new model has served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while crate::api::http(port, "GET /readyz HTTP/1.1", b"").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let polling = polling.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while polling.load(std::sync::atomic::Ordering::SeqCst) {
+                answers.push(crate::api::http(port, "GET /readyz HTTP/1.1", b""));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            answers
+        })
+    };
     let activate = |package: &std::path::Path| {
         crate::common::linesight()
             .arg("--config")
@@ -1344,14 +1408,28 @@ model = "{model}"
         "name = \"score-only\"\nversion = \"2\"\n[decision]\nthreshold = 0.5\n",
     )
     .unwrap();
-    let accepted = activate(&good);
-    assert!(
-        accepted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&accepted.stderr)
+    let body = format!(r#"{{"slot":"belt","package":"{}"}}"#, good.display());
+    let (status, answer) = crate::api::http(
+        port,
+        &format!(
+            "POST /api/v1/models/activate HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"
+        ),
+        body.as_bytes(),
     );
+    assert_eq!(status, 200, "{answer}");
     let new = linesight::model::ModelPackage::open(&good).unwrap().sha256;
+    assert!(answer.contains(&new), "{answer}");
     wait(&|l| l.iter().filter(|v| sha(v) == new).count() >= 5);
+    polling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let answers = poller.join().unwrap();
+    assert!(answers.len() >= 5, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == 200 && body.contains("\"ready\":true")),
+        "ready throughout the swap: {:?}",
+        answers.iter().find(|(s, _)| *s != 200)
+    );
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
