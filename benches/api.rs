@@ -136,6 +136,8 @@ async fn start_server(model: &Path) -> Server {
         line: "bench".into(),
         pipeline: None,
         metrics: Arc::default(),
+        slots: Vec::new(),
+        upload_model: model.to_path_buf(),
         validator: Validator {
             runtime: runtime(),
             options: options(),

@@ -43,6 +43,7 @@ use crate::store::Store;
 pub use auth::{CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
 pub use error::ApiError;
 pub use inspections::{ApiMetrics, InspectionView, InspectorPool, UploadAnswer, UploadParams};
+pub use models::SlotConfig;
 pub use tasks::{Decision, TaskQuery};
 
 /// `[api.tls]`: serve HTTPS with these PEM files.
@@ -172,6 +173,10 @@ pub struct ApiState {
     pub line: String,
     pub pipeline: Option<PipelineHandle>,
     pub metrics: Arc<ApiMetrics>,
+    /// The model slots configured here (cameras and their recipes).
+    pub slots: Vec<SlotConfig>,
+    /// The package that inspects manual uploads.
+    pub upload_model: PathBuf,
     /// Validates model packages activated through the API.
     pub validator: crate::model::registry::Validator,
     /// Turns true when the service stops: live streams (SSE) end so that shutdown is not held.
@@ -255,6 +260,8 @@ fn v1() -> OpenApiRouter<ApiState> {
         .routes(routes!(audit::verify))
         .routes(routes!(models::list))
         .routes(routes!(models::activate))
+        .routes(routes!(models::recipes))
+        .routes(routes!(models::contract))
 }
 
 /// The OpenAPI 3.1 document of the API.

@@ -3,14 +3,105 @@
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{ADMIN, ALL, Caller};
 use super::{ApiError, ApiState};
 use crate::model::registry::{ActivationError, ActivationRequest, activate as activate_model};
+use crate::model::report::ModelReport;
 use crate::store::ModelActivation;
+use utoipa::IntoParams;
+
+/// A model slot configured here: a camera's default model, or one of its recipes.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SlotConfig {
+    /// `<camera>` or `<camera>/<recipe>`: what `models activate --slot` names.
+    pub slot: String,
+    pub camera: String,
+    pub recipe: Option<String>,
+    /// The package in the configuration (an activation, if any, takes its place).
+    #[schema(value_type = String)]
+    pub model: PathBuf,
+    pub threshold: Option<f32>,
+}
+
+/// A slot with the model activated for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlotView {
+    #[serde(flatten)]
+    pub config: SlotConfig,
+    /// The latest activation in the quality store, if any.
+    pub active: Option<ModelActivation>,
+}
+
+/// Recipes and cameras configured here, each with the model it serves.
+#[utoipa::path(get, path = "/api/v1/recipes", tag = "models",
+    responses((status = 200, body = Vec<SlotView>)))]
+pub(super) async fn recipes(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<SlotView>>, ApiError> {
+    caller.require(ALL, "list recipes")?;
+    let active = state.store.active_models().await?;
+    Ok(Json(
+        state
+            .slots
+            .iter()
+            .map(|config| SlotView {
+                active: active.iter().find(|a| a.slot == config.slot).cloned(),
+                config: config.clone(),
+            })
+            .collect(),
+    ))
+}
+
+/// Which model's contract to show.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ContractQuery {
+    /// A slot (see `/api/v1/recipes`); none: the model that inspects manual uploads.
+    pub slot: Option<String>,
+}
+
+/// What linesight sees in the model a slot serves: identity (SHA-256), files, ONNX opsets,
+/// the detected contract (input, score and map tensors, batch), preprocessing, thresholds.
+#[utoipa::path(get, path = "/api/v1/models/contract", tag = "models", params(ContractQuery),
+    responses((status = 200, body = Object), (status = 404, description = "no such slot here")))]
+pub(super) async fn contract(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<ContractQuery>,
+) -> Result<Json<ModelReport>, ApiError> {
+    caller.require(ALL, "read model contracts")?;
+    let dir = match &q.slot {
+        None => state.upload_model.clone(),
+        Some(slot) => {
+            let config = state
+                .slots
+                .iter()
+                .find(|c| &c.slot == slot)
+                .ok_or_else(|| ApiError::NotFound(format!("model slot {slot:?}")))?;
+            let active = state.store.active_models().await?;
+            active
+                .into_iter()
+                .find(|a| &a.slot == slot)
+                .map(|a| PathBuf::from(a.package_path))
+                .unwrap_or_else(|| config.model.clone())
+        }
+    };
+    let v = state.validator.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        ModelReport::build(v.runtime, &dir, &v.options)
+            .map_err(|e| format!("cannot open {}: {e:#}", dir.display()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::Internal)?;
+    Ok(Json(report))
+}
 
 /// The model each slot (a camera's default model or a recipe) serves, as recorded.
 #[utoipa::path(get, path = "/api/v1/models", tag = "models",

@@ -6,14 +6,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use serde::Serialize;
 
 use crate::config::Settings;
-use crate::model::contract::{GraphIo, ModelContract};
-use crate::model::package::PackageFile;
 use crate::model::registry::{ActivationError, ActivationRequest, Validator, activate};
-use crate::model::{Detector, ModelPackage, Thresholds};
-use crate::preprocess::InputSpec;
+use crate::model::report::ModelReport;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -45,26 +41,6 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Everything `models show` reports.
-#[derive(Debug, Serialize)]
-pub struct ModelReport {
-    pub name: String,
-    pub version: Option<String>,
-    pub description: Option<String>,
-    pub sha256: String,
-    pub files: Vec<PackageFile>,
-    pub ir_version: i64,
-    pub producer: String,
-    pub opsets: Vec<(String, i64)>,
-    pub manifest: bool,
-    pub contract: ModelContract,
-    pub io: GraphIo,
-    pub preprocessing: String,
-    pub thresholds: Option<Thresholds>,
-    pub onnxruntime: String,
-    pub available_providers: Vec<String>,
 }
 
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> anyhow::Result<i32> {
@@ -133,29 +109,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> a
         }),
         ModelsCommand::Show { dir, json } => {
             let runtime = super::runtime(settings, ort_lib)?;
-            let package = ModelPackage::open(&dir)?;
-            let description = package
-                .manifest
-                .as_ref()
-                .and_then(|m| m.description.clone());
-            let detector = Detector::new(runtime, package, &settings.inference, None)?;
-            let report = ModelReport {
-                name: detector.package.name(),
-                version: detector.package.version().map(str::to_string),
-                description,
-                sha256: detector.package.sha256.clone(),
-                files: detector.package.files.clone(),
-                ir_version: detector.package.header.ir_version,
-                producer: detector.package.header.producer.clone(),
-                opsets: detector.package.header.opsets.clone(),
-                manifest: detector.package.manifest.is_some(),
-                contract: detector.contract.clone(),
-                io: detector.io.clone(),
-                preprocessing: describe_input(&detector.input),
-                thresholds: detector.thresholds,
-                onnxruntime: format!("{} ({})", runtime.library.display(), runtime.source),
-                available_providers: runtime.available_providers(),
-            };
+            let report = ModelReport::build(runtime, &dir, &settings.inference)?;
             let text = if json {
                 serde_json::to_string_pretty(&report)? + "\n"
             } else {
@@ -165,29 +119,6 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> a
             Ok(0)
         }
     }
-}
-
-fn describe_input(input: &InputSpec) -> String {
-    let mut s = format!(
-        "{:?} resize to {}x{}, {:?}, /255",
-        input.resize, input.width, input.height, input.channel_order
-    );
-    match &input.normalisation {
-        crate::preprocess::Normalisation::None => {
-            s.push_str(", no normalisation (inside the graph)")
-        }
-        crate::preprocess::Normalisation::MeanStd { mean, std } => {
-            let _ = write!(s, ", normalise mean {mean:?} std {std:?}");
-        }
-    }
-    if let Some(roi) = input.roi {
-        let _ = write!(
-            s,
-            ", ROI x={} y={} {}x{}",
-            roi.x, roi.y, roi.width, roi.height
-        );
-    }
-    s
 }
 
 fn render(r: &ModelReport) -> String {

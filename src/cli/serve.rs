@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use axum_server::tls_rustls::RustlsConfig;
 
-use crate::api::{ApiState, InspectorPool, PipelineHandle, TlsConfig};
+use crate::api::{ApiState, InspectorPool, PipelineHandle, SlotConfig, TlsConfig};
 use crate::config::Settings;
 use crate::inspect::Inspector;
 use crate::model::registry::Validator;
@@ -78,6 +78,28 @@ pub async fn api_state(
         line: settings.pipeline.line.clone(),
         pipeline,
         metrics: Arc::default(),
+        slots: settings
+            .cameras
+            .iter()
+            .flat_map(|camera| {
+                let default = SlotConfig {
+                    slot: camera.id.clone(),
+                    camera: camera.id.clone(),
+                    recipe: None,
+                    model: camera.model.clone(),
+                    threshold: camera.threshold,
+                };
+                let recipes = camera.recipes.iter().map(|(name, r)| SlotConfig {
+                    slot: format!("{}/{name}", camera.id),
+                    camera: camera.id.clone(),
+                    recipe: Some(name.clone()),
+                    model: r.model.clone(),
+                    threshold: r.threshold,
+                });
+                std::iter::once(default).chain(recipes)
+            })
+            .collect(),
+        upload_model: model,
         validator: Validator {
             runtime,
             options: settings.inference.clone(),

@@ -8,12 +8,14 @@
 //! - [`contract`] detects which tensors carry the image, score and anomaly map.
 //! - [`session`] runs a model: [`Detector`].
 //! - [`registry`] the validated model each slot serves, activations and hot swaps.
+//! - [`report`] what linesight sees in a package, for people.
 
 pub mod contract;
 pub mod graph;
 pub mod manifest;
 pub mod package;
 pub mod registry;
+pub mod report;
 pub mod runtime;
 pub mod session;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine as _;
-use linesight::api::{ApiConfig, ApiState, InspectorPool, UploadAnswer, app};
+use linesight::api::{ApiConfig, ApiState, InspectorPool, SlotConfig, UploadAnswer, app};
 use linesight::quality::{NewInspection, QualityConfig, Role};
 use linesight::store::NewUser;
 use tower::ServiceExt as _;
@@ -61,6 +61,14 @@ async fn fixture(config: ApiConfig) -> Fixture {
         line: "L1".into(),
         pipeline: None,
         metrics: Arc::default(),
+        slots: vec![SlotConfig {
+            slot: "cam1".into(),
+            camera: "cam1".into(),
+            recipe: None,
+            model: repo().join("models/demo"),
+            threshold: None,
+        }],
+        upload_model: repo().join("models/demo"),
         validator: Validator {
             runtime: runtime(),
             options: SessionOptions::default(),
@@ -562,6 +570,8 @@ async fn role_by_route_matrix() {
         ("GET", "/api/v1/audit/verify", QA),
         ("GET", "/api/v1/models", ALL),
         ("POST", "/api/v1/models/activate", ADMIN),
+        ("GET", "/api/v1/recipes", ALL),
+        ("GET", "/api/v1/models/contract", ALL),
     ];
     let doc = linesight::api::openapi();
     let mut documented: Vec<(String, String)> = Vec::new();
@@ -1406,6 +1416,36 @@ async fn admins_activate_models_and_a_broken_package_is_refused() {
     let (_, b, _) = send(&f, call("GET", "/api/v1/models", Some(&basic("op")), None)).await;
     assert_eq!(json(&b)[0]["slot"], "cam1");
     assert_eq!(json(&b)[0]["actor"], "admin");
+    // The recipes here, with what each serves; the contract of a slot's model.
+    let op = basic("op");
+    let (s, b, _) = send(&f, call("GET", "/api/v1/recipes", Some(&op), None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let recipes = json(&b);
+    assert_eq!(recipes[0]["slot"], "cam1");
+    assert_eq!(recipes[0]["active"]["actor"], "admin");
+    let (s, b, _) = send(
+        &f,
+        call("GET", "/api/v1/models/contract?slot=cam1", Some(&op), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let report = json(&b);
+    assert_eq!(report["name"], "demo-washer");
+    assert_eq!(
+        report["sha256"],
+        linesight::model::ModelPackage::open(&repo().join("models/demo"))
+            .unwrap()
+            .sha256
+    );
+    assert!(report["contract"]["input"].is_string(), "{report}");
+    let (s, _, _) = send(&f, call("GET", "/api/v1/models/contract", Some(&op), None)).await;
+    assert_eq!(s, StatusCode::OK, "the upload model's contract");
+    let (s, _, _) = send(
+        &f,
+        call("GET", "/api/v1/models/contract?slot=nope", Some(&op), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 /// The web UI is served from the binary, under a strict content security policy, and only
@@ -1445,4 +1485,144 @@ async fn web_ui_is_served_with_a_strict_content_security_policy() {
             "{file} loads {marker}"
         );
     }
+}
+
+/// `api.tls`: `linesight serve` answers over HTTPS with the configured certificate (checked by
+/// curl against it), refuses plain HTTP on that port, and marks the session cookie `Secure`.
+#[cfg(unix)]
+#[test]
+fn serve_speaks_https_with_the_configured_certificate() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=linesight-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let env = |cmd: &mut Command| {
+        cmd.env("LINESIGHT__STORE__URL", &url)
+            .env("LINESIGHT__STORE__DATA_DIR", dir.path())
+            .env("LINESIGHT__API__TLS__CERT", &cert)
+            .env("LINESIGHT__API__TLS__KEY", &key);
+    };
+    let mut add = crate::common::linesight();
+    add.args([
+        "users",
+        "add",
+        "quinn",
+        "--full-name",
+        "Quinn",
+        "--role",
+        "qa_approver",
+    ]);
+    env(&mut add);
+    let mut child = add
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"quinn-long-password\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = crate::common::linesight();
+    serve.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    env(&mut serve);
+    let server = serve
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "--max-time", "20", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .expect("curl (scripts/setup installs it)")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = curl(&[&format!("{base}/healthz")]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTPS answer: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let signed_in = curl(&[
+        "-i",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"username":"quinn","password":"quinn-long-password"}"#,
+        &format!("{base}/api/v1/session"),
+    ]);
+    let head = String::from_utf8_lossy(&signed_in.stdout).to_lowercase();
+    // HTTP/2 when the client offers it (ALPN), else HTTP/1.1.
+    assert_eq!(head.split_whitespace().nth(1), Some("200"), "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: linesight_session="))
+        .expect("a session cookie");
+    assert!(cookie.contains("; secure"), "{cookie}");
+    assert!(cookie.contains("; httponly"), "{cookie}");
+    // Plain HTTP on the HTTPS port gets no API answer.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -105,9 +105,15 @@ def tv_antialias(a_u8: np.ndarray, w: int, h: int) -> np.ndarray:
         if x.shape[axis] == out_size:
             return x
         x = np.moveaxis(x, axis, 0)
-        out = np.stack(
-            [np.tensordot(wts, x[lo : lo + len(wts)], axes=1) for lo, wts in triangle_windows(x.shape[0], out_size)]
-        )
+        # Accumulated tap by tap in a fixed order, not with np.tensordot: BLAS picks its
+        # summation order by CPU, which moved a few values by one 16-bit step between machines.
+        def window(lo: int, wts: np.ndarray) -> np.ndarray:
+            acc = np.zeros_like(x[0])
+            for k, wt in enumerate(wts):
+                acc = acc + wt * x[lo + k]
+            return acc
+
+        out = np.stack([window(lo, wts) for lo, wts in triangle_windows(x.shape[0], out_size)])
         return np.moveaxis(out, 0, axis)
 
     x = one_axis(x, w, 1)
