@@ -1,5 +1,7 @@
-//! The pipeline's small HTTP endpoint: `POST /api/v1/triggers`, `GET /metrics`,
-//! `GET /api/v1/health`. The full API (issue 5) will mount these routes beside its own.
+//! The pipeline's small HTTP endpoint (`pipeline.listen`): `POST /api/v1/triggers`,
+//! `GET /metrics`, `GET /api/v1/health`, `GET /healthz`, `GET /readyz`. It has no sign-in: bind
+//! it to loopback or a trusted machine network (a PLC bridge on the same device). The full API
+//! (`api.listen`) serves triggers, metrics and probes with authentication.
 //!
 //! Errors are RFC 9457 problem+json bodies; the status follows the error exhaustively.
 
@@ -87,12 +89,36 @@ async fn health(State(state): State<HttpState>) -> Response {
     Json(state.status.health()).into_response()
 }
 
+/// Ready when every camera is running (or has replayed its folder to the end); the answer
+/// names each camera's state.
+async fn ready(State(state): State<HttpState>) -> Response {
+    let health = state.status.health();
+    let ready = health.values().all(|h| {
+        matches!(
+            h,
+            super::CameraHealth::Running | super::CameraHealth::Finished
+        )
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "cameras": health })),
+    )
+        .into_response()
+}
+
 /// The router; serve it with `axum::serve`.
 pub fn app(state: HttpState) -> Router {
     Router::new()
         .route("/api/v1/triggers", post(fire))
         .route("/metrics", get(metrics))
         .route("/api/v1/health", get(health))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }

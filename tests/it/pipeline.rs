@@ -743,6 +743,21 @@ async fn http_triggers_metrics_and_problem_details() {
         text.contains("linesight_inference_batch_size_count"),
         "{text}"
     );
+    // The probes a container orchestrator uses.
+    let probe = |path: &'static str| {
+        router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+    };
+    let alive = probe("/healthz").await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK);
+    let ready = probe("/readyz").await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let text = body(ready).await;
+    assert!(
+        text.contains("\"ready\":true") && text.contains("press"),
+        "{text}"
+    );
     pipeline.shutdown().await;
     let results = sink.results();
     let h1 = results
