@@ -3,6 +3,10 @@
 //! trigger's answer), on the embedded SQLite store (WAL, full sync) and, when reachable, on
 //! PostgreSQL (`LINESIGHT_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 //!
+//! The `outbox` group measures what delivery adds: a record that also appends its MQTT events
+//! to the outbox in the same transaction, and a deliverer's round (read 64 pending events, then
+//! delete them as acknowledged).
+//!
 //! `cargo bench --bench store` to measure; `cargo bench -- --test` runs each once (CI).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use linesight::postprocess::Verdict;
 use linesight::quality::{NewInspection, QualityConfig};
+use linesight::outbox::{MqttOutConfig, OutboxConfig, Sink};
 use linesight::store::{Store, StoreConfig};
 
 fn inspection(n: u64) -> NewInspection {
@@ -144,10 +149,97 @@ fn record(c: &mut Criterion) {
     group.finish();
 }
 
+/// The outbox on SQLite: recording with events appended, and a delivery round per event.
+fn outbox(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = StoreConfig {
+        url: Some(format!("sqlite://{}", dir.path().join("o.db").display())),
+        ..StoreConfig::default()
+    };
+    let outbox = OutboxConfig {
+        mqtt: Some(MqttOutConfig::default()),
+        ..OutboxConfig::default()
+    };
+    let store = rt
+        .block_on(Store::open(&config))
+        .expect("store opens")
+        .with_outbox(outbox);
+    let quality = QualityConfig::default();
+    let n = AtomicU64::new(0);
+    let mut group = c.benchmark_group("outbox");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(
+        BenchmarkId::new("record_inspection_with_events", "sqlite-wal-fullsync"),
+        |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let i = inspection(n.fetch_add(1, Ordering::Relaxed));
+                        store
+                            .record_inspection(&i, &quality, "system")
+                            .await
+                            .expect("record");
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
+    // Per event: its share of one read of 64 pending rows and of one acknowledgement.
+    const ROUND: u64 = 64;
+    group.bench_function(
+        BenchmarkId::new("deliver_and_ack_64", "sqlite-wal-fullsync"),
+        |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let rounds = iters.div_ceil(ROUND);
+                    // Enough pending events first (not timed).
+                    loop {
+                        let pending = store
+                            .outbox_pending(Sink::Mqtt, 0, (rounds * ROUND) as i64)
+                            .await
+                            .expect("pending");
+                        if pending.len() as u64 >= rounds * ROUND {
+                            break;
+                        }
+                        for _ in 0..ROUND {
+                            let i = inspection(n.fetch_add(1, Ordering::Relaxed));
+                            store
+                                .record_inspection(&i, &quality, "system")
+                                .await
+                                .expect("record");
+                        }
+                    }
+                    let start = Instant::now();
+                    for _ in 0..rounds {
+                        let rows = store
+                            .outbox_pending(Sink::Mqtt, 0, ROUND as i64)
+                            .await
+                            .expect("pending");
+                        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                        store.outbox_ack(Sink::Mqtt, &ids).await.expect("ack");
+                    }
+                    // Time per event, whatever the rounding of iterations to whole rounds.
+                    start
+                        .elapsed()
+                        .mul_f64(iters as f64 / (rounds * ROUND) as f64)
+                })
+            })
+        },
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Each write is a synced transaction: a handful of samples says enough.
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
-    targets = record
+    targets = record, outbox
 }
 criterion_main!(benches);
