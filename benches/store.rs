@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use linesight::outbox::{MqttOutConfig, OutboxConfig, Sink};
 use linesight::postprocess::Verdict;
 use linesight::quality::{NewInspection, QualityConfig};
-use linesight::outbox::{MqttOutConfig, OutboxConfig, Sink};
 use linesight::store::{Store, StoreConfig};
 
 fn inspection(n: u64) -> NewInspection {
