@@ -17,27 +17,20 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use linesight::api::{ApiConfig, ApiState, InspectorPool, app};
 use linesight::inspect::Inspector;
 use linesight::model::registry::Validator;
-use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::model::{Detector, ModelPackage, SessionOptions};
 use linesight::preprocess::{DecodeLimits, decode, prepare};
 use linesight::quality::{QualityConfig, Role};
 use linesight::store::{NewUser, Store, StoreConfig};
 
 /// Concurrent HTTP clients.
+#[path = "common/mod.rs"]
+mod common;
+use common::{repo, runtime};
+
 const CLIENTS: usize = 8;
 /// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: the two
 /// cores of the reference machine.
 const INSPECTORS: usize = 2;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn runtime() -> &'static OrtRuntime {
-    match OrtRuntime::init(None, None) {
-        Ok(rt) => rt,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn options() -> SessionOptions {
     SessionOptions {

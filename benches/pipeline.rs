@@ -11,23 +11,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use linesight::actions::{MemorySink, ResultSink};
-use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
+use linesight::model::{Detector, ModelPackage, SessionOptions};
 use linesight::pipeline::{Camera, CameraConfig, Pipeline, PipelineConfig, TriggerMode};
 use linesight::preprocess::{DecodeLimits, decode, prepare};
 use linesight::source::SourceConfig;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{repo, runtime};
+
 const THREADS: usize = 2;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn runtime() -> &'static OrtRuntime {
-    match OrtRuntime::init(None, None) {
-        Ok(rt) => rt,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn options() -> SessionOptions {
     SessionOptions {

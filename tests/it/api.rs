@@ -376,58 +376,102 @@ pub(crate) fn http(port: u16, head: &str, body: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// A `linesight serve` child on a free loopback port, with a store in `dir` and one user added
+/// with `linesight users add` (password on stdin); `extra_env` adds settings.
+#[cfg(unix)]
+struct ServeChild {
+    child: std::process::Child,
+    port: u16,
+    env: Vec<(String, std::ffi::OsString)>,
+}
+
+#[cfg(unix)]
+impl ServeChild {
+    fn start(
+        dir: &std::path::Path,
+        user: (&str, &str, &str),
+        extra_env: &[(&str, &std::path::Path)],
+    ) -> ServeChild {
+        use std::io::Write as _;
+        use std::process::Stdio;
+
+        let mut env: Vec<(String, std::ffi::OsString)> = vec![
+            (
+                "LINESIGHT__STORE__URL".into(),
+                format!("sqlite://{}", dir.join("q.db").display()).into(),
+            ),
+            ("LINESIGHT__STORE__DATA_DIR".into(), dir.into()),
+        ];
+        for (k, v) in extra_env {
+            env.push(((*k).into(), (*v).into()));
+        }
+        let (name, role, password) = user;
+        let mut add = crate::common::linesight();
+        add.args(["users", "add", name, "--full-name", name, "--role", role])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = add
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = crate::common::linesight()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ServeChild { child, port, env }
+    }
+
+    /// `linesight ARGS` against the same store.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        crate::common::linesight()
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM; asserts exit code 0.
+    fn stop(self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = self.child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// `linesight serve` from the command line: users added with `linesight users add`, a manual
 /// upload over HTTP inspected with the bundled model and recorded, a request without
 /// credentials refused, and SIGTERM stops it with exit code 0.
 #[cfg(unix)]
 #[test]
 fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
-    use std::io::Write as _;
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    let env = |cmd: &mut std::process::Command| {
-        cmd.env("LINESIGHT__STORE__URL", &url)
-            .env("LINESIGHT__STORE__DATA_DIR", dir.path());
-    };
-    let mut add = crate::common::linesight();
-    add.args([
-        "users",
-        "add",
-        "ana",
-        "--full-name",
-        "Ana",
-        "--role",
-        "inspector",
-    ]);
-    env(&mut add);
-    let mut child = add
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ana-long-password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut serve = crate::common::linesight();
-    serve.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    env(&mut serve);
-    let server = serve
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = ServeChild::start(dir.path(), ("ana", "inspector", "ana-long-password"), &[]);
+    let port = server.port;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -462,10 +506,7 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     );
     assert_eq!(status, 401, "{body}");
     // A machine's bearer token, issued from the command line.
-    let mut issue = crate::common::linesight();
-    issue.args(["users", "token", "ana", "--name", "MES bridge"]);
-    env(&mut issue);
-    let issued = issue.output().unwrap();
+    let issued = server.cli(&["users", "token", "ana", "--name", "MES bridge"]);
     assert!(issued.status.success(), "{issued:?}");
     let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("lst_"), "{token}");
@@ -480,18 +521,7 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"part_id\":\"P-1\""), "{body}");
 
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = server.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.stop();
 }
 
 /// A bearer token for each test user (cheap to check, unlike a password).
@@ -1492,8 +1522,7 @@ async fn web_ui_is_served_with_a_strict_content_security_policy() {
 #[cfg(unix)]
 #[test]
 fn serve_speaks_https_with_the_configured_certificate() {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -1514,50 +1543,15 @@ fn serve_speaks_https_with_the_configured_certificate() {
         .output()
         .expect("openssl (scripts/setup installs it)");
     assert!(made.status.success(), "{made:?}");
-    let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    let env = |cmd: &mut Command| {
-        cmd.env("LINESIGHT__STORE__URL", &url)
-            .env("LINESIGHT__STORE__DATA_DIR", dir.path())
-            .env("LINESIGHT__API__TLS__CERT", &cert)
-            .env("LINESIGHT__API__TLS__KEY", &key);
-    };
-    let mut add = crate::common::linesight();
-    add.args([
-        "users",
-        "add",
-        "quinn",
-        "--full-name",
-        "Quinn",
-        "--role",
-        "qa_approver",
-    ]);
-    env(&mut add);
-    let mut child = add
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"quinn-long-password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut serve = crate::common::linesight();
-    serve.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    env(&mut serve);
-    let server = serve
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = ServeChild::start(
+        dir.path(),
+        ("quinn", "qa_approver", "quinn-long-password"),
+        &[
+            ("LINESIGHT__API__TLS__CERT", &cert),
+            ("LINESIGHT__API__TLS__KEY", &key),
+        ],
+    );
+    let port = server.port;
     let base = format!("https://127.0.0.1:{port}");
     let curl = |args: &[&str]| {
         Command::new("curl")
@@ -1613,16 +1607,5 @@ fn serve_speaks_https_with_the_configured_certificate() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = server.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.stop();
 }
