@@ -22,10 +22,11 @@ use linesight::preprocess::{DecodeLimits, decode, prepare};
 use linesight::quality::{QualityConfig, Role};
 use linesight::store::{NewUser, Store, StoreConfig};
 
-/// Concurrent HTTP clients.
 #[path = "common/mod.rs"]
 mod common;
 use common::{repo, runtime};
+
+/// Concurrent HTTP clients.
 
 const CLIENTS: usize = 8;
 /// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: the two
