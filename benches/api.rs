@@ -27,7 +27,6 @@ mod common;
 use common::{repo, runtime};
 
 /// Concurrent HTTP clients.
-
 const CLIENTS: usize = 8;
 /// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: the two
 /// cores of the reference machine.
