@@ -6,7 +6,8 @@
 // proposed disposition with a reason or approves it. Approval is a 21 CFR Part 11 electronic
 // signature: the dialog shows who signs (printed name), what the signature means and which
 // record it binds to, and asks for the password again. The UI then makes the signature (POST
-// …/signatures, meaning "approved") and approves with it (POST …/transitions, signature_id).
+// …/signatures, meaning "approved", with the version the signer was shown: the server refuses
+// to sign an NCR that changed since) and approves with it (POST …/transitions, signature_id).
 
 import { api, ApiError } from './api.js';
 import {
@@ -203,7 +204,7 @@ export function mount(root, { session, params, navigate }) {
             h('td', {}, t.action.replaceAll('_', ' ')),
             h('td', {}, `${NCR_STATE_LABELS[t.from] ?? t.from} → ${NCR_STATE_LABELS[t.to] ?? t.to}`),
             h('td', {}, t.disposition ? DISPOSITION_LABELS[t.disposition] : ''),
-            h('td', {}, t.actor_id !== null ? `user #${t.actor_id}` : ''),
+            h('td', { 'data-testid': 'ncr-history-actor' }, t.actor_full_name ? `${t.actor_full_name} (${t.actor_username})` : t.actor_username),
             h('td', {}, t.reason ?? ''),
             h('td', {}, t.signature_id !== null ? `#${t.signature_id}` : '')))))));
   }
@@ -288,31 +289,20 @@ export function mount(root, { session, params, navigate }) {
     });
 
     async function sign(ncr) {
-      // The signature binds to the NCR as the server holds it when signing; refuse to sign
-      // if it changed since the dialog was filled in, so that what is signed is what was read.
-      let now;
-      try {
-        now = (await api.get(`/ncrs/${ncr.id}`)).ncr;
-      } catch (err) {
-        say(problem, describeError(err));
-        return;
-      }
-      if (now.version !== ncr.version || now.state !== 'disposition_proposed' || now.disposition !== ncr.disposition) {
-        say(problem, `NCR ${ncr.id} was changed by someone else since this dialog opened (it is now ${NCR_STATE_LABELS[now.state].toLowerCase()}). Nothing was signed; review the record again.`);
-        await loadNcr(ncr.id, { keepMessages: true });
-        return;
-      }
+      // The version shown in the dialog goes with the signature: the server refuses (409) to
+      // sign an NCR that changed since, so a signature never binds to content not read.
       let signature;
       try {
-        signature = await api.post(`/ncrs/${ncr.id}/signatures`, { password: password.value, meaning: 'approved' }, { unauthorizedIsError: true });
+        signature = await api.post(`/ncrs/${ncr.id}/signatures`, { password: password.value, meaning: 'approved', version: ncr.version });
       } catch (err) {
         password.value = '';
-        password.focus();
-        if (err instanceof ApiError && err.status === 401) {
-          // Either the password was wrong or the session is gone; asking for the session tells
-          // which (and leads back to sign-in if it is gone).
-          await api.get('/session').catch(() => null);
+        if (err instanceof ApiError && err.status === 409) {
+          element.close();
+          say(error, `${describeError(err)} Nothing was signed.`);
+          await Promise.all([loadNcr(ncr.id, { keepMessages: true }), loadList()]);
+          return;
         }
+        password.focus();
         say(problem, describeError(err));
         return;
       }

@@ -108,7 +108,7 @@ export function mount(root, { session, params, navigate }) {
     if (task.state === 'pending') {
       return [h('button', { type: 'button', class: 'primary', 'data-testid': 'task-claim', onClick: () => act(task, 'claim') }, 'Claim')];
     }
-    if (task.state === 'claimed') {
+    if (task.state === 'claimed' && task.claimed_by_username === session.username) {
       return ['confirm_defect', 'override_good', 'escalate', 'release'].map((a) => decisionButton(task, a));
     }
     if (task.state === 'escalated' && can.decideEscalated(session.role)) {
@@ -130,8 +130,8 @@ export function mount(root, { session, params, navigate }) {
     if (task.state === 'confirmed' || task.state === 'overridden_good') {
       return `Decided: ${TASK_STATE_LABELS[task.state].toLowerCase()}. The decision is final.`;
     }
-    if (task.state === 'claimed') {
-      return 'Only the inspector who claimed the task can decide it or release it.';
+    if (task.state === 'claimed' && task.claimed_by_username !== session.username) {
+      return `Claimed by ${task.claimed_by_username ?? 'another inspector'}: only they can decide it or release it.`;
     }
     return null;
   }
@@ -191,8 +191,8 @@ export function mount(root, { session, params, navigate }) {
           h('span', { 'data-testid': 'task-state', 'data-state': task.state }, badge('task', task.state, TASK_STATE_LABELS))),
         facts([
           ['Opened because', OPENING_REASON_LABELS[task.opening_reason] ?? task.opening_reason],
-          ['Claimed by', task.claimed_by !== null ? `user #${task.claimed_by}` : null],
-          ['Decided by', task.decided_by !== null ? `user #${task.decided_by}` : null],
+          ['Claimed by', task.claimed_by_username ?? null, 'task-claimed-by'],
+          ['Decided by', task.decided_by_username ?? null, 'task-decided-by'],
           ['Comment on record', task.decision_reason, 'task-decision-reason'],
         ]),
         inspectionPanel(inspection, { testid: 'task-inspection' }),
