@@ -298,7 +298,7 @@ export function mount(root, { session, params, navigate }) {
         password.value = '';
         if (err instanceof ApiError && err.status === 409) {
           element.close();
-          say(error, `${describeError(err)} Nothing was signed.`);
+          say(error, `NCR ${ncr.id} was changed by someone else while the signature dialog was open, so nothing was signed. Read the record again; approve it if it is still right.`);
           await Promise.all([loadNcr(ncr.id, { keepMessages: true }), loadList()]);
           return;
         }

@@ -63,6 +63,7 @@ scenario('(a) an inspector reviews rejects, claims the tasks, confirms one defec
 
     await page.locator(tid('task-claim')).click();
     await attributeIs(page, tid('task-state'), 'data-state', 'claimed');
+    assert.equal(await page.locator(tid('task-claimed-by')).textContent(), users.inspector.username);
     await snap(page, 'a-04-task-claimed');
     await portraitFits(page, 'a-04b-task-claimed-portrait');
 
@@ -76,6 +77,7 @@ scenario('(a) an inspector reviews rejects, claims the tasks, confirms one defec
     await attributeIs(page, tid('task-state'), 'data-state', 'confirmed');
     await page.locator(tid('task-message')).filter({ hasText: 'defect confirmed' }).waitFor();
     assert.equal(await page.locator(tid('task-confirm')).count(), 0, 'a decided task offers no more decisions');
+    assert.equal(await page.locator(tid('task-decided-by')).textContent(), users.inspector.username);
     await snap(page, 'a-06-task-confirmed');
     const confirmed = (await api.get(`/tasks/${toConfirm.task}`)).task;
     assert.equal(confirmed.state, 'confirmed');
@@ -152,6 +154,21 @@ scenario('(b) QA approves a proposed disposition with an electronic signature; a
     assert.ok(record.includes(`NCR ${ncr.id}`) && record.includes('Rework') && record.includes(ncr.lot), record);
     await snap(page, 'b-02-signature-dialog');
 
+    // The NCR changes while the dialog is open (the disposition is sent back and proposed
+    // again): the signature would bind to a record the signer did not read, so none is made.
+    const inspector = await Api.signIn(users.inspector);
+    await qa.post(`/ncrs/${ncr.id}/transitions`, { action: 'reject_disposition', reason: 'Rework instruction missing' });
+    await inspector.post(`/ncrs/${ncr.id}/transitions`, { action: 'propose', disposition: 'rework' });
+    await page.locator(tid('sign-password')).fill(users.qa.password);
+    await page.locator(tid('sign-submit')).click();
+    await dialog.waitFor({ state: 'hidden' });
+    await page.locator(tid('ncr-error')).filter({ hasText: /changed .*nothing was signed/ }).waitFor();
+    assert.equal((await qa.get(`/ncrs/${ncr.id}`)).signatures.length, 0, 'no signature on a changed NCR');
+    await page.locator(tid('ncr-history')).locator('tr[data-action="reject_disposition"]').waitFor();
+    await snap(page, 'b-02b-changed-while-signing');
+    await page.locator(tid('ncr-action-approve')).click();
+    await dialog.waitFor();
+
     await page.locator(tid('sign-password')).fill(`${users.qa.password}-wrong`);
     await page.locator(tid('sign-submit')).click();
     await page.locator(tid('sign-error')).filter({ hasText: /password/i }).waitFor();
@@ -186,6 +203,9 @@ scenario('(b) QA approves a proposed disposition with an electronic signature; a
     assert.equal(approval.action, 'approve');
     assert.equal(approval.to, 'approved');
     assert.equal(approval.signature_id, signature.id);
+    // The history names who took each step.
+    const lastActor = page.locator(`${tid('ncr-history')} tbody tr:last-child ${tid('ncr-history-actor')}`);
+    assert.equal(await lastActor.textContent(), `${users.qa.fullName} (${users.qa.username})`);
 
     // A measurement report attached to the NCR.
     await page.locator(tid('attach-file')).setInputFiles({
