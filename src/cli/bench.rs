@@ -1,15 +1,17 @@
 //! `linesight bench`: how fast is this model here, and how much does linesight add on top of
 //! ONNX Runtime itself?
 //!
-//! Three measurements in one process, one after the other, on the same images, model, threads,
-//! providers and batch size:
+//! Three measurements in one process, on the same images, model, threads, providers and batch
+//! size:
 //! 1. linesight's inspection path (decode → preprocess → inference → postprocess), batch after
 //!    batch, with the time of every stage;
 //! 2. the same model run bare through `Session::run` on tensors prepared beforehand;
-//! 3. the resident memory before the model, after loading it, and after the runs.
+//! 3. the resident memory before the model, after loading it, and after linesight's warm-up.
 //!
-//! Ratios compare (1) with (2) measured seconds apart, never against figures from another machine
-//! or day. The inspection path here is sequential; the live pipeline overlaps the stages.
+//! (1) and (2) run in alternating rounds of half a second, and each ratio is the median over the
+//! rounds of (1) against the round of (2) right after it: never against figures from another
+//! machine, day or minute. The inspection path here is sequential; the live pipeline overlaps
+//! the stages.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -126,7 +128,9 @@ pub struct StageStats {
 pub struct MemoryStats {
     pub before_model_mib: f64,
     pub after_model_mib: f64,
-    pub after_runs_mib: f64,
+    /// After linesight's warm-up (its buffers at their working size), before the bare session
+    /// used for the comparison is made.
+    pub after_warmup_mib: f64,
 }
 
 /// Everything `bench` reports.
@@ -142,9 +146,13 @@ pub struct BenchReport {
     pub linesight: RunStats,
     pub stages: StageStats,
     pub bare_ort: RunStats,
-    /// linesight's inference-stage throughput / bare `Session::run` throughput.
+    /// Measured rounds of each client; they alternate (linesight, bare, linesight, …).
+    pub rounds: usize,
+    /// linesight's inference-stage throughput / bare `Session::run` throughput: the median
+    /// over the rounds of the ratio to the bare round that followed.
     pub ratio_inference_stage: f64,
-    /// linesight's sequential end-to-end throughput (decode included) / bare throughput.
+    /// linesight's sequential end-to-end throughput (decode included) / bare throughput, the
+    /// median over the rounds likewise.
     pub ratio_end_to_end_sequential: f64,
     pub memory: MemoryStats,
     pub onnxruntime: String,
@@ -200,6 +208,153 @@ fn progress(seconds: f64, message: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// Length of one measured round; each client runs about this long before the other takes over.
+const ROUND_SECONDS: f64 = 0.5;
+
+/// One linesight round and the bare round after it.
+struct RoundPair {
+    end_to_end: f64,
+    inference_stage: f64,
+    linesight_seconds: f64,
+    bare_seconds: f64,
+}
+
+/// Calls `step` until `seconds` have passed (at least once); returns the seconds taken.
+fn for_round(seconds: f64, mut step: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds);
+    loop {
+        step()?;
+        if start.elapsed() >= limit {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// linesight's inspection path over the images, batch after batch.
+struct Ours<'a> {
+    inspector: Inspector,
+    images: &'a [(String, Vec<u8>)],
+    batch: usize,
+    cursor: usize,
+    timings: Vec<StageTimings>,
+    latencies: Vec<f64>,
+}
+
+impl Ours<'_> {
+    /// One batch; recorded (stage times, latency) when `record`.
+    fn step(&mut self, record: bool) -> anyhow::Result<()> {
+        let items: Vec<(String, &[u8])> = (0..self.batch)
+            .map(|k| {
+                let (name, bytes) = &self.images[(self.cursor + k) % self.images.len()];
+                (name.clone(), bytes.as_slice())
+            })
+            .collect();
+        self.cursor = (self.cursor + self.batch) % self.images.len();
+        let start = Instant::now();
+        let (results, _) = self.inspector.inspect_batch(&items);
+        let elapsed = start.elapsed().as_secs_f64() * 1e3;
+        for r in results {
+            let timing = r?.timings;
+            if record {
+                self.timings.push(timing);
+            }
+        }
+        if record {
+            self.latencies.push(elapsed);
+        }
+        Ok(())
+    }
+}
+
+/// The model run bare through `Session::run`, on tensors prepared beforehand, with the
+/// session settings linesight uses.
+struct Bare {
+    session: ort::session::Session,
+    tensors: Vec<f32>,
+    per_image: usize,
+    images: usize,
+    batch: usize,
+    rows: usize,
+    height: usize,
+    width: usize,
+    input_name: String,
+    outputs: Vec<String>,
+    buffer: Vec<f32>,
+    cursor: usize,
+}
+
+impl Bare {
+    fn new(
+        runtime: &OrtRuntime,
+        inspector: &Inspector,
+        images: &[(String, Vec<u8>)],
+        options: &SessionOptions,
+        batch: usize,
+    ) -> anyhow::Result<Bare> {
+        let detector = &inspector.detector;
+        let (session, _) = open_session(runtime, &detector.package.onnx_path, options)?;
+        let per_image = detector.image_len();
+        let mut tensors = vec![0.0f32; per_image * images.len()];
+        for ((_, bytes), slot) in images.iter().zip(tensors.chunks_exact_mut(per_image)) {
+            let decoded = inspector.decode(bytes)?;
+            prepare(&decoded, &detector.input, slot)?;
+        }
+        let rows = match detector.contract.batch {
+            crate::model::BatchSize::Fixed(n) => n,
+            crate::model::BatchSize::Dynamic => batch,
+        };
+        Ok(Bare {
+            session,
+            tensors,
+            per_image,
+            images: images.len(),
+            batch,
+            rows,
+            height: detector.input.height as usize,
+            width: detector.input.width as usize,
+            input_name: detector.contract.input.clone(),
+            outputs: [
+                &detector.contract.score_output,
+                &detector.contract.map_output,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+            buffer: vec![0.0f32; rows * per_image],
+            cursor: 0,
+        })
+    }
+
+    /// One batch; its latency goes to `latencies` when given.
+    fn step(&mut self, latencies: Option<&mut Vec<f64>>) -> anyhow::Result<()> {
+        let n = self.per_image;
+        for k in 0..self.batch.min(self.rows) {
+            let i = (self.cursor + k) % self.images;
+            self.buffer[k * n..(k + 1) * n].copy_from_slice(&self.tensors[i * n..(i + 1) * n]);
+        }
+        self.cursor = (self.cursor + self.batch) % self.images;
+        let start = Instant::now();
+        let tensor = ort::value::TensorRef::from_array_view((
+            [self.rows, 3, self.height, self.width],
+            self.buffer.as_slice(),
+        ))?;
+        let result = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])?;
+        // Read what linesight reads, so both sides pay for the same output access.
+        for name in &self.outputs {
+            let (_, values) = result[name.as_str()].try_extract_tensor::<f32>()?;
+            std::hint::black_box(values.first());
+        }
+        if let Some(l) = latencies {
+            l.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+}
+
 /// Calls `step` until `seconds` have passed (at least once), ticking the bar.
 fn for_duration(
     seconds: f64,
@@ -251,44 +406,73 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         ..settings.inference.clone()
     };
     let detector = open_detector(settings, ort_lib, &args.model, &options, args.threshold)?;
-    let mut inspector = Inspector::new(detector, settings.decode)?;
+    let inspector = Inspector::new(detector, settings.decode)?;
     let after_model = rss_mib();
     let batch = usize::from(args.batch);
 
-    // 1. linesight's inspection path.
-    let mut cursor = 0usize;
-    let mut next_batch = || {
-        let items: Vec<(String, &[u8])> = (0..batch)
-            .map(|k| {
-                let (name, bytes) = &images[(cursor + k) % images.len()];
-                (name.clone(), bytes.as_slice())
-            })
-            .collect();
-        cursor = (cursor + batch) % images.len();
-        items
+    // Both clients are made ready first: the measured rounds then alternate between them.
+    let mut ours = Ours {
+        inspector,
+        images: &images,
+        batch,
+        cursor: 0,
+        timings: Vec::new(),
+        latencies: Vec::new(),
     };
     let warm = progress(args.warmup, "Warm-up (linesight)", quiet);
-    for_duration(args.warmup, &warm, || {
-        let (results, _) = inspector.inspect_batch(&next_batch());
-        results
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), |e| Err(e.into()))
-    })?;
-    let mut latencies = Vec::new();
-    let mut timings: Vec<StageTimings> = Vec::new();
-    let bar = progress(args.duration, "Measuring linesight", quiet);
-    let seconds = for_duration(args.duration, &bar, || {
-        let items = next_batch();
-        let start = Instant::now();
-        let (results, _) = inspector.inspect_batch(&items);
-        latencies.push(start.elapsed().as_secs_f64() * 1e3);
-        for r in results {
-            timings.push(r?.timings);
-        }
-        Ok(())
-    })?;
-    let linesight = run_stats(&latencies, batch, seconds);
+    for_duration(args.warmup, &warm, || ours.step(false))?;
+    // linesight's working set, before the bare session below adds its own.
+    let after_warmup = rss_mib();
+
+    let runtime = OrtRuntime::get().context("ONNX Runtime is loaded")?;
+    let mut bare = Bare::new(runtime, &ours.inspector, &images, &options, batch)?;
+    let mut bare_latencies = Vec::new();
+    let warm = progress(args.warmup, "Warm-up (bare ONNX Runtime)", quiet);
+    for_duration(args.warmup, &warm, || bare.step(None))?;
+
+    // Alternating rounds: a machine whose speed drifts (other work, clock changes, a shared
+    // virtual machine) slows both clients alike, and each ratio compares neighbouring rounds.
+    let rounds = ((args.duration / ROUND_SECONDS).ceil() as usize).max(1);
+    let slice = args.duration / rounds as f64;
+    let bar = progress(2.0 * args.duration, "Measuring (alternating)", quiet);
+    let started = Instant::now();
+    let mut pairs = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let images_before = ours.timings.len();
+        let linesight_s = for_round(slice, || ours.step(true))?;
+        let round = &ours.timings[images_before..];
+        let inference_s = round.iter().map(|t| t.inference_ms).sum::<f64>() / 1e3;
+        let linesight_images = round.len();
+        let bare_before = bare_latencies.len();
+        let bare_s = for_round(slice, || bare.step(Some(&mut bare_latencies)))?;
+        let bare_ips = ((bare_latencies.len() - bare_before) * batch) as f64 / bare_s;
+        pairs.push(RoundPair {
+            end_to_end: linesight_images as f64 / linesight_s / bare_ips,
+            inference_stage: linesight_images as f64
+                / inference_s.max(f64::MIN_POSITIVE)
+                / bare_ips,
+            linesight_seconds: linesight_s,
+            bare_seconds: bare_s,
+        });
+        bar.set_position(started.elapsed().as_millis() as u64);
+    }
+    bar.finish_and_clear();
+    let Ours {
+        inspector,
+        timings,
+        latencies,
+        ..
+    } = ours;
+    let linesight = run_stats(
+        &latencies,
+        batch,
+        pairs.iter().map(|p| p.linesight_seconds).sum(),
+    );
+    let bare_ort = run_stats(
+        &bare_latencies,
+        batch,
+        pairs.iter().map(|p| p.bare_seconds).sum(),
+    );
     let stage =
         |f: fn(&StageTimings) -> f64| Percentiles::of(&timings.iter().map(f).collect::<Vec<_>>());
     let stages = StageStats {
@@ -298,67 +482,16 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         postprocess_ms: stage(|t| t.postprocess_ms),
         non_model_ms: stage(|t| t.preprocess_ms + t.postprocess_ms),
     };
-
-    // 2. Bare ONNX Runtime on tensors prepared beforehand, same session settings.
-    let runtime = OrtRuntime::get().context("ONNX Runtime is loaded")?;
-    let detector = &inspector.detector;
-    let (mut session, _) = open_session(runtime, &detector.package.onnx_path, &options)?;
-    let per_image = detector.image_len();
-    let mut tensors = vec![0.0f32; per_image * images.len()];
-    for ((_, bytes), slot) in images.iter().zip(tensors.chunks_exact_mut(per_image)) {
-        let decoded = inspector.decode(bytes)?;
-        prepare(&decoded, &detector.input, slot)?;
-    }
-    let fixed = match detector.contract.batch {
-        crate::model::BatchSize::Fixed(n) => Some(n),
-        crate::model::BatchSize::Dynamic => None,
+    let median = |f: fn(&RoundPair) -> f64| {
+        let mut v: Vec<f64> = pairs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
-    let rows = fixed.unwrap_or(batch);
-    let (h, w) = (
-        detector.input.height as usize,
-        detector.input.width as usize,
-    );
-    let input_name = detector.contract.input.clone();
-    let outputs: Vec<String> = [
-        &detector.contract.score_output,
-        &detector.contract.map_output,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    let mut batch_buffer = vec![0.0f32; rows * per_image];
-    let mut bare_cursor = 0usize;
-    let mut bare_step = |latencies: Option<&mut Vec<f64>>| -> anyhow::Result<()> {
-        for k in 0..batch.min(rows) {
-            let i = (bare_cursor + k) % images.len();
-            batch_buffer[k * per_image..(k + 1) * per_image]
-                .copy_from_slice(&tensors[i * per_image..(i + 1) * per_image]);
-        }
-        bare_cursor = (bare_cursor + batch) % images.len();
-        let start = Instant::now();
-        let tensor =
-            ort::value::TensorRef::from_array_view(([rows, 3, h, w], batch_buffer.as_slice()))?;
-        let result = session.run(ort::inputs![input_name.as_str() => tensor])?;
-        // Read what linesight reads, so both sides pay for the same output access.
-        for name in &outputs {
-            let (_, values) = result[name.as_str()].try_extract_tensor::<f32>()?;
-            std::hint::black_box(values.first());
-        }
-        if let Some(l) = latencies {
-            l.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(())
-    };
-    let warm = progress(args.warmup, "Warm-up (bare ONNX Runtime)", quiet);
-    for_duration(args.warmup, &warm, || bare_step(None))?;
-    let mut bare_latencies = Vec::new();
-    let bar = progress(args.duration, "Measuring bare ONNX Runtime", quiet);
-    let bare_seconds = for_duration(args.duration, &bar, || bare_step(Some(&mut bare_latencies)))?;
-    let bare_ort = run_stats(&bare_latencies, batch, bare_seconds);
-
-    let inference_total_s: f64 = timings.iter().map(|t| t.inference_ms).sum::<f64>() / 1e3;
-    let inference_throughput = timings.len() as f64 / inference_total_s.max(f64::MIN_POSITIVE);
     let report = BenchReport {
         model: inspector.identity().name.clone(),
         model_sha256: inspector.identity().sha256.clone(),
@@ -367,15 +500,16 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         batch,
         images: source,
         image_count: images.len(),
-        ratio_inference_stage: inference_throughput / bare_ort.images_per_second,
-        ratio_end_to_end_sequential: linesight.images_per_second / bare_ort.images_per_second,
+        rounds,
+        ratio_inference_stage: median(|p| p.inference_stage),
+        ratio_end_to_end_sequential: median(|p| p.end_to_end),
         linesight,
         stages,
         bare_ort,
         memory: MemoryStats {
             before_model_mib: before_model,
             after_model_mib: after_model,
-            after_runs_mib: rss_mib(),
+            after_warmup_mib: after_warmup,
         },
         onnxruntime: runtime.library.display().to_string(),
     };
@@ -452,18 +586,18 @@ fn render(r: &BenchReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "ratio linesight / bare ORT, inference stage:          {:.3}",
-        r.ratio_inference_stage
+        "ratio linesight / bare ORT, inference stage:          {:.3}   (median of {} alternating rounds)",
+        r.ratio_inference_stage, r.rounds
     );
     let _ = writeln!(
         s,
-        "ratio linesight / bare ORT, end to end (sequential):  {:.3}",
-        r.ratio_end_to_end_sequential
+        "ratio linesight / bare ORT, end to end (sequential):  {:.3}   (median of {} alternating rounds)",
+        r.ratio_end_to_end_sequential, r.rounds
     );
     let _ = writeln!(
         s,
-        "memory (RSS): {:.0} MiB before the model, {:.0} MiB after loading it, {:.0} MiB after the runs",
-        r.memory.before_model_mib, r.memory.after_model_mib, r.memory.after_runs_mib
+        "memory (RSS): {:.0} MiB before the model, {:.0} MiB after loading it, {:.0} MiB after the warm-up",
+        r.memory.before_model_mib, r.memory.after_model_mib, r.memory.after_warmup_mib
     );
     let _ = writeln!(s, "onnxruntime: {}", r.onnxruntime);
     s

@@ -451,6 +451,19 @@ fn bench_reports_linesight_and_bare_onnx_runtime_side_by_side() {
     }
     let ratio = v["ratio_inference_stage"].as_f64().unwrap();
     assert!(ratio > 0.1 && ratio < 10.0, "{ratio}");
+    // 0.3 s in rounds of at most half a second: one round of each client.
+    assert_eq!(v["rounds"], 1);
+    // The inference stage is part of each round's time, so its ratio bounds the end-to-end one.
+    let end_to_end = v["ratio_end_to_end_sequential"].as_f64().unwrap();
+    assert!(
+        end_to_end > 0.0 && end_to_end <= ratio + 1e-9,
+        "{end_to_end} vs {ratio}"
+    );
     assert!(v["stages"]["inference_ms"]["mean"].as_f64().unwrap() > 0.0);
-    assert!(v["memory"]["after_model_mib"].as_f64().unwrap() > 0.0);
+    let memory = &v["memory"];
+    assert!(memory["after_model_mib"].as_f64().unwrap() > 0.0);
+    assert!(
+        memory["after_warmup_mib"].as_f64().unwrap()
+            >= memory["before_model_mib"].as_f64().unwrap()
+    );
 }
