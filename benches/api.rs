@@ -24,7 +24,7 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{repo, runtime};
+use common::{repo, runtime, shared_data};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
@@ -67,17 +67,6 @@ fn images(folder: &Path, limit: usize) -> Vec<(&'static str, Vec<u8>)> {
             (media, std::fs::read(&f).expect("read"))
         })
         .collect()
-}
-
-/// The reference PaDiM export beside the repository, when there (licence-restricted: never
-/// shipped).
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("LINESIGHT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data"));
-    dir.join("models/padim-magnetic-tile/model.onnx")
-        .is_file()
-        .then_some(dir)
 }
 
 struct Server {

@@ -1,6 +1,6 @@
 //! What the benchmarks share: the repository root and the ONNX Runtime they run on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use linesight::model::OrtRuntime;
 
@@ -16,4 +16,15 @@ pub fn runtime() -> &'static OrtRuntime {
         Ok(rt) => rt,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The reference PaDiM export beside the repository, when there (licence-restricted: never
+/// shipped); `LINESIGHT_SHARED_DATA` points elsewhere.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("LINESIGHT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    dir.join("models/padim-magnetic-tile/model.onnx")
+        .is_file()
+        .then_some(dir)
 }
