@@ -6,6 +6,9 @@
 //! on the synthetic washers always; the reference PaDiM export on magnetic tiles too when
 //! `../shared/data` (or `LINESIGHT_SHARED_DATA`) is there.
 //!
+//! The ratio is measured in alternating rounds (bare pass, upload pass, …) and printed as the
+//! median; the criterion group times each side in its own block.
+//!
 //! `cargo bench --bench api` to measure; `cargo bench -- --test` runs each once (CI).
 
 use std::hint::black_box;
@@ -212,6 +215,60 @@ fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usi
     });
 }
 
+/// The throughput ratio uploads / bare ONNX Runtime measured in alternating rounds (a bare pass
+/// over the images, then an upload pass over them, …), each upload pass against the bare pass
+/// just before it, so that a machine whose speed drifts slows both alike; at least 100 images
+/// per pass. Prints the median and the range.
+#[allow(clippy::too_many_arguments)]
+fn alternating(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    client: &reqwest::Client,
+    server: &Server,
+    images: &Arc<Vec<(&'static str, Vec<u8>)>>,
+    sessions: &mut [ort::session::Session],
+    tensors: &[Vec<f32>],
+    (w, h): (usize, usize),
+) {
+    let copies = 100usize.div_ceil(images.len());
+    let many: Arc<Vec<(&'static str, Vec<u8>)>> =
+        Arc::new((0..copies).flat_map(|_| images.iter().cloned()).collect());
+    let many_tensors: Vec<Vec<f32>> = (0..copies).flat_map(|_| tensors.iter().cloned()).collect();
+    // `cargo bench -- --test` (CI) runs one round.
+    let rounds = if std::env::args().any(|a| a == "--test") {
+        1
+    } else {
+        10
+    };
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut latencies = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        bare_all(sessions, &many_tensors, w, h);
+        let bare = start.elapsed();
+        let (took, mut l) = rt.block_on(upload_all(client, server, &many));
+        latencies.append(&mut l);
+        ratios.push(bare.as_secs_f64() / took.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    };
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "{name}: uploads / bare ORT throughput with {CLIENTS} clients, {} images per pass: median {median:.3} over {rounds} alternating rounds (lowest {:.3}, highest {:.3}); upload latency p50 {:.1} ms, p99 {:.1} ms",
+        many.len(),
+        ratios[0],
+        ratios[n - 1],
+        at(0.5),
+        at(0.99),
+    );
+}
+
 fn load(c: &mut Criterion) {
     let mut cases = vec![(
         "demo-washer",
@@ -282,6 +339,16 @@ fn load_one(
         .expect("client");
     // Warm-up: sessions, connections, the store's first writes.
     rt.block_on(upload_all(&client, &server, &images));
+    alternating(
+        rt,
+        name,
+        &client,
+        &server,
+        &images,
+        &mut sessions,
+        &tensors,
+        (w, h),
+    );
 
     group.throughput(Throughput::Elements(n as u64));
     let id = format!("{name}/{INSPECTORS}sessions-x1thread/cpu/{n}images");
