@@ -27,7 +27,7 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{repo, runtime, shared_data};
+use common::{repo, rounds, runtime, shared_data, spread};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
@@ -234,12 +234,7 @@ fn alternating(
     let many: Arc<Vec<(&'static str, Vec<u8>)>> =
         Arc::new((0..copies).flat_map(|_| images.iter().cloned()).collect());
     let many_tensors: Vec<Vec<f32>> = (0..copies).flat_map(|_| tensors.iter().cloned()).collect();
-    // `cargo bench -- --test` (CI) runs one round.
-    let rounds = if std::env::args().any(|a| a == "--test") {
-        1
-    } else {
-        10
-    };
+    let rounds = rounds();
     let mut ratios = Vec::with_capacity(rounds);
     let mut latencies = Vec::new();
     for _ in 0..rounds {
@@ -250,20 +245,14 @@ fn alternating(
         latencies.append(&mut l);
         ratios.push(bare.as_secs_f64() / took.as_secs_f64());
     }
-    ratios.sort_by(f64::total_cmp);
-    let n = ratios.len();
-    let median = if n % 2 == 1 {
-        ratios[n / 2]
-    } else {
-        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
-    };
+    let (median, low, high) = spread(ratios);
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     eprintln!(
         "{name}: uploads / bare ORT throughput with {CLIENTS} clients, {} images per pass: median {median:.3} over {rounds} alternating rounds (lowest {:.3}, highest {:.3}); upload latency p50 {:.1} ms, p99 {:.1} ms",
         many.len(),
-        ratios[0],
-        ratios[n - 1],
+        low,
+        high,
         at(0.5),
         at(0.99),
     );

@@ -22,7 +22,7 @@ use linesight::source::SourceConfig;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{repo, runtime, shared_data};
+use common::{repo, rounds, runtime, shared_data, spread};
 
 const THREADS: usize = 2;
 
@@ -164,18 +164,6 @@ impl Subject {
     }
 }
 
-/// Median, lowest and highest of `ratios`.
-fn spread(mut ratios: Vec<f64>) -> (f64, f64, f64) {
-    ratios.sort_by(f64::total_cmp);
-    let n = ratios.len();
-    let median = if n % 2 == 1 {
-        ratios[n / 2]
-    } else {
-        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
-    };
-    (median, ratios[0], ratios[n - 1])
-}
-
 /// The throughput ratio pipeline / bare ONNX Runtime measured in alternating rounds (bare pass,
 /// pipeline pass, bare pass, …), each pipeline pass against the bare pass just before it, so
 /// that a machine whose speed drifts slows both alike. Bare ONNX Runtime's batch size is the
@@ -296,12 +284,7 @@ fn throughput(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    // `cargo bench -- --test` (CI) runs one round of everything.
-    let rounds = if std::env::args().any(|a| a == "--test") {
-        1
-    } else {
-        10
-    };
+    let rounds = rounds();
     let mut subjects = vec![demo];
     if let Some(shared) = shared_data() {
         subjects.push(Subject::new(

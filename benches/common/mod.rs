@@ -28,3 +28,24 @@ pub fn shared_data() -> Option<PathBuf> {
         .is_file()
         .then_some(dir)
 }
+
+/// Median, lowest and highest of `ratios`.
+pub fn spread(mut ratios: Vec<f64>) -> (f64, f64, f64) {
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    };
+    (median, ratios[0], ratios[n - 1])
+}
+
+/// Alternating rounds per ratio: 10, or 1 under `cargo bench -- --test` (CI).
+pub fn rounds() -> usize {
+    if std::env::args().any(|a| a == "--test") {
+        1
+    } else {
+        10
+    }
+}
