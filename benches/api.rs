@@ -27,7 +27,7 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{repo, rounds, runtime, shared_data, spread};
+use common::{bare_run, repo, rounds, runtime, shared_data, spread};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
@@ -201,14 +201,7 @@ fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usi
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(t) = tensors.get(i) else { return };
-                    let tensor =
-                        ort::value::TensorRef::from_array_view(([1usize, 3, h, w], t.as_slice()))
-                            .expect("tensor");
-                    let outputs = session.run(ort::inputs!["input" => tensor]).expect("run");
-                    let (_, score) = outputs["pred_score"]
-                        .try_extract_tensor::<f32>()
-                        .expect("score");
-                    black_box(score[0]);
+                    bare_run(session, 1, t, w, h);
                 }
             });
         }

@@ -22,7 +22,7 @@ use linesight::source::SourceConfig;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{repo, rounds, runtime, shared_data, spread};
+use common::{bare_run, repo, rounds, runtime, shared_data, spread};
 
 const THREADS: usize = 2;
 
@@ -133,16 +133,7 @@ impl Subject {
                 for t in chunk {
                     stacked.extend_from_slice(t);
                 }
-                let tensor = ort::value::TensorRef::from_array_view((
-                    [chunk.len(), 3, h, w],
-                    stacked.as_slice(),
-                ))
-                .expect("tensor");
-                let outputs = session.run(ort::inputs!["input" => tensor]).expect("run");
-                let (_, score) = outputs["pred_score"]
-                    .try_extract_tensor::<f32>()
-                    .expect("score");
-                black_box(score[0]);
+                bare_run(session, chunk.len(), &stacked, w, h);
             }
         }
     }

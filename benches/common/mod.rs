@@ -49,3 +49,20 @@ pub fn rounds() -> usize {
         10
     }
 }
+
+/// One bare `Session::run` on `rows` ready-made images (`data`: rows × 3 × `h` × `w` floats),
+/// reading the score out as linesight does.
+pub fn bare_run(
+    session: &mut ort::session::Session,
+    rows: usize,
+    data: &[f32],
+    w: usize,
+    h: usize,
+) {
+    let tensor = ort::value::TensorRef::from_array_view(([rows, 3, h, w], data)).expect("tensor");
+    let outputs = session.run(ort::inputs!["input" => tensor]).expect("run");
+    let (_, score) = outputs["pred_score"]
+        .try_extract_tensor::<f32>()
+        .expect("score");
+    std::hint::black_box(score[0]);
+}
