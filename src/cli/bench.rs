@@ -362,16 +362,13 @@ fn for_duration(
     mut step: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    let limit = Duration::from_secs_f64(seconds);
-    loop {
+    let taken = for_round(seconds, || {
         step()?;
-        let elapsed = start.elapsed();
-        bar.set_position(elapsed.as_millis() as u64);
-        if elapsed >= limit {
-            bar.finish_and_clear();
-            return Ok(elapsed.as_secs_f64());
-        }
-    }
+        bar.set_position(start.elapsed().as_millis() as u64);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(taken)
 }
 
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyhow::Result<i32> {
