@@ -41,20 +41,13 @@ fn options_no_spin() -> SessionOptions {
     }
 }
 
-/// The images under `folder`, sorted.
+/// The images under `folder`, in the order the folder source replays them.
 fn frames(folder: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(folder)
+    linesight::cli::collect_images(&[folder.to_path_buf()])
+        .expect("images")
         .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.path()
-                .extension()
-                .is_some_and(|x| x == "png" || x == "jpg")
-        })
-        .map(|e| e.into_path())
-        .collect();
-    files.sort();
-    files
+        .map(|e| e.path)
+        .collect()
 }
 
 /// A model and the frames it is measured on.
