@@ -68,10 +68,24 @@ pub fn render_overlay(
     options: &OverlayOptions,
 ) -> RgbImage {
     let mut out = original.clone();
-    if let Some((x0, y0, tw, th)) = covered_area(original, geometry)
-        && let Some(heat) = upscaled_heat(map, tw, th, options.range)
+    if let Some(area) = covered_area(original, geometry)
+        && let Some(positions) = colour_positions(map, options.range)
     {
-        blend(&mut out, &heat, (x0, y0, tw), options.alpha);
+        let blender = Blender::new(options.alpha);
+        let (x0, y0, tw, th) = area;
+        let stride = original.width() as usize * 3;
+        let raw: &mut [u8] = &mut out;
+        let mut draw = |y: u32, heat: &[f32]| {
+            let start = (y0 + y) as usize * stride + x0 as usize * 3;
+            blender.row(&mut raw[start..start + tw as usize * 3], heat);
+        };
+        if tw >= map.width && th >= map.height {
+            enlarge_rows(&positions, (map.width, map.height), (tw, th), &mut draw);
+        } else if let Some(heat) = shrunk(positions, (map.width, map.height), (tw, th)) {
+            for (y, row) in heat.chunks_exact(tw as usize).enumerate() {
+                draw(y as u32, row);
+            }
+        }
     }
     for region in regions {
         outline(&mut out, region, options.outline_px, options.outline_rgb);
@@ -94,64 +108,124 @@ fn covered_area(original: &RgbImage, geometry: SourceGeometry) -> Option<(u32, u
     fits.then_some((x, y, w, h))
 }
 
-/// The map as colour positions in `[0, 1]`, upscaled to `width × height`, row-major.
-fn upscaled_heat(
-    map: &AnomalyMap,
-    width: u32,
-    height: u32,
-    (lo, hi): (f32, f32),
-) -> Option<Vec<F32>> {
+/// The map's values as colour positions in `[0, 1]` (NaN → 0), row-major at the map's size;
+/// `None` for an empty map or one whose `values` do not match its size.
+fn colour_positions(map: &AnomalyMap, (lo, hi): (f32, f32)) -> Option<Vec<f32>> {
     let (mw, mh) = (map.width as usize, map.height as usize);
     if mw == 0 || mh == 0 || mw.checked_mul(mh) != Some(map.values.len()) {
         return None;
     }
     // hi == lo divides by zero on purpose: ±inf clamps to the hot or cold end, 0/0 is NaN → cold.
     let scale = 1.0 / (hi - lo);
-    let positions: Vec<F32> = map
-        .values
-        .iter()
-        .map(|&v| {
-            let t = (v - lo) * scale;
-            F32::new(if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) })
+    Some(
+        map.values
+            .iter()
+            .map(|&v| {
+                let t = (v - lo) * scale;
+                if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) }
+            })
+            .collect(),
+    )
+}
+
+/// Bilinear taps of one axis when enlarging `src` samples to `dst` (pixel centres aligned,
+/// edges clamped): per destination sample, the two source indices and the weight of the second.
+/// This is what a convolution with the triangle filter gives when enlarging.
+fn enlarge_taps(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
+    let last = src as usize - 1;
+    let scale = f64::from(src) / f64::from(dst);
+    (0..dst)
+        .map(|d| {
+            let centre = (f64::from(d) + 0.5) * scale - 0.5;
+            if centre <= 0.0 {
+                (0, 0, 0.0)
+            } else if centre >= last as f64 {
+                (last, last, 0.0)
+            } else {
+                let i = centre.floor();
+                (i as usize, i as usize + 1, (centre - i) as f32)
+            }
         })
-        .collect();
-    let src = TypedImage::from_pixels(map.width, map.height, positions).ok()?;
-    let mut dst = TypedImage::<F32>::new(width, height);
-    // Convolution with the bilinear (triangle) filter is plain bilinear interpolation when
-    // enlarging, which is the usual case (256 × 256 map → camera-sized ROI).
+        .collect()
+}
+
+/// Enlarges `positions` (`mw × mh`) to `tw × th` with bilinear interpolation, one output row at a
+/// time, handing each row to `draw`: the camera-sized image is never held in floating point
+/// (a 1280 × 1024 area would take 5 MB and a pass over memory per stage).
+fn enlarge_rows(
+    positions: &[f32],
+    (mw, mh): (u32, u32),
+    (tw, th): (u32, u32),
+    draw: &mut impl FnMut(u32, &[f32]),
+) {
+    let (xs, ys) = (enlarge_taps(mw, tw), enlarge_taps(mh, th));
+    let mw = mw as usize;
+    let mut column_mix = vec![0.0_f32; mw];
+    let mut row = vec![0.0_f32; tw as usize];
+    for (y, &(r0, r1, wy)) in ys.iter().enumerate() {
+        let (top, bottom) = (&positions[r0 * mw..][..mw], &positions[r1 * mw..][..mw]);
+        for ((m, &a), &b) in column_mix.iter_mut().zip(top).zip(bottom) {
+            *m = a + (b - a) * wy;
+        }
+        for (t, &(c0, c1, wx)) in row.iter_mut().zip(&xs) {
+            let (a, b) = (column_mix[c0], column_mix[c1]);
+            *t = a + (b - a) * wx;
+        }
+        draw(y as u32, &row);
+    }
+}
+
+/// Shrinks `positions` (`mw × mh`) to `tw × th` (a map larger than the area it covers, which is
+/// rare) with a triangle-filter convolution, which averages rather than skips the map's values,
+/// so a small hot spot is not lost between samples. Row-major `tw × th`.
+fn shrunk(positions: Vec<f32>, (mw, mh): (u32, u32), (tw, th): (u32, u32)) -> Option<Vec<f32>> {
+    let pixels = positions.into_iter().map(F32::new).collect();
+    let src = TypedImage::from_pixels(mw, mh, pixels).ok()?;
+    let mut dst = TypedImage::<F32>::new(tw, th);
     let bilinear = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    // Cannot fail: same pixel type on both sides, no crop, sizes checked above.
+    // Cannot fail: same pixel type on both sides, no crop, sizes checked by the caller.
     Resizer::new()
         .resize_typed(&src, &mut dst, &bilinear)
         .ok()?;
-    Some(dst.pixels().to_vec())
+    Some(dst.pixels().iter().map(|p| p.0).collect())
 }
 
-/// Alpha-blends the Turbo colours of `heat` (row-major, `width` wide) onto `out` at `(x0, y0)`.
-fn blend(out: &mut RgbImage, heat: &[F32], (x0, y0, width): (u32, u32, u32), alpha: f32) {
-    let alpha = if alpha.is_nan() {
-        0.0
-    } else {
-        alpha.clamp(0.0, 1.0)
-    };
-    let keep = 1.0 - alpha;
-    let lut = turbo_lut();
-    // Premultiplied colours plus the 0.5 that makes the final `as u8` round to nearest.
-    let tinted: Vec<[f32; 3]> = lut
-        .iter()
-        .map(|c| c.map(|v| alpha * f32::from(v) + 0.5))
-        .collect();
-    for (i, t) in heat.iter().enumerate() {
-        let x = x0 + (i as u32 % width);
-        let y = y0 + (i as u32 / width);
-        // Bilinear weights are non-negative and sum to 1, so `t` stays in [0, 1]; the clamp
-        // only guards the index against rounding.
-        let index = (t.0.clamp(0.0, 1.0) * 255.0).round() as usize;
-        let colour = tinted[index.min(255)];
-        let pixel = out.get_pixel_mut(x, y);
-        for (channel, add) in pixel.0.iter_mut().zip(colour) {
-            // In [0, 255.5]: `as` saturates, so 255.5 cannot wrap.
-            *channel = (keep * f32::from(*channel) + add) as u8;
+/// Alpha-blends Turbo colours onto rows of RGB pixels.
+struct Blender {
+    /// Per colour position (0..=255): `alpha × colour + 0.5`, the 0.5 making the final `as u8`
+    /// round to nearest.
+    tinted: [[f32; 3]; 256],
+    /// Per original channel value: `(1 − alpha) × value`.
+    kept: [f32; 256],
+}
+
+impl Blender {
+    fn new(alpha: f32) -> Blender {
+        let alpha = if alpha.is_nan() {
+            0.0
+        } else {
+            alpha.clamp(0.0, 1.0)
+        };
+        let keep = 1.0 - alpha;
+        let lut = turbo_lut();
+        Blender {
+            tinted: lut.map(|c| c.map(|v| alpha * f32::from(v) + 0.5)),
+            kept: std::array::from_fn(|v| keep * v as f32),
+        }
+    }
+
+    /// Blends the colours of `heat` (positions in `[0, 1]`) onto `pixels` (RGB, as many pixels).
+    fn row(&self, pixels: &mut [u8], heat: &[f32]) {
+        for (pixel, &t) in pixels.chunks_exact_mut(3).zip(heat) {
+            // Bilinear weights are non-negative and sum to 1, so `t` stays in [0, 1]; the clamp
+            // only guards the index against rounding. `+ 0.5` then truncation rounds to nearest
+            // (`f32::round` is a library call on baseline x86-64, once per pixel).
+            let index = (t.clamp(0.0, 1.0) * 255.0 + 0.5) as usize;
+            let colour = &self.tinted[index.min(255)];
+            for (channel, add) in pixel.iter_mut().zip(colour) {
+                // In [0, 255.5]: `as` saturates, so 255.5 cannot wrap.
+                *channel = (self.kept[usize::from(*channel)] + add) as u8;
+            }
         }
     }
 }
@@ -167,15 +241,22 @@ fn outline(out: &mut RgbImage, region: &DefectRegion, thickness: u32, rgb: [u8; 
     }
     // The box is clipped first and the visible part outlined, so a box running off the image
     // still reads as a closed shape.
+    let stride = iw as usize * 3;
+    let raw: &mut [u8] = out;
+    let mut fill = |y: u32, from: u32, to: u32| {
+        let start = y as usize * stride + from as usize * 3;
+        for pixel in raw[start..start + (to - from) as usize * 3].chunks_exact_mut(3) {
+            pixel.copy_from_slice(&rgb);
+        }
+    };
+    let band_x = x0.saturating_add(thickness).min(x1);
+    let band_x1 = x1.saturating_sub(thickness).max(band_x);
     for y in y0..y1 {
-        let in_band_row = y < y0.saturating_add(thickness) || y >= y1.saturating_sub(thickness);
-        for x in x0..x1 {
-            let in_band = in_band_row
-                || x < x0.saturating_add(thickness)
-                || x >= x1.saturating_sub(thickness);
-            if in_band {
-                out.put_pixel(x, y, image::Rgb(rgb));
-            }
+        if y < y0.saturating_add(thickness) || y >= y1.saturating_sub(thickness) {
+            fill(y, x0, x1);
+        } else {
+            fill(y, x0, band_x);
+            fill(y, band_x1, x1);
         }
     }
 }
@@ -348,6 +429,64 @@ mod tests {
         // Bilinear, not nearest: just outside the block the colour is in between.
         let edge = out.get_pixel(78, 60);
         assert!(edge.0 != [122, 4, 3] && edge.0 != [48, 18, 59], "{edge:?}");
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// The row-by-row enlargement is the triangle-filter convolution that `shrunk` (and the
+        /// usual resize libraries) compute, for any map and any enlargement.
+        #[test]
+        fn enlarging_row_by_row_is_the_triangle_filter_convolution(
+            (mw, mh, values) in (1u32..12, 1u32..12).prop_flat_map(|(w, h)| {
+                (
+                    proptest::strategy::Just(w),
+                    proptest::strategy::Just(h),
+                    proptest::collection::vec(0.0f32..=1.0, (w * h) as usize),
+                )
+            }),
+            (fx, fy) in (1u32..9, 1u32..9),
+            (ex, ey) in (0u32..7, 0u32..7),
+        ) {
+            let (tw, th) = (mw * fx + ex, mh * fy + ey);
+            let mut rows = Vec::new();
+            enlarge_rows(&values, (mw, mh), (tw, th), &mut |y, row: &[f32]| {
+                assert_eq!(y as usize, rows.len() / tw as usize, "rows in order");
+                rows.extend_from_slice(row);
+            });
+            let pixels = values.into_iter().map(F32::new).collect();
+            let src = TypedImage::from_pixels(mw, mh, pixels).unwrap();
+            let mut dst = TypedImage::<F32>::new(tw, th);
+            let bilinear =
+                ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+            Resizer::new().resize_typed(&src, &mut dst, &bilinear).unwrap();
+            proptest::prop_assert_eq!(rows.len(), dst.pixels().len());
+            for (i, (got, want)) in rows.iter().zip(dst.pixels()).enumerate() {
+                proptest::prop_assert!(
+                    (got - want.0).abs() < 1e-5,
+                    "pixel {} of {}x{}: {} vs {}", i, tw, th, got, want.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_larger_than_its_area_is_averaged_not_sampled() {
+        // 64 × 64 map on a 16 × 16 image: output pixel centres fall at map coordinates 1.5,
+        // 5.5, …, 29.5, 33.5, so a plain bilinear lookup never sees the hot 2 × 2 block at 31..33;
+        // averaging keeps it visible.
+        let original = grey(16, 16);
+        let mut map = uniform(64, 64, 0.0);
+        for row in 31..33 {
+            for col in 31..33 {
+                map.values[row * 64 + col] = 1.0;
+            }
+        }
+        let out = render_overlay(&original, &map, whole(&original), &[], &opaque());
+        assert_eq!(out.dimensions(), (16, 16));
+        let warm = out.pixels().filter(|p| p.0 != [48, 18, 59]).count();
+        assert!(warm > 0, "the hot spot vanished");
+        assert_close(*out.get_pixel(0, 0), [48, 18, 59], 1, "cold corner");
     }
 
     #[test]
