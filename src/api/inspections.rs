@@ -395,12 +395,20 @@ async fn upload_inner(
         let (mut results, mut images) = inspector.inspect_batch(&[("upload".into(), &bytes[..])]);
         inspector.thresholds = saved;
         let result = results.pop().expect("one result per image");
+        let roi = inspector.detector.input.roi;
+        // The inspector goes back (and the permit is released) as soon as the model has run,
+        // before the overlay is drawn, so the next upload's inference overlaps this drawing;
+        // also when the request has already timed out, so a slow image never shrinks the pool.
+        if let Ok(mut idle) = pool_back.idle.lock() {
+            idle.push(inspector);
+        }
+        drop(permit);
         let overlay = match (&result, images.pop().flatten()) {
             (Ok(found), Some(decoded)) => found.map.as_ref().map(|map| {
                 let geometry = SourceGeometry {
                     width: decoded.width(),
                     height: decoded.height(),
-                    roi: inspector.detector.input.roi,
+                    roi,
                 };
                 render_overlay(
                     &decoded,
@@ -414,12 +422,6 @@ async fn upload_inner(
         };
         // The overlay is encoded here too, off the async runtime.
         let overlay = overlay.as_ref().map(png);
-        // The inspector goes back (and the permit is released) when the work ends, even when
-        // the request has already timed out, so a slow image never shrinks the pool.
-        if let Ok(mut idle) = pool_back.idle.lock() {
-            idle.push(inspector);
-        }
-        drop(permit);
         (result, overlay)
     });
     let timeout = Duration::from_millis(state.config.inference_timeout_ms);
