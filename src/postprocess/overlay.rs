@@ -340,6 +340,21 @@ mod tests {
         }
     }
 
+    /// A `side × side` map of zeros with ones at `rows × cols`.
+    fn hot_block(
+        side: u32,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) -> AnomalyMap {
+        let mut map = uniform(side, side, 0.0);
+        for row in rows {
+            for col in cols.clone() {
+                map.values[row * side as usize + col] = 1.0;
+            }
+        }
+        map
+    }
+
     fn whole(image: &RgbImage) -> SourceGeometry {
         SourceGeometry {
             width: image.width(),
@@ -416,12 +431,7 @@ mod tests {
         // 16 × 16 map on a 160 × 160 image (10 px per map pixel); hot block at columns 8..12,
         // rows 4..8, i.e. original x 80..120, y 40..80.
         let original = grey(160, 160);
-        let mut map = uniform(16, 16, 0.0);
-        for row in 4..8 {
-            for col in 8..12 {
-                map.values[row * 16 + col] = 1.0;
-            }
-        }
+        let map = hot_block(16, 4..8, 8..12);
         let out = render_overlay(&original, &map, whole(&original), &[], &opaque());
         // Turbo(1) = (0.47960, 0.01583, 0.01055) → (122, 4, 3): dark red.
         assert_close(*out.get_pixel(100, 60), [122, 4, 3], 1, "hot spot centre");
@@ -476,12 +486,7 @@ mod tests {
         // 5.5, …, 29.5, 33.5, so a plain bilinear lookup never sees the hot 2 × 2 block at 31..33;
         // averaging keeps it visible.
         let original = grey(16, 16);
-        let mut map = uniform(64, 64, 0.0);
-        for row in 31..33 {
-            for col in 31..33 {
-                map.values[row * 64 + col] = 1.0;
-            }
-        }
+        let map = hot_block(64, 31..33, 31..33);
         let out = render_overlay(&original, &map, whole(&original), &[], &opaque());
         assert_eq!(out.dimensions(), (16, 16));
         let warm = out.pixels().filter(|p| p.0 != [48, 18, 59]).count();
