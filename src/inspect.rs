@@ -283,12 +283,19 @@ impl Inspector {
                 .map(|(i, p)| (*i, p)),
         );
         ready.sort_by_key(|(i, _)| *i);
-        for (_, p) in &ready {
-            self.batch.extend_from_slice(&p.tensor);
-        }
+        // A single frame runs from its own tensor; only a batch is stacked into one buffer.
+        let input: &[f32] = match ready.as_slice() {
+            [(_, p)] => &p.tensor,
+            _ => {
+                for (_, p) in &ready {
+                    self.batch.extend_from_slice(&p.tensor);
+                }
+                &self.batch
+            }
+        };
         if !ready.is_empty() {
             let start = Instant::now();
-            match self.detector.run(&self.batch) {
+            match self.detector.run(input) {
                 Ok(outputs) => {
                     let inference_ms = ms(start) / ready.len() as f64;
                     for ((index, p), output) in ready.iter().zip(outputs) {

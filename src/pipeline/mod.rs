@@ -1471,9 +1471,13 @@ async fn run_camera(
     shared.cameras_done.notify_waiters();
 }
 
+/// An inference worker. It waits for frames on the async runtime; once it has some, it moves
+/// to a blocking thread and **stays there while full batches keep waiting**, taking them from the
+/// queue, running them and handing the results on without going back to the runtime in between.
+/// On a loaded line a frame then costs no thread switch at all (two per batch before, each a
+/// wait for a core when the cores are busy), and ONNX Runtime's calling thread stays the same.
 async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, shared: Arc<Shared>) {
     let max_wait = Duration::from_millis(shared.config.max_batch_wait_ms);
-    let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
     loop {
         let batch = shared
             .queue
@@ -1482,87 +1486,142 @@ async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, share
         if batch.is_empty() {
             return;
         }
-        let mut ready = Vec::with_capacity(batch.len());
-        for item in batch {
-            shared
-                .metrics
-                .observe_ms("queue", ms(item.enqueued.elapsed()));
-            match &item.trigger {
-                Some(t) if t.fired_at.elapsed() > deadline => {
-                    let waited_ms = ms(t.fired_at.elapsed());
-                    let result = item_result(
-                        &item,
-                        Outcome::Late {
-                            reason: format!(
-                                "trigger deadline of {} ms passed before inference",
-                                shared.config.trigger_deadline_ms
-                            ),
-                            waited_ms,
-                        },
-                    );
-                    shared.record(result).await;
+        let (shared, runtime) = (shared.clone(), tokio::runtime::Handle::current());
+        let streak = tokio::task::spawn_blocking(move || {
+            let mut batch = batch;
+            loop {
+                if !run_batch(worker, &mut inspectors, &shared, &runtime, batch) {
+                    return None;
                 }
-                _ => ready.push(item),
-            }
-        }
-        if ready.is_empty() {
-            continue;
-        }
-        shared.metrics.batch_size.observe(ready.len() as f64);
-        // Models swapped in since the last batch are installed before the mapping that may
-        // point at them is read (both under the table's lock).
-        let slot_model = {
-            let mut table = shared.models();
-            for (m, inspector) in table.installs[worker].drain(..) {
-                if inspectors.len() <= m {
-                    inspectors.resize_with(m + 1, || None);
-                }
-                inspectors[m] = Some(inspector);
-            }
-            let mapping = table.slot_model.clone();
-            // A model no slot uses any more is unloaded.
-            for (m, inspector) in inspectors.iter_mut().enumerate() {
-                if inspector.is_some() && !mapping.contains(&m) {
-                    *inspector = None;
+                batch = shared.queue.try_pop_full(shared.config.batch_size);
+                if batch.is_empty() {
+                    return Some(inspectors);
                 }
             }
-            mapping
-        };
-        let joined = tokio::task::spawn_blocking(move || {
-            let results = infer(&mut inspectors, &slot_model, &ready);
-            (inspectors, ready, results)
         })
         .await;
-        let (back, ready, results) = match joined {
-            Ok(done) => done,
+        match streak {
+            Ok(Some(back)) => inspectors = back,
+            // Stopped after a panic in inference; `run_batch` answered and logged it.
+            Ok(None) => return,
             Err(e) => {
                 // The items went down with the thread; nothing to answer them with but the log.
                 tracing::error!(error = %e, "Inference worker panicked; worker stops.");
                 return;
             }
-        };
-        inspectors = back;
-        for (item, (outcome, model, timings, batch_size)) in ready.iter().zip(results) {
-            let mut result = item_result(item, outcome);
-            result.model = model;
-            result.batch_size = batch_size;
-            result.timings.preprocess_ms = timings.preprocess_ms;
-            result.timings.inference_ms = timings.inference_ms;
-            result.timings.postprocess_ms = timings.postprocess_ms;
-            // Preparation happened on the camera's thread before queueing; inference and
-            // postprocessing after it.
-            result.timings.queue_ms -=
-                (timings.inference_ms + timings.postprocess_ms).min(result.timings.queue_ms);
-            for (stage, v) in [
-                ("inference", timings.inference_ms),
-                ("postprocess", timings.postprocess_ms),
-            ] {
-                shared.metrics.observe_ms(stage, v);
-            }
-            let image = item.prepared.as_ref().ok().and_then(|p| p.image.clone());
-            shared.emit(result, image).await;
         }
     }
+}
+
+/// Runs one batch on the worker's blocking thread and hands its results on (waiting on the
+/// async results channel with `runtime.block_on`). False when the worker must stop: inference
+/// panicked (every frame of the batch is then answered with the error).
+fn run_batch(
+    worker: usize,
+    inspectors: &mut Vec<Option<Inspector>>,
+    shared: &Shared,
+    runtime: &tokio::runtime::Handle,
+    batch: Vec<WorkItem>,
+) -> bool {
+    let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
+    let mut ready = Vec::with_capacity(batch.len());
+    for item in batch {
+        shared
+            .metrics
+            .observe_ms("queue", ms(item.enqueued.elapsed()));
+        match &item.trigger {
+            Some(t) if t.fired_at.elapsed() > deadline => {
+                let waited_ms = ms(t.fired_at.elapsed());
+                let result = item_result(
+                    &item,
+                    Outcome::Late {
+                        reason: format!(
+                            "trigger deadline of {} ms passed before inference",
+                            shared.config.trigger_deadline_ms
+                        ),
+                        waited_ms,
+                    },
+                );
+                runtime.block_on(shared.record(result));
+            }
+            _ => ready.push(item),
+        }
+    }
+    if ready.is_empty() {
+        return true;
+    }
+    shared.metrics.batch_size.observe(ready.len() as f64);
+    // Models swapped in since the last batch are installed before the mapping that may point at
+    // them is read (both under the table's lock).
+    let slot_model = {
+        let mut table = shared.models();
+        for (m, inspector) in table.installs[worker].drain(..) {
+            if inspectors.len() <= m {
+                inspectors.resize_with(m + 1, || None);
+            }
+            inspectors[m] = Some(inspector);
+        }
+        let mapping = table.slot_model.clone();
+        // A model no slot uses any more is unloaded.
+        for (m, inspector) in inspectors.iter_mut().enumerate() {
+            if inspector.is_some() && !mapping.contains(&m) {
+                *inspector = None;
+            }
+        }
+        mapping
+    };
+    let inferred = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        infer(inspectors, &slot_model, &ready)
+    }));
+    let results = match inferred {
+        Ok(results) => results,
+        Err(payload) => {
+            // Every frame of the batch is answered with the error, then the worker stops rather
+            // than call a session again that was left mid-call.
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            tracing::error!(
+                worker,
+                frames = ready.len(),
+                error = message,
+                "Inference worker panicked; worker stops."
+            );
+            for item in &ready {
+                let result = item_result(
+                    item,
+                    Outcome::Error {
+                        message: format!("inference worker {worker} failed: {message}"),
+                    },
+                );
+                runtime.block_on(shared.record(result));
+            }
+            return false;
+        }
+    };
+    for (item, (outcome, model, timings, batch_size)) in ready.iter().zip(results) {
+        let mut result = item_result(item, outcome);
+        result.model = model;
+        result.batch_size = batch_size;
+        result.timings.preprocess_ms = timings.preprocess_ms;
+        result.timings.inference_ms = timings.inference_ms;
+        result.timings.postprocess_ms = timings.postprocess_ms;
+        // Preparation happened on the camera's thread before queueing; inference and
+        // postprocessing after it.
+        result.timings.queue_ms -=
+            (timings.inference_ms + timings.postprocess_ms).min(result.timings.queue_ms);
+        for (stage, v) in [
+            ("inference", timings.inference_ms),
+            ("postprocess", timings.postprocess_ms),
+        ] {
+            shared.metrics.observe_ms(stage, v);
+        }
+        let image = item.prepared.as_ref().ok().and_then(|p| p.image.clone());
+        runtime.block_on(shared.emit(result, image));
+    }
+    true
 }
 
 type Inferred = (

@@ -165,6 +165,27 @@ impl<T: Droppable> FrameQueue<T> {
         }
     }
 
+    /// Without waiting: `max_batch` items if that many are queued, or once the queue is closed
+    /// what is left of it (up to `max_batch`); empty otherwise. A worker that has just run a
+    /// batch takes its next one this way, on the same thread, while the queue keeps up; a
+    /// partial batch is left to [`FrameQueue::pop_batch`], which waits for it to fill.
+    pub fn try_pop_full(&self, max_batch: usize) -> Vec<T> {
+        let max_batch = max_batch.max(1);
+        let mut state = self.lock();
+        if state.items.len() < max_batch && !state.closed {
+            return Vec::new();
+        }
+        let take = max_batch.min(state.items.len());
+        let batch: Vec<T> = state.items.drain(..take).collect();
+        let more_waiting = !state.items.is_empty();
+        drop(state);
+        if more_waiting {
+            // Pass the wake-up on to another worker, as `pop_batch` does.
+            self.notify.notify_one();
+        }
+        batch
+    }
+
     fn is_closed(&self) -> bool {
         self.lock().closed
     }
@@ -253,5 +274,24 @@ mod tests {
             "queued items are handed out after close"
         );
         assert!(matches!(q.push(Item(9, false)), Pushed::Refused(_)));
+    }
+
+    #[test]
+    fn without_waiting_only_full_batches_are_taken_until_the_queue_closes() {
+        let q = FrameQueue::new(8);
+        for i in 0..5 {
+            q.push(Item(i, true));
+        }
+        let ids = |b: Vec<Item>| b.into_iter().map(|i| i.0).collect::<Vec<_>>();
+        assert_eq!(ids(q.try_pop_full(2)), vec![0, 1]);
+        assert_eq!(ids(q.try_pop_full(2)), vec![2, 3]);
+        assert!(
+            q.try_pop_full(2).is_empty(),
+            "a partial batch is left to fill"
+        );
+        assert_eq!(q.len(), 1);
+        q.close();
+        assert_eq!(ids(q.try_pop_full(2)), vec![4], "what is left after close");
+        assert!(q.try_pop_full(2).is_empty());
     }
 }
