@@ -27,7 +27,7 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_run, repo, rounds, runtime, shared_data, spread};
+use common::{bare_parallel, repo, rounds, runtime, shared_data, spread};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
@@ -193,19 +193,8 @@ async fn upload_all(
 /// Bare ONNX Runtime: [`INSPECTORS`] sessions on their own threads run the ready-made tensors
 /// of every image once between them.
 fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usize, h: usize) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for session in sessions.iter_mut() {
-            let next = &next;
-            scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(t) = tensors.get(i) else { return };
-                    bare_run(session, 1, t, w, h);
-                }
-            });
-        }
-    });
+    let calls: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+    bare_parallel(sessions, &calls, w, h);
 }
 
 /// The throughput ratio uploads / bare ONNX Runtime measured in alternating rounds (a bare pass

@@ -22,8 +22,9 @@ use linesight::source::SourceConfig;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_run, repo, rounds, runtime, shared_data, spread};
+use common::{bare_parallel, repo, rounds, runtime, shared_data, spread};
 
+/// ONNX Runtime threads in all, on either side (the build machine has two cores).
 const THREADS: usize = 2;
 
 fn options() -> SessionOptions {
@@ -40,6 +41,32 @@ fn options_no_spin() -> SessionOptions {
         ..options()
     }
 }
+
+/// How a side runs ONNX Runtime: `sessions` sessions (bare) or inference workers (pipeline) of
+/// `threads` intra-op threads each, spinning between runs or not.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    sessions: usize,
+    threads: usize,
+    spin: bool,
+}
+
+/// One session of all the threads: the lowest latency per frame.
+const fn one_session(spin: bool) -> Layout {
+    Layout {
+        sessions: 1,
+        threads: THREADS,
+        spin,
+    }
+}
+
+/// One single-threaded session per thread: frames run side by side, no intra-op barriers (and
+/// nothing to spin).
+const SESSION_PER_THREAD: Layout = Layout {
+    sessions: THREADS,
+    threads: 1,
+    spin: false,
+};
 
 /// The images under `folder`, in the order the folder source replays them.
 fn frames(folder: &Path) -> Vec<PathBuf> {
@@ -102,39 +129,43 @@ impl Subject {
         }
     }
 
-    /// A bare session with the benchmark's threads.
-    fn session(&self, spin: bool) -> ort::session::Session {
-        ort::session::Session::builder(&runtime().environment)
-            .expect("builder")
-            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-            .expect("opt level")
-            .with_intra_threads(THREADS)
-            .expect("threads")
-            .with_intra_op_spinning(spin)
-            .expect("spinning")
-            .commit_from_file(self.model.join("model.onnx"))
-            .expect("bare session")
+    /// Bare sessions in `layout`.
+    fn sessions(&self, layout: Layout) -> Vec<ort::session::Session> {
+        (0..layout.sessions)
+            .map(|_| {
+                ort::session::Session::builder(&runtime().environment)
+                    .expect("builder")
+                    .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+                    .expect("opt level")
+                    .with_intra_threads(layout.threads)
+                    .expect("threads")
+                    .with_intra_op_spinning(layout.spin)
+                    .expect("spinning")
+                    .commit_from_file(self.model.join("model.onnx"))
+                    .expect("bare session")
+            })
+            .collect()
     }
 
-    /// Every frame once through bare `Session::run`, `batch` frames per call.
-    fn bare_pass(&self, session: &mut ort::session::Session, batch: usize) {
-        let (w, h) = (self.width, self.height);
-        let mut stacked = Vec::with_capacity(batch * 3 * w * h);
-        for _ in 0..self.copies {
-            for chunk in self.tensors.chunks(batch) {
-                stacked.clear();
-                for t in chunk {
-                    stacked.extend_from_slice(t);
-                }
-                bare_run(session, chunk.len(), &stacked, w, h);
-            }
-        }
+    /// The distinct frames stacked `batch` to a tensor, ready before any timing starts.
+    fn batches(&self, batch: usize) -> Vec<Vec<f32>> {
+        self.tensors.chunks(batch).map(|c| c.concat()).collect()
+    }
+
+    /// Every frame once (`copies` times the distinct ones) through bare `Session::run`, one
+    /// call per tensor of `batches`, the calls shared out among `sessions` running side by side.
+    fn bare_pass(&self, sessions: &mut [ort::session::Session], batches: &[Vec<f32>]) {
+        let calls: Vec<&[f32]> = (0..self.copies)
+            .flat_map(|_| batches.iter().map(Vec::as_slice))
+            .collect();
+        bare_parallel(sessions, &calls, self.width, self.height);
     }
 
     fn pipeline_pass(
         &self,
         rt: &tokio::runtime::Runtime,
         batch: usize,
+        workers: usize,
         options: &SessionOptions,
     ) -> Duration {
         run_pipeline(
@@ -143,50 +174,66 @@ impl Subject {
             self.folder.path(),
             self.frames,
             batch,
+            workers,
             options,
         )
     }
 }
 
+/// One row of the alternating comparison.
+struct Row<'a> {
+    label: &'a str,
+    /// The pipeline's inference workers and their threads.
+    pipeline: Layout,
+    pipeline_batch: usize,
+    /// Bare ONNX Runtime's time in a round is the fastest of these layouts and batch sizes.
+    bare: &'a [Layout],
+    bare_batches: &'a [usize],
+}
+
 /// The throughput ratio pipeline / bare ONNX Runtime measured in alternating rounds (bare pass,
 /// pipeline pass, bare pass, …), each pipeline pass against the bare pass just before it, so
-/// that a machine whose speed drifts slows both alike. Bare ONNX Runtime's batch size is the
-/// fastest of `bare_batches` in each round. Prints the median and the range.
-fn alternating(
-    rt: &tokio::runtime::Runtime,
-    subject: &Subject,
-    label: &str,
-    spin: bool,
-    bare_batches: &[usize],
-    pipeline_batch: usize,
-    rounds: usize,
-) {
-    let mut bare = subject.session(spin);
+/// that a machine whose speed drifts slows both alike. Bare ONNX Runtime's time in a round is
+/// the fastest of the row's layouts and batch sizes. Prints the median and the range.
+fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, rounds: usize) {
+    let mut bare: Vec<Vec<ort::session::Session>> = row
+        .bare
+        .iter()
+        .map(|&layout| subject.sessions(layout))
+        .collect();
     let options = SessionOptions {
-        intra_op_spinning: spin,
-        ..options()
+        intra_threads: row.pipeline.threads,
+        intra_op_spinning: row.pipeline.spin,
+        ..SessionOptions::default()
     };
+    let (batch, workers) = (row.pipeline_batch, row.pipeline.sessions);
+    let stacked: Vec<Vec<Vec<f32>>> = row
+        .bare_batches
+        .iter()
+        .map(|&b| subject.batches(b))
+        .collect();
     // Warm-up: both sides once, unmeasured.
-    subject.bare_pass(&mut bare, bare_batches[0]);
-    subject.pipeline_pass(rt, pipeline_batch, &options);
+    for sessions in &mut bare {
+        subject.bare_pass(sessions, &stacked[0]);
+    }
+    subject.pipeline_pass(rt, batch, workers, &options);
     let mut ratios = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let bare_time = bare_batches
-            .iter()
-            .map(|&b| {
+        let mut bare_time = Duration::MAX;
+        for sessions in &mut bare {
+            for batches in &stacked {
                 let start = Instant::now();
-                subject.bare_pass(&mut bare, b);
-                start.elapsed()
-            })
-            .min()
-            .expect("a batch size");
-        let ours = subject.pipeline_pass(rt, pipeline_batch, &options);
+                subject.bare_pass(sessions, batches);
+                bare_time = bare_time.min(start.elapsed());
+            }
+        }
+        let ours = subject.pipeline_pass(rt, batch, workers, &options);
         ratios.push(bare_time.as_secs_f64() / ours.as_secs_f64());
     }
     let (median, low, high) = spread(ratios);
     eprintln!(
-        "pipeline / bare ORT throughput, {} ({} frames), {label}: median {median:.3} over {rounds} alternating rounds (lowest {low:.3}, highest {high:.3})",
-        subject.name, subject.frames,
+        "pipeline / bare ORT throughput, {} ({} frames), {}: median {median:.3} over {rounds} alternating rounds (lowest {low:.3}, highest {high:.3})",
+        subject.name, subject.frames, row.label,
     );
 }
 
@@ -197,6 +244,7 @@ fn run_pipeline(
     folder: &Path,
     expect: usize,
     batch_size: usize,
+    workers: usize,
     options: &SessionOptions,
 ) -> Duration {
     rt.block_on(async {
@@ -220,6 +268,7 @@ fn run_pipeline(
             PipelineConfig {
                 queue_capacity: 4096,
                 batch_size,
+                workers,
                 ..PipelineConfig::default()
             },
             runtime(),
@@ -278,43 +327,80 @@ fn throughput(c: &mut Criterion) {
             1,
         ));
     }
+    let either = [one_session(true), one_session(false)];
+    let rows = [
+        Row {
+            label: "batch 1, threads spinning (ONNX Runtime's default) on both sides",
+            pipeline: one_session(true),
+            pipeline_batch: 1,
+            bare: &[one_session(true)],
+            bare_batches: &[1],
+        },
+        Row {
+            label: "batch 1, threads not spinning, vs bare spinning or not (the faster)",
+            pipeline: one_session(false),
+            pipeline_batch: 1,
+            bare: &either,
+            bare_batches: &[1],
+        },
+        Row {
+            label: "dynamic batching (up to 8, autotuned, not spinning) vs the best bare batch of 1/2/4/8, spinning or not",
+            pipeline: one_session(false),
+            pipeline_batch: 8,
+            bare: &either,
+            bare_batches: &[1, 2, 4, 8],
+        },
+        // Frames side by side instead of each split over the threads: the same two threads
+        // give bare ONNX Runtime more throughput on small models, so the pipeline is compared
+        // with the best of the bare layouts.
+        Row {
+            label: "2 workers of 1 thread vs the best bare layout (1 session of 2 threads, spinning or not, or 2 sessions of 1)",
+            pipeline: SESSION_PER_THREAD,
+            pipeline_batch: 1,
+            bare: &[one_session(true), one_session(false), SESSION_PER_THREAD],
+            bare_batches: &[1],
+        },
+        // One intra-op thread on both sides leaves a core to the camera thread: what the
+        // pipeline costs where inference does not need every core.
+        Row {
+            label: "1 worker of 1 thread vs 1 bare session of 1 thread (a core left for the camera)",
+            pipeline: Layout {
+                sessions: 1,
+                threads: 1,
+                spin: false,
+            },
+            pipeline_batch: 1,
+            bare: &[Layout {
+                sessions: 1,
+                threads: 1,
+                spin: false,
+            }],
+            bare_batches: &[1],
+        },
+    ];
     for subject in &subjects {
-        alternating(&rt, subject, "batch 1", true, &[1], 1, rounds);
-        alternating(
-            &rt,
-            subject,
-            "batch 1, threads not spinning",
-            false,
-            &[1],
-            1,
-            rounds,
-        );
-        alternating(
-            &rt,
-            subject,
-            "dynamic batching (up to 8, autotuned, not spinning) vs the best bare batch of 1/2/4/8",
-            false,
-            &[1, 2, 4, 8],
-            8,
-            rounds,
-        );
+        for row in &rows {
+            alternating(&rt, subject, row, rounds);
+        }
     }
 
     let demo = &subjects[0];
     let n = demo.frames;
-    let mut bare = demo.session(true);
-    let mut bare_no_spin = demo.session(false);
+    let mut bare = demo.sessions(one_session(true));
+    let mut bare_no_spin = demo.sessions(one_session(false));
+    let batch_of = |b: usize| demo.batches(b);
+    let ones = batch_of(1);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
     let id = format!("demo-washer/batch1/threads{THREADS}/cpu/{n}frames");
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
-        b.iter(|| demo.bare_pass(&mut bare, 1))
+        b.iter(|| demo.bare_pass(&mut bare, &ones))
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, &options()))
+                .map(|_| demo.pipeline_pass(&rt, 1, 1, &options()))
                 .sum()
         })
     });
@@ -322,12 +408,12 @@ fn throughput(c: &mut Criterion) {
     // decode and preparation; bare ONNX Runtime is measured with the same setting too.
     let id_no_spin = format!("demo-washer/batch1/threads{THREADS}-nospin/cpu/{n}frames");
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id_no_spin), |b| {
-        b.iter(|| demo.bare_pass(&mut bare_no_spin, 1))
+        b.iter(|| demo.bare_pass(&mut bare_no_spin, &ones))
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id_no_spin), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, &options_no_spin()))
+                .map(|_| demo.pipeline_pass(&rt, 1, 1, &options_no_spin()))
                 .sum()
         })
     });
@@ -335,15 +421,16 @@ fn throughput(c: &mut Criterion) {
     // with bare ONNX Runtime at its best fixed batch size.
     for batch in [2usize, 4, 8] {
         let id = format!("demo-washer/batch{batch}/threads{THREADS}/cpu/{n}frames");
+        let batches = batch_of(batch);
         group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
-            b.iter(|| demo.bare_pass(&mut bare, batch))
+            b.iter(|| demo.bare_pass(&mut bare, &batches))
         });
     }
     let id = format!("demo-washer/dynamic-batch8/threads{THREADS}-nospin/cpu/{n}frames");
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 8, &options_no_spin()))
+                .map(|_| demo.pipeline_pass(&rt, 8, 1, &options_no_spin()))
                 .sum()
         })
     });

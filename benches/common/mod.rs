@@ -66,3 +66,34 @@ pub fn bare_run(
         .expect("score");
     std::hint::black_box(score[0]);
 }
+
+/// Bare ONNX Runtime on ready-made tensors (each `rows × 3 × h × w` floats): every tensor through
+/// one `Session::run`, the calls shared out among `sessions` on their own threads (one session
+/// runs on the calling thread).
+pub fn bare_parallel(
+    sessions: &mut [ort::session::Session],
+    tensors: &[&[f32]],
+    w: usize,
+    h: usize,
+) {
+    let rows = |t: &[f32]| t.len() / (3 * w * h);
+    if let [session] = sessions {
+        for t in tensors {
+            bare_run(session, rows(t), t, w, h);
+        }
+        return;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for session in sessions.iter_mut() {
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(t) = tensors.get(i) else { return };
+                    bare_run(session, rows(t), t, w, h);
+                }
+            });
+        }
+    });
+}
