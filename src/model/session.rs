@@ -48,9 +48,11 @@ pub struct SessionOptions {
     /// CUDA/TensorRT device ordinal.
     pub device_id: i32,
     /// Whether ONNX Runtime's intra-op threads spin between runs waiting for work (its
-    /// default). Spinning shaves a little latency off back-to-back runs of a dedicated process;
-    /// when the same cores also decode and prepare camera frames, as in `linesight run`, the
-    /// spinning threads take CPU from that work, and turning it off is faster overall.
+    /// default). Spinning shaves latency off back-to-back runs (about 10 % per frame for the
+    /// demo and PaDiM models on the 2-core build machine); not spinning leaves the cores between
+    /// runs to other work on them (camera decoding, the API, the store). On that machine the
+    /// live pipeline was a few percent faster with spinning (BENCHMARKS.md); measure both on
+    /// the target hardware with `cargo bench --bench pipeline`.
     pub intra_op_spinning: bool,
 }
 
