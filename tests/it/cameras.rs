@@ -395,7 +395,12 @@ mod gige {
         .unwrap();
         source.next_frame().unwrap().unwrap();
         drop(cam);
-        let e = source.next_frame().expect_err("camera gone").to_string();
+        // A frame whose packets were already received when the camera vanished may still be
+        // completed and delivered (seen on a loaded machine); after that the source fails.
+        let e = (0..3)
+            .find_map(|_| source.next_frame().err())
+            .expect("camera gone")
+            .to_string();
         assert!(e.starts_with(&format!("gige {id}: ")), "{e}");
         assert!(source.reopen().is_err(), "nothing to reopen yet");
         let _back = FakeCamera::start("LSBACK");
