@@ -27,21 +27,6 @@ use common::{bare_parallel, repo, rounds, runtime, shared_data, spread};
 /// ONNX Runtime threads in all, on either side (the build machine has two cores).
 const THREADS: usize = 2;
 
-fn options() -> SessionOptions {
-    SessionOptions {
-        intra_threads: THREADS,
-        ..SessionOptions::default()
-    }
-}
-
-/// The same, with ONNX Runtime's intra-op threads not spinning between runs.
-fn options_no_spin() -> SessionOptions {
-    SessionOptions {
-        intra_op_spinning: false,
-        ..options()
-    }
-}
-
 /// How a side runs ONNX Runtime: `sessions` sessions (bare) or inference workers (pipeline) of
 /// `threads` intra-op threads each, spinning between runs or not.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +52,29 @@ const SESSION_PER_THREAD: Layout = Layout {
     threads: 1,
     spin: false,
 };
+
+/// One single-threaded session: the other core is left to the camera thread.
+const ONE_THREAD: Layout = Layout {
+    sessions: 1,
+    threads: 1,
+    spin: false,
+};
+
+impl Layout {
+    /// The session options of each of the layout's sessions (or pipeline workers).
+    fn options(self) -> SessionOptions {
+        SessionOptions {
+            intra_threads: self.threads,
+            intra_op_spinning: self.spin,
+            ..SessionOptions::default()
+        }
+    }
+}
+
+/// Session options of the detectors the benches prepare frames with.
+fn options() -> SessionOptions {
+    one_session(true).options()
+}
 
 /// The images under `folder`, in the order the folder source replays them.
 fn frames(folder: &Path) -> Vec<PathBuf> {
@@ -161,12 +169,12 @@ impl Subject {
         bare_parallel(sessions, &calls, self.width, self.height);
     }
 
+    /// Every frame once through the pipeline, its workers and sessions in `layout`.
     fn pipeline_pass(
         &self,
         rt: &tokio::runtime::Runtime,
         batch: usize,
-        workers: usize,
-        options: &SessionOptions,
+        layout: Layout,
     ) -> Duration {
         run_pipeline(
             rt,
@@ -174,8 +182,8 @@ impl Subject {
             self.folder.path(),
             self.frames,
             batch,
-            workers,
-            options,
+            layout.sessions,
+            &layout.options(),
         )
     }
 }
@@ -186,27 +194,24 @@ struct Row<'a> {
     /// The pipeline's inference workers and their threads.
     pipeline: Layout,
     pipeline_batch: usize,
-    /// Bare ONNX Runtime's time in a round is the fastest of these layouts and batch sizes.
+    /// Bare ONNX Runtime runs in each of these layouts at each of these batch sizes; the variant
+    /// with the lowest median time is the baseline.
     bare: &'a [Layout],
     bare_batches: &'a [usize],
 }
 
-/// The throughput ratio pipeline / bare ONNX Runtime measured in alternating rounds (bare pass,
-/// pipeline pass, bare pass, …), each pipeline pass against the bare pass just before it, so
-/// that a machine whose speed drifts slows both alike. Bare ONNX Runtime's time in a round is
-/// the fastest of the row's layouts and batch sizes. Prints the median and the range.
+/// The throughput ratio pipeline / bare ONNX Runtime measured in alternating rounds (the bare
+/// passes, then a pipeline pass, …), each pipeline pass against the bare passes of its own
+/// round, so that a machine whose speed drifts slows both alike. The baseline is the row's bare
+/// variant (layout × batch size) with the lowest median time. Prints the median ratio, the
+/// range and the variant.
 fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, rounds: usize) {
     let mut bare: Vec<Vec<ort::session::Session>> = row
         .bare
         .iter()
         .map(|&layout| subject.sessions(layout))
         .collect();
-    let options = SessionOptions {
-        intra_threads: row.pipeline.threads,
-        intra_op_spinning: row.pipeline.spin,
-        ..SessionOptions::default()
-    };
-    let (batch, workers) = (row.pipeline_batch, row.pipeline.sessions);
+    let batch = row.pipeline_batch;
     let stacked: Vec<Vec<Vec<f32>>> = row
         .bare_batches
         .iter()
@@ -216,7 +221,7 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
     for sessions in &mut bare {
         subject.bare_pass(sessions, &stacked[0]);
     }
-    subject.pipeline_pass(rt, batch, workers, &options);
+    subject.pipeline_pass(rt, batch, row.pipeline);
     // Per bare variant (layout × batch size), its time in each round.
     let variants: Vec<(usize, usize)> = (0..bare.len())
         .flat_map(|l| (0..stacked.len()).map(move |b| (l, b)))
@@ -229,11 +234,7 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
             subject.bare_pass(&mut bare[l], &stacked[b]);
             times.push(start.elapsed().as_secs_f64());
         }
-        ours.push(
-            subject
-                .pipeline_pass(rt, batch, workers, &options)
-                .as_secs_f64(),
-        );
+        ours.push(subject.pipeline_pass(rt, batch, row.pipeline).as_secs_f64());
     }
     // The best bare variant is the one with the lowest median time, and every round compares
     // with that variant: taking the fastest variant round by round would pick noise (the
@@ -390,17 +391,9 @@ fn throughput(c: &mut Criterion) {
         // pipeline costs where inference does not need every core.
         Row {
             label: "1 worker of 1 thread vs 1 bare session of 1 thread (a core left for the camera)",
-            pipeline: Layout {
-                sessions: 1,
-                threads: 1,
-                spin: false,
-            },
+            pipeline: ONE_THREAD,
             pipeline_batch: 1,
-            bare: &[Layout {
-                sessions: 1,
-                threads: 1,
-                spin: false,
-            }],
+            bare: &[ONE_THREAD],
             bare_batches: &[1],
         },
     ];
@@ -426,7 +419,7 @@ fn throughput(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, 1, &options()))
+                .map(|_| demo.pipeline_pass(&rt, 1, one_session(true)))
                 .sum()
         })
     });
@@ -439,7 +432,7 @@ fn throughput(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("folder_pipeline", &id_no_spin), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, 1, &options_no_spin()))
+                .map(|_| demo.pipeline_pass(&rt, 1, one_session(false)))
                 .sum()
         })
     });
@@ -456,17 +449,12 @@ fn throughput(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 8, 1, &options()))
+                .map(|_| demo.pipeline_pass(&rt, 8, one_session(true)))
                 .sum()
         })
     });
     // The same threads as single-threaded sessions (bare) or workers (pipeline), side by side.
     let mut side_by_side = demo.sessions(SESSION_PER_THREAD);
-    let one_thread = SessionOptions {
-        intra_threads: 1,
-        intra_op_spinning: false,
-        ..SessionOptions::default()
-    };
     let id = format!("demo-washer/batch1/{THREADS}x1thread/cpu/{n}frames");
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
         b.iter(|| demo.bare_pass(&mut side_by_side, &ones))
@@ -474,7 +462,7 @@ fn throughput(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, THREADS, &one_thread))
+                .map(|_| demo.pipeline_pass(&rt, 1, SESSION_PER_THREAD))
                 .sum()
         })
     });

@@ -1474,8 +1474,8 @@ async fn run_camera(
 /// An inference worker. It waits for frames on the async runtime; once it has some, it moves
 /// to a blocking thread and **stays there while full batches keep waiting**, taking them from the
 /// queue, running them and handing the results on without going back to the runtime in between.
-/// On a loaded line a frame then costs no thread switch at all (two per batch before, each a
-/// wait for a core when the cores are busy), and ONNX Runtime's calling thread stays the same.
+/// On a loaded line a frame then costs no thread switch at all (each would be a wait for a core
+/// when inference keeps the cores busy), and ONNX Runtime's calling thread stays the same.
 async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, shared: Arc<Shared>) {
     let max_wait = Duration::from_millis(shared.config.max_batch_wait_ms);
     loop {
