@@ -371,12 +371,12 @@ impl Detector {
                 .map(|maps| maps.iter().map(map_max).collect())
                 .unwrap_or_default(),
         };
+        let mut maps = maps.map(Vec::into_iter);
         Ok(scores
             .into_iter()
-            .enumerate()
-            .map(|(i, score)| RawOutput {
+            .map(|score| RawOutput {
                 score,
-                map: maps.as_ref().map(|m| m[i].clone()),
+                map: maps.as_mut().and_then(Iterator::next),
             })
             .collect())
     }
