@@ -15,6 +15,7 @@
 //! - [`model`] — model packages (manifest + ONNX graph), contract detection, ONNX Runtime sessions,
 //!   the registry of models in service (validated activation, hot swap).
 //! - [`postprocess`] — score → verdict, defect regions, heat-map overlay. Pure, no I/O.
+//! - [`memory`] — process-wide allocator settings for per-frame buffers, applied at start-up.
 //! - [`inspect`] — one image in, one [`inspect::Inspection`] out: the stages above glued together.
 //! - [`pipeline`] — the only wiring of the live service: camera tasks, bounded queues, batching
 //!   workers, triggers, metrics, shutdown.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod evaluate;
 pub mod inspect;
+pub mod memory;
 pub mod model;
 pub mod outbox;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    linesight::memory::keep_frame_buffers();
     let cli = linesight::cli::Cli::parse();
     match linesight::cli::run(cli) {
         Ok(code) => std::process::exit(code),

@@ -12,6 +12,11 @@ pub fn repo() -> &'static Path {
 /// ONNX Runtime, loaded once (the library `scripts/setup` installs); a missing library stops
 /// the benchmark with the message that says how to install it.
 pub fn runtime() -> &'static OrtRuntime {
+    // The allocator settings the `linesight` binary starts with.
+    static MEMORY: std::sync::Once = std::sync::Once::new();
+    MEMORY.call_once(|| {
+        linesight::memory::keep_frame_buffers();
+    });
     match OrtRuntime::init(None, None) {
         Ok(rt) => rt,
         Err(e) => panic!("{e}"),
