@@ -18,6 +18,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
@@ -50,12 +55,18 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                    help="execution provider, as `linesight bench --provider` (CPU is the fallback)")
     args = ap.parse_args()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(args.model / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    wanted = PROVIDERS[args.provider]
+    missing = [p for p in wanted if p not in ort.get_available_providers()]
+    if missing:
+        raise SystemExit(f"--provider {args.provider}: this onnxruntime ({ort.__version__}) lacks {', '.join(missing)}")
+    session = ort.InferenceSession(str(args.model / "model.onnx"), options, providers=wanted)
     inp = session.get_inputs()[0]
     height, width = int(inp.shape[2]), int(inp.shape[3])
     fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -101,6 +112,7 @@ def main():
     print(json.dumps({
         "client": "python pillow + onnxruntime",
         "pillow": Image.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+        "providers": session.get_providers(),
         "threads": args.threads, "batch": args.batch, "image_count": len(files),
         "images": images, "seconds": elapsed, "images_per_second": images / elapsed,
         "batch_latency_ms": percentiles(record["batch"]),
