@@ -960,14 +960,8 @@ impl Pipeline {
                 shared.give_up.store(true, Ordering::SeqCst);
             })
         };
-        let mut workers = std::mem::take(&mut self.workers);
-        let drained = tokio::time::timeout(deadline, async {
-            for w in &mut workers {
-                let _ = w.await;
-            }
-        })
-        .await;
-        if drained.is_err() {
+        let workers = join_within(std::mem::take(&mut self.workers), deadline).await;
+        if !workers.is_empty() {
             let left = shared.queue.drain();
             tracing::warn!(
                 frames = left.len(),
@@ -990,7 +984,7 @@ impl Pipeline {
             }
             // A batch already in inference is finished: its results are worth recording.
             for w in workers {
-                let _ = w.await;
+                report_worker_end(w.await);
             }
         }
         drop(self.results_tx.take());
@@ -1018,6 +1012,28 @@ impl Pipeline {
             summary.dropped += c.frames_dropped.load(Ordering::Relaxed);
         }
         summary
+    }
+}
+
+/// Waits up to `deadline` for every worker and returns those still running. A worker that has
+/// finished is taken off the list before the next one is awaited, so that none is polled again
+/// after completion (which panics).
+async fn join_within(workers: Vec<JoinHandle<()>>, deadline: Duration) -> Vec<JoinHandle<()>> {
+    let mut workers = std::collections::VecDeque::from(workers);
+    let _ = tokio::time::timeout(deadline, async {
+        while let Some(worker) = workers.front_mut() {
+            let ended = worker.await;
+            workers.pop_front();
+            report_worker_end(ended);
+        }
+    })
+    .await;
+    workers.into()
+}
+
+fn report_worker_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "Inference worker failed.");
     }
 }
 
@@ -1716,6 +1732,24 @@ fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_past_the_deadline_are_handed_back_and_finished_ones_left_alone() {
+        let quick = tokio::spawn(async {});
+        let slow = tokio::spawn(tokio::time::sleep(Duration::from_millis(300)));
+        let left = join_within(vec![quick, slow], Duration::from_millis(50)).await;
+        assert_eq!(left.len(), 1, "only the slow worker is still running");
+        // Awaiting what is left must not poll the quick worker's handle a second time.
+        for worker in left {
+            worker.await.unwrap();
+        }
+        let quick = tokio::spawn(async {});
+        assert!(
+            join_within(vec![quick], Duration::from_millis(50))
+                .await
+                .is_empty()
+        );
+    }
 
     #[test]
     fn rfc3339_formats_utc_with_milliseconds() {
