@@ -21,13 +21,14 @@ pub const MMAP_THRESHOLD: usize = 16 << 20;
 /// Free memory at the top of a heap that is kept for reuse instead of returned to the kernel.
 pub const TRIM_THRESHOLD: usize = 64 << 20;
 
-/// Applies the settings above. Call it first thing in `main`, before any thread is spawned;
-/// elsewhere than glibc it does nothing. Returns whether both settings were accepted.
+/// Applies the settings above. Call it first thing in `main`, so that every buffer is served
+/// under the same settings; elsewhere than glibc it does nothing. Returns whether both settings
+/// were accepted.
 pub fn keep_frame_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only changes malloc's tuning parameters; called before other threads
-        // exist, it races with no allocation.
+        // SAFETY: mallopt takes no pointers and changes only malloc's tuning parameters, under
+        // malloc's own lock: it is sound at any time, from any thread.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int) == 1
