@@ -3,9 +3,17 @@
 //! The listing is taken when the source opens (and again on reopen), so files added later are
 //! seen after a reopen. A file that cannot be read or decoded is a failed grab: the pipeline
 //! records it and the next grab moves on to the next file.
+//!
+//! With a preload budget (`preload_mib`), the images are decoded once when the source opens and
+//! replayed from memory: each grab then costs a copy of the pixels, as a camera's raw frame
+//! does, instead of a file read and a PNG or JPEG decode. That is what a replay meant to load a
+//! line like its cameras wants. Images beyond the budget are an error at open, not a silent
+//! fallback to the disk.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+use image::RgbImage;
 
 use super::{Captured, FrameSource, SourceError};
 use crate::preprocess::{DecodeLimits, decode};
@@ -19,7 +27,21 @@ pub struct FolderSource {
     repeat: bool,
     limits: DecodeLimits,
     files: Vec<PathBuf>,
+    /// Largest decoded size held in memory, in bytes; `None`: every grab reads its file.
+    preload_limit: Option<u64>,
+    /// With a preload budget, each file's decoded image, `None` for a file that failed to read
+    /// or decode (its grab reads it again and reports why); empty otherwise.
+    preloaded: Vec<Option<Preloaded>>,
     next: usize,
+}
+
+/// One image held by a preloading folder source.
+#[derive(Debug)]
+struct Preloaded {
+    path: PathBuf,
+    /// The file's modification time when it was decoded.
+    modified: Option<SystemTime>,
+    image: RgbImage,
 }
 
 fn list(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
@@ -62,13 +84,82 @@ impl FolderSource {
             repeat,
             limits,
             files,
+            preload_limit: None,
+            preloaded: Vec::new(),
             next: 0,
         })
+    }
+
+    /// Decodes every image now and replays them from memory, as long as their pixels take at
+    /// most `limit_mib` MiB; fails naming the budget when they take more.
+    pub fn preload(mut self, limit_mib: u32) -> Result<FolderSource, SourceError> {
+        self.preload_limit = Some(u64::from(limit_mib) << 20);
+        self.load()?;
+        Ok(self)
     }
 
     /// The files replayed, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Fills `preloaded` from `files` within the budget (nothing without one). Images already
+    /// held whose file has not changed since (same modification time) are kept, so that the
+    /// reopen after one bad file does not decode the whole folder again.
+    fn load(&mut self) -> Result<(), SourceError> {
+        let Some(limit) = self.preload_limit else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut held: std::collections::HashMap<PathBuf, (Option<SystemTime>, RgbImage)> =
+            std::mem::take(&mut self.preloaded)
+                .into_iter()
+                .flatten()
+                .map(|p| (p.path, (p.modified, p.image)))
+                .collect();
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let (mut bytes, mut decoded, mut failed) = (0u64, 0usize, 0usize);
+        for path in &self.files {
+            let stamp = modified(path);
+            let image = match held.remove(path) {
+                Some((was, image)) if was.is_some() && was == stamp => Some(image),
+                _ => {
+                    decoded += 1;
+                    std::fs::read(path)
+                        .ok()
+                        .and_then(|data| decode(&data, &self.limits).ok())
+                }
+            };
+            let Some(image) = image else {
+                failed += 1;
+                self.preloaded.push(None);
+                continue;
+            };
+            bytes += image.as_raw().len() as u64;
+            if bytes > limit {
+                self.preloaded.clear();
+                return Err(SourceError::PreloadBudget {
+                    path: self.root.clone(),
+                    files: self.files.len(),
+                    limit_mib: limit >> 20,
+                });
+            }
+            self.preloaded.push(Some(Preloaded {
+                path: path.clone(),
+                modified: stamp,
+                image,
+            }));
+        }
+        tracing::info!(
+            folder = %self.root.display(),
+            images = self.files.len() - failed,
+            decoded,
+            unreadable = failed,
+            mib = bytes as f64 / f64::from(1u32 << 20),
+            seconds = started.elapsed().as_secs_f64(),
+            "Folder held in memory for replay."
+        );
+        Ok(())
     }
 }
 
@@ -84,8 +175,16 @@ impl FrameSource for FolderSource {
             }
             self.next = 0;
         }
-        let path = self.files[self.next].clone();
+        let index = self.next;
         self.next += 1;
+        if let Some(Some(held)) = self.preloaded.get(index) {
+            return Ok(Some(Captured {
+                image: held.image.clone(),
+                captured_at: SystemTime::now(),
+                origin: self.files[index].display().to_string(),
+            }));
+        }
+        let path = self.files[index].clone();
         let bytes = std::fs::read(&path).map_err(|source| SourceError::Read {
             path: path.clone(),
             source,
@@ -105,7 +204,7 @@ impl FrameSource for FolderSource {
         let position = self.next;
         self.files = list(&self.root)?;
         self.next = position.min(self.files.len());
-        Ok(())
+        self.load()
     }
 }
 
@@ -165,5 +264,96 @@ mod tests {
         assert!(err.to_string().contains("a.png"), "{err}");
         // The bad file fails alone; the next grab moves on.
         assert!(source.next_frame().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_preloaded_folder_replays_the_same_frames_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a.png"), 1);
+        png(&dir.path().join("b.png"), 2);
+        let open = || FolderSource::open(dir.path().into(), true, DecodeLimits::default());
+        let mut disk = open().unwrap();
+        let mut held = open().unwrap().preload(1).unwrap();
+        // Once the files are gone, only the held frames can be replayed.
+        std::fs::remove_file(dir.path().join("a.png")).unwrap();
+        std::fs::remove_file(dir.path().join("b.png")).unwrap();
+        for i in 0..4 {
+            let frame = held.next_frame().unwrap().unwrap();
+            let name = if i % 2 == 0 { "a.png" } else { "b.png" };
+            assert!(frame.origin.ends_with(name), "{}", frame.origin);
+            assert_eq!(frame.image.get_pixel(3, 2)[0], 1 + (i % 2) as u8);
+        }
+        assert!(disk.next_frame().is_err(), "the disk replay reads the file");
+    }
+
+    #[test]
+    fn a_preload_over_its_budget_is_an_error_naming_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // 600 × 600 RGB is about 1.03 MiB: over a 1 MiB budget.
+        image::RgbImage::new(600, 600)
+            .save(dir.path().join("big.png"))
+            .unwrap();
+        let err = FolderSource::open(dir.path().into(), true, DecodeLimits::default())
+            .unwrap()
+            .preload(1)
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("preload_mib = 1 MiB"), "{message}");
+        assert!(
+            FolderSource::open(dir.path().into(), true, DecodeLimits::default())
+                .unwrap()
+                .preload(2)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn preloaded_bad_files_fail_at_their_turn_and_a_reopen_decodes_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.png");
+        png(&a, 1);
+        std::fs::write(dir.path().join("b.png"), b"not a png").unwrap();
+        let mut source = FolderSource::open(dir.path().into(), true, DecodeLimits::default())
+            .unwrap()
+            .preload(1)
+            .unwrap();
+        assert_eq!(
+            source.next_frame().unwrap().unwrap().image.get_pixel(0, 0)[0],
+            1
+        );
+        let err = source.next_frame().unwrap_err();
+        assert!(err.to_string().contains("b.png"), "{err}");
+
+        // a.png rewritten with its old modification time: the reopen keeps the held image.
+        let stamp = std::fs::metadata(&a).unwrap().modified().unwrap();
+        png(&a, 7);
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        source.reopen().unwrap();
+        assert_eq!(
+            source.next_frame().unwrap().unwrap().image.get_pixel(0, 0)[0],
+            1
+        );
+
+        // A new modification time: decoded again.
+        let later = stamp + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        source.reopen().unwrap();
+        let mut pixels = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Some(frame)) = source.next_frame() {
+                pixels.push(frame.image.get_pixel(0, 0)[0]);
+            }
+        }
+        assert_eq!(pixels, [7, 7], "b.png still fails at its turns");
     }
 }

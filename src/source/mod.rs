@@ -70,6 +70,14 @@ pub enum SourceError {
         #[source]
         source: crate::preprocess::DecodeError,
     },
+    #[error(
+        "folder {path}: its {files} images take more than preload_mib = {limit_mib} MiB once decoded; raise preload_mib, or leave it out to read each image from disk"
+    )]
+    PreloadBudget {
+        path: PathBuf,
+        files: usize,
+        limit_mib: u64,
+    },
     #[error("{source_name}: {message}")]
     Device {
         source_name: String,
@@ -97,6 +105,10 @@ pub enum SourceConfig {
         /// Start again at the first image after the last one.
         #[serde(default, rename = "loop")]
         repeat: bool,
+        /// Decode the images once at open and replay them from memory, up to this many MiB of
+        /// pixels (none: read and decode each file at its turn).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preload_mib: Option<u32>,
     },
     /// Generated washers.
     Synthetic {
@@ -115,6 +127,9 @@ pub enum SourceConfig {
     Gige(GigeConfig),
 }
 
+/// The largest preload budget of a folder source: 64 GiB of decoded images.
+pub const MAX_PRELOAD_MIB: u32 = 65_536;
+
 fn default_seed() -> u64 {
     1
 }
@@ -127,7 +142,12 @@ impl SourceConfig {
     /// Problems with this source's settings; `field` names it in messages.
     pub fn problems(&self, field: &str) -> Vec<String> {
         match self {
-            SourceConfig::Folder { .. } => Vec::new(),
+            SourceConfig::Folder { preload_mib, .. } => match preload_mib {
+                Some(mib) if !(1..=MAX_PRELOAD_MIB).contains(mib) => vec![format!(
+                    "{field}.preload_mib = {mib}: must be between 1 and {MAX_PRELOAD_MIB} (MiB of decoded images held in memory)"
+                )],
+                _ => Vec::new(),
+            },
             SourceConfig::Synthetic { defect_rate, .. } => {
                 if (0.0..=1.0).contains(defect_rate) {
                     Vec::new()
@@ -171,8 +191,16 @@ impl SourceConfig {
     /// Opens the source.
     pub fn open(&self, limits: DecodeLimits) -> Result<Box<dyn FrameSource>, SourceError> {
         Ok(match self {
-            SourceConfig::Folder { path, repeat } => {
-                Box::new(FolderSource::open(path.clone(), *repeat, limits)?)
+            SourceConfig::Folder {
+                path,
+                repeat,
+                preload_mib,
+            } => {
+                let folder = FolderSource::open(path.clone(), *repeat, limits)?;
+                match preload_mib {
+                    Some(mib) => Box::new(folder.preload(*mib)?),
+                    None => Box::new(folder),
+                }
             }
             SourceConfig::Synthetic {
                 seed,

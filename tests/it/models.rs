@@ -393,7 +393,9 @@ fn config_check_prints_every_problem_and_exits_2() {
         &config,
         "[models]\npoll_interval_ms = 1\n[store]\nmax_connections = 0\n\
          [[cameras]]\nid = \"press\"\nsource = { kind = \"synthetic\", seed = 1, defect_rate = 0.3 }\n\
-         mode = \"free-run\"\nmodel = \"/nonexistent/model\"\n",
+         mode = \"free-run\"\nmodel = \"/nonexistent/model\"\n\
+         [[cameras]]\nid = \"replay\"\nsource = { kind = \"folder\", path = \"/data\", preload_mib = 0 }\n\
+         model = \"/nonexistent/model\"\n",
     )
     .unwrap();
     let out = linesight()
@@ -405,6 +407,10 @@ fn config_check_prints_every_problem_and_exits_2() {
     let err = text(&out.stderr);
     assert!(err.contains("models.poll_interval_ms = 1"), "{err}");
     assert!(err.contains("store.max_connections = 0"), "{err}");
+    assert!(
+        err.contains("cameras[1].source.preload_mib = 0: must be between 1 and 65536"),
+        "{err}"
+    );
 
     // Values valid, but the camera's model package is missing.
     std::fs::write(

@@ -224,6 +224,7 @@ async fn folder_replay_end_to_end_matches_the_python_reference_verdicts() {
     let source = SourceConfig::Folder {
         path: folder,
         repeat: false,
+        preload_mib: None,
     };
     // A slow-ish pace would not drop anything either; as fast as possible with a big queue must
     // not drop with two workers.
@@ -369,6 +370,7 @@ async fn free_run_drops_are_counted() {
     let source = SourceConfig::Folder {
         path: repo().join("testdata/synthetic/test"),
         repeat: false,
+        preload_mib: None,
     };
     let (pipeline, sink) = start(
         config,
@@ -938,6 +940,7 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
         SourceConfig::Folder {
             path: repo().join("testdata/synthetic/test"),
             repeat: false,
+            preload_mib: None,
         },
         TriggerMode::FreeRun,
     );
