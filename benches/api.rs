@@ -10,6 +10,8 @@
 //! median; the criterion group times each side in its own block.
 //!
 //! `cargo bench --bench api` to measure; `cargo bench -- --test` runs each once (CI).
+//! `LINESIGHT_BENCH_THREADS=N` serves the uploads with N inspectors against N bare sessions
+//! (default 2), `LINESIGHT_BENCH_ROUNDS=N` sets the number of alternating rounds (default 10).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -27,13 +29,15 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_parallel, repo, rounds, runtime, shared_data, spread};
+use common::{bare_parallel, repo, rounds, runtime, shared_data, spread, threads};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
-/// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: the two
-/// cores of the reference machine.
-const INSPECTORS: usize = 2;
+/// Inspectors (ONNX Runtime sessions) serving uploads, one intra-op thread each: one per ONNX
+/// Runtime thread of [`threads`] (the two cores of the reference machine unless set).
+fn inspectors() -> usize {
+    threads()
+}
 
 fn options() -> SessionOptions {
     SessionOptions {
@@ -103,7 +107,7 @@ async fn start_server(model: &Path) -> Server {
         .create_token("bench", "load benchmark", None, "bench")
         .await
         .expect("token");
-    let inspectors = (0..INSPECTORS)
+    let inspectors = (0..inspectors())
         .map(|_| {
             let package = ModelPackage::open(model).expect("model");
             let detector = Detector::new(runtime(), package, &options(), None).expect("detector");
@@ -190,7 +194,7 @@ async fn upload_all(
     (start.elapsed(), latencies)
 }
 
-/// Bare ONNX Runtime: [`INSPECTORS`] sessions on their own threads run the ready-made tensors
+/// Bare ONNX Runtime: [`inspectors`] sessions on their own threads run the ready-made tensors
 /// of every image once between them.
 fn bare_all(sessions: &mut [ort::session::Session], tensors: &[Vec<f32>], w: usize, h: usize) {
     let calls: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
@@ -289,7 +293,7 @@ fn load_one(
             t
         })
         .collect();
-    let mut sessions: Vec<ort::session::Session> = (0..INSPECTORS)
+    let mut sessions: Vec<ort::session::Session> = (0..inspectors())
         .map(|_| {
             ort::session::Session::builder(&runtime().environment)
                 .expect("builder")
@@ -322,7 +326,7 @@ fn load_one(
     );
 
     group.throughput(Throughput::Elements(n as u64));
-    let id = format!("{name}/{INSPECTORS}sessions-x1thread/cpu/{n}images");
+    let id = format!("{name}/{}sessions-x1thread/cpu/{n}images", inspectors());
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
         b.iter(|| bare_all(&mut sessions, &tensors, w, h))
     });

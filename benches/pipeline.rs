@@ -7,7 +7,10 @@
 //! prints its p99.
 //!
 //! `cargo bench --bench pipeline` to measure (`LINESIGHT_BENCH_STAGES=1` also prints the mean
-//! time of each stage per run); `cargo bench -- --test` runs each once (CI).
+//! time of each stage per run, `LINESIGHT_BENCH_ROWS=text` runs only the alternating rows whose
+//! label holds one of the `|`-separated texts, `LINESIGHT_BENCH_THREADS=N` gives N ONNX Runtime
+//! threads to either side instead of 2, `LINESIGHT_BENCH_ROUNDS=N` sets the number of rounds);
+//! `cargo bench -- --test` runs each once (CI).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -22,10 +25,7 @@ use linesight::source::SourceConfig;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_parallel, repo, rounds, runtime, shared_data, spread};
-
-/// ONNX Runtime threads in all, on either side (the build machine has two cores).
-const THREADS: usize = 2;
+use common::{bare_parallel, repo, rounds, runtime, shared_data, spread, threads};
 
 /// How a side runs ONNX Runtime: `sessions` sessions (bare) or inference workers (pipeline) of
 /// `threads` intra-op threads each, spinning between runs or not.
@@ -37,21 +37,23 @@ struct Layout {
 }
 
 /// One session of all the threads: the lowest latency per frame.
-const fn one_session(spin: bool) -> Layout {
+fn one_session(spin: bool) -> Layout {
     Layout {
         sessions: 1,
-        threads: THREADS,
+        threads: threads(),
         spin,
     }
 }
 
 /// One single-threaded session per thread: frames run side by side, no intra-op barriers (and
 /// nothing to spin).
-const SESSION_PER_THREAD: Layout = Layout {
-    sessions: THREADS,
-    threads: 1,
-    spin: false,
-};
+fn session_per_thread() -> Layout {
+    Layout {
+        sessions: threads(),
+        threads: 1,
+        spin: false,
+    }
+}
 
 /// One single-threaded session: the other core is left to the camera thread.
 const ONE_THREAD: Layout = Layout {
@@ -175,6 +177,7 @@ impl Subject {
         rt: &tokio::runtime::Runtime,
         batch: usize,
         layout: Layout,
+        preload: bool,
     ) -> Duration {
         run_pipeline(
             rt,
@@ -184,6 +187,7 @@ impl Subject {
             batch,
             layout.sessions,
             &layout.options(),
+            preload,
         )
     }
 }
@@ -198,6 +202,9 @@ struct Row<'a> {
     /// with the lowest median time is the baseline.
     bare: &'a [Layout],
     bare_batches: &'a [usize],
+    /// The folder source holds its frames decoded in memory (`preload_mib`), so that a grab
+    /// costs what a camera's raw frame does; otherwise each grab reads and decodes a file.
+    preload: bool,
 }
 
 /// The throughput ratio pipeline / bare ONNX Runtime measured in alternating rounds (the bare
@@ -221,7 +228,7 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
     for sessions in &mut bare {
         subject.bare_pass(sessions, &stacked[0]);
     }
-    subject.pipeline_pass(rt, batch, row.pipeline);
+    subject.pipeline_pass(rt, batch, row.pipeline, row.preload);
     // Per bare variant (layout × batch size), its time in each round.
     let variants: Vec<(usize, usize)> = (0..bare.len())
         .flat_map(|l| (0..stacked.len()).map(move |b| (l, b)))
@@ -234,7 +241,11 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
             subject.bare_pass(&mut bare[l], &stacked[b]);
             times.push(start.elapsed().as_secs_f64());
         }
-        ours.push(subject.pipeline_pass(rt, batch, row.pipeline).as_secs_f64());
+        ours.push(
+            subject
+                .pipeline_pass(rt, batch, row.pipeline, row.preload)
+                .as_secs_f64(),
+        );
     }
     // The best bare variant is the one with the lowest median time, and every round compares
     // with that variant: taking the fastest variant round by round would pick noise (the
@@ -265,6 +276,8 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
 }
 
 /// Runs the pipeline over `folder` once; returns the time from start of frames to last result.
+/// With `preload`, the folder is decoded into memory before the timed part, like the model.
+#[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     rt: &tokio::runtime::Runtime,
     model: &Path,
@@ -273,6 +286,7 @@ fn run_pipeline(
     batch_size: usize,
     workers: usize,
     options: &SessionOptions,
+    preload: bool,
 ) -> Duration {
     rt.block_on(async {
         let config = CameraConfig {
@@ -280,6 +294,7 @@ fn run_pipeline(
             source: SourceConfig::Folder {
                 path: folder.to_path_buf(),
                 repeat: false,
+                preload_mib: preload.then_some(1024),
             },
             mode: TriggerMode::FreeRun,
             fps: 0.0,
@@ -362,6 +377,7 @@ fn throughput(c: &mut Criterion) {
             pipeline_batch: 1,
             bare: &[one_session(true)],
             bare_batches: &[1],
+            preload: false,
         },
         Row {
             label: "batch 1, threads not spinning, vs bare spinning or not (the faster)",
@@ -369,6 +385,7 @@ fn throughput(c: &mut Criterion) {
             pipeline_batch: 1,
             bare: &either,
             bare_batches: &[1],
+            preload: false,
         },
         Row {
             label: "dynamic batching (up to 8, autotuned, spinning) vs the best bare batch of 1/2/4/8, spinning or not",
@@ -376,16 +393,18 @@ fn throughput(c: &mut Criterion) {
             pipeline_batch: 8,
             bare: &either,
             bare_batches: &[1, 2, 4, 8],
+            preload: false,
         },
         // Frames side by side instead of each split over the threads: the same two threads
         // give bare ONNX Runtime more throughput on small models, so the pipeline is compared
         // with the best of the bare layouts.
         Row {
             label: "2 workers of 1 thread vs the best bare layout (1 session of 2 threads, spinning or not, or 2 sessions of 1)",
-            pipeline: SESSION_PER_THREAD,
+            pipeline: session_per_thread(),
             pipeline_batch: 1,
-            bare: &[one_session(true), one_session(false), SESSION_PER_THREAD],
+            bare: &[one_session(true), one_session(false), session_per_thread()],
             bare_batches: &[1],
+            preload: false,
         },
         // One intra-op thread on both sides leaves a core to the camera thread: what the
         // pipeline costs where inference does not need every core.
@@ -395,10 +414,40 @@ fn throughput(c: &mut Criterion) {
             pipeline_batch: 1,
             bare: &[ONE_THREAD],
             bare_batches: &[1],
+            preload: false,
+        },
+        // The same layouts with the frames held decoded in memory: the camera thread then does
+        // what it does for a camera's raw frames (copy, crop, resize, tensor), no file decoding.
+        Row {
+            label: "frames in memory, batch 1, threads spinning on both sides",
+            pipeline: one_session(true),
+            pipeline_batch: 1,
+            bare: &[one_session(true)],
+            bare_batches: &[1],
+            preload: true,
+        },
+        Row {
+            label: "frames in memory, dynamic batching (up to 8) vs the best bare batch of 1/2/4/8, spinning or not",
+            pipeline: one_session(true),
+            pipeline_batch: 8,
+            bare: &either,
+            bare_batches: &[1, 2, 4, 8],
+            preload: true,
+        },
+        Row {
+            label: "frames in memory, 2 workers of 1 thread vs the best bare layout",
+            pipeline: session_per_thread(),
+            pipeline_batch: 1,
+            bare: &[one_session(true), one_session(false), session_per_thread()],
+            bare_batches: &[1],
+            preload: true,
         },
     ];
+    // `LINESIGHT_BENCH_ROWS=text|text…`: only the rows whose label holds one of the texts.
+    let only = std::env::var("LINESIGHT_BENCH_ROWS").unwrap_or_default();
+    let wanted = |row: &&Row<'_>| only.split('|').any(|text| row.label.contains(text));
     for subject in &subjects {
-        for row in &rows {
+        for row in rows.iter().filter(wanted) {
             alternating(&rt, subject, row, rounds);
         }
     }
@@ -412,57 +461,66 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
-    let id = format!("demo-washer/batch1/threads{THREADS}/cpu/{n}frames");
+    let id = format!("demo-washer/batch1/threads{}/cpu/{n}frames", threads());
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
         b.iter(|| demo.bare_pass(&mut bare, &ones))
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, one_session(true)))
+                .map(|_| demo.pipeline_pass(&rt, 1, one_session(true), false))
                 .sum()
         })
     });
     // Intra-op threads that do not spin between runs leave the cores to the camera thread's
     // decode and preparation; bare ONNX Runtime is measured with the same setting too.
-    let id_no_spin = format!("demo-washer/batch1/threads{THREADS}-nospin/cpu/{n}frames");
+    let id_no_spin = format!(
+        "demo-washer/batch1/threads{}-nospin/cpu/{n}frames",
+        threads()
+    );
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id_no_spin), |b| {
         b.iter(|| demo.bare_pass(&mut bare_no_spin, &ones))
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id_no_spin), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, one_session(false)))
+                .map(|_| demo.pipeline_pass(&rt, 1, one_session(false), false))
                 .sum()
         })
     });
     // Dynamic batching: the pipeline groups what is queued (up to 8 frames) and is compared
     // with bare ONNX Runtime at its best fixed batch size.
     for batch in [2usize, 4, 8] {
-        let id = format!("demo-washer/batch{batch}/threads{THREADS}/cpu/{n}frames");
+        let id = format!(
+            "demo-washer/batch{batch}/threads{}/cpu/{n}frames",
+            threads()
+        );
         let batches = batch_of(batch);
         group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
             b.iter(|| demo.bare_pass(&mut bare, &batches))
         });
     }
-    let id = format!("demo-washer/dynamic-batch8/threads{THREADS}/cpu/{n}frames");
+    let id = format!(
+        "demo-washer/dynamic-batch8/threads{}/cpu/{n}frames",
+        threads()
+    );
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 8, one_session(true)))
+                .map(|_| demo.pipeline_pass(&rt, 8, one_session(true), false))
                 .sum()
         })
     });
     // The same threads as single-threaded sessions (bare) or workers (pipeline), side by side.
-    let mut side_by_side = demo.sessions(SESSION_PER_THREAD);
-    let id = format!("demo-washer/batch1/{THREADS}x1thread/cpu/{n}frames");
+    let mut side_by_side = demo.sessions(session_per_thread());
+    let id = format!("demo-washer/batch1/{}x1thread/cpu/{n}frames", threads());
     group.bench_function(BenchmarkId::new("bare_ort_session_run", &id), |b| {
         b.iter(|| demo.bare_pass(&mut side_by_side, &ones))
     });
     group.bench_function(BenchmarkId::new("folder_pipeline", &id), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| demo.pipeline_pass(&rt, 1, SESSION_PER_THREAD))
+                .map(|_| demo.pipeline_pass(&rt, 1, session_per_thread(), false))
                 .sum()
         })
     });

@@ -46,12 +46,31 @@ pub fn spread(mut ratios: Vec<f64>) -> (f64, f64, f64) {
     (median, ratios[0], ratios[n - 1])
 }
 
-/// Alternating rounds per ratio: 10, or 1 under `cargo bench -- --test` (CI).
+/// Alternating rounds per ratio: 10 (`LINESIGHT_BENCH_ROUNDS` sets another number), or 1 under
+/// `cargo bench -- --test` (CI).
 pub fn rounds() -> usize {
     if std::env::args().any(|a| a == "--test") {
         1
     } else {
-        10
+        env_count("LINESIGHT_BENCH_ROUNDS", 10)
+    }
+}
+
+/// ONNX Runtime threads in all, on either side of a comparison: 2, the build machine's cores
+/// (`LINESIGHT_BENCH_THREADS` sets another number, for a machine with more cores).
+pub fn threads() -> usize {
+    env_count("LINESIGHT_BENCH_THREADS", 2)
+}
+
+/// A positive count from the environment variable `name`, `default` when unset; anything else
+/// stops the bench naming the variable.
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("{name} = {v:?}: must be a whole number of at least 1"),
+        },
     }
 }
 
