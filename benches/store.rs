@@ -126,6 +126,7 @@ fn record(c: &mut Criterion) {
                                 &quality,
                                 "system",
                                 Some(&id),
+                                &[],
                             )
                             .await
                             .expect("record");

@@ -20,7 +20,7 @@ use crate::pipeline::metrics::Histogram;
 use crate::pipeline::{Trigger, TriggerAccepted};
 use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay};
 use crate::quality::{NewInspection, Verdict};
-use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, image_path};
+use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, StoreError, image_path};
 
 /// Inspectors lent to one upload at a time.
 pub struct InspectorPool {
@@ -431,19 +431,9 @@ async fn upload_inner(
     };
     let found = result?;
     let overlay_png = overlay.transpose()?;
-    let now = crate::quality::now_ms();
-    let mut files = vec![body.to_vec()];
-    files.extend(overlay_png);
-    let mut refs = state
-        .store
-        .put_images(&state.image_dir, files, now)
-        .await?
-        .into_iter();
-    let image_ref = refs.next().expect("the upload's hash");
-    let overlay_ref = refs.next();
     let regions_json =
         serde_json::to_string(&found.regions).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let new = NewInspection {
+    let mut new = NewInspection {
         part_id,
         lot,
         line: state.line.clone(),
@@ -455,15 +445,28 @@ async fn upload_inner(
         score: f64::from(found.score),
         verdict: found.verdict,
         regions_json,
-        image_ref: Some(image_ref.clone()),
-        overlay_ref: overlay_ref.clone(),
+        image_ref: None,
+        overlay_ref: None,
         timings_json: serde_json::to_string(&found.timings).unwrap_or_default(),
         source: "manual".into(),
         defect_class: params.defect_class,
     };
+    // A record the store would refuse is refused before its files are written: no file
+    // without its record (the image quota counts recorded files).
+    new.validate()
+        .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+    // The files are written and synced first, then recorded with the inspection in one
+    // transaction.
+    let mut images = vec![body];
+    images.extend(overlay_png.map(Bytes::from));
+    let files = crate::store::write_images(&state.image_dir, images).await?;
+    let image_ref = files[0].hash.clone();
+    let overlay_ref = files.get(1).map(|f| f.hash.clone());
+    new.image_ref = Some(image_ref.clone());
+    new.overlay_ref = overlay_ref.clone();
     let recorded = state
         .store
-        .record_inspection(&new, &state.quality, &user.username)
+        .record_inspection_with_images(&new, &files, &state.quality, &user.username)
         .await?;
     Ok((
         StatusCode::CREATED,

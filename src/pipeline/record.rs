@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{InspectionResult, Outcome};
 use crate::quality::{NewInspection, QualityConfig};
-use crate::store::{Store, StoreError, TriggerAnswer};
+use crate::store::{Store, StoreError, TriggerAnswer, write_image_files};
 
 /// `[pipeline] store_images`: which frames are kept as images with their record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,19 +126,22 @@ impl Recorder {
             }
             return Ok(());
         };
+        let mut files = Vec::new();
         if let Some(image) = image.filter(|_| self.keeps_image(&new)) {
-            let image = image.clone();
-            let png = tokio::task::spawn_blocking(move || encode_png(&image))
-                .await
-                .map_err(|e| StoreError::Invalid(format!("image encoding stopped: {e}")))??;
-            let hash = self
-                .store
-                .put_image(&self.image_dir, &png, now_ms())
-                .await?;
-            new.image_ref = Some(hash);
+            // A record the store would refuse writes no file (the quota counts recorded ones).
+            new.validate()
+                .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+            let (image, dir) = (image.clone(), self.image_dir.clone());
+            files = tokio::task::spawn_blocking(move || {
+                write_image_files(&dir, &[encode_png(&image)?])
+            })
+            .await
+            .map_err(|e| StoreError::Invalid(format!("image encoding stopped: {e}")))??;
+            new.image_ref = files.first().map(|f| f.hash.clone());
         }
+        // The frame's image row, the inspection and the trigger's answer: one transaction.
         self.store
-            .record_inspection_for_trigger(&new, &self.quality, "system", trigger)
+            .record_inspection_for_trigger(&new, &self.quality, "system", trigger, &files)
             .await?;
         Ok(())
     }

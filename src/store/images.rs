@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
+use sqlx::{Any, Row as _, Transaction};
 
 use super::{Store, StoreError, db};
 
@@ -62,6 +62,44 @@ pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String
     Ok(hash)
 }
 
+/// An image file written and synced under the image folder, not yet recorded in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    /// SHA-256 of the bytes: the file's name and the reference inspection records keep.
+    pub hash: String,
+    pub bytes: u64,
+}
+
+/// Writes and syncs each image under `dir` (content-addressed, on a blocking thread, never on
+/// the async runtime). The files are complete on disk when this returns; record them with the
+/// inspection that refers to them ([`Store::record_inspection_with_images`]).
+pub async fn write_images<B>(dir: &Path, images: Vec<B>) -> Result<Vec<ImageFile>, StoreError>
+where
+    B: AsRef<[u8]> + Send + 'static,
+{
+    let folder = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || write_image_files(&folder, &images))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))?
+}
+
+/// [`write_images`] on the calling thread, for code already on a blocking thread.
+pub fn write_image_files<B: AsRef<[u8]>>(
+    dir: &Path,
+    images: &[B],
+) -> Result<Vec<ImageFile>, StoreError> {
+    images
+        .iter()
+        .map(|bytes| {
+            let bytes = bytes.as_ref();
+            Ok(ImageFile {
+                hash: write_content_addressed(dir, bytes)?,
+                bytes: bytes.len() as u64,
+            })
+        })
+        .collect()
+}
+
 impl Store {
     /// Stores image bytes under `dir` and returns their SHA-256 (the reference kept in
     /// inspection records). Storing the same bytes again is a no-op.
@@ -83,30 +121,33 @@ impl Store {
         images: Vec<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let folder = dir.to_path_buf();
-        let written = tokio::task::spawn_blocking(move || {
-            images
-                .iter()
-                .map(|bytes| Ok((write_content_addressed(&folder, bytes)?, bytes.len())))
-                .collect::<Result<Vec<_>, StoreError>>()
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))??;
+        let written = write_images(dir, images).await?;
         let mut tx = self.begin().await?;
-        for (hash, len) in &written {
+        Self::record_images(&mut tx, &written, now_ms).await?;
+        tx.commit().await.map_err(db("record an image"))?;
+        Ok(written.into_iter().map(|f| f.hash).collect())
+    }
+
+    /// Records image files written by [`write_images`] in the transaction `tx` (the one that
+    /// records what refers to them, so that both are kept or neither).
+    pub(crate) async fn record_images(
+        tx: &mut Transaction<'static, Any>,
+        files: &[ImageFile],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        for file in files {
             sqlx::query(
                 "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \
                  ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL",
             )
-            .bind(hash)
-            .bind(*len as i64)
+            .bind(&file.hash)
+            .bind(file.bytes as i64)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db("record an image"))?;
         }
-        tx.commit().await.map_err(db("record an image"))?;
-        Ok(written.into_iter().map(|(hash, _)| hash).collect())
+        Ok(())
     }
 
     /// Deletes images older than `retention_days` and then the oldest ones until the rest fit

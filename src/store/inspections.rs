@@ -3,6 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
 
+use super::images::ImageFile;
 use super::{Backend, Store, StoreError, db};
 use crate::quality::audit::NewAuditEntry;
 use crate::quality::rules::{opening_reason, reject_rate_exceeded};
@@ -111,23 +112,41 @@ impl Store {
         cfg: &QualityConfig,
         actor: &str,
     ) -> Result<RecordedInspection, StoreError> {
-        self.record_inspection_for_trigger(new, cfg, actor, None)
+        self.record_inspection_for_trigger(new, cfg, actor, None, &[])
+            .await
+    }
+
+    /// [`Store::record_inspection`] for an inspection whose image files (written by
+    /// [`super::images::write_images`]; `new.image_ref` and `overlay_ref` name them) are
+    /// recorded in the same transaction: one commit for the upload, and no image row without
+    /// its inspection.
+    pub async fn record_inspection_with_images(
+        &self,
+        new: &NewInspection,
+        files: &[ImageFile],
+        cfg: &QualityConfig,
+        actor: &str,
+    ) -> Result<RecordedInspection, StoreError> {
+        self.record_inspection_for_trigger(new, cfg, actor, None, files)
             .await
     }
 
     /// [`Store::record_inspection`] for a journalled trigger: the trigger is answered
-    /// `inspected` in the same transaction (see [`super::triggers`]).
+    /// `inspected` in the same transaction (see [`super::triggers`]), and the image `files`
+    /// (already written and synced) are recorded in it too.
     pub async fn record_inspection_for_trigger(
         &self,
         new: &NewInspection,
         cfg: &QualityConfig,
         actor: &str,
         trigger_id: Option<&str>,
+        files: &[ImageFile],
     ) -> Result<RecordedInspection, StoreError> {
         new.validate()
             .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        Self::record_images(&mut tx, files, now).await?;
         let id: i64 = sqlx::query(
             "INSERT INTO inspections (part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
              regions_json, image_ref, overlay_ref, timings_json, source, defect_class, at_ms) \
@@ -165,16 +184,24 @@ impl Store {
             reason: None,
         }];
 
-        let accepts_before = count(
-            sqlx::query(
-                "SELECT COUNT(*) FROM inspections WHERE lot = $1 AND verdict = 'good' AND id < $2",
-            )
-            .bind(&new.lot)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("count accepted parts"))?,
-        )?;
+        // The lot's accepted parts before this one: one counter row per lot (migration 0007),
+        // not a count over the lot's inspections, which grew with the lot.
+        let accepts_before = if new.verdict == Verdict::Good {
+            count(
+                sqlx::query(
+                    "INSERT INTO lot_counts (lot, accepted) VALUES ($1, 1) \
+                     ON CONFLICT (lot) DO UPDATE SET accepted = lot_counts.accepted + 1 \
+                     RETURNING accepted",
+                )
+                .bind(&new.lot)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("count accepted parts"))?,
+            )? - 1
+        } else {
+            // A reject opens a task whatever the count; nothing to count.
+            0
+        };
         let mut recorded = RecordedInspection {
             inspection_id: id,
             task: None,

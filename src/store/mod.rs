@@ -43,7 +43,7 @@ use crate::quality::{SignatureError, TransitionError};
 pub use api::{
     ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
 };
-pub use images::{RetentionReport, image_path};
+pub use images::{ImageFile, RetentionReport, image_path, write_image_files, write_images};
 pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
 pub use models::{ActivationState, ModelActivation, NewModelActivation};
@@ -284,6 +284,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "api",
                 include_str!("../../migrations/sqlite/0006_api.sql"),
                 include_str!("../../migrations/postgres/0006_api.sql"),
+            ),
+            (
+                7,
+                "lot_counts",
+                include_str!("../../migrations/sqlite/0007_lot_counts.sql"),
+                include_str!("../../migrations/postgres/0007_lot_counts.sql"),
             ),
         ];
         let backend = self.0;

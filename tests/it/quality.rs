@@ -138,8 +138,10 @@ on_both_databases!(
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
     reject_rate_above_the_limit_raises_one_ncr,
     fifty_concurrent_writers_lose_nothing,
+    accept_sampling_counts_each_accepted_part_once_under_concurrent_writers,
     two_instances_never_claim_the_same_task,
     images_expire_by_age_and_quota_but_records_keep_their_reference,
+    image_rows_are_recorded_with_their_inspection_or_not_at_all,
     api_sessions_tokens_listings_holds_and_attachments,
 );
 
@@ -904,6 +906,72 @@ async fn fifty_concurrent_writers_lose_nothing(db: &Db) {
     assert_eq!(entries, (WRITERS * EACH + WRITERS * EACH / 5 + ncrs) as u64);
 }
 
+async fn accept_sampling_counts_each_accepted_part_once_under_concurrent_writers(db: &Db) {
+    // Default rules: one good part in 15 of a lot is sampled (lot size 1200, level II).
+    const WRITERS: usize = 6;
+    const EACH: usize = 15;
+    let cfg = QualityConfig::default();
+    assert_eq!(cfg.accept_sampling_interval(), 15);
+    // Half the writers are a second service instance on the same database: the lot counter
+    // row must count each accepted part once, whoever writes it.
+    let other = db.another_instance().await;
+    let mut handles = Vec::new();
+    for w in 0..WRITERS {
+        let store = if w % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        let cfg = cfg.clone();
+        handles.push(tokio::spawn(async move {
+            let mut sampled = 0;
+            for i in 0..EACH {
+                let r = store
+                    .record_inspection(
+                        &inspection(&format!("C{w}-{i}"), "CONC", 0.1),
+                        &cfg,
+                        "system",
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w} write {i}: {e}"));
+                if let Some(t) = r.task {
+                    assert_eq!(t.opening_reason, "sampled");
+                    sampled += 1;
+                }
+            }
+            sampled
+        }));
+    }
+    let mut sampled = 0;
+    for h in handles {
+        sampled += h.await.unwrap();
+    }
+    // 90 accepted parts: the 15th, 30th, … 90th, however the writers interleave.
+    assert_eq!(sampled, WRITERS * EACH / 15);
+    // Rejects are not counted; the next good part of the lot is the 91st.
+    for i in 0..14 {
+        let reject = db
+            .store
+            .record_inspection(&inspection(&format!("R{i}"), "CONC", 0.9), &cfg, "system")
+            .await
+            .unwrap();
+        assert_eq!(reject.task.unwrap().opening_reason, "reject");
+    }
+    let mut next = Vec::new();
+    for i in 0..15 {
+        let r = db
+            .store
+            .record_inspection(&inspection(&format!("N{i}"), "CONC", 0.1), &cfg, "system")
+            .await
+            .unwrap();
+        if r.task.is_some() {
+            next.push(i);
+        }
+    }
+    assert_eq!(next, vec![14], "the 105th accepted part");
+    other.close().await;
+}
+
 async fn two_instances_never_claim_the_same_task(db: &Db) {
     const TASKS: usize = 60;
     let cfg = no_sampling();
@@ -956,6 +1024,53 @@ async fn two_instances_never_claim_the_same_task(db: &Db) {
     }
     second.close().await;
     assert_chain_intact(&first).await;
+}
+
+async fn image_rows_are_recorded_with_their_inspection_or_not_at_all(db: &Db) {
+    let s = &db.store;
+    let dir = tempfile::tempdir().unwrap();
+    let files = linesight::store::write_images(dir.path(), vec![vec![9u8; 50], vec![8u8; 30]])
+        .await
+        .unwrap();
+    assert!(linesight::store::image_path(dir.path(), &files[0].hash).is_file());
+    let with_refs = |model_sha256: String| NewInspection {
+        image_ref: Some(files[0].hash.clone()),
+        overlay_ref: Some(files[1].hash.clone()),
+        model_sha256,
+        ..inspection("P1", "L", 0.1)
+    };
+    // Refused: neither the inspection nor its image rows (a quota of 0 finds nothing to evict).
+    let err = s
+        .record_inspection_with_images(&with_refs("xyz".into()), &files, &no_sampling(), "system")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("model_sha256"), "{err}");
+    let r = s
+        .enforce_image_retention(dir.path(), 90, 0, 1)
+        .await
+        .unwrap();
+    assert_eq!((r.evicted, r.bytes_freed), (0, 0));
+    // Recorded: both rows with it, in the same commit.
+    let rec = s
+        .record_inspection_with_images(
+            &with_refs("ab".repeat(32)),
+            &files,
+            &no_sampling(),
+            "system",
+        )
+        .await
+        .unwrap();
+    let stored = s.inspection(rec.inspection_id).await.unwrap();
+    assert_eq!(
+        stored.inspection.image_ref.as_deref(),
+        Some(files[0].hash.as_str())
+    );
+    let r = s
+        .enforce_image_retention(dir.path(), 90, 0, 1)
+        .await
+        .unwrap();
+    assert_eq!((r.evicted, r.bytes_freed), (2, 80));
+    assert_chain_intact(s).await;
 }
 
 async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db) {
