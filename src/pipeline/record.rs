@@ -136,7 +136,9 @@ impl Recorder {
                 write_image_files(&dir, &[encode_png(&image)?])
             })
             .await
-            .map_err(|e| StoreError::Invalid(format!("image encoding stopped: {e}")))??;
+            .map_err(|e| {
+                StoreError::Invalid(format!("image encoding and writing stopped: {e}"))
+            })??;
             new.image_ref = files.first().map(|f| f.hash.clone());
         }
         // The frame's image row, the inspection and the trigger's answer: one transaction.
