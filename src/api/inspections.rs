@@ -20,7 +20,7 @@ use crate::pipeline::metrics::Histogram;
 use crate::pipeline::{Trigger, TriggerAccepted};
 use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay};
 use crate::quality::{NewInspection, Verdict};
-use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, StoreError, image_path};
+use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, Store, image_path};
 
 /// Inspectors lent to one upload at a time.
 pub struct InspectorPool {
@@ -453,8 +453,7 @@ async fn upload_inner(
     };
     // A record the store would refuse is refused before its files are written: no file
     // without its record (the image quota counts recorded files).
-    new.validate()
-        .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+    Store::check_inspection(&new)?;
     // The files are written and synced first, then recorded with the inspection in one
     // transaction.
     let mut images = vec![body];

@@ -129,8 +129,7 @@ impl Recorder {
         let mut files = Vec::new();
         if let Some(image) = image.filter(|_| self.keeps_image(&new)) {
             // A record the store would refuse writes no file (the quota counts recorded ones).
-            new.validate()
-                .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+            Store::check_inspection(&new)?;
             let (image, dir) = (image.clone(), self.image_dir.clone());
             files = tokio::task::spawn_blocking(move || {
                 write_image_files(&dir, &[encode_png(&image)?])

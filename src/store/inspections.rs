@@ -103,6 +103,14 @@ fn count(row: AnyRow) -> Result<i64, StoreError> {
 }
 
 impl Store {
+    /// The refusal [`Store::record_inspection`] would give `new` for its fields, before
+    /// anything is written: callers that write image files first check with it, so that no
+    /// file is left without its record.
+    pub fn check_inspection(new: &NewInspection) -> Result<(), StoreError> {
+        new.validate()
+            .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))
+    }
+
     /// Stores one inspection result and, in the same transaction, applies the opening rules
     /// (reject, uncertain score, accept sampling, re-inspection cap) and the lot's reject-rate
     /// alert. `actor` is the user name behind a manual upload, or `system`.
@@ -142,8 +150,7 @@ impl Store {
         trigger_id: Option<&str>,
         files: &[ImageFile],
     ) -> Result<RecordedInspection, StoreError> {
-        new.validate()
-            .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))?;
+        Self::check_inspection(new)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         Self::record_images(&mut tx, files, now).await?;
