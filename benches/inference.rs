@@ -9,14 +9,15 @@ use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use image::{ImageEncoder, RgbImage};
+use linesight::inspect::PreparedImage;
 use linesight::model::{Detector, ModelPackage, OrtRuntime, SessionOptions};
 use linesight::postprocess::{
     AnomalyMap, OverlayOptions, SourceGeometry, extract_regions, render_overlay,
 };
 use linesight::preprocess::resize::PillowBilinear;
 use linesight::preprocess::{
-    ChannelOrder, DecodeLimits, Normalisation, decode, resize_bilinear_pillow,
-    resize_torchvision_antialias, resize_torchvision_uint8, write_chw,
+    ChannelOrder, DecodeLimits, InputSpec, Normalisation, ResizeMode, decode,
+    resize_bilinear_pillow, resize_torchvision_antialias, resize_torchvision_uint8, write_chw,
 };
 
 const CAMERA: (u32, u32) = (1280, 1024);
@@ -88,6 +89,27 @@ fn preprocess(c: &mut Criterion) {
                 &mut tensor,
             )
         })
+    });
+    // A demo-sized frame (the synthetic washers are 224×176) brought to the model's 256×256:
+    // what a camera thread pays per frame before inference, and the resize alone.
+    let part = RgbImage::from_fn(224, 176, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * 3 + y) % 239) as u8])
+    });
+    let spec = InputSpec {
+        width: MODEL_SIZE,
+        height: MODEL_SIZE,
+        resize: ResizeMode::PillowBilinear,
+        channel_order: ChannelOrder::Rgb,
+        normalisation: Normalisation::None,
+        roi: None,
+    };
+    let upscale = PillowBilinear::new(224, 176, MODEL_SIZE, MODEL_SIZE);
+    group.bench_function(
+        BenchmarkId::new("resize_pillow_bilinear_cached_to_256", "224x176"),
+        |b| b.iter(|| upscale.resize(black_box(&part)).expect("input size")),
+    );
+    group.bench_function(BenchmarkId::new("prepared_image", "224x176"), |b| {
+        b.iter(|| PreparedImage::new(String::new(), black_box(&part), &spec).expect("prepare"))
     });
     group.finish();
 }

@@ -51,6 +51,10 @@ pub fn write_chw(image: &RgbImage, order: ChannelOrder, norm: &Normalisation, ou
 }
 
 /// [`write_chw`] on interleaved RGB bytes (`out.len()` floats for `out.len() / 3` pixels).
+///
+/// Each channel's 256 possible values are scaled and normalised once, into a table, with the
+/// same operations in the same order as per value (so the floats are bit-identical); the
+/// per-plane loop is then one table load and one sequential store per value.
 pub(crate) fn write_chw_pixels(
     pixels: &[u8],
     order: ChannelOrder,
@@ -59,21 +63,26 @@ pub(crate) fn write_chw_pixels(
 ) {
     let plane = out.len() / 3;
     debug_assert_eq!(pixels.len(), 3 * plane);
-    let (r, rest) = out.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
-    let planes = [r, g, b];
-    // Index planes in model order so that the per-pixel loop has no branch.
-    let targets = [
-        plane_index(order, 0),
-        plane_index(order, 1),
-        plane_index(order, 2),
-    ];
-    for (i, px) in pixels.chunks_exact(3).enumerate() {
-        for (c, &value) in px.iter().enumerate() {
-            planes[targets[c]][i] = f32::from(value) / 255.0;
+    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| {
+            let scaled = f32::from(v as u8) / 255.0;
+            match norm {
+                Normalisation::None => scaled,
+                Normalisation::MeanStd { mean, std } => {
+                    // `mean` and `std` are in model order.
+                    let m = plane_index(order, c);
+                    (scaled - mean[m]) / std[m]
+                }
+            }
+        })
+    });
+    for (c, table) in tables.iter().enumerate() {
+        let dst = plane_index(order, c);
+        let target = &mut out[dst * plane..(dst + 1) * plane];
+        for (o, px) in target.iter_mut().zip(pixels.chunks_exact(3)) {
+            *o = table[usize::from(px[c])];
         }
     }
-    normalise(out, plane, norm);
 }
 
 /// Takes RGB float planes in `[0, 1]` (the torchvision path) and writes them to `out` in model
@@ -122,6 +131,46 @@ mod tests {
                 30.0 / 255.0
             ]
         );
+    }
+
+    /// The per-value computation the tables replace: scale, then normalise in model order.
+    fn reference(pixels: &[u8], order: ChannelOrder, norm: &Normalisation) -> Vec<f32> {
+        let plane = pixels.len() / 3;
+        let mut out = vec![0.0f32; pixels.len()];
+        for (i, px) in pixels.chunks_exact(3).enumerate() {
+            for (c, &v) in px.iter().enumerate() {
+                out[plane_index(order, c) * plane + i] = f32::from(v) / 255.0;
+            }
+        }
+        if let Normalisation::MeanStd { mean, std } = norm {
+            for c in 0..3 {
+                for v in &mut out[c * plane..(c + 1) * plane] {
+                    *v = (*v - mean[c]) / std[c];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tables_give_the_per_value_floats_bit_for_bit() {
+        // Every byte value in every channel, in both orders, with and without normalisation.
+        let pixels: Vec<u8> = (0..256 * 3)
+            .map(|i| ((i / 3 + 85 * (i % 3)) % 256) as u8)
+            .collect();
+        let skewed = Normalisation::MeanStd {
+            mean: [0.1, 0.5, 0.9],
+            std: [0.3, 0.7, 0.11],
+        };
+        for order in [ChannelOrder::Rgb, ChannelOrder::Bgr] {
+            for norm in [Normalisation::None, Normalisation::IMAGENET, skewed.clone()] {
+                let mut out = vec![0.0f32; pixels.len()];
+                write_chw_pixels(&pixels, order, &norm, &mut out);
+                let want = reference(&pixels, order, &norm);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&want), "{order:?} {norm:?}");
+            }
+        }
     }
 
     #[test]
