@@ -86,6 +86,8 @@ impl ApiError {
                 | StoreError::Migrate(_)
                 | StoreError::Db { .. }
                 | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                // Retried by the upload; still gone after that, the client may try again.
+                StoreError::ImageGone { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

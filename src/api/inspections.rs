@@ -458,15 +458,20 @@ async fn upload_inner(
     // transaction.
     let mut images = vec![body];
     images.extend(overlay_png.map(Bytes::from));
-    let files = crate::store::write_images(&state.image_dir, images).await?;
-    let image_ref = files[0].hash.clone();
-    let overlay_ref = files.get(1).map(|f| f.hash.clone());
-    new.image_ref = Some(image_ref.clone());
-    new.overlay_ref = overlay_ref.clone();
-    let recorded = state
-        .store
-        .record_inspection_with_images(&new, &files, &state.quality, &user.username)
-        .await?;
+    let recorded = crate::store::write_and_record_images(&state.image_dir, images, |files| {
+        new.image_ref = files.first().map(|f| f.hash.clone());
+        new.overlay_ref = files.get(1).map(|f| f.hash.clone());
+        let (new, store) = (new.clone(), &state.store);
+        let (quality, actor) = (&state.quality, &user.username);
+        async move {
+            store
+                .record_inspection_with_images(&new, &files, quality, actor)
+                .await
+        }
+    })
+    .await?;
+    let image_ref = new.image_ref.clone().unwrap_or_default();
+    let overlay_ref = new.overlay_ref.clone();
     Ok((
         StatusCode::CREATED,
         Json(UploadAnswer {

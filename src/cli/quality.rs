@@ -263,6 +263,12 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
                 report.bytes_freed,
                 dir.display()
             );
+            if report.missing > 0 {
+                eprintln!(
+                    "warning: {} of them had no file any more (deleted outside linesight?); their records keep the reference",
+                    report.missing
+                );
+            }
             Ok(0)
         }),
     }

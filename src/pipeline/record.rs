@@ -160,7 +160,16 @@ impl Recorder {
         loop {
             match self.record(result, image).await {
                 Ok(()) => return true,
-                Err(e @ (StoreError::Db { .. } | StoreError::Connect { .. })) => {
+                // Image retention deleted a byte-identical file between its writing and the
+                // record: `record` writes it again.
+                Err(StoreError::ImageGone { hash }) if !give_up() => {
+                    tracing::info!(image = %hash, "Image retention removed an identical image as it was being recorded; writing it again.");
+                }
+                Err(
+                    e @ (StoreError::Db { .. }
+                    | StoreError::Connect { .. }
+                    | StoreError::ImageGone { .. }),
+                ) => {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if give_up() {
                         tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");

@@ -5,6 +5,15 @@
 //! recorded image is complete on disk; the same bytes are stored once. Expiry deletes the file
 //! and marks the row (`deleted_at_ms`) — inspection records keep their `image_ref` and all
 //! their metadata. The quota is enforced by deleting the oldest images first.
+//!
+//! Content addressing means a new upload may be byte-identical to an image that retention is
+//! about to delete. Both sides work under the store's write lock, so they cannot interleave
+//! inside it: retention marks a row and deletes its file in one write transaction, and only if
+//! the row is still the one it chose (not re-recorded since, which moves `stored_at_ms` to the
+//! newest record); a writer records a row and then checks, in its transaction, that the file
+//! is still there, or fails with [`StoreError::ImageGone`] and writes it again
+//! ([`write_and_record_images`]). A live row never names a missing file, and an image
+//! recorded again is kept for the retention period from its newest record.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -22,6 +31,9 @@ pub struct RetentionReport {
     /// Images removed, oldest first, to get under the quota.
     pub evicted: u64,
     pub bytes_freed: u64,
+    /// Rows still live whose file was already gone (deleted by hand, or a pass that stopped
+    /// between deleting a file and marking its row): marked deleted now.
+    pub missing: u64,
 }
 
 /// Where an image with this hash lives under `dir` (two-level fan-out).
@@ -68,6 +80,8 @@ pub struct ImageFile {
     /// SHA-256 of the bytes: the file's name and the reference inspection records keep.
     pub hash: String,
     pub bytes: u64,
+    /// Where it was written; recording checks that it is still there.
+    pub path: PathBuf,
 }
 
 /// Writes and syncs each image under `dir` (content-addressed, on a blocking thread, never on
@@ -92,12 +106,54 @@ pub fn write_image_files<B: AsRef<[u8]>>(
         .iter()
         .map(|bytes| {
             let bytes = bytes.as_ref();
+            let hash = write_content_addressed(dir, bytes)?;
             Ok(ImageFile {
-                hash: write_content_addressed(dir, bytes)?,
+                path: image_path(dir, &hash),
+                hash,
                 bytes: bytes.len() as u64,
             })
         })
         .collect()
+}
+
+/// How many times [`write_and_record_images`] writes the files before giving up: each retry
+/// needs retention to delete a just-written, byte-identical file again, which it does not do
+/// twice in a row (the record it raced with moved the row's `stored_at_ms` forward).
+const IMAGE_WRITE_ATTEMPTS: usize = 3;
+
+/// Writes `images` under `dir` ([`write_images`]) and hands the files to `record`, which records
+/// them in its transaction ([`Store::record_inspection_with_images`] or the like). When image
+/// retention removed one of them in between ([`StoreError::ImageGone`]), the files are written
+/// again and `record` is called again.
+pub async fn write_and_record_images<B, T, F, Fut>(
+    dir: &Path,
+    images: Vec<B>,
+    mut record: F,
+) -> Result<T, StoreError>
+where
+    B: AsRef<[u8]> + Clone + Send + 'static,
+    F: FnMut(Vec<ImageFile>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        let files = if images.is_empty() {
+            Vec::new()
+        } else {
+            write_images(dir, images.clone()).await?
+        };
+        match record(files).await {
+            Err(StoreError::ImageGone { hash }) if attempt < IMAGE_WRITE_ATTEMPTS => {
+                tracing::info!(
+                    image = %hash,
+                    attempt,
+                    "Image retention removed an identical image as it was being recorded; writing it again."
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Store {
@@ -121,15 +177,21 @@ impl Store {
         images: Vec<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let written = write_images(dir, images).await?;
-        let mut tx = self.begin().await?;
-        Self::record_images(&mut tx, &written, now_ms).await?;
-        tx.commit().await.map_err(db("record an image"))?;
-        Ok(written.into_iter().map(|f| f.hash).collect())
+        let images: Vec<std::sync::Arc<[u8]>> = images.into_iter().map(Into::into).collect();
+        write_and_record_images(dir, images, |written| async move {
+            let mut tx = self.begin().await?;
+            Self::record_images(&mut tx, &written, now_ms).await?;
+            tx.commit().await.map_err(db("record an image"))?;
+            Ok(written.into_iter().map(|f| f.hash).collect())
+        })
+        .await
     }
 
     /// Records image files written by [`write_images`] in the transaction `tx` (the one that
-    /// records what refers to them, so that both are kept or neither).
+    /// records what refers to them, so that both are kept or neither). An image recorded again
+    /// is live again and dated by its newest record. Fails with [`StoreError::ImageGone`] when
+    /// a file is no longer there: retention deleted it after it was written (see the module
+    /// notes); the caller writes it again.
     pub(crate) async fn record_images(
         tx: &mut Transaction<'static, Any>,
         files: &[ImageFile],
@@ -138,7 +200,9 @@ impl Store {
         for file in files {
             sqlx::query(
                 "INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL",
+                 ON CONFLICT (hash) DO UPDATE SET deleted_at_ms = NULL, stored_at_ms = \
+                 CASE WHEN excluded.stored_at_ms > images.stored_at_ms \
+                 THEN excluded.stored_at_ms ELSE images.stored_at_ms END",
             )
             .bind(&file.hash)
             .bind(file.bytes as i64)
@@ -146,6 +210,13 @@ impl Store {
             .execute(&mut **tx)
             .await
             .map_err(db("record an image"))?;
+            // Under the write lock: retention cannot delete it between this check and the
+            // commit.
+            if !file.path.is_file() {
+                return Err(StoreError::ImageGone {
+                    hash: file.hash.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -176,38 +247,49 @@ impl Store {
         }
         let mut total: u64 = live.iter().map(|l| l.1).sum();
         let mut report = RetentionReport::default();
-        let mut doomed = Vec::new();
         for (hash, bytes, at) in &live {
             let expired = *at < cutoff;
-            if expired || total > quota_bytes {
-                if expired {
-                    report.expired += 1;
-                } else {
-                    report.evicted += 1;
-                }
-                total -= bytes;
-                report.bytes_freed += bytes;
-                doomed.push(hash.clone());
+            if !(expired || total > quota_bytes) {
+                continue;
             }
-        }
-        for hash in &doomed {
+            // The row is marked and its file deleted in one write transaction, and only if it
+            // is still the row listed above: an image recorded again since is dated by that
+            // record and kept. A writer checks for its file under the same lock.
+            let mut tx = self.begin().await?;
+            let marked = sqlx::query(
+                "UPDATE images SET deleted_at_ms = $1 \
+                 WHERE hash = $2 AND deleted_at_ms IS NULL AND stored_at_ms = $3",
+            )
+            .bind(now_ms)
+            .bind(hash)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("mark an image deleted"))?
+            .rows_affected();
+            if marked == 0 {
+                continue;
+            }
             match std::fs::remove_file(image_path(dir, hash)) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing += 1,
                 Err(e) => {
                     return Err(StoreError::Invalid(format!(
                         "cannot delete image {hash}: {e}"
                     )));
                 }
             }
-            let mut tx = self.begin().await?;
-            sqlx::query("UPDATE images SET deleted_at_ms = $1 WHERE hash = $2")
-                .bind(now_ms)
-                .bind(hash)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("mark an image deleted"))?;
+            // Should the commit fail, the row stays live without its file: the next pass marks
+            // it again, and a writer recording the same bytes finds the file missing and
+            // writes it again.
             tx.commit().await.map_err(db("mark an image deleted"))?;
+            if expired {
+                report.expired += 1;
+            } else {
+                report.evicted += 1;
+            }
+            total -= bytes;
+            report.bytes_freed += bytes;
         }
         Ok(report)
     }

@@ -43,7 +43,10 @@ use crate::quality::{SignatureError, TransitionError};
 pub use api::{
     ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
 };
-pub use images::{ImageFile, RetentionReport, image_path, write_image_files, write_images};
+pub use images::{
+    ImageFile, RetentionReport, image_path, write_and_record_images, write_image_files,
+    write_images,
+};
 pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
 pub use models::{ActivationState, ModelActivation, NewModelActivation};
@@ -214,6 +217,12 @@ pub enum StoreError {
     Conflict { id: i64 },
     #[error("stored value {value:?} in {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+    /// Image retention removed a content-identical file between its writing and its record;
+    /// [`write_and_record_images`] writes it again and retries.
+    #[error(
+        "image {hash} was removed by image retention while it was being recorded; write it again"
+    )]
+    ImageGone { hash: String },
 }
 
 fn open_list(ncrs: &[i64]) -> String {

@@ -142,6 +142,8 @@ on_both_databases!(
     two_instances_never_claim_the_same_task,
     images_expire_by_age_and_quota_but_records_keep_their_reference,
     image_rows_are_recorded_with_their_inspection_or_not_at_all,
+    an_image_retention_deletes_while_it_is_recorded_again_is_written_again,
+    images_recorded_again_concurrently_with_retention_never_lose_their_file,
     api_sessions_tokens_listings_holds_and_attachments,
 );
 
@@ -1071,6 +1073,125 @@ async fn image_rows_are_recorded_with_their_inspection_or_not_at_all(db: &Db) {
         .unwrap();
     assert_eq!((r.evicted, r.bytes_freed), (2, 80));
     assert_chain_intact(s).await;
+}
+
+/// Content addressing lets an upload be byte-identical to an image that retention is deleting.
+/// A file deleted between its writing and its record is found missing in the recording
+/// transaction: nothing is recorded, and writing again then recording succeeds. An image
+/// recorded again is dated by its newest record, so expiry counts from there.
+async fn an_image_retention_deletes_while_it_is_recorded_again_is_written_again(db: &Db) {
+    let s = &db.store;
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000;
+    let bytes = vec![7u8; 64];
+    let hash = s.put_image(dir.path(), &bytes, 0).await.unwrap();
+    let path = linesight::store::image_path(dir.path(), &hash);
+    // A second upload of the same bytes finds the file there and does not write it...
+    let files = linesight::store::write_images(dir.path(), vec![bytes.clone()])
+        .await
+        .unwrap();
+    assert_eq!(files[0].hash, hash);
+    // ...then retention expires the first one before that upload is recorded.
+    let r = s
+        .enforce_image_retention(dir.path(), 1, 1 << 30, 2 * day)
+        .await
+        .unwrap();
+    assert_eq!(r.expired, 1);
+    assert!(!path.exists());
+    let new = NewInspection {
+        image_ref: Some(hash.clone()),
+        ..inspection("P-again", "L", 0.1)
+    };
+    let err = s
+        .record_inspection_with_images(&new, &files, &no_sampling(), "system")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, linesight::store::StoreError::ImageGone { hash: h } if *h == hash),
+        "{err}"
+    );
+    assert!(
+        s.list_inspections(&linesight::store::InspectionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty(),
+        "nothing recorded without its file"
+    );
+    // The upload path writes the file again and records.
+    let rec = linesight::store::write_and_record_images(dir.path(), vec![bytes.clone()], |files| {
+        let new = new.clone();
+        async move {
+            s.record_inspection_with_images(&new, &files, &no_sampling(), "system")
+                .await
+        }
+    })
+    .await
+    .unwrap();
+    assert!(path.is_file(), "written again");
+    let stored = s.inspection(rec.inspection_id).await.unwrap();
+    assert_eq!(stored.inspection.image_ref.as_deref(), Some(hash.as_str()));
+    // Recorded at the wall clock's time now: a pass at day 3 of the test clock keeps it.
+    let r = s
+        .enforce_image_retention(dir.path(), 1, 1 << 30, 3 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.evicted), (0, 0));
+    assert!(path.is_file());
+    // Recorded again later, an image expires a retention period after that record.
+    let other = s.put_image(dir.path(), &[5u8; 32], 0).await.unwrap();
+    assert_eq!(
+        s.put_image(dir.path(), &[5u8; 32], 5 * day).await.unwrap(),
+        other
+    );
+    let r = s
+        .enforce_image_retention(dir.path(), 1, 1 << 30, 5 * day + 1)
+        .await
+        .unwrap();
+    assert_eq!(r.expired, 0, "dated by its newest record");
+    assert!(linesight::store::image_path(dir.path(), &other).is_file());
+    assert_chain_intact(s).await;
+}
+
+/// One task records the same bytes over and over while another evicts every image (a quota of
+/// 0) over and over: at the end, an image row still live has its file.
+async fn images_recorded_again_concurrently_with_retention_never_lose_their_file(db: &Db) {
+    let s = &db.store;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = vec![3u8; 256];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let writer = async {
+        for i in 0..300 {
+            s.put_image(dir.path(), &bytes, i).await.unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+    };
+    // Each pass evicts the image if its row is live, and counts a live row found without its
+    // file as `missing`.
+    let retention = async {
+        let mut total = linesight::store::RetentionReport::default();
+        loop {
+            let done = stop.load(Ordering::SeqCst);
+            let r = s
+                .enforce_image_retention(dir.path(), 90, 0, 1_000)
+                .await
+                .unwrap();
+            total.evicted += r.evicted;
+            total.missing += r.missing;
+            if done {
+                return total;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let ((), total) = tokio::join!(writer, retention);
+    assert!(
+        total.evicted > 1,
+        "retention ran between the records: {total:?}"
+    );
+    assert_eq!(total.missing, 0, "a live image row without its file");
 }
 
 async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db) {
