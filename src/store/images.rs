@@ -45,31 +45,38 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |e| StoreError::Invalid(format!("{what}: {e}"))
 }
 
-/// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless that file is
-/// there already, and returns the SHA-256.
+/// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless a file of
+/// that name and size is there already, and returns the SHA-256.
+///
+/// Each write goes to a temporary file of its own (`tempfile`: a unique name in the same
+/// folder), so that two uploads of the same bytes at once never write into one file, and a
+/// file of the wrong size (truncated outside linesight) is replaced.
 pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
     let hash = hex::encode(Sha256::digest(bytes));
     let path = image_path(dir, &hash);
-    if !path.is_file() {
+    let complete =
+        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
+    if !complete {
         let parent = path.parent().unwrap_or(dir).to_path_buf();
         std::fs::create_dir_all(&parent)
             .map_err(io(format!("cannot create {}", parent.display())))?;
-        let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
+        let cannot = |e: &dyn std::fmt::Display| {
+            StoreError::Invalid(format!("cannot store {}: {e}", path.display()))
+        };
+        // Dropped on any error before `persist`, the temporary file is removed.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{hash}."))
+            .suffix(".tmp")
+            .tempfile_in(&parent)
+            .map_err(|e| cannot(&e))?;
+        tmp.write_all(bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| cannot(&e))?;
+        tmp.persist(&path).map_err(|e| cannot(&e.error))?;
         // The directory is synced too, so that the new name survives a power cut.
-        let renamed = written
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .and_then(|()| std::fs::File::open(&parent)?.sync_all());
-        if let Err(e) = renamed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Invalid(format!(
-                "cannot store {}: {e}",
-                path.display()
-            )));
-        }
+        std::fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| cannot(&e))?;
     }
     Ok(hash)
 }
@@ -292,5 +299,49 @@ impl Store {
             report.bytes_freed += bytes;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_bytes_written_at_once_from_many_threads_are_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let hashes: Vec<String> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut hash = String::new();
+                        for _ in 0..10 {
+                            hash = write_content_addressed(dir.path(), &bytes).unwrap();
+                        }
+                        hash
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        let path = image_path(dir.path(), &hashes[0]);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+    }
+
+    #[test]
+    fn a_file_of_the_wrong_size_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = vec![42u8; 4096];
+        let hash = write_content_addressed(dir.path(), &bytes).unwrap();
+        let path = image_path(dir.path(), &hash);
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert_eq!(write_content_addressed(dir.path(), &bytes).unwrap(), hash);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 }
