@@ -26,6 +26,9 @@ pub enum ApiError {
     },
     #[error("{0} does not exist")]
     NotFound(String),
+    /// It existed and was removed on purpose (image retention); the records keep its reference.
+    #[error("{0}")]
+    Gone(String),
     #[error("refused, the current model keeps serving: {0}")]
     Refused(String),
     #[error("request body larger than api.max_body_bytes = {0}")]
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,

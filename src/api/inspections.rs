@@ -578,7 +578,8 @@ pub(super) async fn inspection(
 /// A stored image or overlay, by its SHA-256.
 #[utoipa::path(get, path = "/api/v1/images/{hash}", tag = "inspections",
     params(("hash" = String, Path, description = "SHA-256, 64 hexadecimal digits")),
-    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404)))]
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404),
+        (status = 410, description = "removed by image retention; the records keep its reference")))]
 pub(super) async fn image(
     State(state): State<ApiState>,
     caller: Caller,
@@ -588,10 +589,34 @@ pub(super) async fn image(
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("hash", "must be 64 hexadecimal digits"));
     }
-    let path = image_path(&state.image_dir, &hash.to_ascii_lowercase());
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|_| ApiError::NotFound(format!("image {hash}")))?;
+    let hash = hash.to_ascii_lowercase();
+    let path = image_path(&state.image_dir, &hash);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        // Say why it is not there: never stored, or removed by image retention (the
+        // inspection records keep the reference).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(match state.store.image_deleted_at(&hash).await? {
+                Some(Some(at)) => ApiError::Gone(format!(
+                    "image {hash} was removed by image retention at {} \
+                     (quality.image_retention_days, quality.image_quota_bytes); the records \
+                     that name it are kept",
+                    crate::quality::format_ms(at)
+                )),
+                Some(None) => {
+                    tracing::error!(image = %hash, path = %path.display(), "An image recorded as stored has no file.");
+                    ApiError::NotFound(format!("the file of image {hash}"))
+                }
+                None => ApiError::NotFound(format!("image {hash}")),
+            });
+        }
+        Err(e) => {
+            return Err(ApiError::Internal(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
     let media = match image::guess_format(&bytes) {
         Ok(image::ImageFormat::Png) => "image/png",
         Ok(image::ImageFormat::Jpeg) => "image/jpeg",

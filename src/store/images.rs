@@ -228,6 +228,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether an image is recorded: `None` when no record names this hash, `Some(None)` when it
+    /// is live, `Some(Some(ms))` when image retention deleted it at `ms`.
+    pub async fn image_deleted_at(&self, hash: &str) -> Result<Option<Option<i64>>, StoreError> {
+        let row = sqlx::query("SELECT deleted_at_ms FROM images WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db("look up an image"))?;
+        row.map(|r| r.try_get::<Option<i64>, _>(0))
+            .transpose()
+            .map_err(db("look up an image"))
+    }
+
     /// Deletes images older than `retention_days` and then the oldest ones until the rest fit
     /// in `quota_bytes`.
     pub async fn enforce_image_retention(

@@ -205,6 +205,33 @@ async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     let (s, _, media) = send(&f, decide("override_good")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(media.as_deref(), Some("application/problem+json"));
+
+    // Removed by image retention (a quota of 0), the image is 410 Gone with the reason; the
+    // record keeps its reference. A hash never stored is 404.
+    let pruned =
+        f.db.store
+            .enforce_image_retention(f.images.path(), 90, 0, linesight::quality::now_ms())
+            .await
+            .unwrap();
+    assert_eq!((pruned.evicted, pruned.missing), (2, 0));
+    let (s, body, media) = send(&f, get(&answer.image, "op")).await;
+    assert_eq!(s, StatusCode::GONE, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(media.as_deref(), Some("application/problem+json"));
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("image retention")),
+        "{problem}"
+    );
+    let stored = f.db.store.inspection(answer.id).await.unwrap();
+    assert!(
+        answer
+            .image
+            .ends_with(stored.inspection.image_ref.as_deref().unwrap())
+    );
+    let (s, _, _) = send(&f, get(&format!("/api/v1/images/{}", "0".repeat(64)), "op")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
