@@ -123,9 +123,10 @@ pub fn write_image_files<B: AsRef<[u8]>>(
         .collect()
 }
 
-/// How many times [`write_and_record_images`] writes the files before giving up: each retry
-/// needs retention to delete a just-written, byte-identical file again, which it does not do
-/// twice in a row (the record it raced with moved the row's `stored_at_ms` forward).
+/// How many times [`write_and_record_images`] writes the files before giving up. Another
+/// [`StoreError::ImageGone`] after a retry needs retention to delete the same image again
+/// between its writing and its record; the row retention marked stays deleted (it lists live
+/// rows only) unless another writer records the same bytes in between.
 const IMAGE_WRITE_ATTEMPTS: usize = 3;
 
 /// Writes `images` under `dir` ([`write_images`]) and hands the files to `record`, which records
