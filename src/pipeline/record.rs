@@ -160,11 +160,8 @@ impl Recorder {
         loop {
             match self.record(result, image).await {
                 Ok(()) => return true,
-                // Image retention deleted a byte-identical file between its writing and the
-                // record: `record` writes it again.
-                Err(StoreError::ImageGone { hash }) if !give_up() => {
-                    tracing::info!(image = %hash, "Image retention removed an identical image as it was being recorded; writing it again.");
-                }
+                // `ImageGone`: image retention deleted a byte-identical file between its
+                // writing and the record; the next attempt writes it again.
                 Err(
                     e @ (StoreError::Db { .. }
                     | StoreError::Connect { .. }

@@ -139,16 +139,24 @@ pub async fn write_and_record_images<B, T, F, Fut>(
     mut record: F,
 ) -> Result<T, StoreError>
 where
-    B: AsRef<[u8]> + Clone + Send + 'static,
+    B: AsRef<[u8]> + Send + 'static,
     F: FnMut(Vec<ImageFile>) -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
+    let mut images = images;
     let mut attempt = 1;
     loop {
         let files = if images.is_empty() {
             Vec::new()
         } else {
-            write_images(dir, images.clone()).await?
+            // The blocking thread hands the bytes back for a retry: no copy.
+            let folder = dir.to_path_buf();
+            let (written, back) =
+                tokio::task::spawn_blocking(move || (write_image_files(&folder, &images), images))
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))?;
+            images = back;
+            written?
         };
         match record(files).await {
             Err(StoreError::ImageGone { hash }) if attempt < IMAGE_WRITE_ATTEMPTS => {
@@ -185,7 +193,6 @@ impl Store {
         images: Vec<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let images: Vec<std::sync::Arc<[u8]>> = images.into_iter().map(Into::into).collect();
         write_and_record_images(dir, images, |written| async move {
             let mut tx = self.begin().await?;
             Self::record_images(&mut tx, &written, now_ms).await?;
