@@ -54,7 +54,10 @@ pub enum UsersCommand {
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Delete stored images past `quality.image_retention_days`, then the oldest ones until
-    /// the rest fit in `quality.image_quota_bytes`. Inspection records keep their metadata.
+    /// the rest fit in `quality.image_quota_bytes`, and files no record names (left by a
+    /// crash or a failed record, after an hour). Images of samples waiting for their upload
+    /// are kept. Inspection records keep their metadata. `linesight run` and `serve` do this
+    /// every `quality.image_prune_interval_minutes`.
     Prune,
 }
 
@@ -244,29 +247,35 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
     match cmd {
         ImagesCommand::Prune => runtime()?.block_on(async {
             let store = open(settings).await?;
-            let q = &settings.quality;
             let dir = settings.image_dir();
-            let report = store
-                .enforce_image_retention(
-                    &dir,
-                    q.image_retention_days,
-                    q.image_quota_bytes,
-                    crate::quality::now_ms(),
-                )
+            let report = super::run::prune_images_once(settings, &store)
                 .await
                 .with_context(|| format!("cannot prune images in {}", dir.display()))?;
             store.close().await;
+            let (r, s) = (report.retention, report.sweep);
             println!(
                 "pruned {} expired and {} over-quota images ({} bytes) in {}",
-                report.expired,
-                report.evicted,
-                report.bytes_freed,
+                r.expired,
+                r.evicted,
+                r.bytes_freed,
                 dir.display()
             );
-            if report.missing > 0 {
+            if s.temporary + s.unrecorded > 0 {
+                println!(
+                    "removed {} left-over temporary files and {} images no record names ({} bytes)",
+                    s.temporary, s.unrecorded, s.bytes_freed
+                );
+            }
+            if r.pinned > 0 {
+                println!(
+                    "kept {} images due for removal: samples waiting for their upload name them",
+                    r.pinned
+                );
+            }
+            if r.missing > 0 {
                 eprintln!(
                     "warning: {} of them had no file any more (deleted outside linesight?); their records keep the reference",
-                    report.missing
+                    r.missing
                 );
             }
             Ok(0)

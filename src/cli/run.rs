@@ -16,7 +16,7 @@ use crate::pipeline::http::{HttpState, app};
 use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
 use crate::pipeline::{ModelSwitch, Recorder};
 use crate::source::SourceConfig;
-use crate::store::{StoreConfig, redact};
+use crate::store::{PruneReport, Store, StoreConfig, redact};
 
 /// Options of `linesight run`.
 #[derive(Debug, clap::Args)]
@@ -255,6 +255,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         // The HTTP API (manual uploads, tasks, NCRs, the web UI) on `api.listen`, with the
         // pipeline's triggers (authenticated there) and metrics.
         let (api_stop, api_stop_rx) = tokio::sync::watch::channel(false);
+        let mut api_store = None;
         let api_server = match &settings.api.listen {
             Some(addr) => {
                 let store = match &store {
@@ -263,6 +264,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                         .await
                         .context("cannot open the quality store for the HTTP API")?,
                 };
+                api_store = Some(store.clone());
                 let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
                 let handle = crate::api::PipelineHandle {
                     triggers: pipeline.triggers(),
@@ -314,6 +316,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             }
             None => None,
         };
+        let keeping = match (&store, &api_store) {
+            (Some(store), _) | (None, Some(store)) => {
+                start_image_keeping(&settings, store.clone())
+            }
+            (None, None) => None,
+        };
         let outbox = start_outbox(&settings).await?;
         let summary = pipeline.run_until(stop_signal()).await;
         let _ = stop_follow.send(true);
@@ -331,6 +339,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 .is_err()
         {
             api.abort();
+        }
+        if let Some(keeping) = keeping {
+            keeping.stop(Duration::from_secs(5)).await;
         }
         stop_outbox(outbox, &settings).await;
         eprintln!(
@@ -382,5 +393,109 @@ pub(super) async fn stop_outbox(
             tracing::warn!("Outbox not empty at shutdown; delivery resumes at the next start.");
         }
         outbox.stop().await;
+    }
+}
+
+/// One pass of image keeping with the settings' retention and quota
+/// ([`Store::prune_images`]), plus the left-over temporary files of the attachment folder (NCR
+/// attachments are never pruned). `linesight images prune` runs one; the services run
+/// [`start_image_keeping`].
+pub(super) async fn prune_images_once(
+    settings: &Settings,
+    store: &Store,
+) -> Result<PruneReport, crate::store::StoreError> {
+    let q = &settings.quality;
+    let now = std::time::SystemTime::now();
+    let mut report = store
+        .prune_images(
+            &settings.image_dir(),
+            q.image_retention_days,
+            q.image_quota_bytes,
+            now,
+        )
+        .await?;
+    let attachments = settings.store.data_dir.join("attachments");
+    let (files, bytes) = tokio::task::spawn_blocking(move || {
+        crate::store::sweep_temporary_files(&attachments, now, crate::store::SWEEP_GRACE)
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Invalid(format!("attachment sweep stopped: {e}")))??;
+    report.sweep.temporary += files;
+    report.sweep.bytes_freed += bytes;
+    Ok(report)
+}
+
+/// Image keeping in the background, every `quality.image_prune_interval_minutes` (none when
+/// 0), the first pass at start-up: without it `quality.image_quota_bytes` would hold only as
+/// often as someone runs `linesight images prune`. A failed pass is logged and tried again at
+/// the next interval. [`ImageKeeping::stop`] lets a pass in progress finish.
+pub(super) fn start_image_keeping(settings: &Settings, store: Store) -> Option<ImageKeeping> {
+    let minutes = settings.quality.image_prune_interval_minutes;
+    if minutes == 0 {
+        tracing::info!(
+            "Image keeping is off (quality.image_prune_interval_minutes = 0): run `linesight images prune` on a timer."
+        );
+        return None;
+    }
+    let settings = settings.clone();
+    let every = Duration::from_secs(u64::from(minutes) * 60);
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            match prune_images_once(&settings, &store).await {
+                Ok(PruneReport {
+                    retention: r,
+                    sweep: s,
+                }) => {
+                    let removed = r.expired + r.evicted + s.temporary + s.unrecorded;
+                    if removed > 0 || r.pinned > 0 {
+                        tracing::info!(
+                            expired = r.expired,
+                            over_quota = r.evicted,
+                            temporary = s.temporary,
+                            unrecorded = s.unrecorded,
+                            bytes_freed = r.bytes_freed + s.bytes_freed,
+                            kept_for_samples = r.pinned,
+                            "Image keeping removed stored files."
+                        );
+                    }
+                    if r.missing > 0 {
+                        tracing::warn!(
+                            missing = r.missing,
+                            "Live image records without their file (deleted outside linesight?); marked deleted, the inspection records keep the reference."
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_minutes = minutes, "Image keeping failed; trying again at the next interval.");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    Some(ImageKeeping { stop, task })
+}
+
+/// The background image keeping of a service.
+pub(super) struct ImageKeeping {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ImageKeeping {
+    /// Stops after the pass in progress, if any; a pass still running after `deadline` is
+    /// abandoned (each image goes in a transaction of its own: the next pass finishes what
+    /// it left).
+    pub(super) async fn stop(mut self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(deadline, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }

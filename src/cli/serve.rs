@@ -196,6 +196,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
                 )
             })?;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let keeping = super::run::start_image_keeping(&settings, store.clone());
         let state = api_state(&settings, runtime, store, None, stopping).await?;
         let listener = bind(&listen, "api.listen").await?;
         let outbox = super::run::start_outbox(&settings).await?;
@@ -208,6 +209,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
             Duration::from_secs(30),
         )
         .await?;
+        if let Some(keeping) = keeping {
+            keeping.stop(Duration::from_secs(5)).await;
+        }
         super::run::stop_outbox(outbox, &settings).await;
         eprintln!("stopped");
         Ok(0)

@@ -35,6 +35,10 @@ pub struct QualityConfig {
     pub image_retention_days: u32,
     /// Disk space images may use; the oldest go first when it is exceeded.
     pub image_quota_bytes: u64,
+    /// Minutes between the passes of image keeping that `linesight run` and `linesight serve`
+    /// make (retention, quota, left-over files); the first at start-up. 0 leaves it to
+    /// `linesight images prune` (a timer of your own).
+    pub image_prune_interval_minutes: u32,
     /// Where images are kept (default: `images` under the data folder).
     pub image_dir: Option<PathBuf>,
     /// Consecutive wrong passwords before an account locks.
@@ -57,6 +61,7 @@ impl Default for QualityConfig {
             critical_defect_classes: Vec::new(),
             image_retention_days: 90,
             image_quota_bytes: 10 << 30,
+            image_prune_interval_minutes: 60,
             image_dir: None,
             max_failed_logins: 5,
             lockout_minutes: 15,
@@ -120,6 +125,12 @@ impl QualityConfig {
             p.push(format!(
                 "quality.image_quota_bytes = {}: must be at least 1048576 (1 MiB)",
                 self.image_quota_bytes
+            ));
+        }
+        if self.image_prune_interval_minutes > 10_080 {
+            p.push(format!(
+                "quality.image_prune_interval_minutes = {}: must be at most 10080 (a week), or 0 for none",
+                self.image_prune_interval_minutes
             ));
         }
         p
@@ -297,11 +308,15 @@ pub(crate) mod tests {
             uncertainty_band: 0.9,
             reinspection_cap: 0,
             reject_rate_alert: 1.5,
+            image_prune_interval_minutes: 20_000,
             ..QualityConfig::default()
         };
         let p = cfg.problems();
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].contains("quality.uncertainty_band = 0.9"));
+        assert!(
+            p[3].contains("quality.image_prune_interval_minutes = 20000: must be at most 10080")
+        );
         assert!(QualityConfig::default().problems().is_empty());
     }
 }

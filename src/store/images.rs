@@ -14,9 +14,17 @@
 //! is still there, or fails with [`StoreError::ImageGone`] and writes it again
 //! ([`write_and_record_images`]). A live row never names a missing file, and an image
 //! recorded again is kept for the retention period from its newest record.
+//!
+//! Files that no row accounts for would escape the quota, so [`Store::sweep_image_files`]
+//! removes them: temporary files a crash left in the `.tmp` folder, and images written but
+//! never recorded (the record failed, or the process stopped in between). Both only once they
+//! are older than a grace period, and an unrecorded image only under the write lock after
+//! checking again that no live row names it, so that a writer about to record it either sees
+//! its file or gets [`StoreError::ImageGone`] and writes it again.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row as _, Transaction};
@@ -34,11 +42,104 @@ pub struct RetentionReport {
     /// Rows still live whose file was already gone (deleted by hand, or a pass that stopped
     /// between deleting a file and marking its row): marked deleted now.
     pub missing: u64,
+    /// Images due for removal but kept because a sample queued for upload names them: they go
+    /// once the sample is in the bucket. They count against the quota meanwhile.
+    pub pinned: u64,
+}
+
+/// The condition, on `images`' hash `$2`, that no sample still waiting for its upload names
+/// the image.
+const NOT_PINNED: &str = "NOT EXISTS (SELECT 1 FROM sample_manifest m \
+     JOIN inspections i ON i.id = m.inspection_id \
+     WHERE m.uploaded = 0 AND i.image_ref = $2)";
+
+/// How old a file must be before a sweep may take it for left over: far longer than any write
+/// and its record take.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(3600);
+
+/// What one pass of [`Store::prune_images`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub retention: RetentionReport,
+    pub sweep: SweepReport,
+}
+
+/// What one sweep of the image folder removed ([`Store::sweep_image_files`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Temporary files left by writes that never finished (a crash, a full disk).
+    pub temporary: u64,
+    /// Images on disk that no live record names: written, then their record failed or never
+    /// came.
+    pub unrecorded: u64,
+    pub bytes_freed: u64,
 }
 
 /// Where an image with this hash lives under `dir` (two-level fan-out).
 pub fn image_path(dir: &Path, hash: &str) -> PathBuf {
     dir.join(&hash[..2]).join(hash)
+}
+
+/// The folder under a content-addressed folder where files are written before they are
+/// renamed into place: one place to sweep what a crash leaves, on the same file system so that
+/// the rename stays atomic.
+pub const TEMPORARY_FOLDER: &str = ".tmp";
+
+/// Removes the files in `dir`'s temporary folder last modified more than `grace` before `now`
+/// (no write takes that long); returns how many and their bytes. A missing folder is empty.
+pub fn sweep_temporary_files(
+    dir: &Path,
+    now: SystemTime,
+    grace: Duration,
+) -> Result<(u64, u64), StoreError> {
+    let folder = dir.join(TEMPORARY_FOLDER);
+    let mut removed = (0, 0);
+    for (path, meta) in old_files(&folder, now, grace)? {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                removed.0 += 1;
+                removed.1 += meta.len();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// The plain files directly in `folder` last modified more than `grace` before `now`, with
+/// their metadata; nothing when the folder does not exist.
+fn old_files(
+    folder: &Path,
+    now: SystemTime,
+    grace: Duration,
+) -> Result<Vec<(PathBuf, std::fs::Metadata)>, StoreError> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("cannot list {}", folder.display()))(e)),
+    };
+    let mut old = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(format!("cannot list {}", folder.display())))?;
+        let Ok(meta) = entry.metadata() else {
+            continue; // removed meanwhile
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if meta.is_file() && age > grace {
+            old.push((entry.path(), meta));
+        }
+    }
+    Ok(old)
+}
+
+/// Whether `name` is a stored image's name: 64 lowercase hex digits.
+fn is_hash_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -48,9 +149,10 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
 /// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless a file of
 /// that name and size is there already, and returns the SHA-256.
 ///
-/// Each write goes to a temporary file of its own (`tempfile`: a unique name in the same
-/// folder), so that two uploads of the same bytes at once never write into one file, and a
-/// file of the wrong size (truncated outside linesight) is replaced.
+/// Each write goes to a temporary file of its own (`tempfile`: a unique name in the `.tmp`
+/// folder beside the fan-out folders), so that two uploads of the same bytes at once never
+/// write into one file, and a file of the wrong size (truncated outside linesight) is
+/// replaced.
 pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
     let hash = hex::encode(Sha256::digest(bytes));
     let path = image_path(dir, &hash);
@@ -63,11 +165,15 @@ pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String
         let cannot = |e: &dyn std::fmt::Display| {
             StoreError::Invalid(format!("cannot store {}: {e}", path.display()))
         };
-        // Dropped on any error before `persist`, the temporary file is removed.
+        // Dropped on any error before `persist`, the temporary file is removed; one a crash
+        // leaves is swept later ([`sweep_temporary_files`]).
+        let temporary = dir.join(TEMPORARY_FOLDER);
+        std::fs::create_dir_all(&temporary)
+            .map_err(io(format!("cannot create {}", temporary.display())))?;
         let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{hash}."))
+            .prefix(&format!("{hash}."))
             .suffix(".tmp")
-            .tempfile_in(&parent)
+            .tempfile_in(&temporary)
             .map_err(|e| cannot(&e))?;
         tmp.write_all(bytes)
             .and_then(|()| tmp.as_file().sync_all())
@@ -273,6 +379,20 @@ impl Store {
                 r.try_get(2).map_err(db("decode an image"))?,
             ));
         }
+        // Samples waiting for their upload keep their images (the outbox loses nothing while
+        // the site is offline); checked again for each image under the write lock below.
+        let pinned: std::collections::HashSet<String> = sqlx::query(
+            "SELECT DISTINCT i.image_ref FROM sample_manifest m \
+             JOIN inspections i ON i.id = m.inspection_id \
+             WHERE m.uploaded = 0 AND i.image_ref IS NOT NULL",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db("list pending samples"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(db("decode a pending sample"))?;
         let mut total: u64 = live.iter().map(|l| l.1).sum();
         let mut report = RetentionReport::default();
         for (hash, bytes, at) in &live {
@@ -280,14 +400,19 @@ impl Store {
             if !(expired || total > quota_bytes) {
                 continue;
             }
+            if pinned.contains(hash) {
+                report.pinned += 1;
+                continue;
+            }
             // The row is marked and its file deleted in one write transaction, and only if it
-            // is still the row listed above: an image recorded again since is dated by that
-            // record and kept. A writer checks for its file under the same lock.
+            // is still the row listed above (an image recorded again since is dated by that
+            // record and kept) and no sample was queued for it since. A writer checks for its
+            // file under the same lock.
             let mut tx = self.begin().await?;
-            let marked = sqlx::query(
+            let marked = sqlx::query(&format!(
                 "UPDATE images SET deleted_at_ms = $1 \
-                 WHERE hash = $2 AND deleted_at_ms IS NULL AND stored_at_ms = $3",
-            )
+                 WHERE hash = $2 AND deleted_at_ms IS NULL AND stored_at_ms = $3 AND {NOT_PINNED}"
+            ))
             .bind(now_ms)
             .bind(hash)
             .bind(at)
@@ -318,6 +443,114 @@ impl Store {
             }
             total -= bytes;
             report.bytes_freed += bytes;
+        }
+        Ok(report)
+    }
+
+    /// One pass of image keeping on the image folder `dir`: left-over files older than
+    /// [`SWEEP_GRACE`] ([`Store::sweep_image_files`]), then retention and the quota
+    /// ([`Store::enforce_image_retention`]). `linesight images prune` runs one; the services run
+    /// one every `quality.image_prune_interval_minutes`.
+    pub async fn prune_images(
+        &self,
+        dir: &Path,
+        retention_days: u32,
+        quota_bytes: u64,
+        now: SystemTime,
+    ) -> Result<PruneReport, StoreError> {
+        let sweep = self.sweep_image_files(dir, now, SWEEP_GRACE).await?;
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let retention = self
+            .enforce_image_retention(dir, retention_days, quota_bytes, now_ms)
+            .await?;
+        Ok(PruneReport { retention, sweep })
+    }
+
+    /// Removes what the image folder `dir` holds beyond its records: temporary files and
+    /// images that no live row names, once last modified more than `grace` before `now`. An
+    /// unrecorded image is checked again and deleted under the write lock, so a writer that
+    /// found it complete and is about to record it sees [`StoreError::ImageGone`] and writes
+    /// it again (see the module notes). Images of rows marked deleted are unrecorded too.
+    pub async fn sweep_image_files(
+        &self,
+        dir: &Path,
+        now: SystemTime,
+        grace: Duration,
+    ) -> Result<SweepReport, StoreError> {
+        let folder = dir.to_path_buf();
+        let (temporary, candidates) = tokio::task::spawn_blocking(move || {
+            let temporary = sweep_temporary_files(&folder, now, grace)?;
+            let mut candidates = Vec::new();
+            let fan_out = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok((temporary, candidates));
+                }
+                Err(e) => return Err(io(format!("cannot list {}", folder.display()))(e)),
+            };
+            for entry in fan_out {
+                let entry = entry.map_err(io(format!("cannot list {}", folder.display())))?;
+                let name = entry.file_name();
+                let is_fan_out = name.len() == 2 && entry.file_type().is_ok_and(|t| t.is_dir());
+                if !is_fan_out {
+                    continue;
+                }
+                for (path, meta) in old_files(&entry.path(), now, grace)? {
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if is_hash_name(name) {
+                        candidates.push((name.to_owned(), path, meta.len()));
+                    }
+                }
+            }
+            Ok::<_, StoreError>((temporary, candidates))
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("image folder sweep stopped: {e}")))??;
+        let mut report = SweepReport {
+            temporary: temporary.0,
+            bytes_freed: temporary.1,
+            ..SweepReport::default()
+        };
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        let live: std::collections::HashSet<String> =
+            sqlx::query("SELECT hash FROM images WHERE deleted_at_ms IS NULL")
+                .fetch_all(&self.writer)
+                .await
+                .map_err(db("list images"))?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()
+                .map_err(db("decode an image"))?;
+        for (hash, path, bytes) in candidates {
+            if live.contains(&hash) {
+                continue;
+            }
+            // Checked again under the write lock: a writer recording these bytes now either
+            // committed before (the row is live: kept) or checks for the file after (and
+            // writes it again).
+            let mut tx = self.begin().await?;
+            let recorded =
+                sqlx::query("SELECT 1 FROM images WHERE hash = $1 AND deleted_at_ms IS NULL")
+                    .bind(&hash)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("look up an image"))?
+                    .is_some();
+            if !recorded {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        report.unrecorded += 1;
+                        report.bytes_freed += bytes;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
+                }
+            }
+            tx.rollback().await.map_err(db("release the write lock"))?;
         }
         Ok(report)
     }
@@ -352,7 +585,46 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+        assert_eq!(left.len(), 1, "{left:?}");
+        let temporary = std::fs::read_dir(dir.path().join(TEMPORARY_FOLDER))
+            .unwrap()
+            .count();
+        assert_eq!(temporary, 0, "no temporary file left");
+    }
+
+    #[test]
+    fn temporary_files_are_swept_once_older_than_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join(TEMPORARY_FOLDER);
+        std::fs::create_dir_all(&folder).unwrap();
+        let now = SystemTime::now();
+        for (name, age_s) in [("old.tmp", 7200), ("young.tmp", 60)] {
+            let f = std::fs::File::create(folder.join(name)).unwrap();
+            f.set_len(10).unwrap();
+            f.set_modified(now - Duration::from_secs(age_s)).unwrap();
+        }
+        std::fs::create_dir(folder.join("sub")).unwrap();
+        let grace = Duration::from_secs(3600);
+        assert_eq!(
+            sweep_temporary_files(dir.path(), now, grace).unwrap(),
+            (1, 10)
+        );
+        assert!(!folder.join("old.tmp").exists());
+        assert!(folder.join("young.tmp").exists());
+        assert!(folder.join("sub").is_dir(), "folders are not swept");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            sweep_temporary_files(empty.path(), now, grace).unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn only_sha256_names_are_taken_for_images() {
+        assert!(is_hash_name(&"ab".repeat(32)));
+        assert!(!is_hash_name(&"AB".repeat(32)));
+        assert!(!is_hash_name(&"ab".repeat(31)));
+        assert!(!is_hash_name(&format!(".{}", "ab".repeat(32))));
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub use api::{
     ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
 };
 pub use images::{
-    ImageFile, RetentionReport, image_path, write_and_record_images, write_image_files,
-    write_images,
+    ImageFile, PruneReport, RetentionReport, SWEEP_GRACE, SweepReport, TEMPORARY_FOLDER,
+    image_path, sweep_temporary_files, write_and_record_images, write_image_files, write_images,
 };
 pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};
@@ -299,6 +299,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "lot_counts",
                 include_str!("../../migrations/sqlite/0007_lot_counts.sql"),
                 include_str!("../../migrations/postgres/0007_lot_counts.sql"),
+            ),
+            (
+                8,
+                "pending_samples",
+                include_str!("../../migrations/sqlite/0008_pending_samples.sql"),
+                include_str!("../../migrations/postgres/0008_pending_samples.sql"),
             ),
         ];
         let backend = self.0;

@@ -281,6 +281,7 @@ fn model_postgres_nothing_lost_order_per_key_kept() {
 on_both_databases!(
     records_and_their_events_commit_together,
     a_full_outbox_refuses_samples_and_counts_dropped_events,
+    images_of_samples_waiting_for_their_upload_outlive_retention,
 );
 
 async fn records_and_their_events_commit_together(db: &Db) {
@@ -783,6 +784,85 @@ async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
     );
     assert_eq!(lines[1]["anomaly-metadata"]["human-annotated"], "no");
     db.finish().await;
+}
+
+/// The site is offline for longer than the image retention: retention and the quota keep the
+/// images of the samples still queued (and count them), remove the rest, and remove the
+/// sampled ones too once they are in the bucket.
+async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let bucket = dir.path().join("bucket");
+    let outbox = OutboxConfig {
+        poll_interval_ms: 20,
+        upload: Some(sample_outbox(format!("file://{}", bucket.display()))),
+        ..OutboxConfig::default()
+    };
+    let store = db.store.clone().with_outbox(outbox.clone());
+    let mut sampled = Vec::new();
+    for n in 0..3 {
+        let image = store
+            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .await
+            .unwrap();
+        store
+            .record_inspection(
+                &inspection(n, 0.9, Some(image.clone())),
+                &quiet_quality(),
+                "system",
+            )
+            .await
+            .unwrap();
+        sampled.push(image);
+    }
+    let plain = store.put_image(&images, &png(8, 8, 99), 0).await.unwrap();
+    assert_eq!(store.outbox_status().await.unwrap().s3.pending, 3);
+    let day = 86_400_000;
+    let path = |h: &str| linesight::store::image_path(&images, h);
+
+    // Expired, then a quota of nothing: only the unsampled image goes.
+    let r = store
+        .enforce_image_retention(&images, 1, 1 << 30, 3 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.pinned), (1, 3), "{r:?}");
+    assert!(!path(&plain).exists());
+    let r = store
+        .enforce_image_retention(&images, 90, 0, 3 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.evicted, r.pinned), (0, 3), "{r:?}");
+    assert!(sampled.iter().all(|h| path(h).is_file()));
+
+    // The site is back: the samples go up with their images, then retention takes them.
+    let delivery = Delivery::start(&store, &outbox, images.clone(), dir.path().into());
+    wait_drained(&store, "samples", 30).await;
+    delivery.stop().await;
+    let uploaded = walk(&bucket)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .count();
+    assert_eq!(uploaded, 3, "every sample went up with its image");
+    let r = store
+        .enforce_image_retention(&images, 1, 1 << 30, 3 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.pinned), (3, 0), "{r:?}");
+    assert!(sampled.iter().all(|h| !path(h).exists()));
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// A TCP relay in front of the S3 server; `cut` drops every connection and refuses new ones

@@ -775,6 +775,14 @@ async fn http_triggers_metrics_and_problem_details() {
 #[test]
 fn run_demo_prints_and_writes_results_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
+    // A temporary image file an earlier crash left: the service's image keeping removes it at
+    // start-up.
+    let left = dir.path().join("images/.tmp/crashed.tmp");
+    std::fs::create_dir_all(left.parent().unwrap()).unwrap();
+    std::fs::File::create(&left)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
     let out = crate::common::linesight()
         .args(["run", "--demo", "--frames", "5", "--results"])
         .arg(dir.path())
@@ -792,6 +800,7 @@ fn run_demo_prints_and_writes_results_then_exits_zero() {
     assert!(stdout.contains("demo"), "{stdout}");
     let lines = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 5);
+    assert!(!left.exists(), "left-over temporary file swept at start-up");
 }
 
 #[cfg(unix)]

@@ -144,6 +144,7 @@ on_both_databases!(
     image_rows_are_recorded_with_their_inspection_or_not_at_all,
     an_image_retention_deletes_while_it_is_recorded_again_is_written_again,
     images_recorded_again_concurrently_with_retention_never_lose_their_file,
+    files_no_record_names_are_swept_after_the_grace_period,
     api_sessions_tokens_listings_holds_and_attachments,
 );
 
@@ -1162,9 +1163,14 @@ async fn images_recorded_again_concurrently_with_retention_never_lose_their_file
     let dir = tempfile::tempdir().unwrap();
     let bytes = vec![3u8; 256];
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let evictions = std::sync::atomic::AtomicU64::new(0);
+    // At least 300 records, and on until retention has come between them a few times (a
+    // loaded machine may let the writer run ahead).
     let writer = async {
-        for i in 0..300 {
+        let mut i = 0;
+        while i < 300 || (evictions.load(Ordering::SeqCst) < 5 && i < 20_000) {
             s.put_image(dir.path(), &bytes, i).await.unwrap();
+            i += 1;
         }
         stop.store(true, Ordering::SeqCst);
     };
@@ -1180,6 +1186,7 @@ async fn images_recorded_again_concurrently_with_retention_never_lose_their_file
                 .unwrap();
             total.evicted += r.evicted;
             total.missing += r.missing;
+            evictions.fetch_add(r.evicted, Ordering::SeqCst);
             if done {
                 return total;
             }
@@ -1192,6 +1199,102 @@ async fn images_recorded_again_concurrently_with_retention_never_lose_their_file
         "retention ran between the records: {total:?}"
     );
     assert_eq!(total.missing, 0, "a live image row without its file");
+}
+
+/// Temporary files and images written without a record (a record that failed, a crash
+/// between the two) are removed once older than the grace period; recorded images, young
+/// files and files of other names stay. A writer that found such an image complete and
+/// records it after the sweep removed it is told to write it again.
+async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
+    use linesight::store::{SWEEP_GRACE, StoreError, TEMPORARY_FOLDER, image_path, write_images};
+    let s = &db.store;
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    let later = now + SWEEP_GRACE + std::time::Duration::from_secs(60);
+    let recorded = s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap();
+    let unrecorded = write_images(dir.path(), vec![vec![2u8; 50]]).await.unwrap();
+    let unrecorded = unrecorded[0].hash.clone();
+    let left = dir.path().join(TEMPORARY_FOLDER).join("crashed.tmp");
+    std::fs::write(&left, [0u8; 30]).unwrap();
+    let other = dir.path().join(&unrecorded[..2]).join("notes.txt");
+    std::fs::write(&other, "kept").unwrap();
+
+    let r = s
+        .sweep_image_files(dir.path(), now, SWEEP_GRACE)
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Default::default(),
+        "nothing is older than the grace period"
+    );
+    let r = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .await
+        .unwrap();
+    assert_eq!((r.temporary, r.unrecorded, r.bytes_freed), (1, 1, 80));
+    assert!(!left.exists());
+    assert!(!image_path(dir.path(), &unrecorded).exists());
+    assert!(image_path(dir.path(), &recorded).is_file());
+    assert!(other.is_file());
+
+    // An image whose row retention marked deleted, written again by hand, is unrecorded too.
+    let day = 86_400_000;
+    assert_eq!(
+        s.enforce_image_retention(dir.path(), 1, 1 << 30, 2 * day)
+            .await
+            .unwrap()
+            .expired,
+        1
+    );
+    std::fs::create_dir_all(image_path(dir.path(), &recorded).parent().unwrap()).unwrap();
+    std::fs::write(image_path(dir.path(), &recorded), [1u8; 100]).unwrap();
+    let r = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .await
+        .unwrap();
+    assert_eq!(r.unrecorded, 1);
+
+    // A writer finds an old unrecorded image complete and does not write it; the sweep takes
+    // it before the record, which then fails with ImageGone (and the upload path writes it
+    // again).
+    let bytes = vec![4u8; 64];
+    let first = write_images(dir.path(), vec![bytes.clone()]).await.unwrap();
+    let again = write_images(dir.path(), vec![bytes.clone()]).await.unwrap();
+    assert_eq!(first, again);
+    let r = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .await
+        .unwrap();
+    assert_eq!(r.unrecorded, 1);
+    let new = NewInspection {
+        image_ref: Some(again[0].hash.clone()),
+        ..inspection("P-swept", "L", 0.1)
+    };
+    let err = s
+        .record_inspection_with_images(&new, &again, &no_sampling(), "system")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ImageGone { .. }), "{err}");
+    let rec = linesight::store::write_and_record_images(dir.path(), vec![bytes], |files| {
+        let new = new.clone();
+        async move {
+            s.record_inspection_with_images(&new, &files, &no_sampling(), "system")
+                .await
+        }
+    })
+    .await
+    .unwrap();
+    assert!(image_path(dir.path(), &again[0].hash).is_file());
+    // Recorded now: a later sweep keeps it.
+    let r = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .await
+        .unwrap();
+    assert_eq!(r.unrecorded, 0);
+    assert!(image_path(dir.path(), &again[0].hash).is_file());
+    let stored = s.inspection(rec.inspection_id).await.unwrap();
+    assert_eq!(stored.inspection.image_ref, Some(again[0].hash.clone()));
 }
 
 async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db) {
@@ -1302,7 +1405,16 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(2));
     assert!(err.contains("at least 8"), "{err}");
 
+    // A temporary file a crash left and an image never recorded, both two hours old.
     let images = dir.path().join("images");
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let unrecorded = format!("{:064x}", 7);
+    for (folder, name, len) in [(".tmp", "x.tmp", 10), (&unrecorded[..2], &*unrecorded, 20)] {
+        std::fs::create_dir_all(images.join(folder)).unwrap();
+        let file = std::fs::File::create(images.join(folder).join(name)).unwrap();
+        file.set_len(len).unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
     let out = crate::common::linesight()
         .args(["images", "prune"])
         .env("LINESIGHT__STORE__URL", &url)
@@ -1310,10 +1422,18 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .starts_with("pruned 0 expired and 0 over-quota images (0 bytes)")
+        stdout.starts_with("pruned 0 expired and 0 over-quota images (0 bytes)"),
+        "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "removed 1 left-over temporary files and 1 images no record names (30 bytes)"
+        ),
+        "{stdout}"
+    );
+    assert!(!images.join(".tmp/x.tmp").exists());
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
