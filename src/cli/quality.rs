@@ -54,11 +54,16 @@ pub enum UsersCommand {
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Delete stored images past `quality.image_retention_days`, then the oldest ones until
-    /// the rest fit in `quality.image_quota_bytes`, and files no record names (left by a
-    /// crash or a failed record, after an hour). Images of samples waiting for their upload
-    /// are kept. Inspection records keep their metadata. `linesight run` and `serve` do this
-    /// every `quality.image_prune_interval_minutes`.
-    Prune,
+    /// the rest fit in `quality.image_quota_bytes` (images of samples waiting for their upload
+    /// are kept), and temporary files a crash left; count the images no record names.
+    /// Inspection records keep their metadata. `linesight run` and `serve` do this every
+    /// `quality.image_prune_interval_minutes`.
+    Prune {
+        /// Also delete the images no record names (older than an hour): written, then their
+        /// record failed. Refused when the store holds no image record at all.
+        #[arg(long)]
+        unrecorded: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -245,10 +250,10 @@ fn read_password() -> anyhow::Result<String> {
 
 pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32> {
     match cmd {
-        ImagesCommand::Prune => runtime()?.block_on(async {
+        ImagesCommand::Prune { unrecorded } => runtime()?.block_on(async {
             let store = open(settings).await?;
             let dir = settings.image_dir();
-            let report = super::run::prune_images_once(settings, &store)
+            let report = super::run::prune_images_once(settings, &store, unrecorded)
                 .await
                 .with_context(|| format!("cannot prune images in {}", dir.display()))?;
             store.close().await;
@@ -260,23 +265,38 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
                 r.bytes_freed,
                 dir.display()
             );
-            if s.temporary + s.unrecorded > 0 {
-                println!(
-                    "removed {} left-over temporary files and {} images no record names ({} bytes)",
-                    s.temporary, s.unrecorded, s.bytes_freed
-                );
-            }
             if r.pinned > 0 {
                 println!(
-                    "kept {} images due for removal: samples waiting for their upload name them",
-                    r.pinned
+                    "kept {} images ({} bytes) due for removal: samples waiting for their upload name them",
+                    r.pinned, r.pinned_bytes
+                );
+            }
+            if s.temporary > 0 {
+                println!("removed {} left-over temporary files", s.temporary);
+            }
+            if s.unrecorded_removed > 0 {
+                println!(
+                    "removed {} images no record names ({} bytes)",
+                    s.unrecorded_removed, s.unrecorded_bytes
+                );
+            } else if s.unrecorded > 0 {
+                println!(
+                    "found {} images no record names ({} bytes), kept: `linesight images prune --unrecorded` removes them",
+                    s.unrecorded, s.unrecorded_bytes
                 );
             }
             if r.missing > 0 {
                 eprintln!(
-                    "warning: {} of them had no file any more (deleted outside linesight?); their records keep the reference",
+                    "warning: {} of them had no file any more (deleted outside linesight, or held by another replica); their records keep the reference",
                     r.missing
                 );
+            }
+            if r.errors + s.errors > 0 {
+                eprintln!(
+                    "warning: {} files could not be listed or removed (see the log); the next pass tries again",
+                    r.errors + s.errors
+                );
+                return Ok(1);
             }
             Ok(0)
         }),

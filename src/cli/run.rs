@@ -403,6 +403,7 @@ pub(super) async fn stop_outbox(
 pub(super) async fn prune_images_once(
     settings: &Settings,
     store: &Store,
+    remove_unrecorded: bool,
 ) -> Result<PruneReport, crate::store::StoreError> {
     let q = &settings.quality;
     let now = std::time::SystemTime::now();
@@ -412,16 +413,18 @@ pub(super) async fn prune_images_once(
             q.image_retention_days,
             q.image_quota_bytes,
             now,
+            remove_unrecorded,
         )
         .await?;
-    let attachments = settings.store.data_dir.join("attachments");
-    let (files, bytes) = tokio::task::spawn_blocking(move || {
+    let attachments = settings.attachment_dir();
+    let (files, bytes, errors) = tokio::task::spawn_blocking(move || {
         crate::store::sweep_temporary_files(&attachments, now, crate::store::SWEEP_GRACE)
     })
     .await
-    .map_err(|e| crate::store::StoreError::Invalid(format!("attachment sweep stopped: {e}")))??;
+    .map_err(|e| crate::store::StoreError::Invalid(format!("attachment sweep stopped: {e}")))?;
     report.sweep.temporary += files;
     report.sweep.bytes_freed += bytes;
+    report.sweep.errors += errors;
     Ok(report)
 }
 
@@ -442,27 +445,39 @@ pub(super) fn start_image_keeping(settings: &Settings, store: Store) -> Option<I
     let (stop, mut stopping) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
-            match prune_images_once(&settings, &store).await {
+            match prune_images_once(&settings, &store, false).await {
                 Ok(PruneReport {
                     retention: r,
                     sweep: s,
                 }) => {
-                    let removed = r.expired + r.evicted + s.temporary + s.unrecorded;
-                    if removed > 0 || r.pinned > 0 {
+                    if r.expired + r.evicted + s.temporary + r.pinned > 0 {
                         tracing::info!(
                             expired = r.expired,
                             over_quota = r.evicted,
                             temporary = s.temporary,
-                            unrecorded = s.unrecorded,
                             bytes_freed = r.bytes_freed + s.bytes_freed,
                             kept_for_samples = r.pinned,
-                            "Image keeping removed stored files."
+                            kept_for_samples_bytes = r.pinned_bytes,
+                            "Image keeping pass."
+                        );
+                    }
+                    if s.unrecorded > 0 {
+                        tracing::warn!(
+                            images = s.unrecorded,
+                            bytes = s.unrecorded_bytes,
+                            "Images no record names (their record failed); kept outside the quota: `linesight images prune --unrecorded` removes them."
                         );
                     }
                     if r.missing > 0 {
                         tracing::warn!(
                             missing = r.missing,
-                            "Live image records without their file (deleted outside linesight?); marked deleted, the inspection records keep the reference."
+                            "Live image records without their file (deleted outside linesight, or held by another replica); marked deleted, the inspection records keep the reference."
+                        );
+                    }
+                    if r.errors + s.errors > 0 {
+                        tracing::warn!(
+                            files = r.errors + s.errors,
+                            "Image keeping could not list or remove some files (logged above); the next pass tries again."
                         );
                     }
                 }

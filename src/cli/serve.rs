@@ -73,7 +73,7 @@ pub async fn api_state(
         quality: settings.quality.clone(),
         config: settings.api.clone(),
         image_dir: settings.image_dir(),
-        attachment_dir: settings.store.data_dir.join("attachments"),
+        attachment_dir: settings.attachment_dir(),
         inspectors: Arc::new(InspectorPool::new(inspectors)),
         line: settings.pipeline.line.clone(),
         pipeline,

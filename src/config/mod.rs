@@ -102,6 +102,23 @@ impl Settings {
         }
         problems.extend(self.store.problems());
         problems.extend(self.quality.problems());
+        if self.quality.image_dir.is_some() && self.image_dir() == self.attachment_dir() {
+            problems.push(format!(
+                "quality.image_dir = {}: must not be the NCR attachment folder (store.data_dir/attachments): image retention would delete attachments",
+                self.image_dir().display()
+            ));
+        }
+        if self.outbox.upload.is_some()
+            && self.outbox.sample_limit_bytes() > self.quality.image_quota_bytes / 2
+        {
+            problems.push(format!(
+                "outbox.max_bytes = {} with sample_share_percent = {}: samples waiting for their upload may hold {} bytes of images, which image retention keeps; must be at most half of quality.image_quota_bytes ({})",
+                self.outbox.max_bytes,
+                self.outbox.sample_share_percent,
+                self.outbox.sample_limit_bytes(),
+                self.quality.image_quota_bytes
+            ));
+        }
         problems.extend(self.outbox.problems());
         problems.extend(self.models.problems());
         problems.extend(self.api.problems());
@@ -114,6 +131,11 @@ impl Settings {
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    /// Where NCR attachments are kept: `attachments` under `store.data_dir`.
+    pub fn attachment_dir(&self) -> PathBuf {
+        self.store.data_dir.join("attachments")
     }
 
     /// Where images and overlays are kept: `quality.image_dir`, else `images` under
@@ -202,6 +224,33 @@ mod tests {
     fn missing_file_is_an_error_not_a_silent_default() {
         let err = Settings::load(Some(Path::new("/nonexistent/linesight.toml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn image_keeping_settings_that_would_lose_attachments_or_crowd_out_images_are_refused() {
+        let mut s = Settings::default();
+        s.store.data_dir = PathBuf::from("/var/lib/linesight");
+        s.quality.image_dir = Some(PathBuf::from("/var/lib/linesight/attachments"));
+        s.quality.image_quota_bytes = 1 << 30;
+        s.outbox.upload = Some(crate::outbox::UploadConfig {
+            destination: "s3://linesight-samples/plant-1".into(),
+            site: "plant-1".into(),
+            ..crate::outbox::UploadConfig::default()
+        });
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].starts_with("quality.image_dir = /var/lib/linesight/attachments: must not be the NCR attachment folder"),
+            "{err}"
+        );
+        assert!(
+            err.problems[1]
+                .contains("must be at most half of quality.image_quota_bytes (1073741824)"),
+            "{err}"
+        );
+        s.quality.image_dir = None;
+        s.quality.image_quota_bytes = 10 << 30;
+        s.validate().unwrap();
     }
 
     #[test]

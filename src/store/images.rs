@@ -15,12 +15,17 @@
 //! ([`write_and_record_images`]). A live row never names a missing file, and an image
 //! recorded again is kept for the retention period from its newest record.
 //!
-//! Files that no row accounts for would escape the quota, so [`Store::sweep_image_files`]
-//! removes them: temporary files a crash left in the `.tmp` folder, and images written but
-//! never recorded (the record failed, or the process stopped in between). Both only once they
-//! are older than a grace period, and an unrecorded image only under the write lock after
-//! checking again that no live row names it, so that a writer about to record it either sees
-//! its file or gets [`StoreError::ImageGone`] and writes it again.
+//! Files that no row accounts for escape the quota. [`Store::sweep_image_files`] removes the
+//! temporary files a crash left (older than a grace period: no write takes that long) and
+//! finds the images written but never recorded (the record failed, or the process stopped in
+//! between). It removes those only when asked (`linesight images prune --unrecorded`): an image
+//! folder paired with the wrong database would otherwise lose every image. Each is removed
+//! under the write lock after checking again that no live row names it, so that a writer about
+//! to record it either sees its file or gets [`StoreError::ImageGone`] and writes it again.
+//!
+//! Images that samples waiting for their upload name are kept past retention and the quota
+//! until they are uploaded (checked in each image's deleting transaction): an offline site
+//! loses no retraining sample. `outbox.max_bytes` bounds them (the outbox counts their bytes).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -45,13 +50,19 @@ pub struct RetentionReport {
     /// Images due for removal but kept because a sample queued for upload names them: they go
     /// once the sample is in the bucket. They count against the quota meanwhile.
     pub pinned: u64,
+    pub pinned_bytes: u64,
+    /// Images whose file could not be deleted (logged); their rows stay live for the next pass.
+    pub errors: u64,
 }
 
-/// The condition, on `images`' hash `$2`, that no sample still waiting for its upload names
-/// the image.
-const NOT_PINNED: &str = "NOT EXISTS (SELECT 1 FROM sample_manifest m \
-     JOIN inspections i ON i.id = m.inspection_id \
-     WHERE m.uploaded = 0 AND i.image_ref = $2)";
+/// Rows of samples still waiting for their upload that name the image `$N` (the inspections'
+/// `image_ref` index finds the inspections, then each sample by its key).
+fn pending_samples_of(param: &str) -> String {
+    format!(
+        "SELECT 1 FROM inspections i JOIN sample_manifest m ON m.inspection_id = i.id \
+         WHERE i.image_ref = {param} AND m.uploaded = 0"
+    )
+}
 
 /// How old a file must be before a sweep may take it for left over: far longer than any write
 /// and its record take.
@@ -64,15 +75,20 @@ pub struct PruneReport {
     pub sweep: SweepReport,
 }
 
-/// What one sweep of the image folder removed ([`Store::sweep_image_files`]).
+/// What one sweep of the image folder found and removed ([`Store::sweep_image_files`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Temporary files left by writes that never finished (a crash, a full disk).
+    /// Temporary files left by writes that never finished (a crash, a full disk): removed.
     pub temporary: u64,
-    /// Images on disk that no live record names: written, then their record failed or never
-    /// came.
+    /// Images on disk that no live record names (written, then their record failed or never
+    /// came), older than the grace period.
     pub unrecorded: u64,
+    pub unrecorded_bytes: u64,
+    /// How many of those were removed (only when asked).
+    pub unrecorded_removed: u64,
     pub bytes_freed: u64,
+    /// Files that could not be listed or removed (logged); the rest of the pass went on.
+    pub errors: u64,
 }
 
 /// Where an image with this hash lives under `dir` (two-level fan-out).
@@ -86,42 +102,53 @@ pub fn image_path(dir: &Path, hash: &str) -> PathBuf {
 pub const TEMPORARY_FOLDER: &str = ".tmp";
 
 /// Removes the files in `dir`'s temporary folder last modified more than `grace` before `now`
-/// (no write takes that long); returns how many and their bytes. A missing folder is empty.
-pub fn sweep_temporary_files(
-    dir: &Path,
-    now: SystemTime,
-    grace: Duration,
-) -> Result<(u64, u64), StoreError> {
+/// (no write takes that long); returns how many, their bytes, and the entries that could not
+/// be listed or removed (logged). A missing folder is empty.
+pub fn sweep_temporary_files(dir: &Path, now: SystemTime, grace: Duration) -> (u64, u64, u64) {
     let folder = dir.join(TEMPORARY_FOLDER);
+    let (old, mut errors) = old_files(&folder, now, grace);
+    let (removed, bytes) = remove_files(&old, &mut errors);
+    (removed, bytes, errors)
+}
+
+/// Removes `files`; returns how many and their bytes, counting failures (logged) in `errors`.
+fn remove_files(files: &[(PathBuf, u64)], errors: &mut u64) -> (u64, u64) {
     let mut removed = (0, 0);
-    for (path, meta) in old_files(&folder, now, grace)? {
-        match std::fs::remove_file(&path) {
+    for (path, len) in files {
+        match std::fs::remove_file(path) {
             Ok(()) => {
                 removed.0 += 1;
-                removed.1 += meta.len();
+                removed.1 += len;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Cannot remove a left-over file.");
+                *errors += 1;
+            }
         }
     }
-    Ok(removed)
+    removed
 }
 
 /// The plain files directly in `folder` last modified more than `grace` before `now`, with
-/// their metadata; nothing when the folder does not exist.
-fn old_files(
-    folder: &Path,
-    now: SystemTime,
-    grace: Duration,
-) -> Result<Vec<(PathBuf, std::fs::Metadata)>, StoreError> {
+/// their sizes, and how many entries could not be read (logged). Nothing when the folder does
+/// not exist.
+fn old_files(folder: &Path, now: SystemTime, grace: Duration) -> (Vec<(PathBuf, u64)>, u64) {
+    let mut errors = 0;
+    let mut old = Vec::new();
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(format!("cannot list {}", folder.display()))(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (old, 0),
+        Err(e) => {
+            tracing::warn!(folder = %folder.display(), error = %e, "Cannot list a folder of stored files.");
+            return (old, 1);
+        }
     };
-    let mut old = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io(format!("cannot list {}", folder.display())))?;
+        let Ok(entry) = entry else {
+            errors += 1;
+            continue;
+        };
         let Ok(meta) = entry.metadata() else {
             continue; // removed meanwhile
         };
@@ -131,10 +158,16 @@ fn old_files(
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
         if meta.is_file() && age > grace {
-            old.push((entry.path(), meta));
+            old.push((entry.path(), meta.len()));
         }
     }
-    Ok(old)
+    (old, errors)
+}
+
+/// Whether `name` is a temporary file of a write: in the temporary folder, or (written by
+/// versions before it) `.<sha256>.*.tmp` beside the images.
+fn is_temporary_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
 }
 
 /// Whether `name` is a stored image's name: 64 lowercase hex digits.
@@ -379,39 +412,22 @@ impl Store {
                 r.try_get(2).map_err(db("decode an image"))?,
             ));
         }
-        // Samples waiting for their upload keep their images (the outbox loses nothing while
-        // the site is offline); checked again for each image under the write lock below.
-        let pinned: std::collections::HashSet<String> = sqlx::query(
-            "SELECT DISTINCT i.image_ref FROM sample_manifest m \
-             JOIN inspections i ON i.id = m.inspection_id \
-             WHERE m.uploaded = 0 AND i.image_ref IS NOT NULL",
-        )
-        .fetch_all(&self.writer)
-        .await
-        .map_err(db("list pending samples"))?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()
-        .map_err(db("decode a pending sample"))?;
         let mut total: u64 = live.iter().map(|l| l.1).sum();
         let mut report = RetentionReport::default();
+        let not_pinned = format!("NOT EXISTS ({})", pending_samples_of("$2"));
         for (hash, bytes, at) in &live {
             let expired = *at < cutoff;
             if !(expired || total > quota_bytes) {
                 continue;
             }
-            if pinned.contains(hash) {
-                report.pinned += 1;
-                continue;
-            }
             // The row is marked and its file deleted in one write transaction, and only if it
             // is still the row listed above (an image recorded again since is dated by that
-            // record and kept) and no sample was queued for it since. A writer checks for its
-            // file under the same lock.
+            // record and kept) and no sample waiting for its upload names it. A writer checks
+            // for its file under the same lock.
             let mut tx = self.begin().await?;
             let marked = sqlx::query(&format!(
                 "UPDATE images SET deleted_at_ms = $1 \
-                 WHERE hash = $2 AND deleted_at_ms IS NULL AND stored_at_ms = $3 AND {NOT_PINNED}"
+                 WHERE hash = $2 AND deleted_at_ms IS NULL AND stored_at_ms = $3 AND {not_pinned}"
             ))
             .bind(now_ms)
             .bind(hash)
@@ -421,15 +437,26 @@ impl Store {
             .map_err(db("mark an image deleted"))?
             .rows_affected();
             if marked == 0 {
+                let pinned = sqlx::query(&pending_samples_of("$1"))
+                    .bind(hash)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("look up pending samples"))?
+                    .is_some();
+                if pinned {
+                    report.pinned += 1;
+                    report.pinned_bytes += bytes;
+                }
                 continue;
             }
             match std::fs::remove_file(image_path(dir, hash)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing += 1,
                 Err(e) => {
-                    return Err(StoreError::Invalid(format!(
-                        "cannot delete image {hash}: {e}"
-                    )));
+                    // The row stays live (rolled back with `tx`); the next pass tries again.
+                    tracing::warn!(image = %hash, error = %e, "Cannot delete an image; keeping its record live.");
+                    report.errors += 1;
+                    continue;
                 }
             }
             // Should the commit fail, the row stays live without its file: the next pass marks
@@ -447,72 +474,88 @@ impl Store {
         Ok(report)
     }
 
-    /// One pass of image keeping on the image folder `dir`: left-over files older than
-    /// [`SWEEP_GRACE`] ([`Store::sweep_image_files`]), then retention and the quota
-    /// ([`Store::enforce_image_retention`]). `linesight images prune` runs one; the services run
-    /// one every `quality.image_prune_interval_minutes`.
+    /// One pass of image keeping on the image folder `dir`: retention and the quota
+    /// ([`Store::enforce_image_retention`]), then left-over files older than [`SWEEP_GRACE`]
+    /// ([`Store::sweep_image_files`]; unrecorded images removed only with `remove_unrecorded`).
+    /// `linesight images prune` runs one; the services run one every
+    /// `quality.image_prune_interval_minutes`.
     pub async fn prune_images(
         &self,
         dir: &Path,
         retention_days: u32,
         quota_bytes: u64,
         now: SystemTime,
+        remove_unrecorded: bool,
     ) -> Result<PruneReport, StoreError> {
-        let sweep = self.sweep_image_files(dir, now, SWEEP_GRACE).await?;
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let retention = self
             .enforce_image_retention(dir, retention_days, quota_bytes, now_ms)
             .await?;
+        let sweep = self
+            .sweep_image_files(dir, now, SWEEP_GRACE, remove_unrecorded)
+            .await?;
         Ok(PruneReport { retention, sweep })
     }
 
-    /// Removes what the image folder `dir` holds beyond its records: temporary files and
-    /// images that no live row names, once last modified more than `grace` before `now`. An
-    /// unrecorded image is checked again and deleted under the write lock, so a writer that
-    /// found it complete and is about to record it sees [`StoreError::ImageGone`] and writes
-    /// it again (see the module notes). Images of rows marked deleted are unrecorded too.
+    /// Sweeps the image folder `dir`: removes the temporary files of writes last modified more
+    /// than `grace` before `now`, and counts the images as old that no live row names. With
+    /// `remove_unrecorded` it removes those too, each checked again and deleted under the write
+    /// lock (see the module notes), but refuses when the store holds no image record at all (a
+    /// new or wrong database beside a full folder). Files that cannot be listed or removed are
+    /// logged and counted; the rest of the sweep goes on.
     pub async fn sweep_image_files(
         &self,
         dir: &Path,
         now: SystemTime,
         grace: Duration,
+        remove_unrecorded: bool,
     ) -> Result<SweepReport, StoreError> {
         let folder = dir.to_path_buf();
-        let (temporary, candidates) = tokio::task::spawn_blocking(move || {
-            let temporary = sweep_temporary_files(&folder, now, grace)?;
+        let (mut report, candidates) = tokio::task::spawn_blocking(move || {
+            let (temporary, bytes, mut errors) = sweep_temporary_files(&folder, now, grace);
+            let mut report = SweepReport {
+                temporary,
+                bytes_freed: bytes,
+                ..SweepReport::default()
+            };
             let mut candidates = Vec::new();
+            let mut left_temporary = Vec::new();
             let fan_out = match std::fs::read_dir(&folder) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok((temporary, candidates));
+                Ok(entries) => entries.flatten().collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    tracing::warn!(folder = %folder.display(), error = %e, "Cannot list the image folder.");
+                    errors += 1;
+                    Vec::new()
                 }
-                Err(e) => return Err(io(format!("cannot list {}", folder.display()))(e)),
             };
             for entry in fan_out {
-                let entry = entry.map_err(io(format!("cannot list {}", folder.display())))?;
-                let name = entry.file_name();
-                let is_fan_out = name.len() == 2 && entry.file_type().is_ok_and(|t| t.is_dir());
+                let is_fan_out = entry.file_name().len() == 2
+                    && entry.file_type().is_ok_and(|t| t.is_dir());
                 if !is_fan_out {
                     continue;
                 }
-                for (path, meta) in old_files(&entry.path(), now, grace)? {
+                let (old, failed) = old_files(&entry.path(), now, grace);
+                errors += failed;
+                for (path, len) in old {
                     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                     if is_hash_name(name) {
-                        candidates.push((name.to_owned(), path, meta.len()));
+                        candidates.push((name.to_owned(), path, len));
+                    } else if is_temporary_name(name) {
+                        left_temporary.push((path, len));
                     }
                 }
             }
-            Ok::<_, StoreError>((temporary, candidates))
+            let (removed, bytes) = remove_files(&left_temporary, &mut errors);
+            report.temporary += removed;
+            report.bytes_freed += bytes;
+            report.errors = errors;
+            (report, candidates)
         })
         .await
-        .map_err(|e| StoreError::Invalid(format!("image folder sweep stopped: {e}")))??;
-        let mut report = SweepReport {
-            temporary: temporary.0,
-            bytes_freed: temporary.1,
-            ..SweepReport::default()
-        };
+        .map_err(|e| StoreError::Invalid(format!("image folder sweep stopped: {e}")))?;
         if candidates.is_empty() {
             return Ok(report);
         }
@@ -525,10 +568,29 @@ impl Store {
                 .map(|r| r.try_get::<String, _>(0))
                 .collect::<Result<_, _>>()
                 .map_err(db("decode an image"))?;
-        for (hash, path, bytes) in candidates {
-            if live.contains(&hash) {
-                continue;
-            }
+        let unrecorded: Vec<_> = candidates
+            .into_iter()
+            .filter(|(hash, _, _)| !live.contains(hash))
+            .collect();
+        report.unrecorded = unrecorded.len() as u64;
+        report.unrecorded_bytes = unrecorded.iter().map(|u| u.2).sum();
+        if !remove_unrecorded || unrecorded.is_empty() {
+            return Ok(report);
+        }
+        let any_record = sqlx::query("SELECT 1 FROM images LIMIT 1")
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(db("look up an image"))?
+            .is_some();
+        if !any_record {
+            return Err(StoreError::Invalid(format!(
+                "the quality store holds no image record but {} has {} images: is store.url the \
+                 database of this image folder? Nothing was removed",
+                dir.display(),
+                report.unrecorded
+            )));
+        }
+        for (hash, path, bytes) in unrecorded {
             // Checked again under the write lock: a writer recording these bytes now either
             // committed before (the row is live: kept) or checks for the file after (and
             // writes it again).
@@ -541,14 +603,9 @@ impl Store {
                     .map_err(db("look up an image"))?
                     .is_some();
             if !recorded {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        report.unrecorded += 1;
-                        report.bytes_freed += bytes;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
-                }
+                let (removed, freed) = remove_files(&[(path, bytes)], &mut report.errors);
+                report.unrecorded_removed += removed;
+                report.bytes_freed += freed;
             }
             tx.rollback().await.map_err(db("release the write lock"))?;
         }
@@ -605,18 +662,12 @@ mod tests {
         }
         std::fs::create_dir(folder.join("sub")).unwrap();
         let grace = Duration::from_secs(3600);
-        assert_eq!(
-            sweep_temporary_files(dir.path(), now, grace).unwrap(),
-            (1, 10)
-        );
+        assert_eq!(sweep_temporary_files(dir.path(), now, grace), (1, 10, 0));
         assert!(!folder.join("old.tmp").exists());
         assert!(folder.join("young.tmp").exists());
         assert!(folder.join("sub").is_dir(), "folders are not swept");
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(
-            sweep_temporary_files(empty.path(), now, grace).unwrap(),
-            (0, 0)
-        );
+        assert_eq!(sweep_temporary_files(empty.path(), now, grace), (0, 0, 0));
     }
 
     #[test]
@@ -625,6 +676,8 @@ mod tests {
         assert!(!is_hash_name(&"AB".repeat(32)));
         assert!(!is_hash_name(&"ab".repeat(31)));
         assert!(!is_hash_name(&format!(".{}", "ab".repeat(32))));
+        assert!(is_temporary_name(&format!(".{}.x1Yz.tmp", "ab".repeat(32))));
+        assert!(!is_temporary_name(&"ab".repeat(32)));
     }
 
     #[test]

@@ -302,9 +302,9 @@ impl<'s> MigrationSource<'s> for Embedded {
             ),
             (
                 8,
-                "pending_samples",
-                include_str!("../../migrations/sqlite/0008_pending_samples.sql"),
-                include_str!("../../migrations/postgres/0008_pending_samples.sql"),
+                "image_refs",
+                include_str!("../../migrations/sqlite/0008_image_refs.sql"),
+                include_str!("../../migrations/postgres/0008_image_refs.sql"),
             ),
         ];
         let backend = self.0;

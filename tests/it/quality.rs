@@ -1168,7 +1168,7 @@ async fn images_recorded_again_concurrently_with_retention_never_lose_their_file
     // loaded machine may let the writer run ahead).
     let writer = async {
         let mut i = 0;
-        while i < 300 || (evictions.load(Ordering::SeqCst) < 5 && i < 20_000) {
+        while i < 300 || (evictions.load(Ordering::SeqCst) < 5 && i < 3_000) {
             s.put_image(dir.path(), &bytes, i).await.unwrap();
             i += 1;
         }
@@ -1201,26 +1201,41 @@ async fn images_recorded_again_concurrently_with_retention_never_lose_their_file
     assert_eq!(total.missing, 0, "a live image row without its file");
 }
 
-/// Temporary files and images written without a record (a record that failed, a crash
-/// between the two) are removed once older than the grace period; recorded images, young
-/// files and files of other names stay. A writer that found such an image complete and
-/// records it after the sweep removed it is told to write it again.
+/// Temporary files are removed once older than the grace period; images written without a
+/// record (a record that failed, a crash between the two) are counted, and removed only when
+/// asked and only beside a store that holds image records; recorded images, young files and
+/// files of other names stay. A writer that found such an image complete and records it after
+/// the sweep removed it is told to write it again.
 async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     use linesight::store::{SWEEP_GRACE, StoreError, TEMPORARY_FOLDER, image_path, write_images};
     let s = &db.store;
     let dir = tempfile::tempdir().unwrap();
     let now = std::time::SystemTime::now();
     let later = now + SWEEP_GRACE + std::time::Duration::from_secs(60);
-    let recorded = s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap();
     let unrecorded = write_images(dir.path(), vec![vec![2u8; 50]]).await.unwrap();
     let unrecorded = unrecorded[0].hash.clone();
+    // A store without any image record beside a folder of images: the wrong database.
+    let err = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("holds no image record"), "{err}");
+    assert!(image_path(dir.path(), &unrecorded).is_file());
+
+    let recorded = s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap();
     let left = dir.path().join(TEMPORARY_FOLDER).join("crashed.tmp");
     std::fs::write(&left, [0u8; 30]).unwrap();
+    // A temporary file of the layout before the temporary folder, beside the images.
+    let legacy = dir
+        .path()
+        .join(&unrecorded[..2])
+        .join(format!(".{unrecorded}.a1B2c3.tmp"));
+    std::fs::write(&legacy, [0u8; 7]).unwrap();
     let other = dir.path().join(&unrecorded[..2]).join("notes.txt");
     std::fs::write(&other, "kept").unwrap();
 
     let r = s
-        .sweep_image_files(dir.path(), now, SWEEP_GRACE)
+        .sweep_image_files(dir.path(), now, SWEEP_GRACE, true)
         .await
         .unwrap();
     assert_eq!(
@@ -1229,11 +1244,32 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
         "nothing is older than the grace period"
     );
     let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, false)
         .await
         .unwrap();
-    assert_eq!((r.temporary, r.unrecorded, r.bytes_freed), (1, 1, 80));
-    assert!(!left.exists());
+    assert_eq!(
+        (
+            r.temporary,
+            r.unrecorded,
+            r.unrecorded_bytes,
+            r.unrecorded_removed
+        ),
+        (2, 1, 50, 0)
+    );
+    assert_eq!((r.bytes_freed, r.errors), (37, 0));
+    assert!(!left.exists() && !legacy.exists());
+    assert!(
+        image_path(dir.path(), &unrecorded).is_file(),
+        "counted, not removed"
+    );
+    let r = s
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.unrecorded, r.unrecorded_removed, r.bytes_freed),
+        (1, 1, 50)
+    );
     assert!(!image_path(dir.path(), &unrecorded).exists());
     assert!(image_path(dir.path(), &recorded).is_file());
     assert!(other.is_file());
@@ -1250,10 +1286,10 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     std::fs::create_dir_all(image_path(dir.path(), &recorded).parent().unwrap()).unwrap();
     std::fs::write(image_path(dir.path(), &recorded), [1u8; 100]).unwrap();
     let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
         .await
         .unwrap();
-    assert_eq!(r.unrecorded, 1);
+    assert_eq!(r.unrecorded_removed, 1);
 
     // A writer finds an old unrecorded image complete and does not write it; the sweep takes
     // it before the record, which then fails with ImageGone (and the upload path writes it
@@ -1263,10 +1299,10 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     let again = write_images(dir.path(), vec![bytes.clone()]).await.unwrap();
     assert_eq!(first, again);
     let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
         .await
         .unwrap();
-    assert_eq!(r.unrecorded, 1);
+    assert_eq!(r.unrecorded_removed, 1);
     let new = NewInspection {
         image_ref: Some(again[0].hash.clone()),
         ..inspection("P-swept", "L", 0.1)
@@ -1288,10 +1324,10 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     assert!(image_path(dir.path(), &again[0].hash).is_file());
     // Recorded now: a later sweep keeps it.
     let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE)
+        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
         .await
         .unwrap();
-    assert_eq!(r.unrecorded, 0);
+    assert_eq!((r.unrecorded, r.unrecorded_removed), (0, 0));
     assert!(image_path(dir.path(), &again[0].hash).is_file());
     let stored = s.inspection(rec.inspection_id).await.unwrap();
     assert_eq!(stored.inspection.image_ref, Some(again[0].hash.clone()));
@@ -1428,12 +1464,21 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(
-            "removed 1 left-over temporary files and 1 images no record names (30 bytes)"
-        ),
+        stdout.contains("removed 1 left-over temporary files\nfound 1 images no record names (20 bytes), kept: `linesight images prune --unrecorded` removes them"),
         "{stdout}"
     );
     assert!(!images.join(".tmp/x.tmp").exists());
+    // This store has no image record at all: removing the unrecorded ones is refused.
+    let out = crate::common::linesight()
+        .args(["images", "prune", "--unrecorded"])
+        .env("LINESIGHT__STORE__URL", &url)
+        .env("LINESIGHT__QUALITY__IMAGE_DIR", &images)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("holds no image record"), "{stderr}");
+    assert!(images.join(&unrecorded[..2]).join(&unrecorded).is_file());
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
