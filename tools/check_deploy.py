@@ -332,6 +332,16 @@ def check_overlay(name: str) -> None:
             problem(where, "the store URL must come from a Secret (envFrom)")
         if "models" not in mounts:
             problem(where, "no models volume shared by the replicas")
+        # Images and NCR attachments must outlive a pod and be served by every replica.
+        claims = {p["metadata"]["name"]: p for p in by_kind.get("PersistentVolumeClaim", [])}
+        claim = claims.get(data.get("persistentVolumeClaim", {}).get("claimName"))
+        if claim is None or "emptyDir" in data or claim["spec"]["accessModes"] != ["ReadWriteMany"]:
+            problem(where, "the data volume must be a ReadWriteMany PersistentVolumeClaim shared by the replicas")
+        env = {e["name"]: e for e in main.get("env", [])}
+        results = env.get("LINESIGHT__PIPELINE__RESULTS_DIR", {}).get("value", "")
+        pod_name = env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if "$(POD_NAME)" not in results or pod_name != "metadata.name":
+            problem(where, "each replica needs a results folder of its own on the shared volume")
     limits = main.get("resources", {}).get("limits", {})
     if name == "gpu":
         if str(limits.get("nvidia.com/gpu")) != "1" or "nvidia.com/gpu.present" not in pod.get("nodeSelector", {}):
