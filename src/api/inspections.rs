@@ -53,6 +53,9 @@ pub struct ApiMetrics {
     pub uploads: [AtomicU64; 3],
     /// Seconds from the request to the answer of an upload that was inspected.
     pub upload_seconds: Histogram,
+    /// The service's image keeping (`quality.image_prune_interval_minutes`), shown with the
+    /// API's metrics.
+    pub image_keeping: Arc<crate::store::ImageKeepingMetrics>,
 }
 
 impl Default for ApiMetrics {
@@ -62,6 +65,7 @@ impl Default for ApiMetrics {
             upload_seconds: Histogram::new(&[
                 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
             ]),
+            image_keeping: Arc::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl ApiMetrics {
         let _ = writeln!(out, "# TYPE linesight_api_upload_seconds histogram");
         self.upload_seconds
             .render(&mut out, "linesight_api_upload_seconds", "");
+        out.push_str(&self.image_keeping.render());
         out
     }
 

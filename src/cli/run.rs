@@ -5,6 +5,7 @@
 //! folder. SIGTERM or SIGINT stops it gracefully (exit 0).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -256,6 +257,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         // pipeline's triggers (authenticated there) and metrics.
         let (api_stop, api_stop_rx) = tokio::sync::watch::channel(false);
         let mut api_store = None;
+        let mut keeping_metrics = None;
         let api_server = match &settings.api.listen {
             Some(addr) => {
                 let store = match &store {
@@ -273,6 +275,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 let state =
                     super::serve::api_state(&settings, runtime, store, Some(handle), stopping)
                         .await?;
+                keeping_metrics = Some(state.metrics.image_keeping.clone());
                 let listener = super::serve::bind(addr, "api.listen").await?;
                 let router = crate::api::app(state);
                 let tls = settings.api.tls.clone();
@@ -317,9 +320,11 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             None => None,
         };
         let keeping = match (&store, &api_store) {
-            (Some(store), _) | (None, Some(store)) => {
-                start_image_keeping(&settings, store.clone())
-            }
+            (Some(store), _) | (None, Some(store)) => start_image_keeping(
+                &settings,
+                store.clone(),
+                keeping_metrics.unwrap_or_default(),
+            ),
             (None, None) => None,
         };
         let outbox = start_outbox(&settings).await?;
@@ -432,7 +437,11 @@ pub(super) async fn prune_images_once(
 /// 0), the first pass at start-up: without it `quality.image_quota_bytes` would hold only as
 /// often as someone runs `linesight images prune`. A failed pass is logged and tried again at
 /// the next interval. [`ImageKeeping::stop`] lets a pass in progress finish.
-pub(super) fn start_image_keeping(settings: &Settings, store: Store) -> Option<ImageKeeping> {
+pub(super) fn start_image_keeping(
+    settings: &Settings,
+    store: Store,
+    metrics: Arc<crate::store::ImageKeepingMetrics>,
+) -> Option<ImageKeeping> {
     let minutes = settings.quality.image_prune_interval_minutes;
     if minutes == 0 {
         tracing::info!(
@@ -445,7 +454,9 @@ pub(super) fn start_image_keeping(settings: &Settings, store: Store) -> Option<I
     let (stop, mut stopping) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
-            match prune_images_once(&settings, &store, false).await {
+            let pass = prune_images_once(&settings, &store, false).await;
+            metrics.observe(pass.as_ref().ok(), std::time::SystemTime::now());
+            match pass {
                 Ok(PruneReport {
                     retention: r,
                     sweep: s,

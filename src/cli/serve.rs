@@ -196,8 +196,13 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
                 )
             })?;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let keeping = super::run::start_image_keeping(&settings, store.clone());
+        let keeping_store = store.clone();
         let state = api_state(&settings, runtime, store, None, stopping).await?;
+        let keeping = super::run::start_image_keeping(
+            &settings,
+            keeping_store,
+            state.metrics.image_keeping.clone(),
+        );
         let listener = bind(&listen, "api.listen").await?;
         let outbox = super::run::start_outbox(&settings).await?;
         serve_api(

@@ -29,6 +29,8 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -89,6 +91,131 @@ pub struct SweepReport {
     pub bytes_freed: u64,
     /// Files that could not be listed or removed (logged); the rest of the pass went on.
     pub errors: u64,
+}
+
+/// What the image keeping of a service has done, for `/metrics`: counters since start-up and
+/// the state the last pass found.
+#[derive(Debug, Default)]
+pub struct ImageKeepingMetrics {
+    passes: AtomicU64,
+    failed_passes: AtomicU64,
+    last_pass_unix_s: AtomicU64,
+    expired: AtomicU64,
+    evicted: AtomicU64,
+    temporary: AtomicU64,
+    bytes_freed: AtomicU64,
+    errors: AtomicU64,
+    pinned: AtomicU64,
+    pinned_bytes: AtomicU64,
+    unrecorded: AtomicU64,
+    unrecorded_bytes: AtomicU64,
+}
+
+impl ImageKeepingMetrics {
+    /// Counts a pass finished at `at` (`None`: it failed).
+    pub fn observe(&self, report: Option<&PruneReport>, at: SystemTime) {
+        let unix_s = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_pass_unix_s.store(unix_s, Relaxed);
+        let Some(PruneReport {
+            retention: r,
+            sweep: s,
+        }) = report
+        else {
+            self.failed_passes.fetch_add(1, Relaxed);
+            return;
+        };
+        self.passes.fetch_add(1, Relaxed);
+        self.expired.fetch_add(r.expired, Relaxed);
+        self.evicted.fetch_add(r.evicted, Relaxed);
+        self.temporary.fetch_add(s.temporary, Relaxed);
+        self.bytes_freed
+            .fetch_add(r.bytes_freed + s.bytes_freed, Relaxed);
+        self.errors.fetch_add(r.errors + s.errors, Relaxed);
+        self.pinned.store(r.pinned, Relaxed);
+        self.pinned_bytes.store(r.pinned_bytes, Relaxed);
+        self.unrecorded.store(s.unrecorded, Relaxed);
+        self.unrecorded_bytes.store(s.unrecorded_bytes, Relaxed);
+    }
+
+    /// Prometheus text; empty before the first pass (image keeping off, or not run yet).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        if self.passes.load(Relaxed) + self.failed_passes.load(Relaxed) == 0 {
+            return out;
+        }
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, &AtomicU64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {}", value.load(Relaxed));
+            }
+        };
+        metric(
+            "linesight_image_keeping_passes_total",
+            "counter",
+            "Passes of image keeping (retention, quota, left-over files), by outcome.",
+            &[
+                ("{outcome=\"done\"}", &self.passes),
+                ("{outcome=\"failed\"}", &self.failed_passes),
+            ],
+        );
+        metric(
+            "linesight_image_keeping_last_pass_timestamp_seconds",
+            "gauge",
+            "When the last pass of image keeping ended (Unix time).",
+            &[("", &self.last_pass_unix_s)],
+        );
+        metric(
+            "linesight_images_removed_total",
+            "counter",
+            "Stored files image keeping removed, by reason.",
+            &[
+                ("{reason=\"expired\"}", &self.expired),
+                ("{reason=\"over_quota\"}", &self.evicted),
+                ("{reason=\"temporary\"}", &self.temporary),
+            ],
+        );
+        metric(
+            "linesight_images_freed_bytes_total",
+            "counter",
+            "Bytes image keeping freed.",
+            &[("", &self.bytes_freed)],
+        );
+        metric(
+            "linesight_image_keeping_file_errors_total",
+            "counter",
+            "Files image keeping could not list or remove (tried again at the next pass).",
+            &[("", &self.errors)],
+        );
+        metric(
+            "linesight_images_kept_for_samples",
+            "gauge",
+            "Images due for removal kept because samples waiting for their upload name them (last pass).",
+            &[("", &self.pinned)],
+        );
+        metric(
+            "linesight_images_kept_for_samples_bytes",
+            "gauge",
+            "Bytes of those images (last pass).",
+            &[("", &self.pinned_bytes)],
+        );
+        metric(
+            "linesight_images_unrecorded",
+            "gauge",
+            "Images on disk no record names, older than an hour (last pass); `linesight images prune --unrecorded` removes them.",
+            &[("", &self.unrecorded)],
+        );
+        metric(
+            "linesight_images_unrecorded_bytes",
+            "gauge",
+            "Bytes of those images (last pass).",
+            &[("", &self.unrecorded_bytes)],
+        );
+        out
+    }
 }
 
 /// Where an image with this hash lives under `dir` (two-level fan-out).
@@ -668,6 +795,32 @@ mod tests {
         assert!(folder.join("sub").is_dir(), "folders are not swept");
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(sweep_temporary_files(empty.path(), now, grace), (0, 0, 0));
+    }
+
+    #[test]
+    fn keeping_metrics_count_passes_and_show_the_last_state() {
+        let m = ImageKeepingMetrics::default();
+        assert_eq!(m.render(), "", "nothing before the first pass");
+        let mut report = PruneReport::default();
+        report.retention.expired = 3;
+        report.retention.pinned = 2;
+        report.sweep.unrecorded = 5;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        m.observe(Some(&report), at);
+        report.sweep.unrecorded = 1;
+        m.observe(Some(&report), at);
+        m.observe(None, at);
+        let text = m.render();
+        for line in [
+            "linesight_image_keeping_passes_total{outcome=\"done\"} 2",
+            "linesight_image_keeping_passes_total{outcome=\"failed\"} 1",
+            "linesight_image_keeping_last_pass_timestamp_seconds 1700000000",
+            "linesight_images_removed_total{reason=\"expired\"} 6",
+            "linesight_images_kept_for_samples 2",
+            "linesight_images_unrecorded 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

@@ -44,8 +44,9 @@ pub use api::{
     ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
 };
 pub use images::{
-    ImageFile, PruneReport, RetentionReport, SWEEP_GRACE, SweepReport, TEMPORARY_FOLDER,
-    image_path, sweep_temporary_files, write_and_record_images, write_image_files, write_images,
+    ImageFile, ImageKeepingMetrics, PruneReport, RetentionReport, SWEEP_GRACE, SweepReport,
+    TEMPORARY_FOLDER, image_path, sweep_temporary_files, write_and_record_images,
+    write_image_files, write_images,
 };
 pub(crate) use inspections::inspection_row;
 pub use inspections::{InspectionRecord, RecordedInspection, Task};

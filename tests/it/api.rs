@@ -497,6 +497,13 @@ impl ServeChild {
 #[test]
 fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // A temporary image file a crash left two hours ago: image keeping removes it at start-up.
+    let left = dir.path().join("images/.tmp/crashed.tmp");
+    std::fs::create_dir_all(left.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&left).unwrap();
+    file.set_len(12).unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
     let server = ServeChild::start(dir.path(), ("ana", "inspector", "ana-long-password"), &[]);
     let port = server.port;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -547,6 +554,23 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"part_id\":\"P-1\""), "{body}");
+
+    // The start-up pass of image keeping, in the service's metrics.
+    let (status, metrics) = http(port, "GET /metrics HTTP/1.1", b"");
+    assert_eq!(status, 200);
+    for line in [
+        "linesight_image_keeping_passes_total{outcome=\"done\"} 1",
+        "linesight_image_keeping_passes_total{outcome=\"failed\"} 0",
+        "linesight_images_removed_total{reason=\"temporary\"} 1",
+        "linesight_images_freed_bytes_total 12",
+        "linesight_images_unrecorded 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    assert!(!left.exists());
 
     server.stop();
 }
