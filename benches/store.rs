@@ -7,6 +7,10 @@
 //! to the outbox in the same transaction, and a deliverer's round (read 64 pending events, then
 //! delete them as acknowledged).
 //!
+//! The `images` group measures a pass of image keeping (what `linesight run` and `serve` do
+//! every `quality.image_prune_interval_minutes`) over a folder of recorded images with nothing
+//! to remove: the steady cost of keeping the quota.
+//!
 //! `cargo bench --bench store` to measure; `cargo bench -- --test` runs each once (CI).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,10 +241,81 @@ fn outbox(c: &mut Criterion) {
     group.finish();
 }
 
+/// Images recorded in the folder the keeping pass walks (fewer in test mode, where the setup
+/// is all that matters).
+fn keeping_images() -> usize {
+    if std::env::args().any(|a| a == "--test") {
+        500
+    } else {
+        20_000
+    }
+}
+
+fn images(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let folder = dir.path().join("images");
+    let store = rt
+        .block_on(Store::open(&StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("i.db").display())),
+            ..StoreConfig::default()
+        }))
+        .expect("store opens");
+    let n = keeping_images();
+    // Files of 2 KiB written without syncing, then recorded 500 to a transaction (the store
+    // finds them complete and does not write them again): a quick setup of a large folder.
+    let images: Vec<Vec<u8>> = (0..n as u32)
+        .map(|i| {
+            let mut bytes = vec![0u8; 2048];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            bytes
+        })
+        .collect();
+    for bytes in &images {
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        let path = linesight::store::image_path(&folder, &hash);
+        std::fs::create_dir_all(path.parent().expect("fan-out folder")).expect("folder");
+        std::fs::write(path, bytes).expect("image file");
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for batch in images.chunks(500) {
+        rt.block_on(store.put_images(&folder, batch.to_vec(), now_ms))
+            .expect("recorded");
+    }
+    // Two hours on, every file is past the sweep's grace period: the pass lists them all and
+    // looks each up among the live records, as it does on a folder in service.
+    let later = std::time::SystemTime::now() + Duration::from_secs(7200);
+    let mut group = c.benchmark_group("images");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.bench_function(
+        BenchmarkId::new(
+            "keeping_pass_nothing_to_remove",
+            format!("sqlite/{n}images"),
+        ),
+        |b| {
+            b.iter(|| {
+                let report = rt
+                    .block_on(store.prune_images(&folder, 90, 1 << 40, later, false))
+                    .expect("pass");
+                assert_eq!(report.retention.expired + report.sweep.unrecorded, 0);
+            });
+        },
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Each write is a synced transaction: a handful of samples says enough.
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
-    targets = record, outbox
+    targets = record, outbox, images
 }
 criterion_main!(benches);

@@ -700,6 +700,17 @@ async fn wait_drained(store: &Store, what: &str, secs: u64) {
     }
 }
 
+/// The image folder, a bucket folder under `dir`, and an outbox that uploads samples there.
+fn folder_bucket(dir: &Path) -> (PathBuf, PathBuf, OutboxConfig) {
+    let bucket = dir.join("bucket");
+    let outbox = OutboxConfig {
+        poll_interval_ms: 20,
+        upload: Some(sample_outbox(format!("file://{}", bucket.display()))),
+        ..OutboxConfig::default()
+    };
+    (dir.join("images"), bucket, outbox)
+}
+
 fn today() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_owned()
 }
@@ -708,13 +719,7 @@ fn today() -> String {
 async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
     let db = sqlite().await;
     let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    let bucket = dir.path().join("bucket");
-    let outbox = OutboxConfig {
-        poll_interval_ms: 20,
-        upload: Some(sample_outbox(format!("file://{}", bucket.display()))),
-        ..OutboxConfig::default()
-    };
+    let (images, bucket, outbox) = folder_bucket(dir.path());
     let store = db.store.clone().with_outbox(outbox.clone());
     let cfg = quiet_quality();
     let mut ids = Vec::new();
@@ -791,13 +796,7 @@ async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
 /// sampled ones too once they are in the bucket.
 async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
     let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    let bucket = dir.path().join("bucket");
-    let outbox = OutboxConfig {
-        poll_interval_ms: 20,
-        upload: Some(sample_outbox(format!("file://{}", bucket.display()))),
-        ..OutboxConfig::default()
-    };
+    let (images, bucket, outbox) = folder_bucket(dir.path());
     let store = db.store.clone().with_outbox(outbox.clone());
     let mut sampled = Vec::new();
     for n in 0..3 {

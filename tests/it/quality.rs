@@ -1122,15 +1122,7 @@ async fn an_image_retention_deletes_while_it_is_recorded_again_is_written_again(
         "nothing recorded without its file"
     );
     // The upload path writes the file again and records.
-    let rec = linesight::store::write_and_record_images(dir.path(), vec![bytes.clone()], |files| {
-        let new = new.clone();
-        async move {
-            s.record_inspection_with_images(&new, &files, &no_sampling(), "system")
-                .await
-        }
-    })
-    .await
-    .unwrap();
+    let rec = write_and_record(s, dir.path(), bytes.clone(), &new).await;
     assert!(path.is_file(), "written again");
     let stored = s.inspection(rec.inspection_id).await.unwrap();
     assert_eq!(stored.inspection.image_ref.as_deref(), Some(hash.as_str()));
@@ -1154,6 +1146,25 @@ async fn an_image_retention_deletes_while_it_is_recorded_again_is_written_again(
     assert_eq!(r.expired, 0, "dated by its newest record");
     assert!(linesight::store::image_path(dir.path(), &other).is_file());
     assert_chain_intact(s).await;
+}
+
+/// Records `new` with its image `bytes` the way an upload does: written (again if need be),
+/// then recorded.
+async fn write_and_record(
+    s: &Store,
+    dir: &std::path::Path,
+    bytes: Vec<u8>,
+    new: &NewInspection,
+) -> linesight::store::RecordedInspection {
+    linesight::store::write_and_record_images(dir, vec![bytes], |files| {
+        let new = new.clone();
+        async move {
+            s.record_inspection_with_images(&new, &files, &no_sampling(), "system")
+                .await
+        }
+    })
+    .await
+    .unwrap()
 }
 
 /// One task records the same bytes over and over while another evicts every image (a quota of
@@ -1312,15 +1323,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::ImageGone { .. }), "{err}");
-    let rec = linesight::store::write_and_record_images(dir.path(), vec![bytes], |files| {
-        let new = new.clone();
-        async move {
-            s.record_inspection_with_images(&new, &files, &no_sampling(), "system")
-                .await
-        }
-    })
-    .await
-    .unwrap();
+    let rec = write_and_record(s, dir.path(), bytes, &new).await;
     assert!(image_path(dir.path(), &again[0].hash).is_file());
     // Recorded now: a later sweep keeps it.
     let r = s
