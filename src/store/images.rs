@@ -525,10 +525,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
         let cutoff = now_ms - i64::from(retention_days) * 86_400_000;
+        // Listed on a read connection (the writer stays free for records); each image is
+        // checked again in its deleting transaction.
         let rows = sqlx::query(
             "SELECT hash, bytes, stored_at_ms FROM images WHERE deleted_at_ms IS NULL ORDER BY stored_at_ms, hash",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(self.reader())
         .await
         .map_err(db("list images"))?;
         let mut live: Vec<(String, u64, i64)> = Vec::with_capacity(rows.len());
@@ -688,7 +690,7 @@ impl Store {
         }
         let live: std::collections::HashSet<String> =
             sqlx::query("SELECT hash FROM images WHERE deleted_at_ms IS NULL")
-                .fetch_all(&self.writer)
+                .fetch_all(self.reader())
                 .await
                 .map_err(db("list images"))?
                 .iter()
