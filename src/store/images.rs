@@ -707,7 +707,7 @@ impl Store {
             return Ok(report);
         }
         let any_record = sqlx::query("SELECT 1 FROM images LIMIT 1")
-            .fetch_optional(&self.writer)
+            .fetch_optional(self.reader())
             .await
             .map_err(db("look up an image"))?
             .is_some();
