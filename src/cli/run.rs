@@ -319,14 +319,10 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             }
             None => None,
         };
-        let keeping = match (&store, &api_store) {
-            (Some(store), _) | (None, Some(store)) => start_image_keeping(
-                &settings,
-                store.clone(),
-                keeping_metrics.unwrap_or_default(),
-            ),
-            (None, None) => None,
-        };
+        // Wherever results or uploads are recorded, their images are kept in bounds.
+        let keeping = store.clone().or(api_store).and_then(|store| {
+            start_image_keeping(&settings, store, keeping_metrics.unwrap_or_default())
+        });
         let outbox = start_outbox(&settings).await?;
         let summary = pipeline.run_until(stop_signal()).await;
         let _ = stop_follow.send(true);

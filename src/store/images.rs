@@ -291,8 +291,8 @@ fn old_files(folder: &Path, now: SystemTime, grace: Duration) -> (Vec<(PathBuf, 
     (old, errors)
 }
 
-/// Whether `name` is a temporary file of a write: in the temporary folder, or (written by
-/// versions before it) `.<sha256>.*.tmp` beside the images.
+/// Whether `name`, found beside the images, is a temporary file that versions before the
+/// temporary folder wrote there: `.<sha256>.*.tmp`.
 fn is_temporary_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }

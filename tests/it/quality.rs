@@ -1223,13 +1223,12 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     let dir = tempfile::tempdir().unwrap();
     let now = std::time::SystemTime::now();
     let later = now + SWEEP_GRACE + std::time::Duration::from_secs(60);
+    // A sweep at `at`, removing unrecorded images or not.
+    let sweep = |at, remove| s.sweep_image_files(dir.path(), at, SWEEP_GRACE, remove);
     let unrecorded = write_images(dir.path(), vec![vec![2u8; 50]]).await.unwrap();
     let unrecorded = unrecorded[0].hash.clone();
     // A store without any image record beside a folder of images: the wrong database.
-    let err = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
-        .await
-        .unwrap_err();
+    let err = sweep(later, true).await.unwrap_err();
     assert!(err.to_string().contains("holds no image record"), "{err}");
     assert!(image_path(dir.path(), &unrecorded).is_file());
 
@@ -1245,19 +1244,13 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     let other = dir.path().join(&unrecorded[..2]).join("notes.txt");
     std::fs::write(&other, "kept").unwrap();
 
-    let r = s
-        .sweep_image_files(dir.path(), now, SWEEP_GRACE, true)
-        .await
-        .unwrap();
+    let r = sweep(now, true).await.unwrap();
     assert_eq!(
         r,
         Default::default(),
         "nothing is older than the grace period"
     );
-    let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, false)
-        .await
-        .unwrap();
+    let r = sweep(later, false).await.unwrap();
     assert_eq!(
         (
             r.temporary,
@@ -1273,10 +1266,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
         image_path(dir.path(), &unrecorded).is_file(),
         "counted, not removed"
     );
-    let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
-        .await
-        .unwrap();
+    let r = sweep(later, true).await.unwrap();
     assert_eq!(
         (r.unrecorded, r.unrecorded_removed, r.bytes_freed),
         (1, 1, 50)
@@ -1296,10 +1286,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     );
     std::fs::create_dir_all(image_path(dir.path(), &recorded).parent().unwrap()).unwrap();
     std::fs::write(image_path(dir.path(), &recorded), [1u8; 100]).unwrap();
-    let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
-        .await
-        .unwrap();
+    let r = sweep(later, true).await.unwrap();
     assert_eq!(r.unrecorded_removed, 1);
 
     // A writer finds an old unrecorded image complete and does not write it; the sweep takes
@@ -1309,10 +1296,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     let first = write_images(dir.path(), vec![bytes.clone()]).await.unwrap();
     let again = write_images(dir.path(), vec![bytes.clone()]).await.unwrap();
     assert_eq!(first, again);
-    let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
-        .await
-        .unwrap();
+    let r = sweep(later, true).await.unwrap();
     assert_eq!(r.unrecorded_removed, 1);
     let new = NewInspection {
         image_ref: Some(again[0].hash.clone()),
@@ -1326,10 +1310,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     let rec = write_and_record(s, dir.path(), bytes, &new).await;
     assert!(image_path(dir.path(), &again[0].hash).is_file());
     // Recorded now: a later sweep keeps it.
-    let r = s
-        .sweep_image_files(dir.path(), later, SWEEP_GRACE, true)
-        .await
-        .unwrap();
+    let r = sweep(later, true).await.unwrap();
     assert_eq!((r.unrecorded, r.unrecorded_removed), (0, 0));
     assert!(image_path(dir.path(), &again[0].hash).is_file());
     let stored = s.inspection(rec.inspection_id).await.unwrap();
