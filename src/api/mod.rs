@@ -329,9 +329,11 @@ async fn ready(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// Prometheus metrics: the API's own, and the pipeline's when it runs beside the cameras.
+/// Prometheus metrics: the API's own, the outbox's, and the pipeline's when it runs beside the
+/// cameras.
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = state.metrics.render();
+    text.push_str(&crate::outbox::metrics_text(&state.store).await);
     if let Some(p) = &state.pipeline {
         text.push_str(&p.status.metrics_text());
     }

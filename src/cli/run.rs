@@ -310,6 +310,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 let router = app(HttpState {
                     triggers: pipeline.triggers(),
                     status: pipeline.status(),
+                    store: store.clone(),
                 });
                 Some(tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, router).await {
@@ -320,7 +321,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             None => None,
         };
         // Wherever results or uploads are recorded, their images are kept in bounds.
-        let keeping = store.clone().or(api_store).and_then(|store| {
+        let recording_store = store.clone().or(api_store);
+        if let Some(store) = &recording_store {
+            // Rows left for a sink no longer configured get a word at every start.
+            crate::outbox::report_backlog(store, &settings.outbox).await;
+        }
+        let keeping = recording_store.and_then(|store| {
             start_image_keeping(&settings, store, keeping_metrics.unwrap_or_default())
         });
         let outbox = start_outbox(&settings).await?;

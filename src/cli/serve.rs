@@ -195,6 +195,8 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
                     redact(&settings.store.effective_url())
                 )
             })?;
+        // Rows left for a sink no longer configured get a word at every start.
+        crate::outbox::report_backlog(&store, &settings.outbox).await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let keeping_store = store.clone();
         let state = api_state(&settings, runtime, store, None, stopping).await?;

@@ -25,8 +25,9 @@ mod upload;
 use serde::{Deserialize, Serialize};
 
 pub use mqtt::{MqttOutConfig, MqttTlsConfig, run_mqtt, topic_for};
+pub(crate) use queue::maybe_clear_alarm;
 pub(crate) use queue::on_audit;
-pub use queue::{OutboxRow, OutboxStatus, Sink, SinkStatus, append_event};
+pub use queue::{Discarded, OutboxRow, OutboxStatus, Sink, SinkStatus, append_event};
 pub use sampling::{SamplingConfig, SamplingReason, manifest_line, sampling_reason};
 pub use upload::{UploadConfig, run_upload};
 
@@ -68,6 +69,14 @@ impl OutboxConfig {
     /// Whether anything is delivered at all.
     pub fn enabled(&self) -> bool {
         self.mqtt.is_some() || self.upload.is_some()
+    }
+
+    /// Whether `sink` has a peer configured ( `[outbox.mqtt]`, `[outbox.upload]`).
+    pub fn delivers(&self, sink: Sink) -> bool {
+        match sink {
+            Sink::Mqtt => self.mqtt.is_some(),
+            Sink::S3 => self.upload.is_some(),
+        }
     }
 
     /// Bytes samples may fill before new ones are refused.
@@ -168,11 +177,168 @@ pub async fn open_store(
     })
 }
 
+/// The configuration section that delivers `sink`.
+pub fn section_of(sink: Sink) -> &'static str {
+    match sink {
+        Sink::Mqtt => "[outbox.mqtt]",
+        Sink::S3 => "[outbox.upload]",
+    }
+}
+
+/// Warns about rows waiting for a sink that is not configured (the section was removed after
+/// they were queued): they are kept, hold outbox space and, for samples, their images, until
+/// the section is back or `linesight outbox discard` drops them. Returns the warnings.
+pub async fn report_backlog(store: &crate::store::Store, config: &OutboxConfig) -> Vec<String> {
+    let status = match store.outbox_status().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read the outbox.");
+            return Vec::new();
+        }
+    };
+    let mut warnings = Vec::new();
+    for (sink, st) in [(Sink::Mqtt, &status.mqtt), (Sink::S3, &status.s3)] {
+        if st.pending > 0 && !config.delivers(sink) {
+            let w = format!(
+                "{} {} ({} bytes) wait for {}, which is not configured: they keep their outbox \
+                 space{} until it is configured again or `linesight outbox discard --sink {}` \
+                 drops them",
+                st.pending,
+                match sink {
+                    Sink::Mqtt => "events",
+                    Sink::S3 => "samples",
+                },
+                st.bytes,
+                section_of(sink),
+                match sink {
+                    Sink::Mqtt => "",
+                    Sink::S3 => " and their images",
+                },
+                sink.as_str()
+            );
+            tracing::warn!("{w}.");
+            warnings.push(w);
+        }
+    }
+    warnings
+}
+
+/// The outbox in Prometheus text format: what waits per sink and how old the oldest row is,
+/// what was delivered, dropped or refused, and the full alarm. Read on a read connection.
+pub async fn metrics_text(store: &crate::store::Store) -> String {
+    use std::fmt::Write as _;
+    let s = match store.outbox_status_for_metrics().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read the outbox for the metrics.");
+            return String::new();
+        }
+    };
+    let config = store.outbox_config().cloned().unwrap_or_default();
+    let now = crate::quality::now_ms();
+    let sinks = [(Sink::Mqtt, &s.mqtt), (Sink::S3, &s.s3)];
+    let mut out = String::new();
+    let mut per_sink =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(Sink, &SinkStatus) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (sink, st) in sinks {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sink=\"{}\"}} {}",
+                    sink.as_str(),
+                    value(sink, st)
+                );
+            }
+        };
+    per_sink(
+        "linesight_outbox_pending",
+        "gauge",
+        "Rows waiting for their peer's confirmation (mqtt: events, s3: samples).",
+        &|_, st| st.pending.to_string(),
+    );
+    per_sink(
+        "linesight_outbox_pending_bytes",
+        "gauge",
+        "Bytes those rows hold (sample images included).",
+        &|_, st| st.bytes.to_string(),
+    );
+    per_sink(
+        "linesight_outbox_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest waiting row; 0 when none waits.",
+        &|_, st| {
+            format!(
+                "{:.3}",
+                st.oldest_at_ms
+                    .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0)
+            )
+        },
+    );
+    per_sink(
+        "linesight_outbox_delivered_total",
+        "counter",
+        "Rows the peer confirmed (MQTT PUBACK, S3 2xx).",
+        &|_, st| st.delivered_total.to_string(),
+    );
+    per_sink(
+        "linesight_outbox_discarded_total",
+        "counter",
+        "Rows dropped undelivered by `linesight outbox discard` (audited).",
+        &|_, st| st.discarded_total.to_string(),
+    );
+    per_sink(
+        "linesight_outbox_sink_configured",
+        "gauge",
+        "1 when the sink's section ([outbox.mqtt], [outbox.upload]) is configured.",
+        &|sink, _| u8::from(config.delivers(sink)).to_string(),
+    );
+    for (name, kind, help, value) in [
+        (
+            "linesight_outbox_bytes",
+            "gauge",
+            "Bytes counted against outbox.max_bytes.",
+            s.pending_bytes.to_string(),
+        ),
+        (
+            "linesight_outbox_max_bytes",
+            "gauge",
+            "outbox.max_bytes.",
+            config.max_bytes.to_string(),
+        ),
+        (
+            "linesight_outbox_full",
+            "gauge",
+            "1 while the full alarm is raised (until the outbox drains).",
+            u8::from(s.full_since_ms.is_some()).to_string(),
+        ),
+        (
+            "linesight_outbox_events_dropped_total",
+            "counter",
+            "Events not stored because the outbox was full.",
+            s.events_dropped_total.to_string(),
+        ),
+        (
+            "linesight_outbox_samples_refused_total",
+            "counter",
+            "Samples refused because they would pass their share of the outbox.",
+            s.samples_refused_total.to_string(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
 /// The running delivery tasks (one per configured sink).
 #[derive(Debug)]
 pub struct Delivery {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Which sinks it delivers: draining waits for those only.
+    sinks: Vec<Sink>,
 }
 
 impl Delivery {
@@ -202,16 +368,30 @@ impl Delivery {
                 }
             }));
         }
-        Delivery { stop, tasks }
+        let sinks = [Sink::Mqtt, Sink::S3]
+            .into_iter()
+            .filter(|s| config.delivers(*s))
+            .collect();
+        Delivery { stop, tasks, sinks }
     }
 
-    /// Waits until the outbox is empty or `deadline` passes (a graceful shutdown gives the
-    /// peers a chance to confirm what is queued); returns whether it emptied.
+    /// Waits until what the configured sinks deliver is confirmed, or `deadline` passes (a
+    /// graceful shutdown gives the peers a chance to confirm what is queued); returns whether
+    /// it emptied. Rows of a sink that is not configured are not waited for.
     pub async fn drain(&self, store: &crate::store::Store, deadline: std::time::Duration) -> bool {
         let until = tokio::time::Instant::now() + deadline;
         loop {
+            let waiting = |s: &OutboxStatus| {
+                self.sinks
+                    .iter()
+                    .map(|sink| match sink {
+                        Sink::Mqtt => s.mqtt.pending,
+                        Sink::S3 => s.s3.pending,
+                    })
+                    .sum::<i64>()
+            };
             match store.outbox_status().await {
-                Ok(s) if s.mqtt.pending + s.s3.pending == 0 => return true,
+                Ok(s) if waiting(&s) == 0 => return true,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot read the outbox while draining it.");

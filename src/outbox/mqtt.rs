@@ -10,7 +10,7 @@
 //! therefore sent twice, with the same `event_id`; nothing is lost and rows go out in order.
 //!
 //! Topics under `topic_prefix`: `inspections`, `rejects`, `tasks`, `ncrs`, `lots`, `models`,
-//! `health` (periodic, not queued) and `status` (retained `online`, with a retained `offline`
+//! `events` (every other audited change), `health` (periodic, not queued) and `status` (retained `online`, with a retained `offline`
 //! last will). Messages stay under `max_message_bytes` (Greengrass IPC allows 128 KB): a
 //! larger event is sent as a reference to its record (`data_ref`) instead of its data.
 

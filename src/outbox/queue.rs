@@ -57,6 +57,17 @@ pub struct SinkStatus {
     pub bytes: i64,
     pub oldest_at_ms: Option<i64>,
     pub delivered_total: i64,
+    /// Rows dropped undelivered by `linesight outbox discard`.
+    pub discarded_total: i64,
+}
+
+/// What [`Store::outbox_discard`] dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Discarded {
+    pub rows: i64,
+    pub bytes: i64,
+    pub oldest_at_ms: Option<i64>,
+    pub newest_at_ms: Option<i64>,
 }
 
 /// What `linesight outbox status` shows.
@@ -632,46 +643,157 @@ impl Store {
 
     /// Pending counts, bytes, oldest rows, counters and the full alarm.
     pub async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        let mut s = OutboxStatus::default();
-        let rows = sqlx::query(
-            "SELECT sink, COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT), MIN(created_at_ms) FROM outbox GROUP BY sink",
-        )
-        .fetch_all(self.raw_pool())
-        .await
-        .map_err(db("summarise the outbox"))?;
-        for r in rows {
-            let d = || db("summarise the outbox");
-            let sink: String = r.try_get(0).map_err(d())?;
-            let st = SinkStatus {
-                pending: r.try_get(1).map_err(d())?,
-                bytes: r.try_get(2).map_err(d())?,
-                oldest_at_ms: r.try_get(3).map_err(d())?,
-                delivered_total: 0,
-            };
-            match sink.as_str() {
-                "mqtt" => s.mqtt = st,
-                _ => s.s3 = st,
-            }
-        }
-        let counters = sqlx::query("SELECT name, value FROM outbox_counters")
-            .fetch_all(self.raw_pool())
-            .await
-            .map_err(db("read the outbox counters"))?;
-        for r in counters {
-            let name: String = r.try_get(0).map_err(db("read the outbox counters"))?;
-            let value: i64 = r.try_get(1).map_err(db("read the outbox counters"))?;
-            match name.as_str() {
-                "pending_bytes" => s.pending_bytes = value,
-                "events_dropped" => s.events_dropped_total = value,
-                "samples_refused" => s.samples_refused_total = value,
-                "full_since_ms" => s.full_since_ms = (value != 0).then_some(value),
-                "delivered_mqtt" => s.mqtt.delivered_total = value,
-                "delivered_s3" => s.s3.delivered_total = value,
-                _ => {}
-            }
-        }
-        Ok(s)
+        status_on(self.raw_pool()).await
     }
+
+    /// [`Store::outbox_status`] read on a read connection, for the metrics: a scrape never
+    /// waits behind the writer.
+    pub(crate) async fn outbox_status_for_metrics(&self) -> Result<OutboxStatus, StoreError> {
+        status_on(self.reader()).await
+    }
+
+    /// How many undelivered rows of `sink` were created before `before_ms`, and their bytes.
+    pub async fn outbox_waiting(
+        &self,
+        sink: Sink,
+        before_ms: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM outbox \
+             WHERE sink = $1 AND created_at_ms < $2",
+        )
+        .bind(sink.as_str())
+        .bind(before_ms)
+        .fetch_one(self.raw_pool())
+        .await
+        .map_err(db("count waiting outbox rows"))?;
+        Ok((
+            r.try_get(0).map_err(db("count waiting outbox rows"))?,
+            r.try_get(1).map_err(db("count waiting outbox rows"))?,
+        ))
+    }
+
+    /// Drops the undelivered rows of `sink` created before `before_ms`, for a peer that is gone
+    /// for good (a sink no longer configured, a bucket retired). One audited transaction: the
+    /// audit entry (`outbox.discard`, by `actor`, with `reason`) names the sink and what was
+    /// dropped, and is itself published when events are. Nothing to drop records nothing.
+    pub async fn outbox_discard(
+        &self,
+        sink: Sink,
+        before_ms: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Discarded, StoreError> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "reason: say why these rows are dropped undelivered".into(),
+            ));
+        }
+        let mut tx = self.begin().await?;
+        let dropped = sqlx::query(
+            "DELETE FROM outbox WHERE sink = $1 AND created_at_ms < $2 RETURNING bytes, created_at_ms",
+        )
+        .bind(sink.as_str())
+        .bind(before_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("discard outbox rows"))?;
+        let mut d = Discarded::default();
+        for r in &dropped {
+            let bytes: i64 = r.try_get(0).map_err(db("read discarded outbox rows"))?;
+            let at: i64 = r.try_get(1).map_err(db("read discarded outbox rows"))?;
+            d.rows += 1;
+            d.bytes += bytes;
+            d.oldest_at_ms = Some(d.oldest_at_ms.map_or(at, |o| o.min(at)));
+            d.newest_at_ms = Some(d.newest_at_ms.map_or(at, |n| n.max(at)));
+        }
+        if d.rows == 0 {
+            return Ok(d);
+        }
+        add_counter(&mut tx, "pending_bytes", -d.bytes).await?;
+        let counter = match sink {
+            Sink::Mqtt => "discarded_mqtt",
+            Sink::S3 => "discarded_s3",
+        };
+        add_counter(&mut tx, counter, d.rows).await?;
+        let now = crate::quality::now_ms();
+        let new_value = serde_json::json!({
+            "sink": sink.as_str(),
+            "rows": d.rows,
+            "bytes": d.bytes,
+            "created_before_ms": before_ms,
+            "oldest_at_ms": d.oldest_at_ms,
+            "newest_at_ms": d.newest_at_ms,
+        });
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![crate::quality::audit::NewAuditEntry {
+                actor: actor.to_owned(),
+                action: "outbox.discard".into(),
+                entity: "outbox".into(),
+                entity_id: sink.as_str().into(),
+                old_value: None,
+                new_value: Some(new_value.to_string()),
+                reason: Some(reason.to_owned()),
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit an outbox discard"))?;
+        tracing::warn!(
+            sink = sink.as_str(),
+            rows = d.rows,
+            bytes = d.bytes,
+            actor,
+            reason,
+            "Outbox rows dropped undelivered."
+        );
+        Ok(d)
+    }
+}
+
+async fn status_on(pool: &sqlx::AnyPool) -> Result<OutboxStatus, StoreError> {
+    let mut s = OutboxStatus::default();
+    let rows = sqlx::query(
+        "SELECT sink, COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT), MIN(created_at_ms) FROM outbox GROUP BY sink",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("summarise the outbox"))?;
+    for r in rows {
+        let d = || db("summarise the outbox");
+        let sink: String = r.try_get(0).map_err(d())?;
+        let st = SinkStatus {
+            pending: r.try_get(1).map_err(d())?,
+            bytes: r.try_get(2).map_err(d())?,
+            oldest_at_ms: r.try_get(3).map_err(d())?,
+            ..SinkStatus::default()
+        };
+        match sink.as_str() {
+            "mqtt" => s.mqtt = st,
+            _ => s.s3 = st,
+        }
+    }
+    let counters = sqlx::query("SELECT name, value FROM outbox_counters")
+        .fetch_all(pool)
+        .await
+        .map_err(db("read the outbox counters"))?;
+    for r in counters {
+        let name: String = r.try_get(0).map_err(db("read the outbox counters"))?;
+        let value: i64 = r.try_get(1).map_err(db("read the outbox counters"))?;
+        match name.as_str() {
+            "pending_bytes" => s.pending_bytes = value,
+            "events_dropped" => s.events_dropped_total = value,
+            "samples_refused" => s.samples_refused_total = value,
+            "full_since_ms" => s.full_since_ms = (value != 0).then_some(value),
+            "delivered_mqtt" => s.mqtt.delivered_total = value,
+            "delivered_s3" => s.s3.delivered_total = value,
+            "discarded_mqtt" => s.mqtt.discarded_total = value,
+            "discarded_s3" => s.s3.discarded_total = value,
+            _ => {}
+        }
+    }
+    Ok(s)
 }
 
 /// Deletes confirmed rows inside `tx`, keeping the byte count and clearing the alarm once the

@@ -18,6 +18,8 @@ use super::{PipelineStatus, Trigger, TriggerError, Triggers};
 pub struct HttpState {
     pub triggers: Triggers,
     pub status: PipelineStatus,
+    /// The quality store results are recorded in, if any: its outbox is in the metrics.
+    pub store: Option<crate::store::Store>,
 }
 
 fn problem(status: StatusCode, title: &str, detail: String) -> Response {
@@ -78,11 +80,11 @@ async fn fire(
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.status.metrics_text(),
-    )
-        .into_response()
+    let mut text = state.status.metrics_text();
+    if let Some(store) = &state.store {
+        text.push_str(&crate::outbox::metrics_text(store).await);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn health(State(state): State<HttpState>) -> Response {

@@ -307,6 +307,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 include_str!("../../migrations/sqlite/0008_image_refs.sql"),
                 include_str!("../../migrations/postgres/0008_image_refs.sql"),
             ),
+            (
+                9,
+                "outbox_discards",
+                include_str!("../../migrations/sqlite/0009_outbox_discards.sql"),
+                include_str!("../../migrations/postgres/0009_outbox_discards.sql"),
+            ),
         ];
         let backend = self.0;
         Box::pin(async move {

@@ -555,7 +555,7 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"part_id\":\"P-1\""), "{body}");
 
-    // The start-up pass of image keeping, in the service's metrics.
+    // The start-up pass of image keeping and the outbox, in the service's metrics.
     let (status, metrics) = http(port, "GET /metrics HTTP/1.1", b"");
     assert_eq!(status, 200);
     for line in [
@@ -564,6 +564,10 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
         "linesight_images_removed_total{reason=\"temporary\"} 1",
         "linesight_images_freed_bytes_total 12",
         "linesight_images_unrecorded 0",
+        // No [outbox] here: nothing is queued, and the metrics say no sink is configured.
+        "linesight_outbox_pending{sink=\"mqtt\"} 0",
+        "linesight_outbox_sink_configured{sink=\"s3\"} 0",
+        "linesight_outbox_full 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use linesight::outbox::{
     Delivery, MqttOutConfig, OutboxConfig, SamplingConfig, Sink, UploadConfig, append_event,
+    metrics_text, report_backlog,
 };
 use linesight::quality::{NewInspection, QualityConfig, Role, TaskAction, Verdict};
 use linesight::store::{NewUser, Store, StoreConfig};
@@ -282,6 +283,7 @@ on_both_databases!(
     records_and_their_events_commit_together,
     a_full_outbox_refuses_samples_and_counts_dropped_events,
     images_of_samples_waiting_for_their_upload_outlive_retention,
+    rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_discarded_on_the_record,
 );
 
 async fn records_and_their_events_commit_together(db: &Db) {
@@ -866,6 +868,281 @@ async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
         .unwrap();
     assert_eq!((r.expired, r.pinned), (3, 0), "{r:?}");
     assert!(sampled.iter().all(|h| !path(h).exists()));
+}
+
+async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_discarded_on_the_record(
+    db: &Db,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, bucket, upload_only) = folder_bucket(dir.path());
+    let both = OutboxConfig {
+        mqtt: mqtt_outbox(1, "t").mqtt,
+        ..upload_only.clone()
+    };
+    // Queued while both sinks were configured: 4 inspections, each an event and a sample.
+    let store = db.store.clone().with_outbox(both.clone());
+    let cfg = quiet_quality();
+    let mut cutoff = 0;
+    for n in 0..4 {
+        if n == 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cutoff = linesight::quality::now_ms();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let image = store
+            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .await
+            .unwrap();
+        store
+            .record_inspection(&inspection(n, 0.2, Some(image)), &cfg, "system")
+            .await
+            .unwrap();
+    }
+    let st = store.outbox_status().await.unwrap();
+    assert_eq!((st.mqtt.pending, st.s3.pending), (4, 4), "{st:?}");
+
+    // [outbox.mqtt] is removed: the start reports the events left, the metrics show them.
+    let store = db.store.clone().with_outbox(upload_only.clone());
+    let warnings = report_backlog(&store, &upload_only).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "4 events ({} bytes) wait for [outbox.mqtt]",
+            st.mqtt.bytes
+        )) && warnings[0].contains("`linesight outbox discard --sink mqtt`"),
+        "{}",
+        warnings[0]
+    );
+    let metrics = metrics_text(&store).await;
+    for line in [
+        "linesight_outbox_pending{sink=\"mqtt\"} 4",
+        "linesight_outbox_pending{sink=\"s3\"} 4",
+        "linesight_outbox_sink_configured{sink=\"mqtt\"} 0",
+        "linesight_outbox_sink_configured{sink=\"s3\"} 1",
+        "linesight_outbox_full 0",
+        "# TYPE linesight_outbox_delivered_total counter",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    // Delivery uploads the samples; draining does not wait for events nobody delivers.
+    let delivery = Delivery::start(&store, &upload_only, images.clone(), dir.path().into());
+    assert!(
+        delivery.drain(&store, Duration::from_secs(30)).await,
+        "the samples drained: {:?}",
+        store.outbox_status().await.unwrap()
+    );
+    delivery.stop().await;
+    assert_eq!(
+        walk(&bucket)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count(),
+        4
+    );
+    let st = store.outbox_status().await.unwrap();
+    assert_eq!((st.mqtt.pending, st.s3.pending), (4, 0), "{st:?}");
+
+    // Dropped on the record: a reason is required, the cutoff is kept, the counts add up.
+    let err = store
+        .outbox_discard(Sink::Mqtt, cutoff, "ops", " ")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reason"), "{err}");
+    let audit_before = store.audit_entries(1, 100_000).await.unwrap().len();
+    let d = store
+        .outbox_discard(Sink::Mqtt, cutoff, "ops", "the cloud broker was retired")
+        .await
+        .unwrap();
+    assert_eq!(d.rows, 2, "only the events older than the cutoff: {d:?}");
+    assert!(d.newest_at_ms.unwrap() < cutoff && d.oldest_at_ms <= d.newest_at_ms);
+    let after = store.outbox_status().await.unwrap();
+    assert_eq!(after.mqtt.pending, 2);
+    assert_eq!(after.mqtt.discarded_total, 2);
+    assert_eq!(after.mqtt.delivered_total, 0);
+    assert_eq!(
+        after.pending_bytes,
+        st.pending_bytes - d.bytes,
+        "byte count kept in step"
+    );
+    let audit = store.audit_entries(1, 100_000).await.unwrap();
+    assert_eq!(audit.len(), audit_before + 1);
+    let entry = audit.last().unwrap();
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.action.as_str(),
+            entry.entity.as_str(),
+            entry.entity_id.as_str()
+        ),
+        ("ops", "outbox.discard", "outbox", "mqtt")
+    );
+    assert_eq!(
+        entry.reason.as_deref(),
+        Some("the cloud broker was retired")
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(entry.new_value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (value["rows"].as_i64(), value["bytes"].as_i64()),
+        (Some(2), Some(d.bytes))
+    );
+    assert_eq!(value["created_before_ms"].as_i64(), Some(cutoff));
+    // Nothing left before the cutoff: nothing dropped, nothing recorded.
+    let again = store
+        .outbox_discard(Sink::Mqtt, cutoff, "ops", "again")
+        .await
+        .unwrap();
+    assert_eq!(again.rows, 0);
+    assert_eq!(
+        store.audit_entries(1, 100_000).await.unwrap().len(),
+        audit.len()
+    );
+    assert!(store.verify_audit().await.unwrap().is_ok());
+    assert!(
+        metrics_text(&store)
+            .await
+            .lines()
+            .any(|l| l == "linesight_outbox_discarded_total{sink=\"mqtt\"} 2")
+    );
+
+    // Where events are delivered, a discard of samples is itself an event.
+    let store = db.store.clone().with_outbox(both.clone());
+    let image = store.put_image(&images, &png(8, 8, 9), 0).await.unwrap();
+    store
+        .record_inspection(&inspection(9, 0.2, Some(image)), &cfg, "system")
+        .await
+        .unwrap();
+    let d = store
+        .outbox_discard(
+            Sink::S3,
+            linesight::quality::now_ms() + 1,
+            "ops",
+            "bucket retired",
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.rows, 1);
+    let events = store.outbox_pending(Sink::Mqtt, 0, 100).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.ordering_key.as_str()),
+        ("outbox.discard", "outbox:s3")
+    );
+    let env: serde_json::Value = serde_json::from_str(&last.payload).unwrap();
+    assert_eq!(env["data"]["new_value"]["rows"], 1);
+    assert_eq!(linesight::outbox::topic_for(&last.kind), "events");
+}
+
+#[test]
+fn outbox_status_and_discard_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let (images, _bucket, outbox) = folder_bucket(dir.path());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let config = StoreConfig {
+                url: Some(url.clone()),
+                ..StoreConfig::default()
+            };
+            let store = reopen(&config, &outbox).await;
+            for n in 0..2 {
+                let image = store
+                    .put_image(&images, &png(8, 8, n + 1), 0)
+                    .await
+                    .unwrap();
+                store
+                    .record_inspection(
+                        &inspection(n as usize, 0.2, Some(image)),
+                        &quiet_quality(),
+                        "system",
+                    )
+                    .await
+                    .unwrap();
+            }
+            store.close().await;
+        });
+    // Run without [outbox.upload]: the samples wait for a sink that is not configured.
+    let run = |args: &[&str]| {
+        let out = crate::common::linesight()
+            .arg("outbox")
+            .args(args)
+            .env("LINESIGHT__STORE__URL", &url)
+            .env("USER", "ops")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("s3 samples: 2 pending")
+            && out.contains("0 discarded - [outbox.upload] is not configured: configure it again, or `linesight outbox discard --sink s3`"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["discard", "--sink", "s3"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("would drop 2 samples ("), "{out}");
+    assert!(out.contains("nothing changed"), "{out}");
+    let (_, out, _) = run(&["discard", "--sink", "s3", "--older-than", "1h"]);
+    assert!(
+        out.starts_with("would drop 0 samples older than 1h ("),
+        "{out}"
+    );
+    let (code, _, err) = run(&["discard", "--sink", "s3", "--yes"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--reason"), "{err}");
+    let (code, _, err) = run(&["discard", "--sink", "kafka"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("kafka"), "{err}");
+    let (code, out, err) = run(&[
+        "discard",
+        "--sink",
+        "s3",
+        "--yes",
+        "--reason",
+        "bucket retired",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("dropped 2 samples ("), "{out}");
+    let (_, out, _) = run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["s3"]["pending"].as_i64(),
+            v["s3"]["discarded_total"].as_i64()
+        ),
+        (Some(0), Some(2))
+    );
+    assert_eq!(v["pending_bytes"], 0);
+    let audit = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = Store::open(&StoreConfig {
+                url: Some(url.clone()),
+                ..StoreConfig::default()
+            })
+            .await
+            .unwrap();
+            store.audit_entries(1, 1000).await.unwrap()
+        });
+    let entry = audit.last().unwrap();
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.action.as_str(),
+            entry.reason.as_deref()
+        ),
+        ("cli:ops", "outbox.discard", Some("bucket retired"))
+    );
 }
 
 /// Every file under `dir`, recursively.

@@ -683,6 +683,7 @@ async fn http_triggers_metrics_and_problem_details() {
     let router = app(HttpState {
         triggers: pipeline.triggers(),
         status: pipeline.status(),
+        store: None,
     });
     let post = |body: &str| {
         Request::post("/api/v1/triggers")
