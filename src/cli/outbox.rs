@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use crate::config::Settings;
-use crate::outbox::{Sink, section_of};
+use crate::outbox::Sink;
 use crate::store::{Store, redact};
 
 /// `linesight outbox ...`.
@@ -92,8 +92,11 @@ pub fn run(settings: &Settings, cmd: OutboxCommand) -> anyhow::Result<i32> {
 
 async fn status(settings: &Settings, store: &Store, json: bool) -> anyhow::Result<i32> {
     let s = store.outbox_status().await?;
+    let delivering = crate::outbox::delivery_lease_held(store).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        v["delivering"] = delivering.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let now = crate::quality::now_ms();
         let limit = settings.outbox.max_bytes;
@@ -123,7 +126,7 @@ async fn status(settings: &Settings, store: &Store, json: bool) -> anyhow::Resul
                     format!(
                         " - {} is not configured: configure it again, or `linesight outbox \
                          discard --sink {}`",
-                        section_of(sink),
+                        sink.section(),
                         sink.as_str()
                     )
                 } else {
@@ -134,6 +137,14 @@ async fn status(settings: &Settings, store: &Store, json: bool) -> anyhow::Resul
         println!(
             "events dropped: {}, samples refused: {}",
             s.events_dropped_total, s.samples_refused_total
+        );
+        println!(
+            "delivery: {}",
+            if delivering {
+                "an instance delivers now (it holds the delivery lease)"
+            } else {
+                "no instance delivers now (`linesight run` or `serve` with [outbox] does)"
+            }
         );
         match s.full_since_ms {
             Some(at) => println!("ALARM: outbox full since {}", age(now, Some(at))),
@@ -152,19 +163,16 @@ async fn discard(
     yes: bool,
 ) -> anyhow::Result<i32> {
     let now = crate::quality::now_ms();
-    let before_ms =
-        now - older_than.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let what = match sink {
-        Sink::Mqtt => "events",
-        Sink::S3 => "samples",
-    };
+    let before_ms = now
+        .saturating_sub(older_than.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let what = sink.rows_are();
     let span = older_than.map_or(String::new(), |d| {
         format!(" older than {}", humantime::format_duration(d))
     });
     if settings.outbox.delivers(sink) {
         eprintln!(
             "note: {} is configured; linesight delivers these {what} when it runs",
-            section_of(sink)
+            sink.section()
         );
     }
     if !yes {
@@ -181,8 +189,7 @@ async fn discard(
     let d = store
         .outbox_discard(sink, before_ms, &super::quality::cli_actor(), &reason)
         .await?;
-    let _ = crate::outbox::maybe_clear_alarm(store, settings.outbox.sample_limit_bytes() / 10 * 9)
-        .await;
+    let _ = crate::outbox::maybe_clear_alarm(store, settings.outbox.alarm_clears_below()).await;
     println!(
         "dropped {} {what}{span} ({} bytes) undelivered; recorded in the audit trail (outbox.discard)",
         d.rows, d.bytes

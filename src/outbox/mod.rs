@@ -10,6 +10,8 @@
 //!   see every event at least once and de-duplicate on its stable `event_id`.
 //! - Rows are delivered in `id` order, which is commit order (write transactions take turns),
 //!   so the order of events with the same ordering key is kept.
+//! - Every instance on a database queues; one at a time delivers, the holder of the delivery
+//!   lease ([`lease`]), so no row goes out from two deliverers at once.
 //! - The outbox is bounded by `outbox.max_bytes`. When full: new samples are refused (counted in
 //!   `samples_refused`) once they would take it past `sample_share_percent` of the bound, which
 //!   keeps the rest for events; an event that would take it past the bound is not stored but
@@ -17,6 +19,7 @@
 //!   `linesight outbox status`, in the health messages and the metrics) until the outbox drains
 //!   below 90 % of the sample share. The quality record itself always commits.
 
+mod lease;
 mod mqtt;
 mod queue;
 mod sampling;
@@ -82,6 +85,11 @@ impl OutboxConfig {
     /// Bytes samples may fill before new ones are refused.
     pub fn sample_limit_bytes(&self) -> u64 {
         self.max_bytes / 100 * u64::from(self.sample_share_percent)
+    }
+
+    /// The full alarm clears once the outbox holds less than this: 90 % of the sample share.
+    pub fn alarm_clears_below(&self) -> u64 {
+        self.sample_limit_bytes() / 10 * 9
     }
 
     /// Problems with the values, each naming its key.
@@ -161,6 +169,12 @@ pub enum OutboxError {
     },
     #[error("outbox.mqtt.tls: {0}")]
     Tls(String),
+    #[error("cannot lock {path} (one outbox deliverer per database): {source}")]
+    Lease {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Opens the quality store for `settings`, with the outbox switched on when it is configured.
@@ -177,12 +191,9 @@ pub async fn open_store(
     })
 }
 
-/// The configuration section that delivers `sink`.
-pub fn section_of(sink: Sink) -> &'static str {
-    match sink {
-        Sink::Mqtt => "[outbox.mqtt]",
-        Sink::S3 => "[outbox.upload]",
-    }
+/// Whether an instance delivers this database's outbox now (holds the delivery lease).
+pub async fn delivery_lease_held(store: &crate::store::Store) -> Result<bool, OutboxError> {
+    lease::held_by_anyone(store).await
 }
 
 /// Warns about rows waiting for a sink that is not configured (the section was removed after
@@ -204,12 +215,9 @@ pub async fn report_backlog(store: &crate::store::Store, config: &OutboxConfig) 
                  space{} until it is configured again or `linesight outbox discard --sink {}` \
                  drops them",
                 st.pending,
-                match sink {
-                    Sink::Mqtt => "events",
-                    Sink::S3 => "samples",
-                },
+                sink.rows_are(),
                 st.bytes,
-                section_of(sink),
+                sink.section(),
                 match sink {
                     Sink::Mqtt => "",
                     Sink::S3 => " and their images",
@@ -307,6 +315,12 @@ pub async fn metrics_text(store: &crate::store::Store) -> String {
             config.max_bytes.to_string(),
         ),
         (
+            "linesight_outbox_delivering",
+            "gauge",
+            "1 while this process delivers the outbox (one deliverer per database).",
+            u8::from(lease::delivering()).to_string(),
+        ),
+        (
             "linesight_outbox_full",
             "gauge",
             "1 while the full alarm is raised (until the outbox drains).",
@@ -332,13 +346,21 @@ pub async fn metrics_text(store: &crate::store::Store) -> String {
     out
 }
 
-/// The running delivery tasks (one per configured sink).
+/// How often an instance that does not deliver tries to take over, and how often the one that
+/// does checks that its lease still holds.
+const LEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Delivery of one database's outbox: waits for the delivery lease (one deliverer per
+/// database, see [`lease`]), then runs one task per configured sink until it stops or the
+/// lease is lost, and then waits for the lease again.
 #[derive(Debug)]
 pub struct Delivery {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    supervisor: tokio::task::JoinHandle<()>,
     /// Which sinks it delivers: draining waits for those only.
     sinks: Vec<Sink>,
+    /// Whether it holds the lease now; `None` until its first try.
+    leading: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 impl Delivery {
@@ -350,29 +372,85 @@ impl Delivery {
         image_dir: std::path::PathBuf,
         state_dir: std::path::PathBuf,
     ) -> Delivery {
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        if config.mqtt.is_some() {
-            let (store, config, rx) = (store.clone(), config.clone(), rx.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = run_mqtt(store, config, rx).await {
-                    tracing::error!(error = %e, "MQTT event delivery stopped.");
-                }
-            }));
-        }
-        if config.upload.is_some() {
-            let (store, config) = (store.clone(), config.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = run_upload(store, config, image_dir, state_dir, rx).await {
-                    tracing::error!(error = %e, "Sample upload stopped.");
-                }
-            }));
-        }
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (leading_tx, leading) = tokio::sync::watch::channel(None);
+        let (store, config) = (store.clone(), config.clone());
         let sinks = [Sink::Mqtt, Sink::S3]
             .into_iter()
             .filter(|s| config.delivers(*s))
             .collect();
-        Delivery { stop, tasks, sinks }
+        let supervisor = tokio::spawn(async move {
+            let mut said_waiting = false;
+            let mut claimant = lease::Claimant::default();
+            loop {
+                let mut held = match claimant.try_acquire(&store).await {
+                    Ok(Some(lease)) => lease,
+                    Ok(None) => {
+                        let _ = leading_tx.send(Some(false));
+                        if !said_waiting {
+                            tracing::info!(
+                                "Another instance delivers this database's outbox; this one \
+                                 queues and takes over when that one stops."
+                            );
+                            said_waiting = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(LEASE_INTERVAL) => continue,
+                            _ = stop_rx.changed() => return,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = leading_tx.send(Some(false));
+                        tracing::warn!(error = %e, "Cannot take the outbox delivery lease; retrying.");
+                        tokio::select! {
+                            _ = tokio::time::sleep(LEASE_INTERVAL) => continue,
+                            _ = stop_rx.changed() => return,
+                        }
+                    }
+                };
+                said_waiting = false;
+                tracing::info!("This instance delivers the outbox.");
+                let _ = leading_tx.send(Some(true));
+                let (tasks_stop, tasks) =
+                    spawn_sinks(&store, &config, image_dir.clone(), state_dir.clone());
+                let stopping = loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_INTERVAL) => {
+                            if !held.alive().await {
+                                tracing::warn!("Outbox delivery lease lost (database connection); delivery pauses until it is taken again.");
+                                break false;
+                            }
+                        }
+                        _ = stop_rx.changed() => break true,
+                    }
+                };
+                let _ = tasks_stop.send(true);
+                for t in tasks {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+                }
+                let _ = leading_tx.send(Some(false));
+                held.release().await;
+                if stopping {
+                    return;
+                }
+                // After a lost session, give the other instances a turn before trying again.
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE_INTERVAL) => {}
+                    _ = stop_rx.changed() => return,
+                }
+            }
+        });
+        Delivery {
+            stop,
+            supervisor,
+            sinks,
+            leading,
+        }
+    }
+
+    /// Whether this instance delivers now (holds the lease).
+    pub fn is_delivering(&self) -> bool {
+        *self.leading.borrow() == Some(true)
     }
 
     /// Waits until what the configured sinks deliver is confirmed, or `deadline` passes (a
@@ -380,6 +458,12 @@ impl Delivery {
     /// it emptied. Rows of a sink that is not configured are not waited for.
     pub async fn drain(&self, store: &crate::store::Store, deadline: std::time::Duration) -> bool {
         let until = tokio::time::Instant::now() + deadline;
+        let mut leading = self.leading.clone();
+        let tried = tokio::time::timeout_at(until, leading.wait_for(Option::is_some)).await;
+        if !matches!(tried, Ok(Ok(_))) || !self.is_delivering() {
+            // Another instance delivers (or none can now): nothing to wait for here.
+            return false;
+        }
         loop {
             let waiting = |s: &OutboxStatus| {
                 self.sinks
@@ -405,13 +489,43 @@ impl Delivery {
         }
     }
 
-    /// Stops the tasks (what is not delivered stays in the outbox for the next start).
+    /// Stops the tasks and gives the lease back (what is not delivered stays in the outbox for
+    /// the next deliverer).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
-        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.supervisor).await;
     }
+}
+
+/// One task per configured sink, and the switch that stops them.
+fn spawn_sinks(
+    store: &crate::store::Store,
+    config: &OutboxConfig,
+    image_dir: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if config.mqtt.is_some() {
+        let (store, config, rx) = (store.clone(), config.clone(), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_mqtt(store, config, rx).await {
+                tracing::error!(error = %e, "MQTT event delivery stopped.");
+            }
+        }));
+    }
+    if config.upload.is_some() {
+        let (store, config) = (store.clone(), config.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_upload(store, config, image_dir, state_dir, rx).await {
+                tracing::error!(error = %e, "Sample upload stopped.");
+            }
+        }));
+    }
+    (stop, tasks)
 }
 
 #[cfg(test)]

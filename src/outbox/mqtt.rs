@@ -242,7 +242,7 @@ pub async fn run_mqtt(
     let (resume_tx, resume_rx) = tokio::sync::mpsc::channel(1);
     let poller = spawn_poller(events, event_tx, resume_rx);
     let status_topic = format!("{}/status", m.topic_prefix);
-    let clear_below = config.sample_limit_bytes() / 10 * 9;
+    let clear_below = config.alarm_clears_below();
     let mut connected = false;
     // Publishes requested on this connection whose pkid is not known yet (`None`: status and
     // health messages).

@@ -33,6 +33,22 @@ impl Sink {
             Sink::S3 => "s3",
         }
     }
+
+    /// What its rows are, for people: `events` or `samples`.
+    pub fn rows_are(self) -> &'static str {
+        match self {
+            Sink::Mqtt => "events",
+            Sink::S3 => "samples",
+        }
+    }
+
+    /// The configuration section that delivers it.
+    pub fn section(self) -> &'static str {
+        match self {
+            Sink::Mqtt => "[outbox.mqtt]",
+            Sink::S3 => "[outbox.upload]",
+        }
+    }
 }
 
 /// One undelivered row.

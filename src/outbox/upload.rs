@@ -476,7 +476,7 @@ pub async fn run_upload(
     };
     let initial = Duration::from_millis(uploader.up.initial_backoff_ms);
     let max = Duration::from_millis(uploader.up.max_backoff_ms);
-    let clear_below = config.sample_limit_bytes() / 10 * 9;
+    let clear_below = config.alarm_clears_below();
     let mut backoff = initial;
     let mut healthy = true;
     let manifest_every = Duration::from_secs(uploader.up.manifest_interval_s);

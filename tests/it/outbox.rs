@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use linesight::outbox::{
     Delivery, MqttOutConfig, OutboxConfig, SamplingConfig, Sink, UploadConfig, append_event,
-    metrics_text, report_backlog,
+    delivery_lease_held, metrics_text, report_backlog,
 };
 use linesight::quality::{NewInspection, QualityConfig, Role, TaskAction, Verdict};
 use linesight::store::{NewUser, Store, StoreConfig};
@@ -284,6 +284,7 @@ on_both_databases!(
     a_full_outbox_refuses_samples_and_counts_dropped_events,
     images_of_samples_waiting_for_their_upload_outlive_retention,
     rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_discarded_on_the_record,
+    one_instance_delivers_at_a_time_and_another_takes_over,
 );
 
 async fn records_and_their_events_commit_together(db: &Db) {
@@ -1033,6 +1034,120 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
     assert_eq!(linesight::outbox::topic_for(&last.kind), "events");
 }
 
+/// Waits until `cond` holds, or fails with `what` after `secs`.
+async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two instances on one database (two services on a SQLite file, replicas on PostgreSQL), both
+/// configured to deliver: both queue, one delivers, and the other takes over when it stops or
+/// loses its database session.
+async fn one_instance_delivers_at_a_time_and_another_takes_over(db: &Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, bucket, outbox) = folder_bucket(dir.path());
+    let a = db.store.clone().with_outbox(outbox.clone());
+    let b = Store::open(&db.config)
+        .await
+        .unwrap()
+        .with_outbox(outbox.clone());
+    let record = |store: &Store, n: usize| {
+        let (store, images) = (store.clone(), images.clone());
+        async move {
+            let image = store
+                .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+                .await
+                .unwrap();
+            store
+                .record_inspection(&inspection(n, 0.2, Some(image)), &quiet_quality(), "system")
+                .await
+                .unwrap();
+        }
+    };
+    assert!(!delivery_lease_held(&b).await.unwrap());
+    let da = Delivery::start(&a, &outbox, images.clone(), dir.path().into());
+    eventually(10, "the first instance takes the lease", || {
+        da.is_delivering()
+    })
+    .await;
+    assert!(
+        delivery_lease_held(&b).await.unwrap(),
+        "seen from the other instance"
+    );
+    let dbb = Delivery::start(&b, &outbox, images.clone(), dir.path().into());
+    let t = Instant::now();
+    assert!(
+        !dbb.drain(&b, Duration::from_secs(10)).await,
+        "the second instance does not deliver, so it does not wait to drain"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for n in 0..4 {
+        record(if n % 2 == 0 { &a } else { &b }, n).await;
+    }
+    assert!(da.drain(&a, Duration::from_secs(30)).await);
+    // Over a retry period of the waiting instance, exactly one delivers.
+    for _ in 0..30 {
+        assert!(da.is_delivering() && !dbb.is_delivering());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    da.stop().await;
+    eventually(10, "the second instance takes over", || dbb.is_delivering()).await;
+    for n in 4..6 {
+        record(&a, n).await;
+    }
+    assert!(dbb.drain(&b, Duration::from_secs(30)).await);
+
+    if b.backend() == linesight::store::Backend::Postgres {
+        // The deliverer's database session ends (a failover, a network cut): its lease is gone
+        // with it, it stops delivering, and whichever instance takes the lease next delivers.
+        let da2 = Delivery::start(&a, &outbox, images.clone(), dir.path().into());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!da2.is_delivering());
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = 1819504482 \
+             AND objid = hashtext(current_schema())::oid",
+        )
+        .fetch_one(a.raw_pool())
+        .await
+        .unwrap();
+        assert_eq!(killed, 1, "one session holds this schema's delivery lease");
+        eventually(10, "the lease is noticed lost", || !dbb.is_delivering()).await;
+        eventually(10, "an instance delivers again", || {
+            dbb.is_delivering() || da2.is_delivering()
+        })
+        .await;
+        record(&b, 6).await;
+        let leader = if dbb.is_delivering() { &dbb } else { &da2 };
+        assert!(leader.drain(&b, Duration::from_secs(30)).await);
+        assert!(dbb.is_delivering() != da2.is_delivering());
+        da2.stop().await;
+    }
+    dbb.stop().await;
+    assert!(
+        !delivery_lease_held(&b).await.unwrap(),
+        "given back at stop"
+    );
+    let recorded = a.inspection_count().await.unwrap();
+    let st = a.outbox_status().await.unwrap();
+    assert_eq!(st.s3.pending, 0, "{st:?}");
+    assert_eq!(
+        st.s3.delivered_total, recorded,
+        "each sample delivered once: {st:?}"
+    );
+    assert_eq!(
+        walk(&bucket)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count() as i64,
+        recorded
+    );
+    b.close().await;
+}
+
 #[test]
 fn outbox_status_and_discard_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -1086,6 +1201,7 @@ fn outbox_status_and_discard_from_the_command_line() {
             && out.contains("0 discarded - [outbox.upload] is not configured: configure it again, or `linesight outbox discard --sink s3`"),
         "{out}"
     );
+    assert!(out.contains("delivery: no instance delivers now"), "{out}");
     let (code, out, _) = run(&["discard", "--sink", "s3"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("would drop 2 samples ("), "{out}");
@@ -1121,6 +1237,7 @@ fn outbox_status_and_discard_from_the_command_line() {
         (Some(0), Some(2))
     );
     assert_eq!(v["pending_bytes"], 0);
+    assert_eq!(v["delivering"], false);
     let audit = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
