@@ -380,6 +380,7 @@ impl Delivery {
             .filter(|s| config.delivers(*s))
             .collect();
         let supervisor = tokio::spawn(async move {
+            // Said once until the lease is taken, not at every try.
             let mut said_waiting = false;
             let mut claimant = lease::Claimant::default();
             loop {
@@ -401,7 +402,10 @@ impl Delivery {
                     }
                     Err(e) => {
                         let _ = leading_tx.send(Some(false));
-                        tracing::warn!(error = %e, "Cannot take the outbox delivery lease; retrying.");
+                        if !said_waiting {
+                            tracing::warn!(error = %e, "Cannot take the outbox delivery lease; retrying.");
+                            said_waiting = true;
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(LEASE_INTERVAL) => continue,
                             _ = stop_rx.changed() => return,
