@@ -7,6 +7,9 @@
 //! to the outbox in the same transaction, and a deliverer's round (read 64 pending events, then
 //! delete them as acknowledged).
 //!
+//! `outbox/metrics_scrape` measures what a Prometheus scrape of the outbox's figures costs
+//! with a backlog of pending events.
+//!
 //! The `images` group measures a pass of image keeping (what `linesight run` and `serve` do
 //! every `quality.image_prune_interval_minutes`) over a folder of recorded images with nothing
 //! to remove: the steady cost of keeping the quota.
@@ -241,9 +244,9 @@ fn outbox(c: &mut Criterion) {
     group.finish();
 }
 
-/// Images recorded in the folder the keeping pass walks (fewer in test mode, where the setup
-/// is all that matters).
-fn keeping_images() -> usize {
+/// Images in the folder the keeping pass walks, events in the scraped backlog (fewer in test
+/// mode, where the setup is all that matters).
+fn setup_size() -> usize {
     if std::env::args().any(|a| a == "--test") {
         500
     } else {
@@ -265,7 +268,7 @@ fn images(c: &mut Criterion) {
             ..StoreConfig::default()
         }))
         .expect("store opens");
-    let n = keeping_images();
+    let n = setup_size();
     // Files of 2 KiB written without syncing, then recorded 500 to a transaction (the store
     // finds them complete and does not write them again): a quick setup of a large folder.
     let images: Vec<Vec<u8>> = (0..n as u32)
@@ -312,10 +315,61 @@ fn images(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a Prometheus scrape of the outbox costs while the site is cut off: its figures read
+/// with a backlog of pending events (20,000; 500 in test mode).
+fn outbox_scrape(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = rt
+        .block_on(Store::open(&StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("s.db").display())),
+            ..StoreConfig::default()
+        }))
+        .expect("store opens")
+        .with_outbox(OutboxConfig {
+            mqtt: Some(MqttOutConfig::default()),
+            ..OutboxConfig::default()
+        });
+    let n = setup_size();
+    // Events of a typical size, appended in one transaction (the write path is measured above).
+    rt.block_on(async {
+        let mut tx = store.raw_pool().begin().await.expect("begin");
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, sink, kind, ordering_key, payload, bytes, created_at_ms) \
+                 VALUES ($1, 'mqtt', 'inspection.create', 'camera:line-1/cam0', $2, 800, $3)",
+            )
+            .bind(format!("e{i}"))
+            .bind("x".repeat(800))
+            .bind(i as i64)
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    });
+    let mut group = c.benchmark_group("outbox");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(
+        BenchmarkId::new("metrics_scrape", format!("sqlite/{n}pending")),
+        |b| {
+            b.iter(|| {
+                let text = rt.block_on(linesight::outbox::metrics_text(&store));
+                assert!(text.contains(&format!("linesight_outbox_pending{{sink=\"mqtt\"}} {n}")));
+            });
+        },
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Each write is a synced transaction: a handful of samples says enough.
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
-    targets = record, outbox, images
+    targets = record, outbox, outbox_scrape, images
 }
 criterion_main!(benches);
