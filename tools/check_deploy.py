@@ -11,6 +11,8 @@
   namespace + labels, the subset of kustomize these files use) and each resource is validated
   against the Kubernetes OpenAPI schemas bundled in kubernetes-validate (offline), strictly;
   then the operational requirements are checked (probes, resources, PDB, IRSA, GPU overlay).
+  The alerting rules (PrometheusRule) are checked for shape, and every metric they name is
+  looked for on the /metrics of a running `linesight run --demo` with its API on.
 
     check_deploy.py --linesight target/debug/linesight
     check_deploy.py render-recipe --name N --version V --bucket B RECIPE.yaml OUT.json
@@ -23,9 +25,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -283,7 +288,8 @@ def check_overlay(name: str) -> None:
             kubernetes_validate.validate(r, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             problem(where, f"{r['kind']}/{r['metadata']['name']}: {e.message} at {'.'.join(map(str, e.path))}")
-    for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget", "ServiceMonitor"):
+    for kind in ("Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget", "ServiceMonitor",
+                 "PrometheusRule"):
         if len(by_kind.get(kind, [])) != 1:
             problem(where, f"expected one {kind}, found {len(by_kind.get(kind, []))}")
     if len(problems) > before:
@@ -355,12 +361,81 @@ def check_overlay(name: str) -> None:
         problem(where, "the ConfigMap must be the --config file")
 
 
+def check_alerts(rule: dict, exposed: set, where: str) -> None:
+    """Each alert has a PromQL expression (parsed with promql-parser, the Prometheus grammar),
+    a severity, a summary and a description, and names only metrics that linesight exposes."""
+    import promql_parser
+
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    if not alerts:
+        problem(where, "no alerting rules")
+    names = [a.get("alert") for a in alerts]
+    if len(set(names)) != len(names):
+        problem(where, f"alert names repeat: {names}")
+    for a in alerts:
+        name = a.get("alert", "?")
+        if a.get("labels", {}).get("severity") not in ("warning", "critical"):
+            problem(where, f"{name}: severity must be warning or critical")
+        if not a.get("annotations", {}).get("summary") or not a.get("annotations", {}).get("description"):
+            problem(where, f"{name}: needs a summary and a description")
+        if "for" in a and not re.fullmatch(r"\d+[smh]", str(a["for"])):
+            problem(where, f"{name}: `for: {a['for']}` is not a duration")
+        try:
+            promql_parser.parse(a.get("expr", ""))
+        except ValueError as e:
+            problem(where, f"{name}: the expression is not PromQL ({e}): {a.get('expr')}")
+        metrics = set(re.findall(r"\blinesight_[a-z0-9_]+", a.get("expr", "")))
+        if not metrics:
+            problem(where, f"{name}: its expression names no linesight metric")
+        for m in sorted(metrics - exposed):
+            problem(where, f"{name}: linesight does not expose {m}")
+
+
+def exposed_metrics(linesight: Path) -> set:
+    """Metric names on /metrics of `linesight run --demo` with the API on: the pipeline's, the
+    API's, image keeping's and the outbox's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINESIGHT__")}
+    env["LINESIGHT__API__LISTEN"] = f"127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as work:
+        proc = subprocess.Popen([str(linesight), "run", "--demo", "--frames", "1000000"], cwd=work, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    problem("linesight run --demo", f"exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                    return set()
+                try:
+                    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                except OSError:
+                    time.sleep(0.3)
+                    continue
+                if "linesight_camera_up" in text:
+                    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+                            if line and not line.startswith("#")}
+                time.sleep(0.3)
+            problem("linesight run --demo", "its /metrics never showed the pipeline within 120 s")
+            return set()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def check_kubernetes(linesight: Path) -> None:
     overlays = sorted(p.name for p in (DEPLOY / "kubernetes/overlays").iterdir() if p.is_dir())
     if overlays != ["gpu", "postgres", "sqlite"]:
         problem("deploy/kubernetes/overlays", f"expected gpu, postgres, sqlite; found {overlays}")
     for name in overlays:
         check_overlay(name)
+    rule = load_docs(DEPLOY / "kubernetes/base/prometheusrule.yaml")[0]
+    check_alerts(rule, exposed_metrics(linesight), "deploy/kubernetes/base/prometheusrule.yaml")
     # The ConfigMap's file is a valid linesight configuration (the image has /opt/linesight/models).
     cm = load_docs(DEPLOY / "kubernetes/base/configmap.yaml")[0]["data"]["linesight.toml"]
     with tempfile.TemporaryDirectory() as work:
@@ -401,7 +476,7 @@ def main() -> int:
         check_docker()
         check_kubernetes(args.linesight)
         if not problems:
-            print("check_deploy: Greengrass recipe, Dockerfiles and Kubernetes overlays are valid")
+            print("check_deploy: Greengrass recipe, Dockerfiles, Kubernetes overlays and alerts are valid")
     for p in problems:
         print(f"check_deploy: {p}", file=sys.stderr)
     return 1 if problems else 0
