@@ -77,12 +77,17 @@ async fn postgres() -> Option<StoreConfig> {
     })
 }
 
-fn record(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime each group drives the store with (two workers, as `linesight run` has).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn record(c: &mut Criterion) {
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut backends = vec![(
         "sqlite-wal-fullsync",
@@ -159,11 +164,7 @@ fn record(c: &mut Criterion) {
 
 /// The outbox on SQLite: recording with events appended, and a delivery round per event.
 fn outbox(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = StoreConfig {
         url: Some(format!("sqlite://{}", dir.path().join("o.db").display())),
@@ -255,11 +256,7 @@ fn setup_size() -> usize {
 }
 
 fn images(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let folder = dir.path().join("images");
     let store = rt
@@ -318,11 +315,7 @@ fn images(c: &mut Criterion) {
 /// What a Prometheus scrape of the outbox costs while the site is cut off: its figures read
 /// with a backlog of pending events (20,000; 500 in test mode).
 fn outbox_scrape(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let store = rt
         .block_on(Store::open(&StoreConfig {
