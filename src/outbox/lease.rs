@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::Row as _;
 
 use super::OutboxError;
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Backend, Store, StoreError, db};
 
 /// `pg_try_advisory_lock(key1, key2)`: key1 says "linesight outbox", key2 is the schema's hash.
 const ADVISORY_CLASS: i32 = 0x6c73_6f62; // "lsob"
@@ -64,7 +64,6 @@ impl Claimant {
     ) -> Result<Option<Lease>, OutboxError> {
         let hold = match store.backend() {
             Backend::Postgres => {
-                let db = |op| move |source| StoreError::Db { op, source };
                 let mut conn = match self.conn.take() {
                     Some(conn) => conn,
                     None => store
@@ -149,10 +148,7 @@ async fn lock_path(store: &Store) -> Result<Option<PathBuf>, StoreError> {
     let rows = sqlx::query("PRAGMA database_list")
         .fetch_all(store.raw_pool())
         .await
-        .map_err(|source| StoreError::Db {
-            op: "find the database file",
-            source,
-        })?;
+        .map_err(db("find the database file"))?;
     for r in rows {
         let name: String = r.try_get(1).unwrap_or_default();
         let file: String = r.try_get(2).unwrap_or_default();
@@ -177,13 +173,7 @@ pub(crate) async fn held_by_anyone(store: &Store) -> Result<bool, OutboxError> {
         .bind(i64::from(ADVISORY_CLASS))
         .fetch_one(store.raw_pool())
         .await
-        .map_err(|source| {
-            StoreError::Db {
-                op: "look for the outbox delivery lease",
-                source,
-            }
-            .into()
-        }),
+        .map_err(|e| db("look for the outbox delivery lease")(e).into()),
         Backend::Sqlite => {
             let Some(path) = lock_path(store).await? else {
                 return Ok(false);
