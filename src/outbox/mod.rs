@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use mqtt::{MqttOutConfig, MqttTlsConfig, run_mqtt, topic_for};
 pub(crate) use queue::maybe_clear_alarm;
 pub(crate) use queue::on_audit;
+pub(crate) use queue::sample_state;
 pub use queue::{Discarded, OutboxRow, OutboxStatus, Sink, SinkStatus, append_event};
 pub use sampling::{SamplingConfig, SamplingReason, manifest_line, sampling_reason};
 pub use upload::{UploadConfig, run_upload};

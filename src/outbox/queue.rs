@@ -51,6 +51,18 @@ impl Sink {
     }
 }
 
+/// Where a sampled inspection stands (`sample_manifest.uploaded`).
+pub(crate) mod sample_state {
+    /// Its upload is queued; retention holds its image until then.
+    pub const WAITING: i64 = 0;
+    /// Image and metadata are in the bucket and listed in the day's manifest.
+    pub const UPLOADED: i64 = 1;
+    /// Only its metadata went up: the image was gone or unreadable at upload time.
+    pub const METADATA_ONLY: i64 = 2;
+    /// Its upload was dropped by `linesight outbox discard`; nothing of it is in the bucket.
+    pub const DISCARDED: i64 = 3;
+}
+
 /// One undelivered row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -456,12 +468,13 @@ async fn sample(
     if stored {
         sqlx::query(
             "INSERT INTO sample_manifest (inspection_id, day, line, metadata, uploaded) \
-             VALUES ($1, $2, $3, $4, 0) ON CONFLICT (inspection_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (inspection_id) DO NOTHING",
         )
         .bind(inspection_id)
         .bind(&day)
         .bind(&line)
         .bind(metadata.to_string())
+        .bind(sample_state::WAITING)
         .execute(&mut **tx)
         .await
         .map_err(db("record a sample"))?;
@@ -554,7 +567,10 @@ async fn on_human_decision(
             .execute(&mut **tx)
             .await
             .map_err(db("relabel a sample"))?;
-            if uploaded != 0 {
+            if matches!(
+                uploaded,
+                sample_state::UPLOADED | sample_state::METADATA_ONLY
+            ) {
                 // Already in the bucket: write its metadata and the day's manifest again.
                 append(
                     cfg,
@@ -706,6 +722,21 @@ impl Store {
             ));
         }
         let mut tx = self.begin().await?;
+        if sink == Sink::S3 {
+            // These samples will never go up: retention stops holding their images, and a
+            // later relabel of them queues nothing. Their upload rows are keyed `sample:<id>`.
+            sqlx::query(
+                "UPDATE sample_manifest SET uploaded = $1 WHERE uploaded = $2 AND inspection_id IN \
+                 (SELECT CAST(substr(ordering_key, 8) AS BIGINT) FROM outbox \
+                  WHERE sink = 's3' AND kind = 'sample.upload' AND created_at_ms < $3)",
+            )
+            .bind(sample_state::DISCARDED)
+            .bind(sample_state::WAITING)
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("mark discarded samples"))?;
+        }
         let dropped = sqlx::query(
             "DELETE FROM outbox WHERE sink = $1 AND created_at_ms < $2 RETURNING bytes, created_at_ms",
         )

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 use tokio::sync::watch;
 
-use super::queue::{Sink, ack_in, maybe_clear_alarm};
+use super::queue::{Sink, ack_in, maybe_clear_alarm, sample_state};
 use super::sampling::SamplingConfig;
 use super::{OutboxConfig, OutboxError, OutboxRow};
 use crate::store::{Store, StoreError, image_path};
@@ -380,11 +380,11 @@ impl Uploader {
                     match as_png(bytes) {
                         Ok(png) => {
                             self.put(&format!("{key_base}.png"), png).await?;
-                            uploaded = 1;
+                            uploaded = sample_state::UPLOADED;
                         }
                         Err(e) => {
                             tracing::warn!(inspection_id, error = %e, "Sample image cannot be read; uploading its metadata only.");
-                            uploaded = 2;
+                            uploaded = sample_state::METADATA_ONLY;
                         }
                     }
                 }
@@ -393,7 +393,7 @@ impl Uploader {
                         inspection_id,
                         "Sample image no longer stored; uploading its metadata only."
                     );
-                    uploaded = 2;
+                    uploaded = sample_state::METADATA_ONLY;
                 }
             }
         }
@@ -429,9 +429,10 @@ impl Uploader {
             let day: String = d.try_get(0).map_err(db("read a manifest day"))?;
             let version: i64 = d.try_get(1).map_err(db("read a manifest day"))?;
             let lines = sqlx::query(
-                "SELECT line FROM sample_manifest WHERE day = $1 AND uploaded = 1 ORDER BY inspection_id",
+                "SELECT line FROM sample_manifest WHERE day = $1 AND uploaded = $2 ORDER BY inspection_id",
             )
             .bind(&day)
+            .bind(sample_state::UPLOADED)
             .fetch_all(self.store.raw_pool())
             .await
             .map_err(db("read manifest lines"))?;

@@ -62,7 +62,8 @@ pub struct RetentionReport {
 fn pending_samples_of(param: &str) -> String {
     format!(
         "SELECT 1 FROM inspections i JOIN sample_manifest m ON m.inspection_id = i.id \
-         WHERE i.image_ref = {param} AND m.uploaded = 0"
+         WHERE i.image_ref = {param} AND m.uploaded = {}",
+        crate::outbox::sample_state::WAITING
     )
 }
 

@@ -313,6 +313,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 include_str!("../../migrations/sqlite/0009_outbox_discards.sql"),
                 include_str!("../../migrations/postgres/0009_outbox_discards.sql"),
             ),
+            (
+                10,
+                "discarded_samples",
+                include_str!("../../migrations/sqlite/0010_discarded_samples.sql"),
+                include_str!("../../migrations/postgres/0010_discarded_samples.sql"),
+            ),
         ];
         let backend = self.0;
         Box::pin(async move {

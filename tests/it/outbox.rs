@@ -1009,10 +1009,11 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
     // Where events are delivered, a discard of samples is itself an event.
     let store = db.store.clone().with_outbox(both.clone());
     let image = store.put_image(&images, &png(8, 8, 9), 0).await.unwrap();
-    store
-        .record_inspection(&inspection(9, 0.2, Some(image)), &cfg, "system")
+    let discarded = store
+        .record_inspection(&inspection(9, 0.2, Some(image.clone())), &cfg, "system")
         .await
-        .unwrap();
+        .unwrap()
+        .inspection_id;
     let d = store
         .outbox_discard(
             Sink::S3,
@@ -1032,6 +1033,66 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
     let env: serde_json::Value = serde_json::from_str(&last.payload).unwrap();
     assert_eq!(env["data"]["new_value"]["rows"], 1);
     assert_eq!(linesight::outbox::topic_for(&last.kind), "events");
+
+    // A discarded sample no longer holds its image past retention; the uploaded ones never did.
+    let day = 86_400_000;
+    let r = store
+        .enforce_image_retention(&images, 1, 1 << 30, 3 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.expired, r.pinned), (5, 0), "{r:?}");
+    assert!(!linesight::store::image_path(&images, &image).exists());
+    let state = |id: i64| {
+        let pool = store.raw_pool().clone();
+        async move {
+            let row = sqlx::query("SELECT uploaded FROM sample_manifest WHERE inspection_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            sqlx::Row::try_get::<i64, _>(&row, 0).unwrap()
+        }
+    };
+    assert_eq!(state(discarded).await, 3, "marked discarded");
+    assert_eq!(
+        state(discarded - 1).await,
+        1,
+        "uploaded before, stays uploaded"
+    );
+
+    // A database where an earlier version discarded samples without marking them: the
+    // migration marks every waiting sample whose upload row is gone, and only those.
+    let mut ids = Vec::new();
+    for n in [10, 11] {
+        let image = store
+            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .await
+            .unwrap();
+        let recorded = store
+            .record_inspection(&inspection(n, 0.2, Some(image)), &cfg, "system")
+            .await
+            .unwrap();
+        ids.push(recorded.inspection_id);
+    }
+    let (dropped, kept) = (ids[0], ids[1]);
+    sqlx::query("DELETE FROM outbox WHERE sink = 's3' AND ordering_key = $1")
+        .bind(format!("sample:{dropped}"))
+        .execute(store.raw_pool())
+        .await
+        .unwrap();
+    let migration = match store.backend() {
+        linesight::store::Backend::Sqlite => {
+            include_str!("../../migrations/sqlite/0010_discarded_samples.sql")
+        }
+        linesight::store::Backend::Postgres => {
+            include_str!("../../migrations/postgres/0010_discarded_samples.sql")
+        }
+    };
+    sqlx::raw_sql(migration)
+        .execute(store.raw_pool())
+        .await
+        .unwrap();
+    assert_eq!((state(dropped).await, state(kept).await), (3, 0));
 }
 
 /// Waits until `cond` holds, or fails with `what` after `secs`.
