@@ -8,10 +8,10 @@
 //! 2. the same model run bare through `Session::run` on tensors prepared beforehand;
 //! 3. the resident memory before the model, after loading it, and after linesight's warm-up.
 //!
-//! (1) and (2) run in alternating rounds of half a second, and each ratio is the median over the
-//! rounds of (1) against the round of (2) right after it: never against figures from another
-//! machine, day or minute. The inspection path here is sequential; the live pipeline overlaps
-//! the stages.
+//! (1) and (2) run in alternating rounds of half a second, each after a short pause
+//! ([`SETTLE`]), and each ratio is the median over the rounds of (1) against the round of (2)
+//! right after it: never against figures from another machine, day or minute. The inspection
+//! path here is sequential; the live pipeline overlaps the stages.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -210,6 +210,15 @@ fn progress(seconds: f64, message: &str, quiet: bool) -> ProgressBar {
 
 /// Length of one measured round; each client runs about this long before the other takes over.
 const ROUND_SECONDS: f64 = 0.5;
+
+/// Pause before each measured round, not timed. Each client has its own session, and ONNX
+/// Runtime's intra-op threads keep spinning for a while after a run (what `intra_op_spinning`
+/// buys); without the pause, the first run of a round shared the cores with the other
+/// session's spinning threads. On a PatchCore export (80 ms a run, 2 threads, 2 cores) about
+/// one run in six took 25 % longer on both sides, which a single-session client (the Python
+/// baseline, a deployed worker) never pays: p90 106 ms without a pause, 91 ms after 20 ms,
+/// 85 ms after 50 ms (p50 81 ms).
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// One linesight round and the bare round after it.
 struct RoundPair {
@@ -436,11 +445,13 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
     let mut pairs = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let images_before = ours.timings.len();
+        std::thread::sleep(SETTLE);
         let linesight_s = for_round(slice, || ours.step(true))?;
         let round = &ours.timings[images_before..];
         let inference_s = round.iter().map(|t| t.inference_ms).sum::<f64>() / 1e3;
         let linesight_images = round.len();
         let bare_before = bare_latencies.len();
+        std::thread::sleep(SETTLE);
         let bare_s = for_round(slice, || bare.step(Some(&mut bare_latencies)))?;
         let bare_ips = ((bare_latencies.len() - bare_before) * batch) as f64 / bare_s;
         pairs.push(RoundPair {
