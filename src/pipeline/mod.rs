@@ -776,6 +776,22 @@ impl Pipeline {
                 }
             }
         }
+        for inspector in &worker_inspectors[0] {
+            if let crate::model::BatchSize::Fixed(fixed) = inspector.detector.contract.batch
+                && fixed > config.batch_size
+            {
+                tracing::warn!(
+                    model = %inspector.identity().name,
+                    fixed_batch = fixed,
+                    batch_size = config.batch_size,
+                    "The model's graph runs {fixed} frames a call, but pipeline.batch_size = {}: \
+                     each call is padded and does the work of {fixed} frames for {}. Set \
+                     pipeline.batch_size = {fixed} or more.",
+                    config.batch_size,
+                    config.batch_size,
+                );
+            }
+        }
         let table = ModelTable {
             slots,
             slot_model,

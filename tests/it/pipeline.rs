@@ -984,6 +984,73 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
     }
 }
 
+/// Log lines written while a test runs, for the few behaviours that only a log line shows.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A fixed-batch model under a smaller `batch_size` still gets every frame right (each call
+/// padded), and the start-up says what that costs and what to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
+    for (batch_size, warned) in [(1, true), (2, false)] {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut cam = camera(
+            "fixed",
+            SourceConfig::Folder {
+                path: repo().join("testdata/synthetic/test"),
+                repeat: false,
+                preload_mib: None,
+            },
+            TriggerMode::FreeRun,
+        );
+        cam.model = repo().join("testdata/models/fixed-batch");
+        let config = PipelineConfig {
+            batch_size,
+            queue_capacity: 64,
+            ..PipelineConfig::default()
+        };
+        let (pipeline, sink) = start(config, vec![open(cam)]).await;
+        pipeline.run_until(std::future::pending()).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 25);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.outcome, Outcome::Inspected { .. }))
+        );
+        let text = logs.text();
+        assert_eq!(
+            text.contains(&format!(
+                "pipeline.batch_size = {batch_size}: each call is padded"
+            )) && text.contains("Set pipeline.batch_size = 2 or more."),
+            warned,
+            "batch_size {batch_size}:\n{text}"
+        );
+    }
+}
+
 /// A pipeline that records into `db`'s store.
 async fn start_recording(
     config: PipelineConfig,
