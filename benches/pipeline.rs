@@ -9,8 +9,10 @@
 //! `cargo bench --bench pipeline` to measure (`LINESIGHT_BENCH_STAGES=1` also prints the mean
 //! time of each stage per run, `LINESIGHT_BENCH_ROWS=text` runs only the alternating rows whose
 //! label holds one of the `|`-separated texts, `LINESIGHT_BENCH_THREADS=N` gives N ONNX Runtime
-//! threads to either side instead of 2, `LINESIGHT_BENCH_ROUNDS=N` sets the number of rounds);
-//! `cargo bench -- --test` runs each once (CI).
+//! threads to either side instead of 2, `LINESIGHT_BENCH_ROUNDS=N` sets the number of rounds,
+//! `LINESIGHT_BENCH_MODEL=DIR` with `LINESIGHT_BENCH_IMAGES=DIR` adds a model of the user's,
+//! e.g. a PatchCore export made by `tools/export_patchcore.py`); `cargo bench -- --test` runs
+//! each once (CI).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use linesight::actions::{MemorySink, ResultSink};
-use linesight::model::{Detector, ModelPackage, SessionOptions};
+use linesight::model::{BatchSize, Detector, ModelPackage, SessionOptions};
 use linesight::pipeline::{Camera, CameraConfig, Pipeline, PipelineConfig, TriggerMode};
 use linesight::preprocess::{DecodeLimits, decode, prepare};
 use linesight::source::SourceConfig;
@@ -89,7 +91,7 @@ fn frames(folder: &Path) -> Vec<PathBuf> {
 
 /// A model and the frames it is measured on.
 struct Subject {
-    name: &'static str,
+    name: String,
     model: PathBuf,
     /// The frames, `copies` times over in one folder, so that a run lasts long enough for its
     /// start and stop not to weigh on the throughput.
@@ -101,10 +103,13 @@ struct Subject {
     copies: usize,
     width: usize,
     height: usize,
+    /// The graph's own batch size, when it has one (anomalib's PatchCore): bare ONNX Runtime
+    /// then runs that many frames a call, the last call padded, as any client of it must.
+    fixed_batch: Option<usize>,
 }
 
 impl Subject {
-    fn new(name: &'static str, model: PathBuf, images: &Path, copies: usize) -> Subject {
+    fn new(name: &str, model: PathBuf, images: &Path, copies: usize) -> Subject {
         let files = frames(images);
         assert!(!files.is_empty(), "no images under {}", images.display());
         let folder = tempfile::tempdir().expect("temporary folder");
@@ -127,8 +132,12 @@ impl Subject {
                 t
             })
             .collect();
+        let fixed_batch = match detector.contract.batch {
+            BatchSize::Fixed(n) => Some(n),
+            BatchSize::Dynamic => None,
+        };
         Subject {
-            name,
+            name: name.to_owned(),
             model,
             folder,
             frames: files.len() * copies,
@@ -136,7 +145,13 @@ impl Subject {
             copies,
             width: detector.input.width as usize,
             height: detector.input.height as usize,
+            fixed_batch,
         }
+    }
+
+    /// The batch size a bare call of `batch` frames really runs at.
+    fn bare_batch(&self, batch: usize) -> usize {
+        self.fixed_batch.unwrap_or(batch)
     }
 
     /// Bare sessions in `layout`.
@@ -157,9 +172,21 @@ impl Subject {
             .collect()
     }
 
-    /// The distinct frames stacked `batch` to a tensor, ready before any timing starts.
+    /// The distinct frames stacked `batch` to a tensor (a fixed-batch graph's own size, the
+    /// last tensor padded with zeros), ready before any timing starts.
     fn batches(&self, batch: usize) -> Vec<Vec<f32>> {
-        self.tensors.chunks(batch).map(|c| c.concat()).collect()
+        let batch = self.bare_batch(batch);
+        let per_frame = 3 * self.width * self.height;
+        self.tensors
+            .chunks(batch)
+            .map(|c| {
+                let mut t = c.concat();
+                if self.fixed_batch.is_some() {
+                    t.resize(batch * per_frame, 0.0);
+                }
+                t
+            })
+            .collect()
     }
 
     /// Every frame once (`copies` times the distinct ones) through bare `Session::run`, one
@@ -192,6 +219,18 @@ impl Subject {
     }
 }
 
+/// The model of `LINESIGHT_BENCH_MODEL` on the images of `LINESIGHT_BENCH_IMAGES`, if set.
+fn users_model() -> Option<Subject> {
+    let model = PathBuf::from(std::env::var_os("LINESIGHT_BENCH_MODEL")?);
+    let images = std::env::var_os("LINESIGHT_BENCH_IMAGES")
+        .map(PathBuf::from)
+        .expect("LINESIGHT_BENCH_IMAGES: the folder of images to run LINESIGHT_BENCH_MODEL on");
+    let name = model
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    Some(Subject::new(&name, model, &images, 1))
+}
+
 /// One row of the alternating comparison.
 struct Row<'a> {
     label: &'a str,
@@ -219,11 +258,14 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
         .map(|&layout| subject.sessions(layout))
         .collect();
     let batch = row.pipeline_batch;
-    let stacked: Vec<Vec<Vec<f32>>> = row
+    // A fixed-batch graph has one bare batch size, whatever the row asks.
+    let mut batch_sizes: Vec<usize> = row
         .bare_batches
         .iter()
-        .map(|&b| subject.batches(b))
+        .map(|&b| subject.bare_batch(b))
         .collect();
+    batch_sizes.dedup();
+    let stacked: Vec<Vec<Vec<f32>>> = batch_sizes.iter().map(|&b| subject.batches(b)).collect();
     // Warm-up: both sides once, unmeasured.
     for sessions in &mut bare {
         subject.bare_pass(sessions, &stacked[0]);
@@ -260,10 +302,7 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
         .map(|(bare, ours)| bare / ours)
         .collect();
     let (median, low, high) = spread(ratios);
-    let (layout, batch) = (
-        row.bare[variants[best].0],
-        row.bare_batches[variants[best].1],
-    );
+    let (layout, batch) = (row.bare[variants[best].0], batch_sizes[variants[best].1]);
     eprintln!(
         "pipeline / bare ORT throughput, {} ({} frames), {}: median {median:.3} over {rounds} alternating rounds (lowest {low:.3}, highest {high:.3}); best bare: {} session(s) of {} thread(s){}, batch {batch}",
         subject.name,
@@ -369,6 +408,7 @@ fn throughput(c: &mut Criterion) {
             1,
         ));
     }
+    subjects.extend(users_model());
     let either = [one_session(true), one_session(false)];
     let rows = [
         Row {
