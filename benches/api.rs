@@ -29,7 +29,7 @@ use linesight::store::{NewUser, Store, StoreConfig};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_parallel, repo, rounds, runtime, shared_data, spread, threads};
+use common::{bare_parallel, repo, rounds, runtime, settle, shared_data, spread, threads};
 
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 8;
@@ -224,9 +224,11 @@ fn alternating(
     let mut ratios = Vec::with_capacity(rounds);
     let mut latencies = Vec::new();
     for _ in 0..rounds {
+        settle();
         let start = Instant::now();
         bare_all(sessions, &many_tensors, w, h);
         let bare = start.elapsed();
+        settle();
         let (took, mut l) = rt.block_on(upload_all(client, server, &many));
         latencies.append(&mut l);
         ratios.push(bare.as_secs_f64() / took.as_secs_f64());

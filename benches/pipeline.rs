@@ -27,7 +27,7 @@ use linesight::source::SourceConfig;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{bare_parallel, repo, rounds, runtime, shared_data, spread, threads};
+use common::{bare_parallel, repo, rounds, runtime, settle, shared_data, spread, threads};
 
 /// How a side runs ONNX Runtime: `sessions` sessions (bare) or inference workers (pipeline) of
 /// `threads` intra-op threads each, spinning between runs or not.
@@ -279,10 +279,12 @@ fn alternating(rt: &tokio::runtime::Runtime, subject: &Subject, row: &Row<'_>, r
     let mut ours = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         for (times, &(l, b)) in bare_times.iter_mut().zip(&variants) {
+            settle();
             let start = Instant::now();
             subject.bare_pass(&mut bare[l], &stacked[b]);
             times.push(start.elapsed().as_secs_f64());
         }
+        settle();
         ours.push(
             subject
                 .pipeline_pass(rt, batch, row.pipeline, row.preload)

@@ -46,6 +46,13 @@ pub fn spread(mut ratios: Vec<f64>) -> (f64, f64, f64) {
     (median, ratios[0], ratios[n - 1])
 }
 
+/// Waits before a timed pass, so that it does not share the cores with the threads the other
+/// side's sessions leave spinning (see `linesight::cli::bench::SETTLE`): in a deployment the
+/// two never run in one process.
+pub fn settle() {
+    std::thread::sleep(linesight::cli::bench::SETTLE);
+}
+
 /// Alternating rounds per ratio: 10 (`LINESIGHT_BENCH_ROUNDS` sets another number), or 1 under
 /// `cargo bench -- --test` (CI).
 pub fn rounds() -> usize {

@@ -218,7 +218,7 @@ const ROUND_SECONDS: f64 = 0.5;
 /// one run in six took 25 % longer on both sides, which a single-session client (the Python
 /// baseline, a deployed worker) never pays: p90 106 ms without a pause, 91 ms after 20 ms,
 /// 85 ms after 50 ms (p50 81 ms).
-const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// One linesight round and the bare round after it.
 struct RoundPair {

@@ -984,6 +984,52 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
     }
 }
 
+/// A model that loads but cannot run (a manifest giving a size its graph does not take) stops
+/// the start with an error naming it, before any camera runs, instead of failing on the parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_cannot_run_fails_its_warm_up_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("wrong-size");
+    std::fs::create_dir(&model).unwrap();
+    let source = repo().join("testdata/models/dynamic-size");
+    std::fs::copy(source.join("model.onnx"), model.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("model.toml"))
+        .unwrap()
+        .replace("width = 256", "width = 128")
+        .replace("height = 256", "height = 128");
+    std::fs::write(model.join("model.toml"), manifest).unwrap();
+    let mut cam = camera(
+        "wrong",
+        SourceConfig::Synthetic {
+            seed: 1,
+            defect_rate: 0.0,
+            frames: Some(1),
+        },
+        TriggerMode::FreeRun,
+    );
+    cam.model = model.clone();
+    let err = Pipeline::start(
+        PipelineConfig::default(),
+        runtime(),
+        options(),
+        DecodeLimits::default(),
+        vec![open(cam)],
+        vec![],
+        None,
+    )
+    .await
+    .err()
+    .expect("the start fails");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "model {} failed its warm-up inference:",
+            model.display()
+        )),
+        "{text}"
+    );
+}
+
 /// Log lines written while a test runs, for the few behaviours that only a log line shows.
 #[derive(Clone, Default)]
 struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
