@@ -60,7 +60,11 @@ pub async fn api_state(
             .map(|_| {
                 let package = ModelPackage::open(&path)?;
                 let detector = Detector::new(runtime, package, &options, None)?;
-                Ok(Inspector::new(detector, limits)?)
+                let mut inspector = Inspector::new(detector, limits)?;
+                inspector
+                    .warm_up(1)
+                    .context("the upload model failed its warm-up inference")?;
+                Ok(inspector)
             })
             .collect::<anyhow::Result<Vec<Inspector>>>()
     })

@@ -598,12 +598,12 @@ impl ModelSwitch {
                                 source,
                             }
                         })?;
-                    warm_up(&mut inspector, shared.config.batch_size).map_err(|message| {
-                        SwapError::WarmUp {
+                    inspector
+                        .warm_up(shared.config.batch_size)
+                        .map_err(|e| SwapError::WarmUp {
                             path: path.clone(),
-                            message,
-                        }
-                    })?;
+                            message: e.to_string(),
+                        })?;
                     Ok(inspector)
                 })
                 .collect::<Result<Vec<Inspector>, SwapError>>()
@@ -654,7 +654,7 @@ impl Drop for Pipeline {
 }
 
 /// Opens every model referenced by `cameras` once per worker.
-/// Opens `models` for one worker, each warmed up ([`warm_up`]).
+/// Opens `models` for one worker, each warmed up ([`Inspector::warm_up`]).
 fn load_inspectors(
     runtime: &'static OrtRuntime,
     models: &[PathBuf],
@@ -672,34 +672,15 @@ fn load_inspectors(
             };
             let detector = Detector::new(runtime, package, options, None).map_err(model)?;
             let mut inspector = Inspector::new(detector, limits).map_err(model)?;
-            warm_up(&mut inspector, batch_size).map_err(|message| PipelineError::WarmUp {
-                path: path.clone(),
-                message,
-            })?;
+            inspector
+                .warm_up(batch_size)
+                .map_err(|e| PipelineError::WarmUp {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             Ok(inspector)
         })
         .collect()
-}
-
-/// Runs a new session once on `frames` blank frames (one call; a fixed-batch graph runs its own
-/// size). ONNX Runtime allocates a session's working memory on its first call (about 230 MiB for
-/// a PatchCore export, against 80 ms for the call itself), so that cost is paid here rather than
-/// by the first part on the line; and a model that loads but cannot run fails here, before any
-/// camera starts, rather than on a part.
-fn warm_up(inspector: &mut Inspector, frames: usize) -> Result<(), String> {
-    let input = inspector.input().clone();
-    let blank = image::RgbImage::new(input.width, input.height);
-    let batch: Vec<(String, &image::RgbImage)> = (0..frames.max(1))
-        .map(|i| (format!("warm-up {i}"), &blank))
-        .collect();
-    match inspector
-        .inspect_images(&batch)
-        .into_iter()
-        .find_map(Result::err)
-    {
-        Some(e) => Err(e.to_string()),
-        None => Ok(()),
-    }
 }
 
 impl Pipeline {
