@@ -941,10 +941,9 @@ async fn reopen_back_off_doubles_up_to_its_maximum() {
     assert_eq!(sink.results().len(), 1);
 }
 
-/// A model with a fixed batch of 2 under dynamic batches of up to 3: chunked and padded, same
-/// verdicts as the dynamic-batch demo model.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fixed_batch_models_run_under_dynamic_batching() {
+/// A free-running camera replaying the synthetic test parts through the fixed-batch test model
+/// (a batch of 2 in its graph).
+fn fixed_batch_camera() -> CameraConfig {
     let mut cam = camera(
         "fixed",
         SourceConfig::Folder {
@@ -955,6 +954,14 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
         TriggerMode::FreeRun,
     );
     cam.model = repo().join("testdata/models/fixed-batch");
+    cam
+}
+
+/// A model with a fixed batch of 2 under dynamic batches of up to 3: chunked and padded, same
+/// verdicts as the dynamic-batch demo model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_batch_models_run_under_dynamic_batching() {
+    let cam = fixed_batch_camera();
     let config = PipelineConfig {
         batch_size: 3,
         // Batching itself is under test: keep the configured size.
@@ -1062,16 +1069,7 @@ async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let mut cam = camera(
-            "fixed",
-            SourceConfig::Folder {
-                path: repo().join("testdata/synthetic/test"),
-                repeat: false,
-                preload_mib: None,
-            },
-            TriggerMode::FreeRun,
-        );
-        cam.model = repo().join("testdata/models/fixed-batch");
+        let cam = fixed_batch_camera();
         let config = PipelineConfig {
             batch_size,
             queue_capacity: 64,
