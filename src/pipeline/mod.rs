@@ -653,8 +653,8 @@ impl Drop for Pipeline {
     }
 }
 
-/// Opens every model referenced by `cameras` once per worker.
-/// Opens `models` for one worker, each warmed up ([`Inspector::warm_up`]).
+/// Opens `models` (every model the cameras and their recipes name) for one worker, each warmed
+/// up ([`Inspector::warm_up`]).
 fn load_inspectors(
     runtime: &'static OrtRuntime,
     models: &[PathBuf],
