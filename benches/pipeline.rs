@@ -172,10 +172,10 @@ impl Subject {
             .collect()
     }
 
-    /// The distinct frames stacked `batch` to a tensor (a fixed-batch graph's own size, the
-    /// last tensor padded with zeros), ready before any timing starts.
+    /// The distinct frames stacked `batch` to a tensor (for a fixed-batch graph, `batch` is its
+    /// own size, see [`Subject::bare_batch`], and the last tensor is padded with zeros), ready
+    /// before any timing starts.
     fn batches(&self, batch: usize) -> Vec<Vec<f32>> {
-        let batch = self.bare_batch(batch);
         let per_frame = 3 * self.width * self.height;
         self.tensors
             .chunks(batch)
