@@ -610,6 +610,7 @@ impl ModelSwitch {
         })
         .await
         .map_err(|e| SwapError::Join(e.to_string()))??;
+        warn_if_padded(&loaded[0], self.shared.config.batch_size);
         let identity = loaded[0].identity().clone();
         let input = loaded[0].input().clone();
         let mut table = self.shared.models();
@@ -650,6 +651,24 @@ impl Drop for Pipeline {
         // Dropped without `shutdown` (a panic or an early return): stop the tasks.
         let _ = self.shutdown.send(true);
         self.shared.queue.close();
+    }
+}
+
+/// Warns when `inspector`'s graph runs a fixed batch larger than the pipeline's `batch_size`:
+/// every call is then padded, and the line gets a fraction of the model's throughput without
+/// any frame failing. Checked for the models loaded at start and for every model swapped in.
+fn warn_if_padded(inspector: &Inspector, batch_size: usize) {
+    if let crate::model::BatchSize::Fixed(fixed) = inspector.detector.contract.batch
+        && fixed > batch_size
+    {
+        tracing::warn!(
+            model = %inspector.identity().name,
+            fixed_batch = fixed,
+            batch_size,
+            "The model's graph runs {fixed} frames a call, but pipeline.batch_size = \
+             {batch_size}: each call is padded and does the work of {fixed} frames for \
+             {batch_size}. Set pipeline.batch_size = {fixed} or more.",
+        );
     }
 }
 
@@ -786,20 +805,7 @@ impl Pipeline {
             }
         }
         for inspector in &worker_inspectors[0] {
-            if let crate::model::BatchSize::Fixed(fixed) = inspector.detector.contract.batch
-                && fixed > config.batch_size
-            {
-                tracing::warn!(
-                    model = %inspector.identity().name,
-                    fixed_batch = fixed,
-                    batch_size = config.batch_size,
-                    "The model's graph runs {fixed} frames a call, but pipeline.batch_size = {}: \
-                     each call is padded and does the work of {fixed} frames for {}. Set \
-                     pipeline.batch_size = {fixed} or more.",
-                    config.batch_size,
-                    config.batch_size,
-                );
-            }
+            warn_if_padded(inspector, config.batch_size);
         }
         let table = ModelTable {
             slots,
