@@ -579,6 +579,48 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     server.stop();
 }
 
+/// The upload model's sessions run once as the API is assembled (`serve` at start): a model
+/// that loads but cannot run stops the start with the model's path, before any upload is
+/// taken; the bundled model passes the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_model_that_cannot_run_fails_its_warm_up_at_start() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = crate::common::model_that_cannot_run(dir.path());
+    let (_stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    for (model, fails) in [(repo().join("models/demo"), false), (broken, true)] {
+        let mut settings = linesight::config::Settings::default();
+        settings.api.model = Some(model.clone());
+        settings.api.inspectors = 2;
+        let built = linesight::cli::serve::api_state(
+            &settings,
+            runtime(),
+            db.store.clone(),
+            None,
+            stopping.clone(),
+        )
+        .await;
+        match built {
+            Ok(state) => {
+                assert!(!fails, "{} passed its warm-up", model.display());
+                assert_eq!(state.upload_model, model);
+            }
+            Err(e) => {
+                assert!(fails, "{e:#}");
+                let text = format!("{e:#}");
+                assert!(
+                    text.starts_with(&format!(
+                        "cannot load the upload model {}: the upload model failed its warm-up \
+                         inference:",
+                        model.display()
+                    )),
+                    "{text}"
+                );
+            }
+        }
+    }
+}
+
 /// A bearer token for each test user (cheap to check, unlike a password).
 async fn tokens(f: &Fixture) -> std::collections::HashMap<&'static str, String> {
     let mut out = std::collections::HashMap::new();

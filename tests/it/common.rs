@@ -48,6 +48,21 @@ pub fn inspector(model: &Path, threshold: Option<f32>) -> Inspector {
     Inspector::new(detector, DecodeLimits::default()).expect("model has a threshold")
 }
 
+/// A model package under `dir` that loads but cannot run: the dynamic-size test graph with a
+/// manifest giving an input size the graph rejects (its first call fails).
+pub fn model_that_cannot_run(dir: &Path) -> PathBuf {
+    let model = dir.join("wrong-size");
+    std::fs::create_dir(&model).unwrap();
+    let source = repo().join("testdata/models/dynamic-size");
+    std::fs::copy(source.join("model.onnx"), model.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("model.toml"))
+        .unwrap()
+        .replace("width = 256", "width = 128")
+        .replace("height = 256", "height = 128");
+    std::fs::write(model.join("model.toml"), manifest).unwrap();
+    model
+}
+
 /// The `linesight` binary built for these tests.
 pub fn linesight() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_linesight"))

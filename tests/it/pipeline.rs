@@ -996,15 +996,7 @@ async fn fixed_batch_models_run_under_dynamic_batching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_cannot_run_fails_its_warm_up_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("wrong-size");
-    std::fs::create_dir(&model).unwrap();
-    let source = repo().join("testdata/models/dynamic-size");
-    std::fs::copy(source.join("model.onnx"), model.join("model.onnx")).unwrap();
-    let manifest = std::fs::read_to_string(source.join("model.toml"))
-        .unwrap()
-        .replace("width = 256", "width = 128")
-        .replace("height = 256", "height = 128");
-    std::fs::write(model.join("model.toml"), manifest).unwrap();
+    let model = crate::common::model_that_cannot_run(dir.path());
     let mut cam = camera(
         "wrong",
         SourceConfig::Synthetic {
@@ -1079,6 +1071,70 @@ async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
         pipeline.run_until(std::future::pending()).await;
         let results = sink.results();
         assert_eq!(results.len(), 25);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.outcome, Outcome::Inspected { .. }))
+        );
+        let text = logs.text();
+        assert_eq!(
+            text.contains(&format!(
+                "pipeline.batch_size = {batch_size}: each call is padded"
+            )) && text.contains("Set pipeline.batch_size = 2 or more."),
+            warned,
+            "batch_size {batch_size}:\n{text}"
+        );
+    }
+}
+
+/// The same warning for a fixed-batch model activated by a hot swap: a recipe's change of
+/// model must not halve the line's throughput silently either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_batch_model_swapped_in_under_a_smaller_batch_size_is_warned_about() {
+    for (batch_size, warned) in [(1, true), (2, false)] {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut belt = camera("belt", synthetic(None), TriggerMode::FreeRun);
+        belt.fps = 40.0;
+        let config = PipelineConfig {
+            batch_size,
+            batch_autotune: false,
+            queue_capacity: 64,
+            ..PipelineConfig::default()
+        };
+        let (pipeline, sink) = start(config, vec![open(belt)]).await;
+        assert!(
+            !logs.text().contains("each call is padded"),
+            "the demo model takes any batch:\n{}",
+            logs.text()
+        );
+        let fixed =
+            linesight::model::ModelPackage::open(&repo().join("testdata/models/fixed-batch"))
+                .unwrap();
+        let identity = pipeline.model_switch().swap("belt", fixed).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !sink.results().iter().any(|r| {
+            r.model
+                .as_ref()
+                .is_some_and(|m| m.sha256 == identity.sha256)
+        }) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pipeline.shutdown().await;
+        let results = sink.results();
+        assert!(
+            results.iter().any(|r| r
+                .model
+                .as_ref()
+                .is_some_and(|m| m.sha256 == identity.sha256)),
+            "the swapped-in model inspected frames"
+        );
         assert!(
             results
                 .iter()
