@@ -142,10 +142,12 @@ fn valid_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password replaced by `***`. The credentials end at the last `@`: a
+/// password typed with an unescaped `@` is hidden whole (a path holding `@` is hidden with it,
+/// which errs on the safe side).
 pub fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
         && let Some((user, _password)) = userinfo.split_once(':')
     {
         return format!("{scheme}://{user}:***@{host}");
@@ -653,6 +655,10 @@ mod tests {
             "postgres://app:***@db:5432/q"
         );
         assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
+        assert_eq!(
+            redact("rtsp://admin:p@ss:w/rd@10.0.0.7:554/stream1"),
+            "rtsp://admin:***@10.0.0.7:554/stream1"
+        );
         let cfg = StoreConfig {
             url: Some("mysql://x".into()),
             pg_schema: Some("Bad;drop".into()),
