@@ -147,12 +147,17 @@ impl Settings {
             .unwrap_or_else(|| self.store.data_dir.join("images"))
     }
 
-    /// The effective settings as TOML, with the password in `store.url` redacted; secrets
-    /// added later are redacted here too.
+    /// The effective settings as TOML, with the passwords in `store.url` and in RTSP cameras'
+    /// URLs redacted, and the outbox's secrets; secrets added later are redacted here too.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.url = shown.store.url.as_deref().map(crate::store::redact);
         shown.outbox = shown.outbox.redacted();
+        for camera in &mut shown.cameras {
+            if let crate::source::SourceConfig::Rtsp(rtsp) = &camera.source {
+                camera.source = crate::source::SourceConfig::Rtsp(rtsp.redacted());
+            }
+        }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
@@ -270,5 +275,25 @@ mod tests {
             shown.contains("postgres://app:***@db:5432/quality"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn rtsp_camera_passwords_are_redacted_when_shown() {
+        let mut s = Settings::default();
+        s.cameras.push(
+            toml::from_str(
+                "id = \"dock\"\nmodel = \"models/demo\"\n\
+                 source = { kind = \"rtsp\", url = \"rtsp://admin:hunter33@10.0.0.7/stream1\" }",
+            )
+            .unwrap(),
+        );
+        let shown = s.to_toml();
+        assert!(!shown.contains("hunter33"), "{shown}");
+        assert!(
+            shown.contains("rtsp://admin:***@10.0.0.7/stream1"),
+            "{shown}"
+        );
+        // Only the copy shown is redacted.
+        assert!(format!("{:?}", s.cameras[0].source).contains("hunter33"));
     }
 }

@@ -10,10 +10,12 @@
 //! - [`usb::UsbSource`] streams a USB / V4L2 camera through nokhwa (cargo feature `usb`, on by
 //!   default);
 //! - [`gige::GigeSource`] streams a GigE Vision camera through Aravis, free-running or triggered
-//!   by software or by a digital input line (cargo feature `gige`).
+//!   by software or by a digital input line (cargo feature `gige`);
+//! - [`rtsp::RtspSource`] receives an RTSP network camera's stream through GStreamer (cargo
+//!   feature `rtsp`).
 //!
-//! The `usb` and `gige` kinds always parse; in a build without their feature, validation says
-//! which feature is missing. RTSP (GStreamer) is not built; the README ("Cameras") says why.
+//! The `usb`, `gige` and `rtsp` kinds always parse; in a build without their feature,
+//! validation says which feature is missing.
 //!
 //! Invariants: a source never panics on bad input; a failed grab returns [`SourceError`] and the
 //! pipeline calls [`FrameSource::reopen`] with back-off; `Ok(None)` means the source is finished
@@ -21,6 +23,7 @@
 
 pub mod folder;
 pub mod gige;
+pub mod rtsp;
 pub mod synthetic;
 pub mod usb;
 
@@ -34,6 +37,7 @@ use crate::preprocess::DecodeLimits;
 
 pub use folder::FolderSource;
 pub use gige::GigeConfig;
+pub use rtsp::RtspConfig;
 pub use synthetic::SyntheticSource;
 pub use usb::UsbConfig;
 
@@ -125,6 +129,8 @@ pub enum SourceConfig {
     Usb(UsbConfig),
     /// A GigE Vision camera.
     Gige(GigeConfig),
+    /// An RTSP network camera.
+    Rtsp(RtspConfig),
 }
 
 /// The largest preload budget of a folder source: 64 GiB of decoded images.
@@ -175,6 +181,15 @@ impl SourceConfig {
                 }
                 p
             }
+            SourceConfig::Rtsp(c) => {
+                let mut p = c.problems(field);
+                if !cfg!(feature = "rtsp") {
+                    p.push(format!(
+                        "{field}.kind = \"rtsp\": this linesight was built without RTSP support (cargo feature `rtsp`, needs libgstreamer1.0-dev and libgstreamer-plugins-base1.0-dev)"
+                    ));
+                }
+                p
+            }
         }
     }
 
@@ -185,6 +200,7 @@ impl SourceConfig {
             SourceConfig::Synthetic { seed, .. } => format!("synthetic seed {seed}"),
             SourceConfig::Usb(c) => c.describe(),
             SourceConfig::Gige(c) => c.describe(),
+            SourceConfig::Rtsp(c) => c.describe(),
         }
     }
 
@@ -211,7 +227,9 @@ impl SourceConfig {
             SourceConfig::Usb(c) => Box::new(usb::UsbSource::open(c.clone(), limits)?),
             #[cfg(feature = "gige")]
             SourceConfig::Gige(c) => Box::new(gige::GigeSource::open(c.clone())?),
-            #[cfg(not(all(feature = "usb", feature = "gige")))]
+            #[cfg(feature = "rtsp")]
+            SourceConfig::Rtsp(c) => Box::new(rtsp::RtspSource::open(c.clone(), limits)?),
+            #[cfg(not(all(feature = "usb", feature = "gige", feature = "rtsp")))]
             other => {
                 return Err(SourceError::Device {
                     source_name: other.describe(),

@@ -462,3 +462,235 @@ mod gige {
         );
     }
 }
+
+/// RTSP cameras (feature `rtsp`) against `tests/rtsp/serve.py`, GStreamer's RTSP server serving
+/// H.264 test video on 127.0.0.1.
+#[cfg(feature = "rtsp")]
+mod rtsp {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use linesight::source::FrameSource;
+    use linesight::source::rtsp::{RtspConfig, RtspSource, RtspTransport};
+
+    use super::*;
+
+    /// `tests/rtsp/serve.py` streaming 320×240 at 25 fps on `port`, killed on drop.
+    struct TestCamera {
+        child: Child,
+        port: u16,
+    }
+
+    impl TestCamera {
+        fn start(port: u16, extra: &[&str]) -> TestCamera {
+            // Debian's python3, where apt installs PyGObject (python3-gi), not a virtualenv's.
+            let mut child = Command::new("/usr/bin/python3")
+                .arg(repo().join("tests/rtsp/serve.py"))
+                .args(["--port", &port.to_string(), "--path", "/cam"])
+                .args(["--width", "320", "--height", "240", "--fps", "25"])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3 with GStreamer's RTSP server (scripts/test installs them)");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "the test camera did not start");
+            TestCamera { child, port }
+        }
+
+        fn url(&self) -> String {
+            format!("rtsp://127.0.0.1:{}/cam", self.port)
+        }
+    }
+
+    impl Drop for TestCamera {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn config(url: &str) -> RtspConfig {
+        RtspConfig {
+            url: url.into(),
+            transport: RtspTransport::Tcp,
+            latency_ms: 50,
+            frame_timeout_ms: 10_000,
+        }
+    }
+
+    /// `rtsp:<url>#<index>@<pts>` → index.
+    fn index(origin: &str) -> u64 {
+        let rest = origin.rsplit_once('#').unwrap().1;
+        rest.split('@').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_stream_gives_fresh_decoded_frames_never_the_same_twice() {
+        let cam = TestCamera::start(free_port(), &[]);
+        let mut source = RtspSource::open(config(&cam.url()), DecodeLimits::default()).unwrap();
+        assert_eq!(source.describe(), format!("rtsp {} tcp", cam.url()));
+        let mut seen = Vec::new();
+        for pause in [0, 0, 300, 300] {
+            std::thread::sleep(Duration::from_millis(pause));
+            let f = source.next_frame().unwrap().unwrap();
+            assert_eq!(f.image.dimensions(), (320, 240));
+            assert!(
+                f.origin.starts_with(&format!("rtsp:{}#", cam.url())),
+                "{}",
+                f.origin
+            );
+            // SMPTE bars through H.264: light grey at the left, blue at the right.
+            let [r, g, b] = f.image.get_pixel(10, 10).0;
+            assert!(r > 140 && g > 140 && b > 140, "grey bar: {r} {g} {b}");
+            let [r, _, b] = f.image.get_pixel(300, 10).0;
+            assert!(b > r + 80, "blue bar: {r} {b}");
+            seen.push(index(&f.origin));
+        }
+        assert!(
+            seen.windows(2).all(|w| w[1] > w[0]),
+            "a frame is grabbed once: {seen:?}"
+        );
+        // 300 ms at 25 fps is 7 frames: the grab after a pause takes the newest.
+        assert!(
+            seen[3] - seen[2] >= 3,
+            "newest frame after a pause: {seen:?}"
+        );
+        assert!(source.skipped() >= 2, "skipped {}", source.skipped());
+    }
+
+    #[test]
+    fn udp_transport_audio_tracks_and_credentials() {
+        let cam = TestCamera::start(
+            free_port(),
+            &["--audio", "--user", "qa", "--password", "s3cret"],
+        );
+        let with = |user: &str| format!("rtsp://{user}@127.0.0.1:{}/cam", cam.port);
+        for transport in [RtspTransport::Tcp, RtspTransport::Udp] {
+            let mut source = RtspSource::open(
+                RtspConfig {
+                    transport,
+                    ..config(&with("qa:s3cret"))
+                },
+                DecodeLimits::default(),
+            )
+            .unwrap();
+            assert!(
+                source.describe().contains("qa:***@"),
+                "{}",
+                source.describe()
+            );
+            let f = source.next_frame().unwrap().unwrap();
+            assert_eq!(f.image.dimensions(), (320, 240), "{transport:?}");
+            assert!(!f.origin.contains("s3cret"), "{}", f.origin);
+        }
+        let mut refused =
+            RtspSource::open(config(&with("qa:wrong-pw")), DecodeLimits::default()).unwrap();
+        let e = refused
+            .next_frame()
+            .expect_err("wrong password")
+            .to_string();
+        assert!(e.starts_with("rtsp rtsp://qa:***@127.0.0.1:"), "{e}");
+        assert!(e.contains("check the user and password"), "{e}");
+        assert!(!e.contains("wrong-pw"), "{e}");
+    }
+
+    #[test]
+    fn frames_over_the_decode_limits_are_refused_with_their_size() {
+        let cam = TestCamera::start(free_port(), &[]);
+        let limits = DecodeLimits {
+            max_width: 256,
+            ..DecodeLimits::default()
+        };
+        let mut source = RtspSource::open(config(&cam.url()), limits).unwrap();
+        let e = source.next_frame().err().unwrap().to_string();
+        assert!(
+            e.contains("frames are 320×240, over the decode limits (decode.max_width = 256"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_camera_that_stops_fails_and_is_reopened_when_back() {
+        let port = free_port();
+        let cam = TestCamera::start(port, &[]);
+        let url = cam.url();
+        let mut source = RtspSource::open(
+            RtspConfig {
+                frame_timeout_ms: 2_000,
+                ..config(&url)
+            },
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        source.next_frame().unwrap().unwrap();
+        drop(cam);
+        // Frames already decoded may still come; then the stream fails, naming the camera.
+        let started = Instant::now();
+        let e = (0..100)
+            .find_map(|_| source.next_frame().err())
+            .expect("the camera is gone")
+            .to_string();
+        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        // Nothing listens: the reopened source says so at its next grab, without waiting for
+        // the frame timeout.
+        source.reopen().unwrap();
+        let started = Instant::now();
+        let e = source
+            .next_frame()
+            .expect_err("nothing listens")
+            .to_string();
+        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
+        assert!(!e.contains("no frame within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+        let _back = TestCamera::start(port, &[]);
+        source.reopen().unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (320, 240));
+    }
+
+    #[test]
+    fn an_rtsp_camera_feeds_the_pipeline() {
+        let cam = TestCamera::start(free_port(), &[]);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let source = SourceConfig::Rtsp(config(&cam.url()));
+                assert!(source.problems("cameras[0].source").is_empty());
+                let mut dock = camera_config("dock", source, TriggerMode::FreeRun);
+                dock.fps = 10.0;
+                let (pipeline, sink) = start(PipelineConfig::default(), vec![lazy(dock)]).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while sink.results().len() < 5 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(pipeline.health()["dock"], CameraHealth::Running);
+                pipeline.shutdown().await;
+                let results = sink.results();
+                assert!(results.len() >= 5, "{results:#?}");
+                for r in &results {
+                    assert_eq!(r.status(), "inspected", "{r:?}");
+                    assert!(
+                        r.origin.starts_with("rtsp:rtsp://127.0.0.1:"),
+                        "{}",
+                        r.origin
+                    );
+                }
+            });
+    }
+}
