@@ -2,7 +2,8 @@
 //! cameras` on a machine without cameras, and (feature `gige`) GigE Vision against Aravis's fake
 //! camera (`arv-fake-gv-camera-0.8` from Debian's `aravis-tools`) on 127.0.0.1: free-run,
 //! software trigger, Bayer conversion, a camera that vanishes and comes back, and triggered
-//! inspection through the pipeline.
+//! inspection through the pipeline; and (feature `rtsp`) RTSP against GStreamer's RTSP server
+//! (`tests/rtsp/serve.py`) on 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -568,6 +569,18 @@ mod rtsp {
             "newest frame after a pause: {seen:?}"
         );
         assert!(source.skipped() >= 2, "skipped {}", source.skipped());
+    }
+
+    #[test]
+    fn mjpeg_streams_decode_too() {
+        let cam = TestCamera::start(free_port(), &["--codec", "jpeg"]);
+        let mut source = RtspSource::open(config(&cam.url()), DecodeLimits::default()).unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (320, 240));
+        let [r, g, b] = f.image.get_pixel(10, 10).0;
+        assert!(r > 140 && g > 140 && b > 140, "grey bar: {r} {g} {b}");
+        let [r, _, b] = f.image.get_pixel(300, 10).0;
+        assert!(b > r + 80, "blue bar: {r} {b}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An RTSP camera for linesight's RTSP source tests.
 
-Serves GStreamer's test video as H.264 over RTSP on 127.0.0.1 (GStreamer's RTSP server library
+Serves GStreamer's test video as H.264 (or MJPEG) over RTSP on 127.0.0.1 (GStreamer's RTSP server library
 through PyGObject: Debian's python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-ugly
 for x264enc; scripts/test installs them). Prints "ready" once it listens, then serves until it
 is killed.
@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--user", help="require RTSP basic authentication with this user")
     parser.add_argument("--password", default="")
+    parser.add_argument("--codec", choices=["h264", "jpeg"], default="h264")
     parser.add_argument(
         "--audio", action="store_true", help="add an audio track before the video track"
     )
@@ -36,11 +37,17 @@ def main() -> int:
         parser.error(f"--fps {args.fps}: must be between 1 and 120")
 
     Gst.init(None)
+    encode = {
+        "h264": f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
+        f"! rtph264pay name=pay{1 if args.audio else 0} pt=96",
+        # RTP/JPEG carries 4:2:0 or 4:2:2 only.
+        "jpeg": "videoconvert ! video/x-raw,format=I420 ! jpegenc quality=90 "
+        f"! rtpjpegpay name=pay{1 if args.audio else 0} pt=26",
+    }[args.codec]
     video = (
         f"videotestsrc is-live=true pattern=smpte "
         f"! video/x-raw,width={args.width},height={args.height},framerate={args.fps}/1 "
-        f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
-        f"! rtph264pay name=pay{1 if args.audio else 0} pt=96"
+        f"! {encode}"
     )
     audio = "audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 " if args.audio else ""
     factory = GstRtspServer.RTSPMediaFactory()
