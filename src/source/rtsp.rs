@@ -226,6 +226,9 @@ mod device {
             let src = self.element("rtspsrc", "gstreamer1.0-plugins-good")?;
             src.set_property("location", &c.url);
             src.set_property("latency", c.latency_ms);
+            // A camera that hangs with its connection open (no FIN, no RST) fails within the
+            // frame timeout too, in every RTSP request, not after GStreamer's default 20 s.
+            src.set_property("tcp-timeout", c.frame_timeout_ms.saturating_mul(1_000));
             src.set_property_from_str("protocols", c.transport.as_str());
             let decode = self.element("decodebin", "gstreamer1.0-plugins-base")?;
             let convert = self.element("videoconvert", "gstreamer1.0-plugins-base")?;

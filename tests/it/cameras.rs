@@ -674,6 +674,47 @@ mod rtsp {
         assert_eq!(f.image.dimensions(), (320, 240));
     }
 
+    /// A camera that hangs with its connection open (SIGSTOP: no FIN, no RST) fails at the
+    /// frame timeout, its reopen does not hang on the dead connection, and it streams again once
+    /// it answers.
+    #[test]
+    fn a_camera_that_hangs_fails_at_the_frame_timeout_and_recovers() {
+        let cam = TestCamera::start(free_port(), &[]);
+        let url = cam.url();
+        let mut source = RtspSource::open(
+            RtspConfig {
+                frame_timeout_ms: 1_500,
+                ..config(&url)
+            },
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        source.next_frame().unwrap().unwrap();
+        let signal = |sig: &str| {
+            let sent = Command::new("kill")
+                .args([sig, &cam.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        let e = (0..100)
+            .find_map(|_| source.next_frame().err())
+            .expect("the camera hangs")
+            .to_string();
+        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+        let started = Instant::now();
+        source.reopen().unwrap();
+        let e = source.next_frame().expect_err("still hung").to_string();
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+        signal("-CONT");
+        source.reopen().unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (320, 240));
+    }
+
     #[test]
     fn an_rtsp_camera_feeds_the_pipeline() {
         let cam = TestCamera::start(free_port(), &[]);
