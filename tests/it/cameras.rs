@@ -634,44 +634,59 @@ mod rtsp {
         );
     }
 
-    #[test]
-    fn a_camera_that_stops_fails_and_is_reopened_when_back() {
-        let port = free_port();
-        let cam = TestCamera::start(port, &[]);
-        let url = cam.url();
+    /// `url`'s stream with `frame_timeout_ms`, its first frame already taken.
+    fn streaming(url: &str, frame_timeout_ms: u64) -> RtspSource {
         let mut source = RtspSource::open(
             RtspConfig {
-                frame_timeout_ms: 2_000,
-                ..config(&url)
+                frame_timeout_ms,
+                ..config(url)
             },
             DecodeLimits::default(),
         )
         .unwrap();
         source.next_frame().unwrap().unwrap();
-        drop(cam);
-        // Frames already decoded may still come; then the stream fails, naming the camera.
+        source
+    }
+
+    /// Grabs until the source fails (frames decoded before the failure may still come first);
+    /// asserts that the error names the camera and came within `limit`.
+    fn fails_within(source: &mut RtspSource, url: &str, limit: Duration) -> String {
         let started = Instant::now();
         let e = (0..100)
             .find_map(|_| source.next_frame().err())
-            .expect("the camera is gone")
+            .expect("the source fails")
             .to_string();
         assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
-        // Nothing listens: the reopened source says so at its next grab, without waiting for
-        // the frame timeout.
-        source.reopen().unwrap();
-        let started = Instant::now();
-        let e = source
-            .next_frame()
-            .expect_err("nothing listens")
-            .to_string();
-        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
-        assert!(!e.contains("no frame within"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{e}");
-        let _back = TestCamera::start(port, &[]);
+        assert!(
+            started.elapsed() < limit,
+            "{e} after {:?}",
+            started.elapsed()
+        );
+        e
+    }
+
+    /// Reopens `source` and takes a frame of the test camera's size.
+    fn streams_again(source: &mut RtspSource) {
         source.reopen().unwrap();
         let f = source.next_frame().unwrap().unwrap();
         assert_eq!(f.image.dimensions(), (320, 240));
+    }
+
+    #[test]
+    fn a_camera_that_stops_fails_and_is_reopened_when_back() {
+        let port = free_port();
+        let cam = TestCamera::start(port, &[]);
+        let url = cam.url();
+        let mut source = streaming(&url, 2_000);
+        drop(cam);
+        fails_within(&mut source, &url, Duration::from_secs(10));
+        // Nothing listens: the reopened source says so at its next grab, without waiting for
+        // the frame timeout.
+        source.reopen().unwrap();
+        let e = fails_within(&mut source, &url, Duration::from_secs(2));
+        assert!(!e.contains("no frame within"), "{e}");
+        let _back = TestCamera::start(port, &[]);
+        streams_again(&mut source);
     }
 
     /// A camera that hangs with its connection open (SIGSTOP: no FIN, no RST) fails at the
@@ -681,15 +696,7 @@ mod rtsp {
     fn a_camera_that_hangs_fails_at_the_frame_timeout_and_recovers() {
         let cam = TestCamera::start(free_port(), &[]);
         let url = cam.url();
-        let mut source = RtspSource::open(
-            RtspConfig {
-                frame_timeout_ms: 1_500,
-                ..config(&url)
-            },
-            DecodeLimits::default(),
-        )
-        .unwrap();
-        source.next_frame().unwrap().unwrap();
+        let mut source = streaming(&url, 1_500);
         let signal = |sig: &str| {
             let sent = Command::new("kill")
                 .args([sig, &cam.child.id().to_string()])
@@ -698,21 +705,15 @@ mod rtsp {
             assert!(sent.success());
         };
         signal("-STOP");
-        let started = Instant::now();
-        let e = (0..100)
-            .find_map(|_| source.next_frame().err())
-            .expect("the camera hangs")
-            .to_string();
-        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
-        let started = Instant::now();
+        let e = fails_within(&mut source, &url, Duration::from_secs(5));
+        assert!(
+            e.ends_with("no frame within frame_timeout_ms = 1500 ms"),
+            "{e}"
+        );
         source.reopen().unwrap();
-        let e = source.next_frame().expect_err("still hung").to_string();
-        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+        fails_within(&mut source, &url, Duration::from_secs(5));
         signal("-CONT");
-        source.reopen().unwrap();
-        let f = source.next_frame().unwrap().unwrap();
-        assert_eq!(f.image.dimensions(), (320, 240));
+        streams_again(&mut source);
     }
 
     #[test]

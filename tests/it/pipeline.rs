@@ -1044,8 +1044,31 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
+    /// Captures what this thread logs until the guard is dropped.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Asserts whether the fixed-batch padding warning for `batch_size` was logged.
+    fn assert_padding_warning(&self, batch_size: usize, warned: bool) {
+        let text = self.text();
+        assert_eq!(
+            text.contains(&format!(
+                "pipeline.batch_size = {batch_size}: each call is padded"
+            )) && text.contains("Set pipeline.batch_size = 2 or more."),
+            warned,
+            "batch_size {batch_size}:\n{text}"
+        );
     }
 }
 
@@ -1054,13 +1077,7 @@ impl Logs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
     for (batch_size, warned) in [(1, true), (2, false)] {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = Logs::capture();
         let cam = fixed_batch_camera();
         let config = PipelineConfig {
             batch_size,
@@ -1076,14 +1093,7 @@ async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
                 .iter()
                 .all(|r| matches!(r.outcome, Outcome::Inspected { .. }))
         );
-        let text = logs.text();
-        assert_eq!(
-            text.contains(&format!(
-                "pipeline.batch_size = {batch_size}: each call is padded"
-            )) && text.contains("Set pipeline.batch_size = 2 or more."),
-            warned,
-            "batch_size {batch_size}:\n{text}"
-        );
+        logs.assert_padding_warning(batch_size, warned);
     }
 }
 
@@ -1092,13 +1102,7 @@ async fn a_fixed_batch_model_under_a_smaller_batch_size_is_warned_about() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_batch_model_swapped_in_under_a_smaller_batch_size_is_warned_about() {
     for (batch_size, warned) in [(1, true), (2, false)] {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = Logs::capture();
         let mut belt = camera("belt", synthetic(None), TriggerMode::FreeRun);
         belt.fps = 40.0;
         let config = PipelineConfig {
@@ -1140,14 +1144,7 @@ async fn a_fixed_batch_model_swapped_in_under_a_smaller_batch_size_is_warned_abo
                 .iter()
                 .all(|r| matches!(r.outcome, Outcome::Inspected { .. }))
         );
-        let text = logs.text();
-        assert_eq!(
-            text.contains(&format!(
-                "pipeline.batch_size = {batch_size}: each call is padded"
-            )) && text.contains("Set pipeline.batch_size = 2 or more."),
-            warned,
-            "batch_size {batch_size}:\n{text}"
-        );
+        logs.assert_padding_warning(batch_size, warned);
     }
 }
 
