@@ -1295,7 +1295,9 @@ async fn run_camera(
 ) {
     let config = camera.config;
     let id: Arc<str> = Arc::from(config.id.as_str());
-    let mut source = camera.source;
+    // `None` only while a grab or reopen has it on a blocking thread, and after a stop during
+    // a grab (that thread drops it when the grab returns).
+    let mut source = Some(camera.source);
     let counters = shared.metrics.camera(&id);
     let initial_backoff = Duration::from_millis(shared.config.reopen_backoff_initial_ms);
     let max_backoff = Duration::from_millis(shared.config.reopen_backoff_max_ms);
@@ -1308,7 +1310,12 @@ async fn run_camera(
     });
     let mut sequence = 0u64;
     let mut delivered = 0u64;
-    tracing::info!(camera = %id, source = %source.describe(), mode = ?config.mode, "Camera started.");
+    tracing::info!(
+        camera = %id,
+        source = %source.as_ref().map(|s| s.describe()).unwrap_or_default(),
+        mode = ?config.mode,
+        "Camera started."
+    );
     let final_health = loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
@@ -1370,7 +1377,10 @@ async fn run_camera(
         // A grab can wait long (a line-triggered camera waits for its next pulse): shutdown
         // does not wait for it. The blocking thread keeps the source until its grab returns,
         // then drops it.
-        let grabbing = grab(source, input);
+        let grabbing = grab(
+            source.take().expect("the source is back between grabs"),
+            input,
+        );
         tokio::pin!(grabbing);
         let (back, grabbed, capture_ms) = tokio::select! {
             done = &mut grabbing => done,
@@ -1390,7 +1400,7 @@ async fn run_camera(
                 break CameraHealth::Stopped;
             }
         };
-        source = back;
+        source = Some(back);
         shared.metrics.observe_ms("capture", capture_ms);
         match grabbed {
             Ok(Some((captured, prepared))) => {
@@ -1487,8 +1497,9 @@ async fn run_camera(
                     _ = shutdown.changed() => break CameraHealth::Stopped,
                 }
                 backoff = (backoff * 2).min(max_backoff);
-                let (back, reopened) = reopen(source).await;
-                source = back;
+                let (back, reopened) =
+                    reopen(source.take().expect("the source is back between grabs")).await;
+                source = Some(back);
                 if let Err(error) = reopened {
                     if let Some(c) = counters {
                         c.source_errors.fetch_add(1, Ordering::Relaxed);
@@ -1512,6 +1523,11 @@ async fn run_camera(
             );
             shared.record(result).await;
         }
+    }
+    // Closing a camera can block (an RTSP teardown, a GigE camera's stream thread): it is done
+    // on a blocking thread, not on the runtime's.
+    if let Some(source) = source.take() {
+        let _ = tokio::task::spawn_blocking(move || drop(source)).await;
     }
     shared.set_health(&id, final_health);
     shared.cameras_running.fetch_sub(1, Ordering::SeqCst);
