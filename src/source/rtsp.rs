@@ -3,10 +3,11 @@
 //! The stream is received by `rtspsrc` (TCP-interleaved by default, or UDP), decoded by
 //! `decodebin` with whatever decoder the machine has for its codec (H.264 and H.265 through
 //! `gstreamer1.0-libav`, or a hardware decoder), converted to RGB and handed to an `appsink`.
-//! Only the stream's first video track is received. Each decoded frame replaces the one before
-//! it in a one-frame slot, stamped with its arrival time; a grab takes the newest frame that
-//! arrived since the previous grab, waiting for one when there is none. A slow pipeline therefore
-//! never inspects stale frames, and the same frame is never inspected twice.
+//! Only the stream's first video track is set up. Each decoded frame replaces the one before it
+//! in a one-frame slot, stamped with its arrival time; a grab takes the newest frame that arrived
+//! since the previous grab and within `max_frame_age_ms`, waiting for one when there is none. A
+//! slow pipeline therefore never inspects stale frames, a stream that stalls never hands its last
+//! frame to the next trigger, and the same frame is never inspected twice.
 //!
 //! An RTSP camera streams at its own rate: there is no exposure on demand. A pipeline trigger is
 //! served with the newest frame, which the camera exposed before the trigger by its encoding,
@@ -58,6 +59,11 @@ pub struct RtspConfig {
     /// frame after an open may take this long too (connection, first key frame).
     #[serde(default = "default_frame_timeout_ms")]
     pub frame_timeout_ms: u64,
+    /// The oldest frame a grab takes: an older one (the stream stalled, or the grab came long
+    /// after the last frame) is passed over and the grab waits for a new one. About two frame
+    /// intervals of the camera's stream.
+    #[serde(default = "default_max_frame_age_ms")]
+    pub max_frame_age_ms: u64,
 }
 
 fn default_latency_ms() -> u32 {
@@ -66,6 +72,10 @@ fn default_latency_ms() -> u32 {
 
 fn default_frame_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_max_frame_age_ms() -> u64 {
+    1_000
 }
 
 /// The largest `latency_ms`.
@@ -104,6 +114,12 @@ impl RtspConfig {
             p.push(format!(
                 "{field}.frame_timeout_ms = {}: must be between 1 and 600000",
                 self.frame_timeout_ms
+            ));
+        }
+        if !(1..=600_000).contains(&self.max_frame_age_ms) {
+            p.push(format!(
+                "{field}.max_frame_age_ms = {}: must be between 1 and 600000",
+                self.max_frame_age_ms
             ));
         }
         p
@@ -153,7 +169,8 @@ mod device {
     /// The newest decoded frame, handed from GStreamer's streaming thread to the grab.
     #[derive(Default)]
     struct Slot {
-        newest: Option<(gst::Sample, SystemTime, u64)>,
+        /// The frame, its arrival (wall clock and monotonic) and its number.
+        newest: Option<(gst::Sample, SystemTime, Instant, u64)>,
         /// Frames decoded since the stream was opened.
         decoded: u64,
     }
@@ -178,7 +195,8 @@ mod device {
         config: RtspConfig,
         limits: DecodeLimits,
         open: Option<Open>,
-        /// Frames decoded but never grabbed (the pipeline was slower than the stream).
+        /// Frames decoded but never grabbed (the pipeline was slower than the stream, or they
+        /// were older than `max_frame_age_ms` when a grab came).
         skipped: u64,
         last_grabbed: u64,
     }
@@ -247,27 +265,39 @@ mod device {
                 .and_then(|()| gst::Element::link_many([&convert, sink.upcast_ref()]))
                 .map_err(|e| self.error(format!("cannot build the GStreamer pipeline: {e}")))?;
 
-            // Video only: an audio track is not set up at all.
-            src.connect("select-stream", false, |values| {
+            // The first video track of the camera's description only: other video tracks and
+            // audio are not set up at all. The choice is kept, as rtspsrc asks again when it
+            // retries its set-up.
+            let chosen: Arc<Mutex<Option<u32>>> = Arc::default();
+            src.connect("select-stream", false, move |values| {
+                let num = values.get(1).and_then(|v| v.get::<u32>().ok())?;
                 let caps = values.get(2).and_then(|v| v.get::<gst::Caps>().ok());
-                Some(is_media(caps.as_ref(), "video").to_value())
+                let mut chosen = chosen.lock().unwrap_or_else(|e| e.into_inner());
+                let take = match *chosen {
+                    Some(track) => track == num,
+                    None if is_media(caps.as_ref(), "video") => {
+                        *chosen = Some(num);
+                        true
+                    }
+                    None => false,
+                };
+                Some(take.to_value())
             });
             let decode_sink = decode.static_pad("sink").expect("decodebin has a sink pad");
-            src.connect_pad_added(move |_, pad| {
-                if !decode_sink.is_linked() && is_media(pad.current_caps().as_ref(), "video") {
-                    let _ = pad.link(&decode_sink);
+            src.connect_pad_added(move |element, pad| {
+                if !decode_sink.is_linked() && is_media(caps_of(pad).as_ref(), "video") {
+                    link_or_fail(element, pad, &decode_sink);
                 }
             });
             let convert_sink = convert
                 .static_pad("sink")
                 .expect("videoconvert has a sink pad");
-            decode.connect_pad_added(move |_, pad| {
-                let video = pad
-                    .current_caps()
+            decode.connect_pad_added(move |element, pad| {
+                let video = caps_of(pad)
                     .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
                     .unwrap_or(false);
                 if video && !convert_sink.is_linked() {
-                    let _ = pad.link(&convert_sink);
+                    link_or_fail(element, pad, &convert_sink);
                 }
             });
 
@@ -280,7 +310,8 @@ mod device {
                         let (lock, ready) = &*filled;
                         let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
                         slot.decoded += 1;
-                        slot.newest = Some((sample, SystemTime::now(), slot.decoded));
+                        slot.newest =
+                            Some((sample, SystemTime::now(), Instant::now(), slot.decoded));
                         ready.notify_all();
                         Ok(gst::FlowSuccess::Ok)
                     })
@@ -307,6 +338,52 @@ mod device {
                     _ => self.error(fallback),
                 },
                 None => self.error(fallback),
+            }
+        }
+
+        /// The newest frame that arrived since the previous grab and within `max_frame_age_ms`,
+        /// waiting up to `frame_timeout_ms` for one.
+        fn grab(&mut self) -> Result<Captured, SourceError> {
+            let Some(open) = self.open.as_ref() else {
+                return Err(self.error("not connected"));
+            };
+            let deadline = Instant::now() + Duration::from_millis(self.config.frame_timeout_ms);
+            let max_age = Duration::from_millis(self.config.max_frame_age_ms);
+            let (lock, ready) = &*open.slot;
+            loop {
+                if let Some(message) = open
+                    .bus
+                    .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
+                {
+                    return Err(match message.view() {
+                        gst::MessageView::Error(e) => self.error(describe_error(e)),
+                        _ => self.error("the camera ended the stream"),
+                    });
+                }
+                let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((sample, arrived, at, index)) = slot.newest.take() {
+                    drop(slot);
+                    let fresh = at.elapsed() <= max_age;
+                    self.skipped += index.saturating_sub(self.last_grabbed + u64::from(fresh));
+                    self.last_grabbed = index;
+                    if fresh {
+                        return self.convert(&sample, arrived, index);
+                    }
+                    continue;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(self.error(format!(
+                        "no frame within frame_timeout_ms = {} ms",
+                        self.config.frame_timeout_ms
+                    )));
+                }
+                let wait = (deadline - now).min(POLL);
+                drop(
+                    ready
+                        .wait_timeout(slot, wait)
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
             }
         }
 
@@ -357,6 +434,27 @@ mod device {
         }
     }
 
+    /// A new pad's caps: the fixed ones, else what it can produce.
+    fn caps_of(pad: &gst::Pad) -> Option<gst::Caps> {
+        pad.current_caps().or_else(|| Some(pad.query_caps(None)))
+    }
+
+    /// Links `pad` to `sink`; a failure is posted as the stream's error, so the next grab
+    /// reports it instead of waiting for the frame timeout.
+    fn link_or_fail(element: &gst::Element, pad: &gst::Pad, sink: &gst::Pad) {
+        if let Err(e) = pad.link(sink) {
+            gst::element_error!(
+                element,
+                gst::CoreError::Negotiation,
+                (
+                    "cannot link the stream's {} to {}: {e:?}",
+                    pad.name(),
+                    sink.name()
+                )
+            );
+        }
+    }
+
     /// Whether `caps` describe a stream of `media` (`application/x-rtp, media=video`).
     fn is_media(caps: Option<&gst::Caps>, media: &str) -> bool {
         caps.and_then(|c| c.structure(0))
@@ -394,44 +492,13 @@ mod device {
         }
 
         fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
-            let Some(open) = self.open.as_ref() else {
-                return Err(self.error("not connected"));
-            };
-            let timeout = Duration::from_millis(self.config.frame_timeout_ms);
-            let deadline = Instant::now() + timeout;
-            let (lock, ready) = &*open.slot;
-            loop {
-                if let Some(message) = open
-                    .bus
-                    .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
-                {
-                    return Err(match message.view() {
-                        gst::MessageView::Error(e) => self.error(describe_error(e)),
-                        _ => self.error("the camera ended the stream"),
-                    });
-                }
-                let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((sample, arrived, index)) = slot.newest.take() {
-                    drop(slot);
-                    let skipped = index.saturating_sub(self.last_grabbed + 1);
-                    self.skipped += skipped;
-                    self.last_grabbed = index;
-                    return self.convert(&sample, arrived, index).map(Some);
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(self.error(format!(
-                        "no frame within frame_timeout_ms = {} ms",
-                        self.config.frame_timeout_ms
-                    )));
-                }
-                let wait = (deadline - now).min(POLL);
-                drop(
-                    ready
-                        .wait_timeout(slot, wait)
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
+            let grabbed = self.grab();
+            if grabbed.is_err() {
+                // A failed stream stops at once (decoding, its RTSP session) rather than during
+                // the pipeline's back-off; `reopen` builds a new one.
+                self.open = None;
             }
+            grabbed.map(Some)
         }
 
         fn reopen(&mut self) -> Result<(), SourceError> {
@@ -450,6 +517,7 @@ mod tests {
             transport: RtspTransport::Tcp,
             latency_ms: 200,
             frame_timeout_ms: 5_000,
+            max_frame_age_ms: 1_000,
         }
     }
 
@@ -460,6 +528,7 @@ mod tests {
         assert_eq!(c.transport, RtspTransport::Tcp);
         assert_eq!(c.latency_ms, 200);
         assert_eq!(c.frame_timeout_ms, 5_000);
+        assert_eq!(c.max_frame_age_ms, 1_000);
         assert_eq!(
             c.describe(),
             "rtsp rtsp://admin:***@10.0.0.7:554/Streaming/101 tcp"
@@ -482,15 +551,17 @@ mod tests {
         let bad = RtspConfig {
             latency_ms: 60_000,
             frame_timeout_ms: 0,
+            max_frame_age_ms: 0,
             ..config("http://admin:s3cret@cam/x")
         };
         let p = bad.problems("cameras[1].source");
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].starts_with(
             "cameras[1].source.url = \"http://admin:***@cam/x\": must start with rtsp://"
         ));
         assert!(p[1].contains("latency_ms = 60000: must be at most 10000"));
         assert!(p[2].contains("frame_timeout_ms = 0: must be between 1 and 600000"));
+        assert!(p[3].contains("max_frame_age_ms = 0: must be between 1 and 600000"));
         let no_host = config("rtsp://user:pw@/stream").problems("s");
         assert_eq!(no_host.len(), 1);
         assert!(

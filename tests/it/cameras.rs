@@ -528,6 +528,7 @@ mod rtsp {
             transport: RtspTransport::Tcp,
             latency_ms: 50,
             frame_timeout_ms: 10_000,
+            max_frame_age_ms: 1_000,
         }
     }
 
@@ -610,10 +611,7 @@ mod rtsp {
         }
         let mut refused =
             RtspSource::open(config(&with("qa:wrong-pw")), DecodeLimits::default()).unwrap();
-        let e = refused
-            .next_frame()
-            .expect_err("wrong password")
-            .to_string();
+        let e = failure(refused.next_frame());
         assert!(e.starts_with("rtsp rtsp://qa:***@127.0.0.1:"), "{e}");
         assert!(e.contains("check the user and password"), "{e}");
         assert!(!e.contains("wrong-pw"), "{e}");
@@ -627,11 +625,22 @@ mod rtsp {
             ..DecodeLimits::default()
         };
         let mut source = RtspSource::open(config(&cam.url()), limits).unwrap();
-        let e = source.next_frame().err().unwrap().to_string();
+        let e = failure(source.next_frame());
         assert!(
             e.contains("frames are 320×240, over the decode limits (decode.max_width = 256"),
             "{e}"
         );
+    }
+
+    /// The error of a grab that must fail; a frame (named by its origin, not printed whole)
+    /// fails the test.
+    fn failure(
+        grabbed: Result<Option<linesight::source::Captured>, linesight::source::SourceError>,
+    ) -> String {
+        match grabbed {
+            Ok(frame) => panic!("a frame was served: {:?}", frame.map(|f| f.origin)),
+            Err(e) => e.to_string(),
+        }
     }
 
     /// `url`'s stream with `frame_timeout_ms`, its first frame already taken.
@@ -689,9 +698,10 @@ mod rtsp {
         streams_again(&mut source);
     }
 
-    /// A camera that hangs with its connection open (SIGSTOP: no FIN, no RST) fails at the
-    /// frame timeout, its reopen does not hang on the dead connection, and it streams again once
-    /// it answers.
+    /// A camera that hangs with its connection open (SIGSTOP: no FIN, no RST): its last frame,
+    /// older than `max_frame_age_ms` by the next grab, is not served as if new; the grab fails at
+    /// the frame timeout; the reopen does not hang on the dead connection, and the camera
+    /// streams again once it answers.
     #[test]
     fn a_camera_that_hangs_fails_at_the_frame_timeout_and_recovers() {
         let cam = TestCamera::start(free_port(), &[]);
@@ -705,12 +715,19 @@ mod rtsp {
             assert!(sent.success());
         };
         signal("-STOP");
-        let e = fails_within(&mut source, &url, Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1_200));
+        let started = Instant::now();
+        // The frame from before the stall is stale: not served.
+        let e = failure(source.next_frame());
         assert!(
             e.ends_with("no frame within frame_timeout_ms = 1500 ms"),
             "{e}"
         );
+        assert!(started.elapsed() < Duration::from_secs(3), "{e}");
+        assert!(source.skipped() >= 1);
+        let started = Instant::now();
         source.reopen().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
         fails_within(&mut source, &url, Duration::from_secs(5));
         signal("-CONT");
         streams_again(&mut source);
