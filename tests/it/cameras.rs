@@ -572,6 +572,21 @@ mod rtsp {
         assert!(source.skipped() >= 2, "skipped {}", source.skipped());
     }
 
+    /// A camera describing two video tracks: the first (SMPTE bars) is the one inspected.
+    #[test]
+    fn the_first_video_track_is_the_one_inspected() {
+        let cam = TestCamera::start(free_port(), &["--second-video"]);
+        let mut source = RtspSource::open(config(&cam.url()), DecodeLimits::default()).unwrap();
+        for _ in 0..5 {
+            let f = source.next_frame().unwrap().unwrap();
+            let [r, g, b] = f.image.get_pixel(10, 10).0;
+            assert!(
+                r > 140 && g > 140 && b > 140,
+                "grey bar, not red: {r} {g} {b}"
+            );
+        }
+    }
+
     #[test]
     fn mjpeg_streams_decode_too() {
         let cam = TestCamera::start(free_port(), &["--codec", "jpeg"]);

@@ -32,26 +32,36 @@ def main() -> int:
     parser.add_argument(
         "--audio", action="store_true", help="add an audio track before the video track"
     )
+    parser.add_argument(
+        "--second-video",
+        action="store_true",
+        help="add a second video track (plain red) after the first (SMPTE bars)",
+    )
     args = parser.parse_args()
     if not 1 <= args.fps <= 120:
         parser.error(f"--fps {args.fps}: must be between 1 and 120")
 
     Gst.init(None)
-    encode = {
-        "h264": f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
-        f"! rtph264pay name=pay{1 if args.audio else 0} pt=96",
-        # RTP/JPEG carries 4:2:0 or 4:2:2 only.
-        "jpeg": "videoconvert ! video/x-raw,format=I420 ! jpegenc quality=90 "
-        f"! rtpjpegpay name=pay{1 if args.audio else 0} pt=26",
-    }[args.codec]
-    video = (
-        f"videotestsrc is-live=true pattern=smpte "
-        f"! video/x-raw,width={args.width},height={args.height},framerate={args.fps}/1 "
-        f"! {encode}"
-    )
-    audio = "audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 " if args.audio else ""
+    tracks = []
+    if args.audio:
+        tracks.append("audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay{n} pt=8")
+    patterns = ["smpte", "red"] if args.second_video else ["smpte"]
+    for pattern in patterns:
+        encode = {
+            "h264": f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} "
+            "! rtph264pay name=pay{n} pt=96",
+            # RTP/JPEG carries 4:2:0 or 4:2:2 only.
+            "jpeg": "videoconvert ! video/x-raw,format=I420 ! jpegenc quality=90 "
+            "! rtpjpegpay name=pay{n} pt=26",
+        }[args.codec]
+        tracks.append(
+            f"videotestsrc is-live=true pattern={pattern} "
+            f"! video/x-raw,width={args.width},height={args.height},framerate={args.fps}/1 "
+            f"! {encode}"
+        )
+    launch = " ".join(track.format(n=n) for n, track in enumerate(tracks))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(f"( {audio}{video} )")
+    factory.set_launch(f"( {launch} )")
     factory.set_shared(True)
 
     server = GstRtspServer.RTSPServer()
