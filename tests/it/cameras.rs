@@ -729,6 +729,9 @@ mod rtsp {
                 .unwrap();
             assert!(sent.success());
         };
+        // Frames keep arriving into the source's slot meanwhile (25 fps); the last one before
+        // the stall is still there when the next grab comes.
+        std::thread::sleep(Duration::from_millis(200));
         signal("-STOP");
         std::thread::sleep(Duration::from_millis(1_200));
         let started = Instant::now();
@@ -739,7 +742,7 @@ mod rtsp {
             "{e}"
         );
         assert!(started.elapsed() < Duration::from_secs(3), "{e}");
-        assert!(source.skipped() >= 1);
+        assert!(source.skipped() >= 3, "skipped {}", source.skipped());
         let started = Instant::now();
         source.reopen().unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
