@@ -82,6 +82,17 @@ fn default_max_frame_age_ms() -> u64 {
 pub const MAX_LATENCY_MS: u32 = 10_000;
 
 impl RtspConfig {
+    /// `url` with every other setting at its default.
+    pub fn new(url: &str) -> RtspConfig {
+        RtspConfig {
+            url: url.to_owned(),
+            transport: RtspTransport::default(),
+            latency_ms: default_latency_ms(),
+            frame_timeout_ms: default_frame_timeout_ms(),
+            max_frame_age_ms: default_max_frame_age_ms(),
+        }
+    }
+
     /// Problems with these settings; `field` names the source in messages.
     pub fn problems(&self, field: &str) -> Vec<String> {
         let mut p = Vec::new();
@@ -219,6 +230,17 @@ mod device {
         /// Frames the camera sent that no grab took, since the source was created.
         pub fn skipped(&self) -> u64 {
             self.skipped
+        }
+
+        /// Frames decoded since the stream was last opened.
+        pub fn decoded(&self) -> u64 {
+            self.open.as_ref().map_or(0, |open| {
+                open.slot
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .decoded
+            })
         }
 
         fn error(&self, message: impl Into<String>) -> SourceError {

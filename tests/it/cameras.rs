@@ -191,6 +191,21 @@ fn cameras_command_exits_zero_and_says_what_it_found() {
     }
 }
 
+/// Without the `rtsp` feature, `--probe` says which feature it needs.
+#[cfg(not(feature = "rtsp"))]
+#[test]
+fn probing_an_rtsp_camera_needs_the_rtsp_feature() {
+    let out = linesight()
+        .args(["cameras", "--probe", "rtsp://127.0.0.1:9/stream"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("built without the cargo feature `rtsp`"),
+        "{out:?}"
+    );
+}
+
 #[cfg(feature = "gige")]
 mod gige {
     use std::process::{Child, Command, Stdio};
@@ -749,6 +764,53 @@ mod rtsp {
         fails_within(&mut source, &url, Duration::from_secs(5));
         signal("-CONT");
         streams_again(&mut source);
+    }
+
+    /// `linesight cameras --probe URL`: size and rate of a camera's stream, for setting one up;
+    /// a camera that cannot be read is exit code 2 with its error.
+    #[test]
+    fn the_cameras_command_probes_an_rtsp_camera() {
+        let cam = TestCamera::start(free_port(), &["--user", "qa", "--password", "s3cret"]);
+        let url = format!("rtsp://qa:s3cret@127.0.0.1:{}/cam", cam.port);
+        let out = linesight()
+            .args(["cameras", "--probe", &url, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["url"],
+            format!("rtsp://qa:***@127.0.0.1:{}/cam", cam.port)
+        );
+        assert_eq!(
+            (report["width"].as_u64(), report["height"].as_u64()),
+            (Some(320), Some(240))
+        );
+        let fps = report["frames_per_second"].as_f64().unwrap();
+        assert!(
+            (20.0..=30.0).contains(&fps),
+            "the test camera sends 25 frames/s: {fps}"
+        );
+
+        let wrong = format!("rtsp://qa:wrong@127.0.0.1:{}/cam", cam.port);
+        let out = linesight()
+            .args(["cameras", "--probe", &wrong])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("check the user and password"), "{stderr}");
+        assert!(!stderr.contains("wrong"), "{stderr}");
+        let out = linesight()
+            .args(["cameras", "--probe", "http://cam/x"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("--probe.url = \"http://cam/x\": must start with rtsp://"),
+            "{out:?}"
+        );
     }
 
     #[test]
