@@ -1295,6 +1295,7 @@ async fn run_camera(
 ) {
     let config = camera.config;
     let id: Arc<str> = Arc::from(config.id.as_str());
+    let described = camera.source.describe();
     // `None` only while a grab or reopen has it on a blocking thread, and after a stop during
     // a grab (that thread drops it when the grab returns).
     let mut source = Some(camera.source);
@@ -1312,7 +1313,7 @@ async fn run_camera(
     let mut delivered = 0u64;
     tracing::info!(
         camera = %id,
-        source = %source.as_ref().map(|s| s.describe()).unwrap_or_default(),
+        source = %described,
         mode = ?config.mode,
         "Camera started."
     );
