@@ -1,6 +1,7 @@
 //! Manual uploads under load: 8 HTTP clients upload images concurrently
 //! to the real API (TCP on 127.0.0.1, bearer token, SQLite store with its fsyncs, images and
-//! overlays written), side by side with bare `ort::Session::run` of the same model on the same
+//! overlays written and synced: every upload is a different image, see [`unique_uploads`]),
+//! side by side with bare `ort::Session::run` of the same model on the same
 //! images with the same sessions and threads. Their throughput ratio is what the API costs;
 //! the upload latencies' p50 and p99 are printed (see BENCHMARKS.md). The bundled demo model
 //! on the synthetic washers always; the reference PaDiM export on magnetic tiles too when
@@ -74,6 +75,61 @@ fn images(folder: &Path, limit: usize) -> Vec<(&'static str, Vec<u8>)> {
             (media, std::fs::read(&f).expect("read"))
         })
         .collect()
+}
+
+/// `count` uploads made from `images` in turn, every one different in its bytes and pixels: the
+/// `n`-th (from `first`) carries `n` in the red channel of its first four pixels, re-encoded
+/// in its own format (PNG lossless, JPEG at quality 95). A plant's uploads are all different
+/// photographs, so each one's image and overlay are new files, written and synced; uploading
+/// the same bytes again would find both already stored and skip that work.
+fn unique_uploads(
+    images: &[(&'static str, Vec<u8>)],
+    first: usize,
+    count: usize,
+) -> Vec<(&'static str, Vec<u8>)> {
+    (first..first + count)
+        .map(|n| {
+            let (media, bytes) = &images[n % images.len()];
+            let mut pixels = image::load_from_memory(bytes).expect("decode");
+            if let image::DynamicImage::ImageLuma8(grey) = &mut pixels {
+                // A greyscale camera's JPEG stays greyscale.
+                for (i, byte) in (n as u32).to_le_bytes().into_iter().enumerate() {
+                    let x = (i as u32).min(grey.width() - 1);
+                    grey.get_pixel_mut(x, 0).0[0] = byte;
+                }
+            } else {
+                let mut rgb = pixels.to_rgb8();
+                for (i, byte) in (n as u32).to_le_bytes().into_iter().enumerate() {
+                    let x = (i as u32).min(rgb.width() - 1);
+                    rgb.get_pixel_mut(x, 0).0[0] = byte;
+                }
+                pixels = rgb.into();
+            }
+            let mut out = std::io::Cursor::new(Vec::new());
+            if *media == "image/png" {
+                pixels
+                    .write_to(&mut out, image::ImageFormat::Png)
+                    .expect("encode PNG");
+            } else {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+                    .encode_image(&pixels)
+                    .expect("encode JPEG");
+            }
+            (*media, out.into_inner())
+        })
+        .collect()
+}
+
+/// Numbers the uploads of a bench run, so that no two of its uploads are the same image.
+#[derive(Default)]
+struct Numbering(std::sync::atomic::AtomicUsize);
+
+impl Numbering {
+    /// The first of `count` numbers not handed out before.
+    fn next(&self, count: usize) -> usize {
+        self.0
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 struct Server {
@@ -211,19 +267,21 @@ fn alternating(
     name: &str,
     client: &reqwest::Client,
     server: &Server,
-    images: &Arc<Vec<(&'static str, Vec<u8>)>>,
+    images: &[(&'static str, Vec<u8>)],
+    uploads: &Numbering,
     sessions: &mut [ort::session::Session],
     tensors: &[Vec<f32>],
     (w, h): (usize, usize),
 ) {
     let copies = 100usize.div_ceil(images.len());
-    let many: Arc<Vec<(&'static str, Vec<u8>)>> =
-        Arc::new((0..copies).flat_map(|_| images.iter().cloned()).collect());
+    let per_pass = copies * images.len();
     let many_tensors: Vec<Vec<f32>> = (0..copies).flat_map(|_| tensors.iter().cloned()).collect();
     let rounds = rounds();
     let mut ratios = Vec::with_capacity(rounds);
     let mut latencies = Vec::new();
     for _ in 0..rounds {
+        // Made before the round, outside both timings.
+        let many = Arc::new(unique_uploads(images, uploads.next(per_pass), per_pass));
         settle();
         let start = Instant::now();
         bare_all(sessions, &many_tensors, w, h);
@@ -237,8 +295,7 @@ fn alternating(
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     eprintln!(
-        "{name}: uploads / bare ORT throughput with {CLIENTS} clients, {} images per pass: median {median:.3} over {rounds} alternating rounds (lowest {:.3}, highest {:.3}); upload latency p50 {:.1} ms, p99 {:.1} ms",
-        many.len(),
+        "{name}: uploads / bare ORT throughput with {CLIENTS} clients, {per_pass} different images per pass: median {median:.3} over {rounds} alternating rounds (lowest {:.3}, highest {:.3}); upload latency p50 {:.1} ms, p99 {:.1} ms",
         low,
         high,
         at(0.5),
@@ -316,12 +373,14 @@ fn load_one(
         .expect("client");
     // Warm-up: sessions, connections, the store's first writes.
     rt.block_on(upload_all(&client, &server, &images));
+    let uploads = Numbering::default();
     alternating(
         rt,
         name,
         &client,
         &server,
         &images,
+        &uploads,
         &mut sessions,
         &tensors,
         (w, h),
@@ -339,7 +398,8 @@ fn load_one(
             b.iter_custom(|iters| {
                 (0..iters)
                     .map(|_| {
-                        let (took, mut l) = rt.block_on(upload_all(&client, &server, &images));
+                        let fresh = Arc::new(unique_uploads(&images, uploads.next(n), n));
+                        let (took, mut l) = rt.block_on(upload_all(&client, &server, &fresh));
                         latencies.append(&mut l);
                         took
                     })

@@ -18,7 +18,7 @@ use super::{ApiError, ApiState};
 use crate::inspect::Inspector;
 use crate::pipeline::metrics::Histogram;
 use crate::pipeline::{Trigger, TriggerAccepted};
-use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay};
+use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay_in_place};
 use crate::quality::{NewInspection, Verdict};
 use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, Store, image_path};
 
@@ -408,20 +408,22 @@ async fn upload_inner(
             idle.push(inspector);
         }
         drop(permit);
+        // Drawn onto the decoded image itself: nothing needs its plain pixels afterwards.
         let overlay = match (&result, images.pop().flatten()) {
-            (Ok(found), Some(decoded)) => found.map.as_ref().map(|map| {
+            (Ok(found), Some(mut decoded)) => found.map.as_ref().map(|map| {
                 let geometry = SourceGeometry {
                     width: decoded.width(),
                     height: decoded.height(),
                     roi,
                 };
-                render_overlay(
-                    &decoded,
+                render_overlay_in_place(
+                    &mut decoded,
                     map,
                     geometry,
                     &found.regions,
                     &OverlayOptions::default(),
-                )
+                );
+                decoded
             }),
             _ => None,
         };

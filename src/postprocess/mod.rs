@@ -8,7 +8,7 @@
 mod overlay;
 mod regions;
 
-pub use overlay::{OverlayOptions, render_overlay};
+pub use overlay::{OverlayOptions, render_overlay, render_overlay_in_place};
 pub use regions::extract_regions;
 
 use serde::{Deserialize, Serialize};

@@ -68,13 +68,26 @@ pub fn render_overlay(
     options: &OverlayOptions,
 ) -> RgbImage {
     let mut out = original.clone();
-    if let Some(area) = covered_area(original, geometry)
+    render_overlay_in_place(&mut out, map, geometry, regions, options);
+    out
+}
+
+/// [`render_overlay`] drawn onto `image` itself, for a caller that no longer needs the
+/// original pixels (an upload's decoded image): no copy of a camera-sized frame.
+pub fn render_overlay_in_place(
+    image: &mut RgbImage,
+    map: &AnomalyMap,
+    geometry: SourceGeometry,
+    regions: &[DefectRegion],
+    options: &OverlayOptions,
+) {
+    if let Some(area) = covered_area(image, geometry)
         && let Some(positions) = colour_positions(map, options.range)
     {
         let blender = Blender::new(options.alpha);
         let (x0, y0, tw, th) = area;
-        let stride = original.width() as usize * 3;
-        let raw: &mut [u8] = &mut out;
+        let stride = image.width() as usize * 3;
+        let raw: &mut [u8] = image;
         let mut draw = |y: u32, heat: &[f32]| {
             let start = (y0 + y) as usize * stride + x0 as usize * 3;
             blender.row(&mut raw[start..start + tw as usize * 3], heat);
@@ -88,9 +101,8 @@ pub fn render_overlay(
         }
     }
     for region in regions {
-        outline(&mut out, region, options.outline_px, options.outline_rgb);
+        outline(image, region, options.outline_px, options.outline_rgb);
     }
-    out
 }
 
 /// The rectangle `(x, y, width, height)` of `original` that the map covers, if it is non-empty
