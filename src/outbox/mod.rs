@@ -431,7 +431,17 @@ impl Delivery {
                 };
                 let _ = tasks_stop.send(true);
                 for t in tasks {
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+                    let abort = t.abort_handle();
+                    if tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                        .await
+                        .is_err()
+                    {
+                        // Stopped mid-delivery (a long upload): what it had not confirmed
+                        // stays in the outbox. Left running, it would deliver beside the next
+                        // holder of the lease.
+                        abort.abort();
+                        tracing::warn!("An outbox sink did not stop within 5 s; stopped it.");
+                    }
                 }
                 let _ = leading_tx.send(Some(false));
                 held.release().await;

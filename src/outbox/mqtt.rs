@@ -220,11 +220,30 @@ fn spawn_poller(
                 if resume.recv().await.is_none() {
                     return;
                 }
-                events.clean();
-                events.pending.clear();
+                forget_connection(&mut events);
             }
         }
     })
+}
+
+/// Leaves nothing of the failed connection in `events` for the next one: the requests still
+/// queued (the deliverer sends every unconfirmed row again after the ConnAck), and the
+/// event loop's own state. rumqttc's `clean` keeps two things a reconnect would inherit:
+/// - events it queued before a write that then failed, such as `Outgoing::Publish(pkid)` of
+///   a packet that never left; the next connection would yield it first, and the deliverer
+///   would pair the wrong packet id with its first row, then delete that row on another
+///   packet's PUBACK;
+/// - a packet-id collision, which stops new requests until it resolves: never, on a new
+///   connection, so nothing would be delivered again until a restart.
+///
+/// A fresh state (packet ids from 1, nothing in flight) is what a new clean session needs.
+fn forget_connection(events: &mut rumqttc::EventLoop) {
+    events.clean();
+    events.pending.clear();
+    events.state = rumqttc::MqttState::new(
+        events.mqtt_options.inflight(),
+        events.mqtt_options.manual_acks(),
+    );
 }
 
 /// Delivers MQTT rows until `stop` turns true; reconnects with back-off. Returns only on stop
@@ -318,7 +337,9 @@ pub async fn run_mqtt(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(broker = %format!("{}:{}", m.host, m.port), "MQTT outbox connected.");
                 connected = true;
-                backoff = Duration::from_millis(200);
+                // The back-off is not reset here but at the first row the broker confirms: a
+                // row the broker answers by disconnecting (a policy that denies its topic)
+                // must not have the outbox reconnect five times a second.
                 // Clean session: whatever was in flight is gone; resend from the oldest row.
                 requested.clear();
                 inflight.clear();
@@ -344,6 +365,7 @@ pub async fn run_mqtt(
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(Some(id)) = inflight.remove(&ack.pkid) {
                     acked.push(id);
+                    backoff = Duration::from_millis(200);
                 }
             }
             Ok(_) => {}
@@ -409,6 +431,75 @@ mod tests {
         assert_eq!(message("{}", 10), b"{}");
         assert_eq!(topic_for("inspection.reject"), "rejects");
         assert_eq!(topic_for("ncr.approve"), "ncrs");
+    }
+
+    /// What a write that failed after rumqttc queued its `Outgoing::Publish` leaves in the
+    /// event loop (and a collision pending), then the reconnection the poller makes: the new
+    /// connection's first outgoing publish must be the one requested on it, and it must go
+    /// out. Against the real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
+    #[tokio::test]
+    async fn a_reconnection_inherits_nothing_of_the_failed_connection() {
+        use rumqttc::{Event, Outgoing, Packet, QoS};
+        let unique = format!(
+            "ls-forget-{}-{}",
+            std::process::id(),
+            crate::quality::now_ms()
+        );
+        let mut options = rumqttc::MqttOptions::new(&unique, "127.0.0.1", 1883);
+        options.set_clean_session(true);
+        let (client, mut events) = AsyncClient::new(options, 16);
+        async fn next(events: &mut rumqttc::EventLoop) -> Event {
+            tokio::time::timeout(Duration::from_secs(5), events.poll())
+                .await
+                .expect("an event within 5 s")
+                .expect("Mosquitto on 127.0.0.1:1883")
+        }
+        assert!(matches!(
+            next(&mut events).await,
+            Event::Incoming(Packet::ConnAck(_))
+        ));
+        // The leftovers of a failed write.
+        events
+            .state
+            .events
+            .push_back(Event::Outgoing(Outgoing::Publish(9)));
+        let mut held = rumqttc::Publish::new(format!("{unique}/held"), QoS::AtLeastOnce, "x");
+        held.pkid = 3;
+        events.state.collision = Some(held);
+
+        forget_connection(&mut events);
+        assert!(matches!(
+            next(&mut events).await,
+            Event::Incoming(Packet::ConnAck(_))
+        ));
+        client
+            .publish(format!("{unique}/t"), QoS::AtLeastOnce, false, "row")
+            .await
+            .unwrap();
+        let mut published = None;
+        while published.is_none() {
+            match next(&mut events).await {
+                Event::Outgoing(Outgoing::Publish(pkid)) => published = Some(pkid),
+                Event::Incoming(Packet::PubAck(ack)) => {
+                    panic!(
+                        "a PUBACK ({}) before any publish on this connection",
+                        ack.pkid
+                    )
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            published,
+            Some(1),
+            "the first publish of a fresh connection"
+        );
+        loop {
+            if let Event::Incoming(Packet::PubAck(ack)) = next(&mut events).await {
+                assert_eq!(ack.pkid, 1);
+                break;
+            }
+        }
     }
 
     #[test]

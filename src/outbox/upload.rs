@@ -397,16 +397,41 @@ impl Uploader {
                 }
             }
         }
-        self.put(&format!("{key_base}.json"), metadata.into_bytes())
-            .await?;
-        let mut tx = self.store.begin_plain().await?;
+        // The metadata sent must still be the sample's when the row is deleted: an
+        // inspector's decision that commits during the upload changes it (and queues no
+        // relabel while the sample waits), so it is sent again until it holds still.
+        let mut metadata = metadata;
+        let mut attempts = 0;
+        let mut tx = loop {
+            self.put(&format!("{key_base}.json"), metadata.clone().into_bytes())
+                .await?;
+            let mut tx = self.store.begin_plain().await?;
+            if mark_uploaded(&mut tx, inspection_id, uploaded, &metadata).await? {
+                break tx;
+            }
+            tx.rollback().await.map_err(db("mark a sample uploaded"))?;
+            attempts += 1;
+            let now: Option<String> =
+                sqlx::query("SELECT metadata FROM sample_manifest WHERE inspection_id = $1")
+                    .bind(inspection_id)
+                    .fetch_optional(self.store.raw_pool())
+                    .await
+                    .map_err(db("read a sample"))?
+                    .map(|r| r.try_get(0))
+                    .transpose()
+                    .map_err(db("read a sample"))?;
+            match now {
+                Some(now) if attempts < 5 => metadata = now,
+                // Gone (discarded meanwhile) or changing without end: the row stays, and is
+                // delivered again after the back-off.
+                _ => {
+                    return Err(OutboxError::Store(StoreError::Invalid(format!(
+                        "sample {inspection_id} changed while it was uploaded; it is uploaded again"
+                    ))));
+                }
+            }
+        };
         ack_in(&mut tx, Sink::S3, &[row.id]).await?;
-        sqlx::query("UPDATE sample_manifest SET uploaded = $1 WHERE inspection_id = $2")
-            .bind(uploaded)
-            .bind(inspection_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("mark a sample uploaded"))?;
         sqlx::query(
             "INSERT INTO sample_days (day, version, written) VALUES ($1, 1, 0) \
              ON CONFLICT (day) DO UPDATE SET version = sample_days.version + 1",
@@ -455,6 +480,27 @@ impl Uploader {
         }
         Ok(())
     }
+}
+
+/// In `tx`, marks the sample of `inspection_id` as `uploaded` if its metadata is still `sent`
+/// (what went to the bucket); false, leaving it as it is, when it changed since.
+async fn mark_uploaded(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    inspection_id: i64,
+    uploaded: i64,
+    sent: &str,
+) -> Result<bool, OutboxError> {
+    let marked = sqlx::query(
+        "UPDATE sample_manifest SET uploaded = $1 WHERE inspection_id = $2 AND metadata = $3",
+    )
+    .bind(uploaded)
+    .bind(inspection_id)
+    .bind(sent)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("mark a sample uploaded"))?
+    .rows_affected();
+    Ok(marked == 1)
 }
 
 /// Uploads samples until `stop` turns true. `image_dir` is where the store keeps images,
@@ -550,6 +596,52 @@ pub async fn run_upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sample whose metadata changed after it was sent (an inspector decided meanwhile) is
+    /// not marked uploaded with the old document; with the current one it is.
+    #[tokio::test]
+    async fn a_sample_is_marked_uploaded_only_with_the_metadata_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
+            ..crate::store::StoreConfig::default()
+        })
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO sample_manifest (inspection_id, day, line, metadata, uploaded) \
+             VALUES (7, '2026-12-06', 'L1', '{\"human_verdict\":\"defect\"}', 0)",
+        )
+        .execute(store.raw_pool())
+        .await
+        .unwrap();
+        let state = || async {
+            sqlx::query("SELECT uploaded FROM sample_manifest WHERE inspection_id = 7")
+                .fetch_one(store.raw_pool())
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap()
+        };
+        let mut tx = store.begin_plain().await.unwrap();
+        let stale = r#"{"human_verdict":null}"#;
+        assert!(
+            !mark_uploaded(&mut tx, 7, sample_state::UPLOADED, stale)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(state().await, sample_state::WAITING);
+        let mut tx = store.begin_plain().await.unwrap();
+        let current = r#"{"human_verdict":"defect"}"#;
+        assert!(
+            mark_uploaded(&mut tx, 7, sample_state::UPLOADED, current)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(state().await, sample_state::UPLOADED);
+    }
 
     #[test]
     fn layout_and_destinations() {
