@@ -45,3 +45,12 @@ pub mod quality;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+
+/// The message a caught panic carried (`panic!` with a literal or a formatted string), for the
+/// error it becomes; `None` for any other payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+}

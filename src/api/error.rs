@@ -39,6 +39,10 @@ pub enum ApiError {
     UnsupportedMedia(String),
     #[error("inspection took longer than api.inference_timeout_ms = {0}")]
     Timeout(u64),
+    #[error(
+        "all {inspectors} inspectors stayed busy for api.inference_timeout_ms = {ms}: try again later"
+    )]
+    Busy { inspectors: usize, ms: u64 },
     #[error(transparent)]
     Inspect(#[from] InspectError),
     #[error(transparent)]
@@ -64,7 +68,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoPipeline => StatusCode::CONFLICT,
-            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Inspect(e) => match e {
                 InspectError::Decode(_) | InspectError::Preprocess(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
@@ -90,6 +94,12 @@ impl ApiError {
                 | StoreError::Migrate(_)
                 | StoreError::Db { .. }
                 | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                StoreError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::StorageFull =>
+                {
+                    StatusCode::INSUFFICIENT_STORAGE
+                }
+                StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 // Retried by the upload; still gone after that, the client may try again.
                 StoreError::ImageGone { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -106,7 +116,8 @@ impl IntoResponse for ApiError {
             "title": status.canonical_reason().unwrap_or("error"),
             "status": status.as_u16(),
         });
-        if status.is_server_error() && !matches!(self, ApiError::Timeout(_)) {
+        if status.is_server_error() && !matches!(self, ApiError::Timeout(_) | ApiError::Busy { .. })
+        {
             tracing::error!(error = %self, "request failed");
         } else {
             body["detail"] = self.to_string().into();

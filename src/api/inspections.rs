@@ -44,6 +44,73 @@ impl InspectorPool {
     pub fn size(&self) -> usize {
         self.size
     }
+
+    /// Lends an inspector, waiting up to `wait` for one to be free: [`ApiError::Busy`] when
+    /// none is, so that a service whose inspectors are all stuck answers 503 rather than
+    /// piling up requests (and their bodies) without end.
+    pub async fn lend(self: &Arc<Self>, wait: Duration) -> Result<Lent, ApiError> {
+        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| ApiError::Busy {
+                inspectors: self.size,
+                ms: wait.as_millis() as u64,
+            })?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let inspector = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .ok_or_else(|| ApiError::Internal("inspector pool is empty".into()))?;
+        Ok(Lent {
+            inspector: Some(inspector),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Inspectors free now.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// An inspector lent to one upload by [`InspectorPool::lend`]. Dropped, it goes back to the
+/// pool and frees its permit, whatever happened: an inspection that panics still gives it
+/// back, so the pool never shrinks.
+pub struct Lent {
+    inspector: Option<Inspector>,
+    pool: Arc<InspectorPool>,
+    // Released after the inspector is back (fields drop after `Drop::drop`).
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = Inspector;
+    fn deref(&self) -> &Inspector {
+        self.inspector.as_ref().expect("an inspector until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Inspector {
+        self.inspector.as_mut().expect("an inspector until dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(inspector) = self.inspector.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(inspector);
+        }
+    }
 }
 
 /// The API's own metrics.
@@ -317,7 +384,7 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
 pub(super) async fn upload(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(query): Query<UploadParams>,
+    query: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
     let started = Instant::now();
@@ -335,10 +402,11 @@ pub(super) async fn upload(
 async fn upload_inner(
     state: &ApiState,
     caller: Caller,
-    query: UploadParams,
+    query: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
     let user = caller.require(ALL, "upload images")?.clone();
+    let Query(query) = query.map_err(|e| bad("query", e.body_text()))?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -365,49 +433,67 @@ async fn upload_inner(
     if !matches!(media.as_str(), "image/jpeg" | "image/png") {
         return Err(ApiError::UnsupportedMedia(media));
     }
+    // The bytes decide, not the label: a BMP or TIFF sent as image/png is refused here like
+    // one sent as what it is (bytes of no known format go on to the decoder's own error).
+    if let Ok(format) = image::guess_format(&body)
+        && !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg)
+    {
+        return Err(ApiError::UnsupportedMedia(format!(
+            "{media} whose bytes are {}",
+            format.to_mime_type()
+        )));
+    }
     let part_id = params
         .part_id
+        .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| bad("part_id", "required: the id of the inspected part"))?;
     let lot = params
         .lot
+        .filter(|l| !l.trim().is_empty())
         .ok_or_else(|| bad("lot", "required: the lot the part belongs to"))?;
+    // Checked before the model runs: what the record would refuse is refused now, with its
+    // field named.
+    for (field, value) in [
+        ("part_id", Some(&part_id)),
+        ("lot", Some(&lot)),
+        ("recipe", params.recipe.as_ref()),
+        ("camera", params.camera.as_ref()),
+        ("defect_class", params.defect_class.as_ref()),
+    ] {
+        if let Some(value) = value {
+            crate::quality::check_label(field, value).map_err(|m| bad(field, m))?;
+        }
+    }
     if let Some(t) = params.threshold
         && !(t.is_finite())
     {
         return Err(bad("threshold", format!("{t} is not a finite number")));
     }
-    let pool = state.inspectors.clone();
-    let permit = pool
-        .permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut inspector = pool
-        .idle
-        .lock()
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .pop()
-        .ok_or_else(|| ApiError::Internal("inspector pool is empty".into()))?;
+    let timeout = Duration::from_millis(state.config.inference_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut inspector = state.inspectors.lend(timeout).await?;
     let bytes = body.clone();
-    let pool_back = pool.clone();
     let threshold = params.threshold;
     let job = tokio::task::spawn_blocking(move || {
         let saved = inspector.thresholds;
         if let Some(t) = threshold {
             inspector.thresholds.image = t;
         }
-        let (mut results, mut images) = inspector.inspect_batch(&[("upload".into(), &bytes[..])]);
+        let inspected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inspector.inspect_batch(&[("upload".into(), &bytes[..])])
+        }));
+        // The model's own threshold is back before the inspector is, panic or not.
         inspector.thresholds = saved;
-        let result = results.pop().expect("one result per image");
         let roi = inspector.detector.input.roi;
         // The inspector goes back (and the permit is released) as soon as the model has run,
         // before the overlay is drawn, so the next upload's inference overlaps this drawing;
         // also when the request has already timed out, so a slow image never shrinks the pool.
-        if let Ok(mut idle) = pool_back.idle.lock() {
-            idle.push(inspector);
-        }
-        drop(permit);
+        drop(inspector);
+        let (mut results, mut images) = match inspected {
+            Ok(inspected) => inspected,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let result = results.pop().expect("one result per image");
         // Drawn onto the decoded image itself: nothing needs its plain pixels afterwards.
         let overlay = match (&result, images.pop().flatten()) {
             (Ok(found), Some(mut decoded)) => found.map.as_ref().map(|map| {
@@ -431,9 +517,16 @@ async fn upload_inner(
         let overlay = overlay.as_ref().map(png);
         (result, overlay)
     });
-    let timeout = Duration::from_millis(state.config.inference_timeout_ms);
-    let (result, overlay) = match tokio::time::timeout(timeout, job).await {
-        Ok(joined) => joined.map_err(|e| ApiError::Internal(e.to_string()))?,
+    // One deadline for the wait for an inspector and the inspection.
+    let (result, overlay) = match tokio::time::timeout_at(deadline, job).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) if e.is_panic() => {
+            return Err(ApiError::Internal(format!(
+                "the inspection of an upload panicked: {}",
+                crate::panic_text(e.into_panic().as_ref()).unwrap_or("no message")
+            )));
+        }
+        Ok(Err(e)) => return Err(ApiError::Internal(e.to_string())),
         Err(_) => return Err(ApiError::Timeout(state.config.inference_timeout_ms)),
     };
     let found = result?;
@@ -684,25 +777,9 @@ pub(super) async fn trigger(
     let Some(pipeline) = &state.pipeline else {
         return Err(ApiError::NoPipeline);
     };
-    for (field, value) in [
-        ("id", &trigger.id),
-        ("part_id", &trigger.part_id),
-        ("lot", &trigger.lot),
-        ("recipe", &trigger.recipe),
-    ] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.len() > crate::store::MAX_TRIGGER_FIELD_BYTES)
-        {
-            return Err(bad(
-                field,
-                format!(
-                    "longer than {} bytes",
-                    crate::store::MAX_TRIGGER_FIELD_BYTES
-                ),
-            ));
-        }
-    }
+    trigger
+        .check_labels()
+        .map_err(|(field, message)| bad(field, message))?;
     Ok(match pipeline.triggers.fire(trigger).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(e) => e.into_response(),

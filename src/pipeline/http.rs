@@ -59,19 +59,8 @@ async fn fire(
             );
         }
     };
-    for (field, value) in [
-        ("id", &trigger.id),
-        ("part_id", &trigger.part_id),
-        ("lot", &trigger.lot),
-        ("recipe", &trigger.recipe),
-    ] {
-        if value.as_ref().is_some_and(|v| v.len() > 256) {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid trigger",
-                format!("{field} is longer than 256 bytes"),
-            );
-        }
+    if let Err((_, message)) = trigger.check_labels() {
+        return problem(StatusCode::BAD_REQUEST, "invalid trigger", message);
     }
     match state.triggers.fire(trigger).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),

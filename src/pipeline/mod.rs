@@ -105,6 +105,26 @@ pub struct Trigger {
     pub recipe: Option<String>,
 }
 
+impl Trigger {
+    /// Refuses a trigger whose id, part id, lot or recipe is longer than a record may hold
+    /// ([`crate::quality::MAX_LABEL_BYTES`]): refused when it arrives, not when its
+    /// inspection is recorded.
+    /// The error names the field, and then says what is wrong with it.
+    pub fn check_labels(&self) -> Result<(), (&'static str, String)> {
+        for (field, value) in [
+            ("id", &self.id),
+            ("part_id", &self.part_id),
+            ("lot", &self.lot),
+            ("recipe", &self.recipe),
+        ] {
+            if let Some(value) = value {
+                crate::quality::check_label(field, value).map_err(|m| (field, m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What became of a frame or trigger.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
@@ -1642,11 +1662,7 @@ fn run_batch(
         Err(payload) => {
             // Every frame of the batch is answered with the error, then the worker stops rather
             // than call a session again that was left mid-call.
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
+            let message = crate::panic_text(payload.as_ref()).unwrap_or("unknown panic");
             tracing::error!(
                 worker,
                 frames = ready.len(),

@@ -65,23 +65,15 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Trigger, Strin
     } else {
         serde_json::from_slice(payload).map_err(|e| format!("payload is not a trigger: {e}"))?
     };
-    for (field, value) in [
-        ("id", &payload.id),
-        ("part_id", &payload.part_id),
-        ("lot", &payload.lot),
-        ("recipe", &payload.recipe),
-    ] {
-        if value.as_ref().is_some_and(|v| v.len() > 256) {
-            return Err(format!("{field} is longer than 256 bytes"));
-        }
-    }
-    Ok(Trigger {
+    let trigger = Trigger {
         camera: camera.to_string(),
         id: payload.id,
         part_id: payload.part_id,
         lot: payload.lot,
         recipe: payload.recipe,
-    })
+    };
+    trigger.check_labels().map_err(|(_, message)| message)?;
+    Ok(trigger)
 }
 
 /// Subscribes and fires triggers until `stop` turns true. Reconnects with back-off.

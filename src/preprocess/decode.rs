@@ -104,7 +104,18 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeErr
     }
     match sniff_format(bytes) {
         Some(ImageFormat::Jpeg) => decode_jpeg(bytes, limits),
-        Some(format) => decode_with_image(bytes, format, limits),
+        // The `image` crate's decoders return errors for bad input; a panic in one (a bug
+        // that some crafted file reaches) is caught too, so that it stays that file's error.
+        Some(format) => std::panic::catch_unwind(|| decode_with_image(bytes, format, limits))
+            .unwrap_or_else(|payload| {
+                Err(DecodeError::Corrupt {
+                    format,
+                    reason: format!(
+                        "the decoder failed: {}",
+                        crate::panic_text(payload.as_ref()).unwrap_or("no message")
+                    ),
+                })
+            }),
         None => Err(DecodeError::UnknownFormat {
             magic: bytes
                 .iter()
@@ -164,11 +175,8 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeEr
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .unwrap_or_else(|| "libjpeg error".to_string())
+    crate::panic_text(payload)
+        .unwrap_or("libjpeg error")
         .trim_start_matches("libjpeg fatal error: ")
         .to_string()
 }

@@ -79,6 +79,22 @@ pub struct NewInspection {
     pub defect_class: Option<String>,
 }
 
+/// The most bytes a record's names may hold: part id, lot, line, model name, and what arrives
+/// with them in a trigger or an upload (trigger id, recipe, camera, defect class). Checked
+/// where they come in, so that nothing accepted there is refused by the record later.
+pub const MAX_LABEL_BYTES: usize = 200;
+
+/// `Err` naming `field` and the limit when `value` is longer than [`MAX_LABEL_BYTES`].
+pub fn check_label(field: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_LABEL_BYTES {
+        return Err(format!(
+            "{field} is {} bytes long: at most {MAX_LABEL_BYTES}",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
 impl NewInspection {
     /// Checks fields a database would accept but a record must not have.
     pub fn validate(&self) -> Result<(), String> {
@@ -91,12 +107,7 @@ impl NewInspection {
             if value.trim().is_empty() {
                 return Err(format!("{field} is empty"));
             }
-            if value.len() > 200 {
-                return Err(format!(
-                    "{field} is {} bytes long: at most 200",
-                    value.len()
-                ));
-            }
+            check_label(field, value)?;
         }
         if self.model_sha256.len() != 64
             || !self.model_sha256.bytes().all(|b| b.is_ascii_hexdigit())

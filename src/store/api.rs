@@ -691,7 +691,10 @@ impl Store {
         let owned = bytes.to_vec();
         let sha256 = tokio::task::spawn_blocking(move || write_content_addressed(&dir, &owned))
             .await
-            .map_err(|e| StoreError::Invalid(format!("cannot store the attachment: {e}")))??;
+            .map_err(|e| StoreError::Io {
+                what: "cannot store the attachment".into(),
+                source: std::io::Error::other(e),
+            })??;
         let now = now_ms();
         let mut tx = self.begin().await?;
         let id: i64 = sqlx::query(

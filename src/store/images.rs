@@ -304,7 +304,30 @@ fn is_hash_name(name: &str) -> bool {
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |e| StoreError::Invalid(format!("{what}: {e}"))
+    move |source| StoreError::Io { what, source }
+}
+
+/// Creates `folder` and whatever of its ancestors is missing, and syncs the parent of each
+/// folder it created, so that a file synced into `folder` is reachable after a power cut.
+/// Nothing to do (no sync) when `folder` exists.
+fn create_dir_durably(folder: &Path) -> std::io::Result<()> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let missing: Vec<&Path> = folder
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+        .collect();
+    std::fs::create_dir_all(folder)?;
+    // Outermost first: each new folder's name is made durable in its parent.
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless a file of
@@ -314,18 +337,22 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
 /// folder beside the fan-out folders), so that two uploads of the same bytes at once never
 /// write into one file, and a file of the wrong size (truncated outside linesight) is
 /// replaced.
+///
+/// The fan-out folder is synced after the rename, and also when the file was there already:
+/// the upload that renamed it may not have synced the folder yet (it is doing so at the same
+/// moment, or it crashed in between), and this caller is about to record the file as stored.
 pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
     let hash = hex::encode(Sha256::digest(bytes));
     let path = image_path(dir, &hash);
+    let parent = path.parent().unwrap_or(dir).to_path_buf();
+    let cannot = |source: std::io::Error| StoreError::Io {
+        what: format!("cannot store {}", path.display()),
+        source,
+    };
     let complete =
         std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
     if !complete {
-        let parent = path.parent().unwrap_or(dir).to_path_buf();
-        std::fs::create_dir_all(&parent)
-            .map_err(io(format!("cannot create {}", parent.display())))?;
-        let cannot = |e: &dyn std::fmt::Display| {
-            StoreError::Invalid(format!("cannot store {}: {e}", path.display()))
-        };
+        create_dir_durably(&parent).map_err(io(format!("cannot create {}", parent.display())))?;
         // Dropped on any error before `persist`, the temporary file is removed; one a crash
         // leaves is swept later ([`sweep_temporary_files`]).
         let temporary = dir.join(TEMPORARY_FOLDER);
@@ -335,16 +362,16 @@ pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String
             .prefix(&format!("{hash}."))
             .suffix(".tmp")
             .tempfile_in(&temporary)
-            .map_err(|e| cannot(&e))?;
+            .map_err(cannot)?;
         tmp.write_all(bytes)
             .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| cannot(&e))?;
-        tmp.persist(&path).map_err(|e| cannot(&e.error))?;
-        // The directory is synced too, so that the new name survives a power cut.
-        std::fs::File::open(&parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| cannot(&e))?;
+            .map_err(cannot)?;
+        tmp.persist(&path).map_err(|e| cannot(e.error))?;
     }
+    // The folder is synced too, so that the name survives a power cut.
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(cannot)?;
     Ok(hash)
 }
 
@@ -368,7 +395,10 @@ where
     let folder = dir.to_path_buf();
     tokio::task::spawn_blocking(move || write_image_files(&folder, &images))
         .await
-        .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))?
+        .map_err(|e| StoreError::Io {
+            what: "image writing stopped".into(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// [`write_images`] on the calling thread, for code already on a blocking thread.
@@ -421,7 +451,10 @@ where
             let (written, back) =
                 tokio::task::spawn_blocking(move || (write_image_files(&folder, &images), images))
                     .await
-                    .map_err(|e| StoreError::Invalid(format!("image writing stopped: {e}")))?;
+                    .map_err(|e| StoreError::Io {
+                        what: "image writing stopped".into(),
+                        source: std::io::Error::other(e),
+                    })?;
             images = back;
             written?
         };
@@ -685,7 +718,10 @@ impl Store {
             (report, candidates)
         })
         .await
-        .map_err(|e| StoreError::Invalid(format!("image folder sweep stopped: {e}")))?;
+        .map_err(|e| StoreError::Io {
+            what: "image folder sweep stopped".into(),
+            source: std::io::Error::other(e),
+        })?;
         if candidates.is_empty() {
             return Ok(report);
         }

@@ -220,6 +220,14 @@ pub enum StoreError {
     Conflict { id: i64 },
     #[error("stored value {value:?} in {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+    /// Reading or writing the store's files (images, attachments) failed: the machine's
+    /// fault (a full or failing disk, permissions), never the caller's.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Image retention removed a content-identical file between its writing and its record;
     /// [`write_and_record_images`] writes it again and retries.
     #[error(

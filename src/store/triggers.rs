@@ -78,8 +78,9 @@ fn trigger_row(row: &AnyRow) -> Result<JournalledTrigger, StoreError> {
     })
 }
 
-/// Longest trigger id, part id, lot or recipe accepted (they come from other systems).
-pub const MAX_TRIGGER_FIELD_BYTES: usize = 200;
+/// Longest trigger id, part id, lot or recipe accepted (they come from other systems): what
+/// an inspection record may hold.
+pub const MAX_TRIGGER_FIELD_BYTES: usize = crate::quality::MAX_LABEL_BYTES;
 
 impl Store {
     /// Writes a new trigger as pending (durable when this returns), or finds that its id was
@@ -100,13 +101,9 @@ impl Store {
             ("lot", lot),
             ("recipe", recipe),
         ] {
-            if let Some(v) = value
-                && v.len() > MAX_TRIGGER_FIELD_BYTES
-            {
-                return Err(StoreError::Invalid(format!(
-                    "trigger {field} is {} bytes long: at most {MAX_TRIGGER_FIELD_BYTES}",
-                    v.len()
-                )));
+            if let Some(v) = value {
+                crate::quality::check_label(field, v)
+                    .map_err(|m| StoreError::Invalid(format!("trigger {m}")))?;
             }
         }
         let mut tx = self.begin().await?;

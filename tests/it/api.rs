@@ -325,6 +325,157 @@ async fn refusals_are_problem_json_naming_the_cause() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// A problem+json answer's status and `field` member.
+fn problem_field(body: &[u8]) -> Option<String> {
+    let p: serde_json::Value = serde_json::from_slice(body).unwrap();
+    p["field"].as_str().map(str::to_owned)
+}
+
+/// What the record would refuse is refused before an inspector is taken: with the only
+/// inspector lent elsewhere, each of these is answered at once, naming its field, instead of
+/// waiting for the inspector and answering 503.
+#[tokio::test]
+async fn upload_refusals_come_before_the_model_and_name_their_field() {
+    let f = fixture(ApiConfig {
+        inference_timeout_ms: 2_000,
+        ..ApiConfig::default()
+    })
+    .await;
+    let held = f
+        .state
+        .inspectors
+        .lend(std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    let png = washer("good/000.png");
+    let long = "r".repeat(201);
+    let cases = [
+        ("part_id=P&lot=L&threshold=high", "query"),
+        ("part_id=P&lot=L&colour=red", "query"),
+        ("part_id=%20&lot=L", "part_id"),
+        ("part_id=P&lot=", "lot"),
+        (&*format!("part_id=P&lot=L&recipe={long}"), "recipe"),
+        (&*format!("part_id=P&lot=L&camera={long}"), "camera"),
+        (
+            &*format!("part_id=P&lot=L&defect_class={long}"),
+            "defect_class",
+        ),
+    ];
+    for (query, field) in cases {
+        let started = std::time::Instant::now();
+        let (s, body, media) = send(&f, upload(Some("op"), query, "image/png", png.clone())).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(media.as_deref(), Some("application/problem+json"));
+        assert_eq!(problem_field(&body).as_deref(), Some(field), "{query}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{query}"
+        );
+    }
+    let (_, body, _) = send(
+        &f,
+        upload(
+            Some("op"),
+            &format!("part_id=P&lot=L&recipe={long}"),
+            "image/png",
+            png.clone(),
+        ),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("201 bytes long: at most 200"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A TIFF sent as image/png: refused by what its bytes are.
+    let mut tiff = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(8, 8)
+        .write_to(&mut tiff, image::ImageFormat::Tiff)
+        .unwrap();
+    let (s, body, _) = send(
+        &f,
+        upload(
+            Some("op"),
+            "part_id=P&lot=L",
+            "image/png",
+            tiff.into_inner(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(String::from_utf8_lossy(&body).contains("image/tiff"));
+    drop(held);
+    assert_eq!(f.db.store.inspection_count().await.unwrap(), 0);
+}
+
+/// All inspectors busy for `api.inference_timeout_ms`: 503 saying so, not an endless wait; an
+/// inspector whose inspection panics still goes back to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_answers_503_and_a_panic_gives_the_inspector_back() {
+    let f = fixture(ApiConfig {
+        inference_timeout_ms: 300,
+        ..ApiConfig::default()
+    })
+    .await;
+    let pool = f.state.inspectors.clone();
+    let held = pool.lend(std::time::Duration::from_secs(1)).await.unwrap();
+    let png = washer("good/000.png");
+    let (s, body, _) = send(
+        &f,
+        upload(Some("op"), "part_id=P&lot=L", "image/png", png.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let detail = String::from_utf8_lossy(&body).to_string();
+    assert!(
+        detail.contains("all 1 inspectors stayed busy") && detail.contains("300"),
+        "{detail}"
+    );
+    // The holder panics: the inspector is back, and the next upload is inspected.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _lent = held;
+        panic!("an inspection failed badly");
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(pool.idle(), 1);
+    let (s, body, _) = send(&f, upload(Some("op"), "part_id=P&lot=L", "image/png", png)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+}
+
+/// A disk that cannot take the files is the service's fault: 500, logged, its detail (the
+/// path) not sent, and nothing recorded.
+#[tokio::test]
+async fn an_image_folder_that_cannot_be_written_is_a_server_error() {
+    let mut f = fixture(ApiConfig::default()).await;
+    let blocker = f.images.path().join("not-a-folder");
+    std::fs::write(&blocker, b"a file where the image folder should be").unwrap();
+    f.state.image_dir = blocker.join("images");
+    let (s, body, media) = send(
+        &f,
+        upload(
+            Some("op"),
+            "part_id=P&lot=L",
+            "image/png",
+            washer("good/000.png"),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(media.as_deref(), Some("application/problem+json"));
+    assert!(
+        !String::from_utf8_lossy(&body).contains("not-a-folder"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(f.db.store.inspection_count().await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_uploads_share_the_inspector_pool() {
     let mut f = fixture(ApiConfig::default()).await;
