@@ -380,7 +380,9 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
         (status = 413, description = "body larger than api.max_body_bytes"),
         (status = 415, description = "not JPEG or PNG"),
         (status = 422, description = "the image cannot be decoded or is too large"),
-        (status = 503, description = "inspection took longer than api.inference_timeout_ms")))]
+        (status = 500, description = "the service failed (detail in its log, not in the answer)"),
+        (status = 503, description = "no inspector was free, or the inspection did not end, within api.inference_timeout_ms"),
+        (status = 507, description = "the disk that keeps the images is full")))]
 pub(super) async fn upload(
     State(state): State<ApiState>,
     caller: Caller,
