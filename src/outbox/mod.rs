@@ -162,12 +162,6 @@ pub enum OutboxError {
         #[source]
         source: object_store::Error,
     },
-    #[error("cannot read sample image {path}: {source}")]
-    Image {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("outbox.mqtt.tls: {0}")]
     Tls(String),
     #[error("cannot lock {path} (one outbox deliverer per database): {source}")]

@@ -373,11 +373,13 @@ impl Uploader {
                 .map(|h| image_path(&self.image_dir, h));
             match image {
                 Some(path) if path.is_file() => {
-                    let bytes = std::fs::read(&path).map_err(|source| OutboxError::Image {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                    match as_png(bytes) {
+                    // An image that cannot be read or decoded goes up as metadata only, like
+                    // one that is gone: kept as an error, this row would be retried first on
+                    // every pass and hold back every sample after it.
+                    match std::fs::read(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        .and_then(as_png)
+                    {
                         Ok(png) => {
                             self.put(&format!("{key_base}.png"), png).await?;
                             uploaded = sample_state::UPLOADED;

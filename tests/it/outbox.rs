@@ -812,6 +812,50 @@ async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
     db.finish().await;
 }
 
+/// A sample whose image file is there but cannot be read (a failing disk: here a link to a
+/// file every read of which fails) goes up as metadata only; the samples after it are not
+/// held back behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (images, bucket, outbox) = folder_bucket(dir.path());
+    let store = db.store.clone().with_outbox(outbox.clone());
+    let cfg = quiet_quality();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let image = store
+            .put_image(&images, &png(16, 16, n as u32 + 11), 0)
+            .await
+            .unwrap();
+        if n == 0 {
+            // A regular file to `is_file`, an I/O error to every read.
+            let path = linesight::store::image_path(&images, &image);
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink("/proc/self/mem", &path).unwrap();
+            assert!(path.is_file() && std::fs::read(&path).is_err());
+        }
+        let r = store
+            .record_inspection(&inspection(n, 0.1, Some(image)), &cfg, "system")
+            .await
+            .unwrap();
+        ids.push(r.inspection_id);
+    }
+    let delivery = Delivery::start(&store, &outbox, images.clone(), dir.path().into());
+    wait_drained(&store, "samples after an unreadable one", 30).await;
+    delivery.stop().await;
+    let day = today();
+    // `inspection` puts even parts on cam0 and odd ones on cam1.
+    let base = |n: usize| bucket.join(format!("plant-1/line-1/cam{}/dt={day}/{}", n % 2, ids[n]));
+    assert!(base(0).with_extension("json").is_file());
+    assert!(!base(0).with_extension("png").exists());
+    for n in 1..3 {
+        assert!(base(n).with_extension("png").is_file(), "sample {n}");
+        assert!(base(n).with_extension("json").is_file(), "sample {n}");
+    }
+    db.finish().await;
+}
+
 /// The site is offline for longer than the image retention: retention and the quota keep the
 /// images of the samples still queued (and count them), remove the rest, and remove the
 /// sampled ones too once they are in the bucket.
