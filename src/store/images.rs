@@ -612,16 +612,20 @@ impl Store {
                 }
                 continue;
             }
-            match std::fs::remove_file(image_path(dir, hash)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing += 1,
+            let freed = match std::fs::remove_file(image_path(dir, hash)) {
+                Ok(()) => *bytes,
+                // Its record is marked now; no file, so nothing freed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    report.missing += 1;
+                    0
+                }
                 Err(e) => {
                     // The row stays live (rolled back with `tx`); the next pass tries again.
                     tracing::warn!(image = %hash, error = %e, "Cannot delete an image; keeping its record live.");
                     report.errors += 1;
                     continue;
                 }
-            }
+            };
             // Should the commit fail, the row stays live without its file: the next pass marks
             // it again, and a writer recording the same bytes finds the file missing and
             // writes it again.
@@ -632,7 +636,7 @@ impl Store {
                 report.evicted += 1;
             }
             total -= bytes;
-            report.bytes_freed += bytes;
+            report.bytes_freed += freed;
         }
         Ok(report)
     }
