@@ -154,6 +154,13 @@ pub(super) async fn activate(
         field: "body",
         message: r.body_text(),
     })?;
+    let known: Vec<String> = state.slots.iter().map(|s| s.slot.clone()).collect();
+    crate::model::registry::check_slot(&known, &form.slot).map_err(|message| {
+        ApiError::BadRequest {
+            field: "slot",
+            message,
+        }
+    })?;
     let request = ActivationRequest {
         slot: form.slot,
         package: form.package,

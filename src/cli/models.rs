@@ -46,6 +46,17 @@ pub enum ModelsCommand {
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, cmd: ModelsCommand) -> anyhow::Result<i32> {
     match cmd {
         ModelsCommand::Activate { slot, golden, dir } => {
+            let known: Vec<String> = settings
+                .cameras
+                .iter()
+                .flat_map(|c| {
+                    std::iter::once(c.id.clone())
+                        .chain(c.recipes.keys().map(|r| format!("{}/{r}", c.id)))
+                })
+                .collect();
+            if let Err(message) = crate::model::registry::check_slot(&known, &slot) {
+                anyhow::bail!("--slot: {message}");
+            }
             let validator = Validator {
                 runtime: super::runtime(settings, ort_lib)?,
                 options: settings.inference.clone(),

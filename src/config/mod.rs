@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::SessionOptions;
+use crate::model::{ExecutionProvider, SessionOptions};
 use crate::preprocess::DecodeLimits;
 use crate::telemetry::LogConfig;
 
@@ -80,9 +80,19 @@ impl Settings {
                 self.inference.intra_threads
             ));
         }
-        if self.inference.execution_providers.is_empty() {
+        let providers = &self.inference.execution_providers;
+        if providers.is_empty() {
             problems.push(
                 "inference.execution_providers is empty: list at least one of \"cpu\", \"cuda\", \"tensorrt\""
+                    .into(),
+            );
+        }
+        if let Some(at) = providers.iter().position(|p| *p == ExecutionProvider::Cpu)
+            && at + 1 < providers.len()
+        {
+            problems.push(
+                "inference.execution_providers: \"cpu\" must come last (ONNX Runtime falls back \
+                 to the CPU after every other provider, whatever the order given)"
                     .into(),
             );
         }
@@ -168,7 +178,6 @@ impl Settings {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
-    use crate::model::ExecutionProvider;
 
     #[test]
     fn layers_apply_in_order_and_all_problems_are_reported() {
@@ -180,6 +189,12 @@ mod tests {
             let err = Settings::load(Some(Path::new("linesight.toml"))).unwrap_err();
             assert_eq!(err.problems.len(), 1, "{err}");
             assert!(err.to_string().contains("decode.max_width = 0"), "{err}");
+            jail.create_file(
+                "cpu-first.toml",
+                "[inference]\nexecution_providers = [\"cpu\", \"cuda\"]\n",
+            )?;
+            let err = Settings::load(Some(Path::new("cpu-first.toml"))).unwrap_err();
+            assert!(err.to_string().contains("\"cpu\" must come last"), "{err}");
 
             jail.set_env("LINESIGHT__DECODE__MAX_WIDTH", "4096");
             jail.set_env("LINESIGHT__INFERENCE__INTRA_THREADS", "1");

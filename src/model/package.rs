@@ -2,10 +2,12 @@
 //! optional `model.toml` manifest.
 //!
 //! The package's identity is its SHA-256: the digest of `model.onnx` followed by each external
-//! data file in the order the graph first names them, i.e. what
-//! `cat model.onnx model.onnx.data | sha256sum` prints (or `sha256sum model.onnx` when the weights
-//! are inline). Every result carries it, so a record always says exactly which model decided
-//! (EU GMP Annex 22: the model used for a result must be identifiable).
+//! data file in the order the graph first names them, then `model.toml` when there is one, i.e.
+//! what `cat model.onnx model.onnx.data model.toml | sha256sum` prints (`sha256sum model.onnx`
+//! for a bare graph with inline weights). The manifest is part of it because its thresholds and
+//! preprocessing decide verdicts as much as the weights do. Every result carries it, so a record
+//! always says exactly which model decided (EU GMP Annex 22: the model used for a result must be
+//! identifiable).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -97,10 +99,21 @@ impl ModelPackage {
         let onnx_bytes = read(&onnx_path)?;
         let header = read_header(&onnx_bytes, &onnx_path)?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = if manifest_path.is_file() {
-            Some(Manifest::load(&manifest_path)?)
+        // Read once: the bytes parsed are the bytes hashed.
+        let manifest_bytes = if manifest_path.is_file() {
+            Some(read(&manifest_path)?)
         } else {
             None
+        };
+        let manifest = match &manifest_bytes {
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|e| ManifestError::Parse {
+                    path: manifest_path.clone(),
+                    message: format!("not UTF-8 text: {e}"),
+                })?;
+                Some(Manifest::parse(text, &manifest_path)?)
+            }
+            None => None,
         };
 
         let mut package_digest = Sha256::new();
@@ -125,6 +138,14 @@ impl ModelPackage {
                 name: location.clone(),
                 bytes,
                 sha256: digest,
+            });
+        }
+        if let Some(bytes) = &manifest_bytes {
+            package_digest.update(bytes);
+            files.push(PackageFile {
+                name: MANIFEST_FILE.into(),
+                bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
             });
         }
         Ok(ModelPackage {

@@ -355,6 +355,21 @@ pub enum ActivationError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Refuses a slot that is not among `known` (the slots of this configuration's cameras:
+/// `<camera>` and `<camera>/<recipe>`), so that a mistyped or half-named slot ("washer-b" for
+/// "cam1/washer-b") is not recorded as active while nothing follows it. A configuration with
+/// no cameras cannot tell, and lets every slot through.
+pub fn check_slot(known: &[String], slot: &str) -> Result<(), String> {
+    if known.is_empty() || known.iter().any(|k| k == slot) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown slot {slot:?}: the slots configured here are {}",
+            known.join(", ")
+        ))
+    }
+}
+
 /// Validates `request.package` here, then records it as the slot's model (or records the
 /// refusal), with its audit entry. Services pick it up through [`follow`].
 pub async fn activate(

@@ -99,6 +99,29 @@ pub enum ModelError {
         "no threshold for {model}: the graph does not carry one; set decision.threshold in model.toml or pass --threshold"
     )]
     NoThreshold { model: String },
+    #[error(
+        "model package {dir} changed while it was loaded (SHA-256 {was} when opened, {now} now); \
+         load it again once it is complete"
+    )]
+    Changed {
+        dir: std::path::PathBuf,
+        was: String,
+        now: String,
+    },
+    #[error("model package {dir} cannot be read again after loading: {message}")]
+    Reread {
+        dir: std::path::PathBuf,
+        message: String,
+    },
+    #[error(
+        "{what} {value} for {model}: an anomalib model scores in [0, 1], so the threshold must \
+         be at least 0 and below 1 (else every part passes, or every part is rejected)"
+    )]
+    Threshold {
+        model: String,
+        what: &'static str,
+        value: f32,
+    },
     #[error("inference failed: {0}")]
     Run(#[source] ort::Error),
     #[error("output {name}: {message}")]
@@ -178,6 +201,19 @@ impl Detector {
     ) -> Result<Detector, ModelError> {
         let path = package.onnx_path.clone();
         let (session, providers) = open_session(runtime, &path, options)?;
+        // The files were hashed when the package was opened, and ONNX Runtime has just read
+        // them again from disk: a package replaced in between would run under the old identity.
+        let reread = ModelPackage::open(&package.dir).map_err(|e| ModelError::Reread {
+            dir: package.dir.clone(),
+            message: e.to_string(),
+        })?;
+        if reread.sha256 != package.sha256 {
+            return Err(ModelError::Changed {
+                dir: package.dir.clone(),
+                was: package.sha256.clone(),
+                now: reread.sha256,
+            });
+        }
 
         let io = GraphIo {
             inputs: session.inputs().iter().map(tensor_spec).collect(),
@@ -221,7 +257,7 @@ impl Detector {
                     min_region_area_px: manifest.decision.min_region_area_px.unwrap_or(0),
                 }
             });
-        Ok(Detector {
+        let detector = Detector {
             session,
             package,
             contract,
@@ -229,7 +265,26 @@ impl Detector {
             input,
             thresholds,
             providers,
-        })
+        };
+        if let Some(t) = thresholds {
+            detector.check_threshold("image threshold", t.image)?;
+            detector.check_threshold("pixel threshold", t.pixel)?;
+        }
+        Ok(detector)
+    }
+
+    /// Refuses a threshold that cannot decide with this model: anomalib normalises scores and
+    /// maps into [0, 1], so 1 or more would pass every part and a negative value reject every
+    /// part, whatever the model sees. Other graphs' score ranges are their own.
+    pub fn check_threshold(&self, what: &'static str, value: f32) -> Result<(), ModelError> {
+        if self.contract.kind == ContractKind::Anomalib && !(0.0..1.0).contains(&value) {
+            return Err(ModelError::Threshold {
+                model: self.package.name(),
+                what,
+                value,
+            });
+        }
+        Ok(())
     }
 
     /// The thresholds in force, or the error that says how to provide one.
@@ -447,6 +502,15 @@ fn split_maps(
         }
     };
     let plane = h * w;
+    if plane == 0 || values.len() < plane * keep {
+        return Err(output_error(
+            name,
+            format!(
+                "has shape {dims:?} and {} values: no {h}x{w} map for each of {keep} images",
+                values.len()
+            ),
+        ));
+    }
     Ok(values
         .chunks_exact(plane)
         .take(keep)

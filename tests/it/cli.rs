@@ -158,9 +158,19 @@ fn models_show_reports_contract_opset_providers_and_sha256() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     let text = stdout_of(&out);
-    let onnx = std::fs::read(repo().join("models/demo/model.onnx")).unwrap();
-    let sha = sha256_hex(&onnx);
+    // The identity covers the graph and then the manifest: cat model.onnx model.toml | sha256sum.
+    let mut package = std::fs::read(repo().join("models/demo/model.onnx")).unwrap();
+    let onnx_sha = sha256_hex(&package);
+    package.extend(std::fs::read(repo().join("models/demo/model.toml")).unwrap());
+    let sha = sha256_hex(&package);
     assert!(text.contains(&format!("sha256       {sha}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "file       model.onnx (234980 bytes) sha256 {onnx_sha}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("file       model.toml"), "{text}");
     for expected in [
         "demo-washer 1.0.0",
         "opset ai.onnx 18",
