@@ -188,7 +188,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
     if settings.pipeline.print_results {
         sinks.push(Box::new(StdoutSink));
     }
-    let cameras = settings
+    let cameras: Vec<Camera> = settings
         .cameras
         .iter()
         .map(|c| Camera {
@@ -204,7 +204,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let recorder = if settings.pipeline.record {
             // Opened with the outbox when one is configured, so that every record's events and
             // samples are queued in the same transaction.
@@ -226,7 +226,20 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         } else {
             None
         };
-        let store = recorder.as_ref().map(|r| r.store.clone());
+        // The store activations are followed from: the recorder's, else the API's.
+        let store = match (&recorder, &settings.api.listen) {
+            (Some(r), _) => Some(r.store.clone()),
+            (None, Some(_)) => Some(
+                crate::outbox::open_store(&settings)
+                    .await
+                    .context("cannot open the quality store for the HTTP API")?,
+            ),
+            (None, None) => None,
+        };
+        let mut cameras = cameras;
+        if let Some(store) = &store {
+            serve_activated_models(store, &mut cameras).await?;
+        }
         let pipeline = Pipeline::start(
             settings.pipeline.clone(),
             runtime,
@@ -260,12 +273,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         let mut keeping_metrics = None;
         let api_server = match &settings.api.listen {
             Some(addr) => {
-                let store = match &store {
-                    Some(store) => store.clone(),
-                    None => crate::outbox::open_store(&settings)
-                        .await
-                        .context("cannot open the quality store for the HTTP API")?,
-                };
+                let store = store
+                    .clone()
+                    .expect("the store is opened above when the API listens");
                 api_store = Some(store.clone());
                 let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
                 let handle = crate::api::PipelineHandle {
@@ -356,7 +366,67 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             summary.inspected, summary.late, summary.busy, summary.errors, summary.dropped
         );
         Ok(0)
-    })
+    });
+    // Everything that must be durable is flushed by now. A camera grab still blocked in its
+    // driver (a line-triggered camera on a quiet line waits without a timeout) must not keep
+    // the process alive: dropping the runtime would wait for it without limit.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+/// Points every camera slot (`<camera>`, `<camera>/<recipe>`) that has an activation in the
+/// store at the activated package, so that a service (re)started inspects with the model that
+/// was activated, not the one its configuration file names. An activated package that is
+/// missing or no longer has the activated SHA-256 stops the start: inspecting with a model
+/// nobody activated is worse than not inspecting. Restore the package, or activate another.
+async fn serve_activated_models(store: &Store, cameras: &mut [Camera]) -> anyhow::Result<()> {
+    let active = store
+        .active_models()
+        .await
+        .context("cannot read the activated models")?;
+    for a in active {
+        let (camera_id, recipe) = match a.slot.split_once('/') {
+            Some((camera, recipe)) => (camera, Some(recipe)),
+            None => (a.slot.as_str(), None),
+        };
+        // Slots of cameras this instance does not run are another instance's.
+        let Some(camera) = cameras.iter_mut().find(|c| c.config.id == camera_id) else {
+            continue;
+        };
+        let target = match recipe {
+            None => &mut camera.config.model,
+            Some(r) => match camera.config.recipes.get_mut(r) {
+                Some(recipe) => &mut recipe.model,
+                None => continue,
+            },
+        };
+        let path = PathBuf::from(&a.package_path);
+        let package = crate::model::ModelPackage::open(&path).with_context(|| {
+            format!(
+                "slot {} has model activation {} ({}), whose package cannot be opened; \
+                 restore it or activate another model for the slot",
+                a.slot,
+                a.id,
+                path.display()
+            )
+        })?;
+        if package.sha256 != a.sha256 {
+            anyhow::bail!(
+                "slot {} has model activation {} of {} with SHA-256 {}, but the package there \
+                 now has {}; restore the activated files or activate the package again",
+                a.slot,
+                a.id,
+                path.display(),
+                a.sha256,
+                package.sha256
+            );
+        }
+        if *target != path {
+            tracing::info!(slot = %a.slot, activated = %path.display(), configured = %target.display(), activation = a.id, "Serving the activated model instead of the configured one.");
+            *target = path;
+        }
+    }
+    Ok(())
 }
 
 /// Outbox delivery (events over MQTT, samples to S3) when `[outbox]` configures a peer, after

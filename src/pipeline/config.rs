@@ -182,6 +182,28 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         1,
         3_600_000,
     );
+    if pipeline.batch_size > 1 && pipeline.trigger_deadline_ms <= pipeline.max_batch_wait_ms {
+        p.push(format!(
+            "pipeline.trigger_deadline_ms = {}: must be more than pipeline.max_batch_wait_ms = {} \
+             when batch_size is above 1, or a lone trigger waiting for its batch is always late",
+            pipeline.trigger_deadline_ms, pipeline.max_batch_wait_ms
+        ));
+    }
+    if pipeline.orphan_trigger_after_ms <= pipeline.trigger_deadline_ms {
+        p.push(format!(
+            "pipeline.orphan_trigger_after_ms = {}: must be more than pipeline.trigger_deadline_ms \
+             = {}, or a trigger still being served is answered \"late\" as an orphan",
+            pipeline.orphan_trigger_after_ms, pipeline.trigger_deadline_ms
+        ));
+    }
+    if pipeline.mqtt_triggers.is_some() && !pipeline.record {
+        p.push(
+            "pipeline.mqtt_triggers needs pipeline.record = true: an MQTT trigger is acknowledged \
+             to the broker once it is journalled in the quality store, and without the store it \
+             would be acknowledged and then lost by a restart"
+                .into(),
+        );
+    }
     if let Some(listen) = &pipeline.listen
         && listen.parse::<std::net::SocketAddr>().is_err()
     {
@@ -210,9 +232,10 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
                 c.id
             ));
         }
-        if !(c.fps.is_finite() && (0.0..=1000.0).contains(&c.fps)) {
+        if !(c.fps.is_finite() && (c.fps == 0.0 || (0.001..=1000.0).contains(&c.fps))) {
             p.push(format!(
-                "{field}.fps = {}: must be between 0 (as fast as the source delivers) and 1000",
+                "{field}.fps = {}: must be 0 (as fast as the source delivers) or between 0.001 \
+                 and 1000",
                 c.fps
             ));
         }
@@ -241,4 +264,56 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings each valid alone but not together, and a frame rate too slow to pace.
+    #[test]
+    fn settings_that_would_make_every_trigger_late_or_lose_one_are_refused() {
+        let camera = CameraConfig {
+            id: "press".into(),
+            source: SourceConfig::Synthetic {
+                seed: 1,
+                defect_rate: 0.0,
+                frames: None,
+            },
+            mode: TriggerMode::Triggered,
+            fps: 1e-20,
+            every_nth: 1,
+            model: PathBuf::from("models/demo"),
+            threshold: None,
+            recipes: BTreeMap::new(),
+        };
+        let pipeline = PipelineConfig {
+            batch_size: 4,
+            max_batch_wait_ms: 50,
+            trigger_deadline_ms: 50,
+            orphan_trigger_after_ms: 1_000,
+            record: false,
+            mqtt_triggers: Some(super::super::mqtt::MqttTriggerConfig::default()),
+            ..PipelineConfig::default()
+        };
+        let p = problems(&pipeline, std::slice::from_ref(&camera)).join("\n");
+        for expected in [
+            "pipeline.trigger_deadline_ms = 50: must be more than pipeline.max_batch_wait_ms = 50",
+            "cameras[0].fps = 0.00000000000000000001: must be 0",
+            "pipeline.mqtt_triggers needs pipeline.record = true",
+        ] {
+            assert!(p.contains(expected), "{expected:?} missing from\n{p}");
+        }
+        let late_orphans = PipelineConfig {
+            trigger_deadline_ms: 2_000,
+            ..pipeline
+        };
+        let p = problems(&late_orphans, &[]).join("\n");
+        assert!(
+            p.contains("pipeline.orphan_trigger_after_ms = 1000: must be more than"),
+            "{p}"
+        );
+        let fine = CameraConfig { fps: 0.5, ..camera };
+        assert!(problems(&PipelineConfig::default(), &[fine]).is_empty());
+    }
 }

@@ -107,8 +107,9 @@ pub struct Trigger {
 
 impl Trigger {
     /// Refuses a trigger whose id, part id, lot or recipe is longer than a record may hold
-    /// ([`crate::quality::MAX_LABEL_BYTES`]): refused when it arrives, not when its
-    /// inspection is recorded.
+    /// ([`crate::quality::MAX_LABEL_BYTES`]), or whose id, part id or lot is given but blank
+    /// (a record needs a name there; leave the field out to get the default): refused when it
+    /// arrives, not when its inspection is recorded.
     /// The error names the field, and then says what is wrong with it.
     pub fn check_labels(&self) -> Result<(), (&'static str, String)> {
         for (field, value) in [
@@ -118,6 +119,9 @@ impl Trigger {
             ("recipe", &self.recipe),
         ] {
             if let Some(value) = value {
+                if field != "recipe" && value.trim().is_empty() {
+                    return Err((field, format!("{field} is blank: leave it out instead")));
+                }
                 crate::quality::check_label(field, value).map_err(|m| (field, m))?;
             }
         }
@@ -364,9 +368,8 @@ impl Shared {
             self.metrics.observe_ms("total", result.timings.total_ms);
         }
         // The actions task runs until every sender is gone, so this only fails if it panicked.
-        if let Some(id) = &result.trigger_id {
-            self.in_flight().remove(id);
-        }
+        // A trigger stays in flight until its result is recorded (by the actions task), so the
+        // orphan scan never answers it meanwhile.
         if self.results.send(Emitted { result, image }).await.is_err() {
             tracing::error!("Result dropped: the actions task is gone.");
         }
@@ -445,6 +448,13 @@ pub struct TriggerAccepted {
 }
 
 impl Triggers {
+    /// A fresh trigger id for `camera`, unique across restarts (the journal refuses an id seen
+    /// before).
+    pub fn new_id(&self, camera: &str) -> String {
+        let n = self.shared.trigger_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{camera}-{}-{n}", record::now_ms())
+    }
+
     /// Queues `trigger` for its camera. Once accepted, it gets exactly one result.
     pub async fn fire(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
@@ -464,11 +474,10 @@ impl Triggers {
             }
             Some(Some(sender)) => sender,
         };
-        let id = trigger.id.clone().unwrap_or_else(|| {
-            // Unique across restarts: the journal refuses an id seen before.
-            let n = self.shared.trigger_seq.fetch_add(1, Ordering::Relaxed);
-            format!("{}-{}-{n}", trigger.camera, record::now_ms())
-        });
+        let id = trigger
+            .id
+            .clone()
+            .unwrap_or_else(|| self.new_id(&trigger.camera));
         if let Some(recorder) = &self.shared.recorder {
             // Durable before acknowledged: once journalled, the trigger gets an answer even
             // if linesight stops before serving it (the next start answers it "late").
@@ -789,6 +798,20 @@ impl Pipeline {
             .map_err(|e| PipelineError::Join(e.to_string()))??;
             worker_inspectors.push(loaded);
         }
+        // A camera's or recipe's own threshold must be one its model can decide with.
+        for (default, recipes) in &choices {
+            for choice in std::iter::once(default).chain(recipes.values()) {
+                let Some(t) = choice.threshold else { continue };
+                let model = slot_model[choice.slot];
+                worker_inspectors[0][model]
+                    .detector
+                    .check_threshold("threshold", t)
+                    .map_err(|source| PipelineError::Model {
+                        path: models[model].clone(),
+                        source,
+                    })?;
+            }
+        }
         let mut config = config;
         if config.batch_size > 1 && config.batch_autotune {
             let max = config.batch_size;
@@ -989,6 +1012,18 @@ impl Pipeline {
     pub async fn shutdown(mut self) -> Summary {
         let shared = self.shared.clone();
         shared.accepting.store(false, Ordering::SeqCst);
+        let deadline = Duration::from_millis(shared.config.shutdown_deadline_ms);
+        let began = Instant::now();
+        // Past the deadline, a store that is down no longer holds the exit up: counted from
+        // the start, since the trigger and camera tasks stopped first may themselves wait to
+        // hand a result to the store.
+        let give_up = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                shared.give_up.store(true, Ordering::SeqCst);
+            })
+        };
         let _ = self.shutdown.send(true);
         if let Some(mqtt) = self.mqtt.take() {
             let _ = mqtt.await;
@@ -1002,41 +1037,44 @@ impl Pipeline {
             }
         }
         shared.queue.close();
-        let deadline = Duration::from_millis(shared.config.shutdown_deadline_ms);
-        // Past the deadline, a store that is down no longer holds the exit up.
-        let give_up = {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(deadline).await;
-                shared.give_up.store(true, Ordering::SeqCst);
-            })
-        };
-        let workers = join_within(std::mem::take(&mut self.workers), deadline).await;
-        if !workers.is_empty() {
-            let left = shared.queue.drain();
+        let workers = join_within(
+            std::mem::take(&mut self.workers),
+            deadline.saturating_sub(began.elapsed()),
+        )
+        .await;
+        // What is still queued is answered: past the deadline, or left by workers that ended
+        // before the queue was empty.
+        let left = shared.queue.drain();
+        if !left.is_empty() {
             tracing::warn!(
                 frames = left.len(),
-                "Shutdown deadline passed with frames queued."
+                workers_running = workers.len(),
+                "Frames still queued at shutdown."
             );
-            for item in left {
-                if item.trigger.is_some() {
-                    let waited_ms = ms(item.enqueued.elapsed());
-                    let result = item_result(
-                        &item,
-                        Outcome::Late {
-                            reason: "shutdown deadline passed before inference".into(),
-                            waited_ms,
-                        },
-                    );
-                    shared.record(result).await;
-                } else {
-                    shared.count_drop(&item);
-                }
+        }
+        let reason = if workers.is_empty() {
+            "no inference worker was left to serve it at shutdown"
+        } else {
+            "shutdown deadline passed before inference"
+        };
+        for item in left {
+            if item.trigger.is_some() {
+                let waited_ms = ms(item.enqueued.elapsed());
+                let result = item_result(
+                    &item,
+                    Outcome::Late {
+                        reason: reason.into(),
+                        waited_ms,
+                    },
+                );
+                shared.record(result).await;
+            } else {
+                shared.count_drop(&item);
             }
-            // A batch already in inference is finished: its results are worth recording.
-            for w in workers {
-                report_worker_end(w.await);
-            }
+        }
+        // A batch already in inference is finished: its results are worth recording.
+        for w in workers {
+            report_worker_end(w.await);
         }
         drop(self.results_tx.take());
         // Senders also live in `shared`, which the HTTP state may keep: the actions task is
@@ -1201,6 +1239,9 @@ async fn run_actions(
                 )
                 .await;
         }
+        if let Some(id) = &result.trigger_id {
+            shared.in_flight().remove(id);
+        }
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.record(&result) {
                 shared.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
@@ -1240,6 +1281,7 @@ type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>,
 async fn grab(
     mut source: Box<dyn FrameSource>,
     input: Option<InputSpec>,
+    fresh: impl FnOnce() -> Box<dyn FrameSource>,
 ) -> (Box<dyn FrameSource>, Grabbed, f64) {
     let joined = tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
@@ -1266,34 +1308,17 @@ async fn grab(
     .await;
     match joined {
         Ok(done) => done,
-        // A panicking driver must not take the pipeline down; the source is lost with it.
-        Err(e) => (
-            Box::new(Broken(e.to_string())),
-            Err(format!("source panicked: {e}")),
-            0.0,
-        ),
+        // A panicking driver must not take the pipeline down. The source went down with its
+        // thread; a fresh one from the camera's configuration takes its place and is opened
+        // by the reopening that follows the error.
+        Err(e) => (fresh(), Err(format!("source panicked: {e}")), 0.0),
     }
 }
 
-/// Stands in for a source whose driver panicked: every grab fails, so health shows it.
-struct Broken(String);
-
-impl FrameSource for Broken {
-    fn describe(&self) -> String {
-        "broken source".into()
-    }
-    fn next_frame(&mut self) -> Result<Option<Captured>, crate::source::SourceError> {
-        Err(crate::source::SourceError::Device {
-            source_name: "source".into(),
-            message: format!("the driver panicked earlier: {}", self.0),
-        })
-    }
-    fn reopen(&mut self) -> Result<(), crate::source::SourceError> {
-        self.next_frame().map(|_| ())
-    }
-}
-
-async fn reopen(mut source: Box<dyn FrameSource>) -> (Box<dyn FrameSource>, Result<(), String>) {
+async fn reopen(
+    mut source: Box<dyn FrameSource>,
+    fresh: impl FnOnce() -> Box<dyn FrameSource>,
+) -> (Box<dyn FrameSource>, Result<(), String>) {
     match tokio::task::spawn_blocking(move || {
         let r = source.reopen().map_err(|e| e.to_string());
         (source, r)
@@ -1301,7 +1326,10 @@ async fn reopen(mut source: Box<dyn FrameSource>) -> (Box<dyn FrameSource>, Resu
     .await
     {
         Ok(done) => done,
-        Err(e) => (Box::new(Broken(e.to_string())), Err(e.to_string())),
+        Err(e) => (
+            fresh(),
+            Err(format!("source panicked while reopening: {e}")),
+        ),
     }
 }
 
@@ -1316,6 +1344,16 @@ async fn run_camera(
     let config = camera.config;
     let id: Arc<str> = Arc::from(config.id.as_str());
     let described = camera.source.describe();
+    // What takes the place of a source whose driver panicked: the same camera, opened afresh.
+    let fresh = {
+        let (source_config, limits) = (config.source.clone(), shared.limits);
+        move || -> Box<dyn FrameSource> {
+            Box::new(crate::source::LazySource::new(
+                source_config.clone(),
+                limits,
+            ))
+        }
+    };
     // `None` only while a grab or reopen has it on a blocking thread, and after a stop during
     // a grab (that thread drops it when the grab returns).
     let mut source = Some(camera.source);
@@ -1337,6 +1375,38 @@ async fn run_camera(
         mode = ?config.mode,
         "Camera started."
     );
+    if triggers.is_some() {
+        // A triggered camera grabs only on a trigger: its device is opened now, so that
+        // health (and readiness) tell whether it is there before the first part arrives.
+        let mut taken = source.take().expect("the source is here at start");
+        let (back, probed) = match tokio::task::spawn_blocking(move || {
+            let r = taken.probe().map_err(|e| e.to_string());
+            (taken, r)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => (fresh(), Err(format!("source panicked while opening: {e}"))),
+        };
+        source = Some(back);
+        match probed {
+            Ok(()) => shared.set_health(&id, CameraHealth::Running),
+            Err(error) => {
+                tracing::warn!(camera = %id, %error, "Triggered camera cannot be opened yet; it is tried again at the next trigger.");
+                if let Some(c) = counters {
+                    c.source_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                shared.set_health(
+                    &id,
+                    CameraHealth::Reopening {
+                        error,
+                        failures: 1,
+                        retry_in_ms: 0,
+                    },
+                );
+            }
+        }
+    }
     let final_health = loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
@@ -1401,6 +1471,7 @@ async fn run_camera(
         let grabbing = grab(
             source.take().expect("the source is back between grabs"),
             input,
+            &fresh,
         );
         tokio::pin!(grabbing);
         let (back, grabbed, capture_ms) = tokio::select! {
@@ -1518,8 +1589,11 @@ async fn run_camera(
                     _ = shutdown.changed() => break CameraHealth::Stopped,
                 }
                 backoff = (backoff * 2).min(max_backoff);
-                let (back, reopened) =
-                    reopen(source.take().expect("the source is back between grabs")).await;
+                let (back, reopened) = reopen(
+                    source.take().expect("the source is back between grabs"),
+                    &fresh,
+                )
+                .await;
                 source = Some(back);
                 if let Err(error) = reopened {
                     if let Some(c) = counters {
@@ -1574,20 +1648,16 @@ async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, share
         let streak = tokio::task::spawn_blocking(move || {
             let mut batch = batch;
             loop {
-                if !run_batch(worker, &mut inspectors, &shared, &runtime, batch) {
-                    return None;
-                }
+                run_batch(worker, &mut inspectors, &shared, &runtime, batch);
                 batch = shared.queue.try_pop_full(shared.config.batch_size);
                 if batch.is_empty() {
-                    return Some(inspectors);
+                    return inspectors;
                 }
             }
         })
         .await;
         match streak {
-            Ok(Some(back)) => inspectors = back,
-            // Stopped after a panic in inference; `run_batch` answered and logged it.
-            Ok(None) => return,
+            Ok(back) => inspectors = back,
             Err(e) => {
                 // The items went down with the thread; nothing to answer them with but the log.
                 tracing::error!(error = %e, "Inference worker panicked; worker stops.");
@@ -1598,15 +1668,16 @@ async fn run_worker(worker: usize, mut inspectors: Vec<Option<Inspector>>, share
 }
 
 /// Runs one batch on the worker's blocking thread and hands its results on (waiting on the
-/// async results channel with `runtime.block_on`). False when the worker must stop: inference
-/// panicked (every frame of the batch is then answered with the error).
+/// async results channel with `runtime.block_on`). When inference panics, every frame of the
+/// batch is answered with the error and the worker's sessions are opened afresh
+/// ([`reopen_sessions`]), so that it goes on serving the queue.
 fn run_batch(
     worker: usize,
     inspectors: &mut Vec<Option<Inspector>>,
     shared: &Shared,
     runtime: &tokio::runtime::Handle,
     batch: Vec<WorkItem>,
-) -> bool {
+) {
     let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
     let mut ready = Vec::with_capacity(batch.len());
     for item in batch {
@@ -1632,7 +1703,7 @@ fn run_batch(
         }
     }
     if ready.is_empty() {
-        return true;
+        return;
     }
     shared.metrics.batch_size.observe(ready.len() as f64);
     // Models swapped in since the last batch are installed before the mapping that may point at
@@ -1660,14 +1731,14 @@ fn run_batch(
     let results = match inferred {
         Ok(results) => results,
         Err(payload) => {
-            // Every frame of the batch is answered with the error, then the worker stops rather
-            // than call a session again that was left mid-call.
+            // Every frame of the batch is answered with the error; the sessions, which may
+            // have been left mid-call, are replaced before the next batch.
             let message = crate::panic_text(payload.as_ref()).unwrap_or("unknown panic");
             tracing::error!(
                 worker,
                 frames = ready.len(),
                 error = message,
-                "Inference worker panicked; worker stops."
+                "Inference worker panicked; its sessions are opened again."
             );
             for item in &ready {
                 let result = item_result(
@@ -1678,7 +1749,8 @@ fn run_batch(
                 );
                 runtime.block_on(shared.record(result));
             }
-            return false;
+            reopen_sessions(worker, inspectors, shared);
+            return;
         }
     };
     for (item, (outcome, model, timings, batch_size)) in ready.iter().zip(results) {
@@ -1701,7 +1773,54 @@ fn run_batch(
         let image = item.prepared.as_ref().ok().and_then(|p| p.image.clone());
         runtime.block_on(shared.emit(result, image));
     }
-    true
+}
+
+/// Replaces every session of a worker whose inference panicked with a fresh one of the same
+/// package, warmed up. A package whose file no longer has the SHA-256 it was loaded with, or
+/// that fails to open, stays unloaded in this worker: its frames are answered with an error
+/// (and the log says why) rather than inspected by another model.
+fn reopen_sessions(worker: usize, inspectors: &mut [Option<Inspector>], shared: &Shared) {
+    for slot in inspectors.iter_mut() {
+        let Some(old) = slot.take() else { continue };
+        let identity = old.identity().clone();
+        let (dir, sha256) = (
+            old.detector.package.dir.clone(),
+            old.detector.package.sha256.clone(),
+        );
+        drop(old);
+        let reopened = ModelPackage::open(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|package| {
+                if package.sha256 != sha256 {
+                    return Err(format!(
+                        "its model package changed since it was loaded (SHA-256 {} instead \
+                         of {sha256})",
+                        package.sha256
+                    ));
+                }
+                let detector = Detector::new(shared.runtime, package, &shared.inference, None)
+                    .map_err(|e| e.to_string())?;
+                let mut inspector =
+                    Inspector::new(detector, shared.limits).map_err(|e| e.to_string())?;
+                inspector
+                    .warm_up(shared.config.batch_size)
+                    .map_err(|e| e.to_string())?;
+                Ok(inspector)
+            });
+        match reopened {
+            Ok(inspector) => {
+                tracing::info!(worker, model = %identity.name, "Inference session opened again.");
+                *slot = Some(inspector);
+            }
+            Err(e) => tracing::error!(
+                worker,
+                model = %identity.name,
+                path = %dir.display(),
+                error = %e,
+                "Cannot open the model's session again; its frames are answered with an error."
+            ),
+        }
+    }
 }
 
 type Inferred = (
@@ -1717,6 +1836,8 @@ fn infer(
     slot_model: &[usize],
     items: &[WorkItem],
 ) -> Vec<Inferred> {
+    #[cfg(test)]
+    tests::maybe_panic(items);
     let mut out: Vec<Option<Inferred>> = (0..items.len()).map(|_| None).collect();
     let mut groups: Vec<(usize, Option<f32>, Vec<usize>)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -1744,12 +1865,15 @@ fn infer(
     }
     for (model, threshold, members) in groups {
         let Some(inspector) = inspectors[model].as_mut() else {
-            // Unreachable: a worker installs every model a slot points at before reading the
-            // mapping. Answered rather than panicking all the same.
+            // A worker installs every model a slot points at before reading the mapping; a
+            // model is missing only when its session could not be opened again after a panic.
             for &i in &members {
                 out[i] = Some((
                     Outcome::Error {
-                        message: format!("model {model} is not loaded in this worker"),
+                        message: format!(
+                            "model {model} is not loaded in this worker (see the log: its \
+                             session could not be opened again after a failure)"
+                        ),
                     },
                     None,
                     Default::default(),
@@ -1796,6 +1920,98 @@ fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inference of a batch holding a frame of this camera panics while `PANICS` is above 0.
+    const PANICKING_CAMERA: &str = "panics-once";
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    pub(super) fn maybe_panic(items: &[WorkItem]) {
+        if items.iter().any(|i| &*i.camera == PANICKING_CAMERA)
+            && PANICS
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!("injected failure in inference");
+        }
+    }
+
+    /// With one worker, a panic in inference answers its frame with the error, and the worker
+    /// goes on with fresh sessions: the next trigger is inspected, not left in the queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_whose_inference_panicked_goes_on_serving_the_queue() {
+        let runtime = OrtRuntime::init(None, None).expect("scripts/test installs ONNX Runtime");
+        let config = CameraConfig {
+            id: PANICKING_CAMERA.into(),
+            source: crate::source::SourceConfig::Synthetic {
+                seed: 3,
+                defect_rate: 0.0,
+                frames: None,
+            },
+            mode: TriggerMode::Triggered,
+            fps: 0.0,
+            every_nth: 1,
+            model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo"),
+            threshold: None,
+            recipes: BTreeMap::new(),
+        };
+        let source = config.source.open(DecodeLimits::default()).unwrap();
+        let sink = crate::actions::MemorySink::default();
+        let pipeline = Pipeline::start(
+            PipelineConfig {
+                workers: 1,
+                batch_size: 1,
+                ..PipelineConfig::default()
+            },
+            runtime,
+            SessionOptions {
+                intra_threads: 1,
+                ..SessionOptions::default()
+            },
+            DecodeLimits::default(),
+            vec![Camera { config, source }],
+            vec![Box::new(sink.clone())],
+            None,
+        )
+        .await
+        .unwrap();
+        PANICS.store(1, Ordering::SeqCst);
+        let trigger = |id: &str| Trigger {
+            camera: PANICKING_CAMERA.into(),
+            id: Some(id.into()),
+            part_id: None,
+            lot: None,
+            recipe: None,
+        };
+        let answered = |n: usize| {
+            let sink = sink.clone();
+            async move {
+                for _ in 0..2_000 {
+                    if sink.results().len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        pipeline.triggers().fire(trigger("first")).await.unwrap();
+        answered(1).await;
+        pipeline.triggers().fire(trigger("second")).await.unwrap();
+        answered(2).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(
+            matches!(&results[0].outcome, Outcome::Error { message } if message.contains("injected failure")),
+            "{:?}",
+            results[0].outcome
+        );
+        assert!(
+            matches!(results[1].outcome, Outcome::Inspected { .. }),
+            "{:?}",
+            results[1].outcome
+        );
+        let summary = pipeline.shutdown().await;
+        assert_eq!((summary.inspected, summary.errors), (1, 1));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn workers_past_the_deadline_are_handed_back_and_finished_ones_left_alone() {

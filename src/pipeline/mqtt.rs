@@ -102,10 +102,16 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 match parse(&config.topic_prefix, &publish.topic, &publish.payload) {
-                    Ok(trigger) => {
+                    Ok(mut trigger) => {
                         // Acknowledged only once durable: while the journal cannot take it, keep
                         // trying (the triggers behind it would fail the same way); at shutdown
-                        // leave it unacknowledged, and the broker redelivers it next time.
+                        // leave it unacknowledged, and the broker redelivers it next time. The
+                        // id is given once, before the tries: a try whose commit went through
+                        // although it reported an error is then recognised as a duplicate by
+                        // the next one instead of being inspected twice.
+                        if trigger.id.is_none() {
+                            trigger.id = Some(triggers.new_id(&trigger.camera));
+                        }
                         let mut wait = Duration::from_millis(100);
                         loop {
                             match triggers.fire(trigger.clone()).await {
@@ -119,6 +125,12 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                                         }
                                     }
                                     wait = (wait * 2).min(Duration::from_secs(5));
+                                }
+                                Err(TriggerError::ShuttingDown) => {
+                                    // Not taken: unacknowledged, the broker delivers it again
+                                    // to the next start.
+                                    let _ = client.try_disconnect();
+                                    return;
                                 }
                                 Err(e) => {
                                     tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
@@ -183,6 +195,15 @@ mod tests {
                 .unwrap_err()
                 .contains("colour")
         );
+        // A blank part id or lot would be refused by the record after the inspection.
+        for blank in [
+            br#"{"part_id":"  "}"#.as_slice(),
+            br#"{"lot":""}"#,
+            br#"{"id":" "}"#,
+        ] {
+            let e = parse("lt/trig", "lt/trig/cam", blank).unwrap_err();
+            assert!(e.contains("is blank"), "{e}");
+        }
         let long = format!("{{\"lot\":\"{}\"}}", "x".repeat(300));
         assert!(
             parse("lt/trig", "lt/trig/cam", long.as_bytes())

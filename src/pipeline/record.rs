@@ -131,13 +131,23 @@ impl Recorder {
             // A record the store would refuse writes no file (the quota counts recorded ones).
             Store::check_inspection(&new)?;
             let (image, dir) = (image.clone(), self.image_dir.clone());
-            files = tokio::task::spawn_blocking(move || {
+            let written = tokio::task::spawn_blocking(move || {
                 write_image_files(&dir, &[encode_png(&image)?])
             })
             .await
-            .map_err(|e| {
-                StoreError::Invalid(format!("image encoding and writing stopped: {e}"))
-            })??;
+            .map_err(|e| StoreError::Invalid(format!("image encoding and writing stopped: {e}")))
+            .and_then(|w| w);
+            match written {
+                Ok(written) => files = written,
+                // The verdict matters more than its picture: a frame whose image cannot be
+                // written (a full or failing disk) is recorded without it, and the log says so.
+                Err(e) => tracing::error!(
+                    camera = %result.camera,
+                    part = %new.part_id,
+                    error = %e,
+                    "Frame image not kept; the inspection is recorded without it."
+                ),
+            }
             new.image_ref = files.first().map(|f| f.hash.clone());
         }
         // The frame's image row, the inspection and the trigger's answer: one transaction.
@@ -160,6 +170,10 @@ impl Recorder {
         loop {
             match self.record(result, image).await {
                 Ok(()) => return true,
+                Err(e @ StoreError::TriggerAnswered { .. }) => {
+                    tracing::warn!(camera = %result.camera, trigger = ?result.trigger_id, error = %e, "Result not recorded: its trigger was answered before.");
+                    return true;
+                }
                 // `ImageGone`: image retention deleted a byte-identical file between its
                 // writing and the record; the next attempt writes it again.
                 Err(
@@ -177,10 +191,21 @@ impl Recorder {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    // Refused data (a field too long, a disk that cannot take the image) does
-                    // not get better by retrying.
+                    // Refused data does not get better by retrying. Its trigger is answered
+                    // with the refusal, so that it is not taken for an orphan and answered a
+                    // second time, "late", later.
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result refused by the quality store.");
+                    if let Some(id) = &result.trigger_id {
+                        let why = format!("its result was refused by the quality store: {e}");
+                        if let Err(e) = self
+                            .store
+                            .answer_trigger(id, TriggerAnswer::Error, &why, now_ms())
+                            .await
+                        {
+                            tracing::error!(trigger = %id, error = %e, "Cannot answer the trigger of a refused result; it stays pending.");
+                        }
+                    }
                     return false;
                 }
             }

@@ -97,6 +97,11 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Option<Captured>, SourceError>;
     /// Closes and reopens the device after a failure.
     fn reopen(&mut self) -> Result<(), SourceError>;
+    /// Makes sure the device is open, without taking a frame: a triggered camera is checked
+    /// at start instead of at its first trigger. Open sources have nothing to do.
+    fn probe(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// `source = { kind = "...", ... }` in a `[[cameras]]` entry.
@@ -277,6 +282,16 @@ impl FrameSource for LazySource {
     fn reopen(&mut self) -> Result<(), SourceError> {
         match self.inner.as_mut() {
             Some(s) => s.reopen(),
+            None => {
+                self.inner = Some(self.config.open(self.limits)?);
+                Ok(())
+            }
+        }
+    }
+
+    fn probe(&mut self) -> Result<(), SourceError> {
+        match self.inner.as_mut() {
+            Some(s) => s.probe(),
             None => {
                 self.inner = Some(self.config.open(self.limits)?);
                 Ok(())

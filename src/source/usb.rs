@@ -8,7 +8,8 @@
 //!
 //! Invariants: a missing or vanished device is a [`SourceError::Device`] naming the device, so
 //! the pipeline reopens it with back-off; a frame whose byte count does not match its format is
-//! an error, never a panic or a short image.
+//! an error, never a panic or a short image; a frame handed out was captured after it was asked
+//! for (frames left waiting in the driver's queue are dropped, see [`fresh_frame`]).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -241,6 +242,30 @@ pub fn frame_to_rgb(
     }
 }
 
+/// Frames a V4L2 driver may hold ready (nokhwa's stream queues 4 buffers), with a margin.
+const MAX_QUEUED_FRAMES: usize = 8;
+
+/// A frame captured after it was asked for. A V4L2 stream keeps the frames it captured while
+/// nobody was reading, and hands out the oldest first: after a quiet spell a trigger would get
+/// a picture taken seconds before, of another part. Frames that `grab` returns at once (in less
+/// than half a frame interval) were waiting in that queue and are dropped; the first one that
+/// had to be waited for is fresh. Written here because nokhwa offers no way to set the queue
+/// length or read frame timestamps.
+fn fresh_frame<F, E>(
+    mut grab: impl FnMut() -> Result<F, E>,
+    frame_interval: std::time::Duration,
+) -> Result<F, E> {
+    let quick = frame_interval / 2;
+    for _ in 0..MAX_QUEUED_FRAMES {
+        let asked = std::time::Instant::now();
+        let frame = grab()?;
+        if asked.elapsed() >= quick {
+            return Ok(frame);
+        }
+    }
+    grab()
+}
+
 #[cfg(feature = "usb")]
 pub use device::{UsbCamera, UsbCameraInfo, UsbFormat, UsbSource, list_cameras};
 
@@ -359,9 +384,14 @@ mod device {
                 Some(c) => c,
                 None => return Err(self.error("not streaming".into())),
             };
-            let frame = camera.frame().map_err(|e| SourceError::Device {
-                source_name: format!("usb {}", self.config.device),
-                message: format!("capture failed: {e}"),
+            let interval = std::time::Duration::from_secs_f64(
+                1.0 / f64::from(self.config.frame_rate_fps.max(1)),
+            );
+            let frame = super::fresh_frame(|| camera.frame(), interval).map_err(|e| {
+                SourceError::Device {
+                    source_name: format!("usb {}", self.config.device),
+                    message: format!("capture failed: {e}"),
+                }
             })?;
             let captured_at = SystemTime::now();
             let resolution = frame.resolution();
@@ -487,6 +517,46 @@ mod device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a quiet spell, the frames waiting in the driver's queue come back at once and are
+    /// dropped; the first frame that had to be waited for is the one returned.
+    #[test]
+    fn frames_waiting_in_the_driver_queue_are_dropped_for_a_fresh_one() {
+        let interval = std::time::Duration::from_millis(40);
+        let mut queued = 4;
+        let mut taken = 0;
+        let frame = fresh_frame(
+            || {
+                taken += 1;
+                if queued > 0 {
+                    queued -= 1;
+                } else {
+                    std::thread::sleep(interval);
+                }
+                Ok::<_, ()>(taken)
+            },
+            interval,
+        )
+        .unwrap();
+        assert_eq!(frame, 5, "the four queued frames are skipped");
+        // A camera read as fast as it delivers loses nothing.
+        let mut taken = 0;
+        let frame = fresh_frame(
+            || {
+                taken += 1;
+                std::thread::sleep(interval);
+                Ok::<_, ()>(taken)
+            },
+            interval,
+        )
+        .unwrap();
+        assert_eq!(frame, 1);
+        // An error is returned as it is.
+        assert_eq!(
+            fresh_frame(|| Err::<u32, _>("unplugged"), interval),
+            Err("unplugged")
+        );
+    }
 
     fn config(toml_text: &str) -> Result<UsbConfig, toml::de::Error> {
         toml::from_str(toml_text)

@@ -309,16 +309,22 @@ impl Store {
                             new.lot, new.line
                         ),
                     };
-                    let (ncr_id, entry) =
+                    let (ncr_id, entries) =
                         Self::insert_ncr(&mut tx, &ncr, NcrSource::RejectRate, "system", now)
                             .await?;
-                    audit.push(entry);
+                    audit.extend(entries);
                     recorded.raised_ncr = Some(ncr_id);
                 }
             }
         }
-        if let Some(trigger) = trigger_id {
-            Self::answer_trigger_in(&mut tx, trigger, "inspected", None, Some(id), now).await?;
+        // A trigger has one answer: already answered (an earlier try of this record that did
+        // commit, or "late" from an orphan scan), its inspection is not recorded a second time.
+        if let Some(trigger) = trigger_id
+            && !Self::answer_trigger_in(&mut tx, trigger, "inspected", None, Some(id), now).await?
+        {
+            return Err(StoreError::TriggerAnswered {
+                id: trigger.to_owned(),
+            });
         }
         self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an inspection"))?;
@@ -538,7 +544,7 @@ impl Store {
                         user.full_name, t.part_id, t.id, t.inspection_id
                     ),
                 };
-                let (ncr_id, entry) = Self::insert_ncr(
+                let (ncr_id, entries) = Self::insert_ncr(
                     &mut tx,
                     &ncr,
                     NcrSource::ConfirmedDefect,
@@ -546,7 +552,7 @@ impl Store {
                     now,
                 )
                 .await?;
-                audit.push(entry);
+                audit.extend(entries);
                 raised = Some(ncr_id);
             }
         }

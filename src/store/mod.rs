@@ -234,6 +234,10 @@ pub enum StoreError {
         "image {hash} was removed by image retention while it was being recorded; write it again"
     )]
     ImageGone { hash: String },
+    /// The trigger of an inspection being recorded has its answer already; nothing was
+    /// written.
+    #[error("trigger {id} is answered already; its inspection is not recorded again")]
+    TriggerAnswered { id: String },
 }
 
 fn open_list(ncrs: &[i64]) -> String {

@@ -502,6 +502,91 @@ impl FrameSource for Flaky {
     }
 }
 
+/// A triggered camera's device is opened at start: health (and so readiness) says whether it
+/// is there before the first trigger comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggered_cameras_are_opened_at_start() {
+    let lazy = |id: &str, source: SourceConfig| Camera {
+        config: camera(id, source.clone(), TriggerMode::Triggered),
+        source: Box::new(linesight::source::LazySource::new(
+            source,
+            DecodeLimits::default(),
+        )),
+    };
+    let missing = SourceConfig::Folder {
+        path: "/nonexistent/linesight-parts".into(),
+        repeat: false,
+        preload_mib: None,
+    };
+    let (pipeline, sink) = start(
+        PipelineConfig::default(),
+        vec![lazy("press", synthetic(None)), lazy("gone", missing)],
+    )
+    .await;
+    let status = pipeline.status();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let settled = |h: &BTreeMap<String, CameraHealth>| {
+        h["press"] == CameraHealth::Running && matches!(h["gone"], CameraHealth::Reopening { .. })
+    };
+    while !settled(&status.health()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let health = status.health();
+    assert!(settled(&health), "{health:?}");
+    let CameraHealth::Reopening { error, .. } = &health["gone"] else {
+        unreachable!()
+    };
+    assert!(error.contains("/nonexistent/linesight-parts"), "{error}");
+    pipeline.shutdown().await;
+    assert!(sink.results().is_empty(), "no frame without a trigger");
+}
+
+/// A source whose driver panics on its first grab.
+struct Panicking;
+
+impl FrameSource for Panicking {
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        panic!("driver bug")
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// A source whose driver panics is replaced by the camera's configured source, opened afresh
+/// by the reopening: the camera comes back instead of failing until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_driver_panicked_is_opened_again_from_its_configuration() {
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 20,
+        reopen_backoff_max_ms: 50,
+        ..PipelineConfig::default()
+    };
+    let cam = Camera {
+        config: camera("press", synthetic(Some(3)), TriggerMode::FreeRun),
+        source: Box::new(Panicking),
+    };
+    let (pipeline, sink) = start(config, vec![cam]).await;
+    let status = pipeline.status();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        pipeline.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the camera comes back and finishes its three frames");
+    let results = sink.results();
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Inspected { .. }))
+    );
+    assert_eq!(status.health()["press"], CameraHealth::Finished);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_source_is_reopened_and_the_other_camera_keeps_running() {
     let config = PipelineConfig {
