@@ -117,7 +117,12 @@ pub(super) async fn export(
     } else {
         let mut w = csv::Writer::from_writer(Vec::new());
         for e in &list {
-            w.serialize(e)
+            // Free text that a spreadsheet would take for a formula is written as text.
+            let text = |v: &str| spreadsheet_text(v).into_owned();
+            let opt =
+                |v: &Option<String>| v.as_deref().map(spreadsheet_text).map(|c| c.into_owned());
+            let shown = with_cells(e, text, opt);
+            w.serialize(&shown)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         let body = w
@@ -185,4 +190,47 @@ pub(super) async fn verify(
             first_break: Some(b.into()),
         },
     }))
+}
+
+/// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab or carriage return
+/// first) gets a `'` in front, so that opening `audit.csv` runs nothing. The JSON export and
+/// the stored trail keep the value as it is.
+fn spreadsheet_text(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// `e` with its free-text cells passed through `text` / `opt`.
+fn with_cells(
+    e: &AuditEntry,
+    text: impl Fn(&str) -> String,
+    opt: impl Fn(&Option<String>) -> Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        actor: text(&e.actor),
+        action: text(&e.action),
+        entity: text(&e.entity),
+        entity_id: text(&e.entity_id),
+        old_value: opt(&e.old_value),
+        new_value: opt(&e.new_value),
+        reason: opt(&e.reason),
+        ..e.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_written_as_text() {
+        assert_eq!(
+            super::spreadsheet_text("=HYPERLINK(\"x\")"),
+            "'=HYPERLINK(\"x\")"
+        );
+        assert_eq!(super::spreadsheet_text("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(super::spreadsheet_text("state=open"), "state=open");
+        assert_eq!(super::spreadsheet_text(""), "");
+    }
 }

@@ -34,7 +34,10 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How the caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
-    Bearer,
+    /// A bearer token (the token, to check it is still valid during a long request).
+    Bearer {
+        token: String,
+    },
     Basic,
     /// The web UI's session cookie (its secret, to end it on sign-out).
     Session {
@@ -92,7 +95,9 @@ async fn authenticate(
             .ok_or(ApiError::Unauthenticated)?;
         return Ok(Caller {
             user,
-            via: Via::Bearer,
+            via: Via::Bearer {
+                token: token.trim().to_owned(),
+            },
         });
     }
     if let Some(basic) = authorization.and_then(|v| v.strip_prefix("Basic ")) {
@@ -127,8 +132,13 @@ async fn authenticate(
         .ok_or(ApiError::Unauthenticated)?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe {
-        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        if sent != Some(session.csrf_token.as_str()) {
+        use subtle::ConstantTimeEq as _;
+        let sent = headers
+            .get(CSRF_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // Compared in constant time: the token is a secret of the session.
+        if !bool::from(sent.ct_eq(session.csrf_token.as_bytes())) {
             return Err(ApiError::Csrf);
         }
     }
@@ -139,6 +149,26 @@ async fn authenticate(
             csrf_token: session.csrf_token,
         },
     })
+}
+
+impl Caller {
+    /// Whether the caller's credentials still hold, for a request that lasts (the live-event
+    /// stream): the session not ended or idle past its limit, the token not revoked or expired,
+    /// a Basic user not locked since. Checking does not extend a session.
+    pub(super) async fn still_valid(&self, state: &ApiState) -> Result<bool, ApiError> {
+        Ok(match &self.via {
+            Via::Session { secret, .. } => state.store.session_alive(secret).await?,
+            Via::Bearer { token } => state.store.token_user(token).await?.is_some(),
+            Via::Basic => state
+                .store
+                .user(&self.user.username)
+                .await?
+                .is_some_and(|u| {
+                    u.locked_until_ms
+                        .is_none_or(|t| t <= crate::quality::now_ms())
+                }),
+        })
+    }
 }
 
 pub(super) const ALL: &[Role] = &Role::ALL;

@@ -78,7 +78,9 @@ impl ApiError {
                 }
             },
             ApiError::Store(e) => match e {
-                StoreError::Transition(TransitionError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+                StoreError::Transition(
+                    TransitionError::Forbidden { .. } | TransitionError::OwnProposal { .. },
+                ) => StatusCode::FORBIDDEN,
                 StoreError::Invalid(_) | StoreError::Transition(_) | StoreError::Signature(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -89,7 +91,8 @@ impl ApiError {
                 | StoreError::LotHasOpenNcr { .. }
                 | StoreError::Stale { .. }
                 | StoreError::ReinspectionCapReached { .. }
-                | StoreError::Conflict { .. } => StatusCode::CONFLICT,
+                | StoreError::Conflict { .. }
+                | StoreError::TriggerAnswered { .. } => StatusCode::CONFLICT,
                 StoreError::Connect { .. }
                 | StoreError::Migrate(_)
                 | StoreError::Db { .. }

@@ -31,6 +31,8 @@ pub struct EventsQuery {
 }
 
 const POLL: Duration = Duration::from_millis(500);
+/// How often a live stream checks that its caller is still signed in.
+const RECHECK: Duration = Duration::from_secs(5);
 const PAGE: i64 = 200;
 
 /// New inspections as they are recorded: events named `inspection`, the data an inspection
@@ -56,10 +58,28 @@ pub(super) async fn events(
         None => latest_id(&state).await?,
     };
     let stream = futures_util::stream::unfold(
-        (state, start, Vec::<InspectionView>::new().into_iter()),
-        |(state, mut last, mut pending)| async move {
+        (
+            state,
+            start,
+            Vec::<InspectionView>::new().into_iter(),
+            (caller, tokio::time::Instant::now()),
+        ),
+        |(state, mut last, mut pending, (caller, mut checked))| async move {
             let mut stopping = state.stopping.clone();
             loop {
+                // The stream ends with the credentials it was opened with: a signed-out or
+                // idle session, a revoked token, a locked user (the browser's reconnection
+                // then meets the sign-in page).
+                if checked.elapsed() >= RECHECK {
+                    match caller.still_valid(&state).await {
+                        Ok(true) => checked = tokio::time::Instant::now(),
+                        Ok(false) => return None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Live view: cannot check the caller's session.");
+                            checked = tokio::time::Instant::now();
+                        }
+                    }
+                }
                 if let Some(view) = pending.next() {
                     last = view.id;
                     let event = Event::default()
@@ -67,7 +87,7 @@ pub(super) async fn events(
                         .id(view.id.to_string())
                         .json_data(&view)
                         .unwrap_or_else(|_| Event::default().comment("unencodable inspection"));
-                    return Some((Ok(event), (state, last, pending)));
+                    return Some((Ok(event), (state, last, pending, (caller, checked))));
                 }
                 if *stopping.borrow() {
                     return None;

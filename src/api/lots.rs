@@ -73,6 +73,10 @@ pub(super) async fn hold(
         field: "reason",
         message: r.body_text(),
     })?;
+    crate::quality::check_text("reason", &form.reason).map_err(|message| ApiError::BadRequest {
+        field: "reason",
+        message,
+    })?;
     Ok(Json(state.store.hold_lot(&lot, user, &form.reason).await?))
 }
 

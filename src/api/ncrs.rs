@@ -10,7 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ALL, Caller};
 use super::{ApiError, ApiState};
-use crate::quality::{Disposition, Meaning, NcrAction, Signature};
+use crate::quality::{
+    Disposition, MAX_LABEL_BYTES, MAX_TEXT_BYTES, Meaning, NcrAction, Signature, check_text,
+};
 use crate::store::{Attachment, Credentials, NcrRecord, NcrTransition, NewNcr, image_path};
 
 fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
@@ -76,9 +78,14 @@ pub(super) async fn create(
     let user = caller.require(ALL, "raise NCRs")?;
     let Json(form) = body.map_err(|r| bad("body", r.body_text()))?;
     for (field, value, max) in [
-        ("lot", &form.lot, 256),
-        ("title", &form.title, 200),
-        ("description", &form.description, 10_000),
+        ("lot", &form.lot, MAX_LABEL_BYTES),
+        ("title", &form.title, MAX_LABEL_BYTES),
+        ("description", &form.description, MAX_TEXT_BYTES),
+        (
+            "line",
+            form.line.as_ref().unwrap_or(&state.line),
+            MAX_LABEL_BYTES,
+        ),
     ] {
         if value.trim().is_empty() || value.len() > max {
             return Err(bad(field, format!("required, at most {max} bytes")));
@@ -200,6 +207,9 @@ pub(super) async fn transition(
     let user = caller.require(ALL, "move NCRs")?;
     let Json(form) = body.map_err(|r| bad("body", r.body_text()))?;
     let act = action(&form)?;
+    if let Some(reason) = &form.reason {
+        check_text("reason", reason).map_err(|m| bad("reason", m))?;
+    }
     Ok(Json(
         state
             .store
@@ -222,9 +232,9 @@ pub struct SignForm {
     /// approved, reviewed or rejected.
     #[schema(value_type = String, example = "approved")]
     pub meaning: Meaning,
-    /// The NCR version the signer was shown: the signature is refused (409) when the NCR has
-    /// changed since.
-    pub version: Option<i64>,
+    /// The NCR version the signer was shown (`version` of the NCR as read): the signature is
+    /// refused (409) when the NCR has changed since, so that it binds what the signer saw.
+    pub version: i64,
 }
 
 /// Signs an NCR as it is now (21 CFR 11.200: the signed-in user enters the password again).
@@ -255,7 +265,7 @@ pub(super) async fn sign(
             &creds,
             form.meaning,
             state.quality.lockout(),
-            form.version,
+            Some(form.version),
         )
         .await
         .map_err(|e| match e {
@@ -350,11 +360,63 @@ pub(super) async fn attachment(
     let disposition = format!("attachment; filename=\"{ascii}\"");
     Ok((
         [
-            (header::CONTENT_TYPE, a.media_type),
+            (
+                header::CONTENT_TYPE,
+                served_media_type(&a.media_type).into(),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+            // Should a browser render it all the same, it runs no script of this origin.
+            (header::CONTENT_SECURITY_POLICY, "sandbox".into()),
         ],
         bytes,
     )
         .into_response())
+}
+
+/// The content type an attachment is served with: the uploader's, when it is one that cannot
+/// carry script (pictures, PDF, plain text, spreadsheets and documents); anything else (HTML,
+/// SVG, XML…) as plain bytes.
+fn served_media_type(uploaded: &str) -> &str {
+    const SAFE: [&str; 12] = [
+        "image/png",
+        "image/jpeg",
+        "image/bmp",
+        "image/tiff",
+        "image/webp",
+        "application/pdf",
+        "text/plain",
+        "text/csv",
+        "application/zip",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/octet-stream",
+    ];
+    let essence = uploaded
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    SAFE.into_iter()
+        .find(|s| *s == essence)
+        .unwrap_or("application/octet-stream")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attachments_that_could_carry_script_are_served_as_bytes() {
+        for (uploaded, served) in [
+            ("image/png", "image/png"),
+            ("Application/PDF", "application/pdf"),
+            ("text/plain; charset=utf-8", "text/plain"),
+            ("text/html", "application/octet-stream"),
+            ("image/svg+xml", "application/octet-stream"),
+            ("application/xhtml+xml", "application/octet-stream"),
+            ("", "application/octet-stream"),
+        ] {
+            assert_eq!(super::served_media_type(uploaded), served, "{uploaded}");
+        }
+    }
 }

@@ -159,6 +159,12 @@ pub(super) async fn decide(
         field: "action",
         message: r.body_text(),
     })?;
+    if let Some(comment) = &decision.comment {
+        crate::quality::check_text("comment", comment).map_err(|message| ApiError::BadRequest {
+            field: "comment",
+            message,
+        })?;
+    }
     if decision.action == TaskAction::Claim {
         return Err(ApiError::BadRequest {
             field: "action",

@@ -46,6 +46,9 @@ pub enum TransitionError {
     SignatureRequired { action: &'static str },
     #[error("only the inspector who claimed the task may {action} it")]
     NotClaimant { action: &'static str },
+    /// Four eyes: whoever proposed a disposition does not approve it.
+    #[error("{user} proposed this disposition; another QA approver must approve it")]
+    OwnProposal { user: String },
 }
 
 /// Verdict of one inspection: the same type the inspection stage decides with, so a record can
@@ -83,6 +86,22 @@ pub struct NewInspection {
 /// with them in a trigger or an upload (trigger id, recipe, camera, defect class). Checked
 /// where they come in, so that nothing accepted there is refused by the record later.
 pub const MAX_LABEL_BYTES: usize = 200;
+
+/// The most bytes of free text a person may enter: an NCR's description, a reason, a comment.
+/// Each is kept whole in the record, the audit trail and the events, so it is bounded well
+/// below the request limit.
+pub const MAX_TEXT_BYTES: usize = 10_000;
+
+/// `Err` naming `field` and the limit when `value` is longer than [`MAX_TEXT_BYTES`].
+pub fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "{field} is {} bytes long: at most {MAX_TEXT_BYTES}",
+            value.len()
+        ));
+    }
+    Ok(())
+}
 
 /// `Err` naming `field` and the limit when `value` is longer than [`MAX_LABEL_BYTES`].
 pub fn check_label(field: &str, value: &str) -> Result<(), String> {

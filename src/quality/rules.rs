@@ -121,6 +121,13 @@ impl QualityConfig {
                 self.max_failed_logins
             ));
         }
+        if !(1..=10_080).contains(&self.lockout_minutes) {
+            p.push(format!(
+                "quality.lockout_minutes = {}: must be between 1 and 10080 (a week); 0 would \
+                 switch the lockout off",
+                self.lockout_minutes
+            ));
+        }
         if self.image_quota_bytes < 1 << 20 {
             p.push(format!(
                 "quality.image_quota_bytes = {}: must be at least 1048576 (1 MiB)",
@@ -309,13 +316,21 @@ pub(crate) mod tests {
             reinspection_cap: 0,
             reject_rate_alert: 1.5,
             image_prune_interval_minutes: 20_000,
+            lockout_minutes: 0,
             ..QualityConfig::default()
         };
         let p = cfg.problems();
-        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("quality.lockout_minutes = 0: must be between 1")),
+            "{p:?}"
+        );
         assert!(p[0].contains("quality.uncertainty_band = 0.9"));
         assert!(
-            p[3].contains("quality.image_prune_interval_minutes = 20000: must be at most 10080")
+            p.iter().any(|m| m
+                .contains("quality.image_prune_interval_minutes = 20000: must be at most 10080")),
+            "{p:?}"
         );
         assert!(QualityConfig::default().problems().is_empty());
     }

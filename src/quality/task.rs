@@ -143,9 +143,19 @@ pub fn apply(
         });
     }
     if from == TaskState::Claimed && ctx.claimed_by != Some(ctx.user_id) {
-        return Err(TransitionError::NotClaimant {
-            action: action.name(),
-        });
+        // A QA approver may hand back a task whose claimant is away (with a reason, checked
+        // below), so that no part waits on an absent inspector; nobody else acts on a claim.
+        let freed_by_qa = action == TaskAction::Release && ctx.role == Role::QaApprover;
+        if !freed_by_qa {
+            return Err(TransitionError::NotClaimant {
+                action: action.name(),
+            });
+        }
+        if ctx.claimed_by.is_some() && ctx.reason.is_none_or(|r| r.trim().is_empty()) {
+            return Err(TransitionError::ReasonRequired {
+                action: "release another inspector's claim",
+            });
+        }
     }
     if action.needs_reason() && ctx.reason.is_none_or(|r| r.trim().is_empty()) {
         return Err(TransitionError::ReasonRequired {
@@ -238,6 +248,29 @@ mod tests {
                 );
             }
         }
+        // A QA approver hands back another inspector's claim, saying why; decides nothing.
+        let qa = |reason| TaskContext {
+            user_id: 9,
+            role: Role::QaApprover,
+            claimed_by: Some(8),
+            reason,
+        };
+        assert_eq!(
+            apply(
+                TaskState::Claimed,
+                TaskAction::Release,
+                qa(Some("on leave"))
+            ),
+            Ok(TaskState::Pending)
+        );
+        assert!(matches!(
+            apply(TaskState::Claimed, TaskAction::Release, qa(None)),
+            Err(TransitionError::ReasonRequired { .. })
+        ));
+        assert!(matches!(
+            apply(TaskState::Claimed, TaskAction::ConfirmDefect, qa(Some("x"))),
+            Err(TransitionError::NotClaimant { .. })
+        ));
     }
 
     #[test]

@@ -80,6 +80,46 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     })
 }
 
+/// Password checks run at most on half the cores at once (one on a 2-core device): each holds
+/// a core and argon2's 19 MiB, and a burst of sign-ins must neither exhaust an edge device's
+/// memory nor take the cores inference needs. Further checks wait their turn.
+fn password_checks() -> std::sync::Arc<tokio::sync::Semaphore> {
+    static CHECKS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    CHECKS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            std::sync::Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1)))
+        })
+        .clone()
+}
+
+/// A hash to check passwords of unknown users against, so that they cost the same time.
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password("no such user").unwrap_or_default())
+}
+
+/// [`verify_password`] on the blocking pool, on at most half the cores at once. With
+/// `phc` `None` (an unknown user) it does the same work and answers false.
+pub async fn verify_password_limited(password: String, phc: Option<String>) -> bool {
+    let Ok(permit) = password_checks().acquire_owned().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match phc {
+            Some(phc) => verify_password(&password, &phc),
+            None => {
+                verify_password(&password, unknown_user_hash());
+                false
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Lockout after repeated failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutPolicy {

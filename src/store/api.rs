@@ -19,7 +19,7 @@ use super::users::User;
 use super::{InspectionRecord, Store, StoreError, db};
 use crate::postprocess::Verdict;
 use crate::quality::audit::NewAuditEntry;
-use crate::quality::{Role, now_ms};
+use crate::quality::{NcrState, Role, now_ms};
 
 /// A random secret, hex-encoded.
 fn secret() -> String {
@@ -338,8 +338,29 @@ impl Store {
         Ok((listed, token))
     }
 
-    /// The user a bearer token acts as, if the token exists, is not revoked or expired and
-    /// its user is not locked.
+    /// Whether a session is still open (not ended, not idle past its expiry, its user not
+    /// locked), without extending it.
+    pub async fn session_alive(&self, secret: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_USER_COLUMNS}, s.expires_at_ms \
+             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 = $1"
+        ))
+        .bind(sha256_hex(secret))
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db("look up a session"))?;
+        let Some(row) = row else { return Ok(false) };
+        let user = joined_user(&row)?;
+        let expires: i64 = row
+            .try_get("expires_at_ms")
+            .map_err(db("decode a session"))?;
+        Ok(expires > now && !locked(&user, now))
+    }
+
+    /// The user a bearer token acts as, if the token exists and is not revoked or expired. A
+    /// password lockout does not stop tokens: wrong passwords typed for a name must not cut off
+    /// the MES or a station that signs in with a token (revoke the token to stop it).
     pub async fn token_user(&self, token: &str) -> Result<Option<User>, StoreError> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
@@ -360,7 +381,7 @@ impl Store {
         let expires: Option<i64> = row.try_get("expires_at_ms").map_err(d())?;
         let revoked: Option<i64> = row.try_get("revoked_at_ms").map_err(d())?;
         let used: Option<i64> = row.try_get("last_used_ms").map_err(d())?;
-        if revoked.is_some() || expires.is_some_and(|t| t <= now) || locked(&user, now) {
+        if revoked.is_some() || expires.is_some_and(|t| t <= now) {
             return Ok(None);
         }
         // Last use is kept to the minute: enough to find unused tokens, without a write per call.
@@ -666,12 +687,18 @@ impl Store {
         bytes: &[u8],
         user: &User,
     ) -> Result<Attachment, StoreError> {
-        let ncr = self.ncr(ncr_id).await?;
-        if !ncr.state.is_open() {
-            return Err(StoreError::Invalid(format!(
+        // Evidence is added while the NCR is worked, up to QA's decision: after approval the
+        // signed record is final (reopen it to add more).
+        let refused = |state: NcrState| {
+            StoreError::Invalid(format!(
                 "ncr: NCR {ncr_id} is {}; reopen it before attaching files",
-                ncr.state.as_str()
-            )));
+                state.as_str()
+            ))
+        };
+        let takes_files = |state: NcrState| state.is_open() && state != NcrState::Approved;
+        let ncr = self.ncr(ncr_id).await?;
+        if !takes_files(ncr.state) {
+            return Err(refused(ncr.state));
         }
         let name = name.trim();
         if name.is_empty()
@@ -697,6 +724,28 @@ impl Store {
             })??;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        // Checked again under the write lock, and the NCR's version moves on: a signature made
+        // on the NCR before this file was added no longer approves it.
+        let state: String = sqlx::query("SELECT state FROM ncrs WHERE id = $1")
+            .bind(ncr_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("read an NCR"))?
+            .try_get(0)
+            .map_err(db("read an NCR"))?;
+        let state = NcrState::parse(&state).ok_or(StoreError::Corrupt {
+            column: "ncrs.state",
+            value: state,
+        })?;
+        if !takes_files(state) {
+            return Err(refused(state));
+        }
+        sqlx::query("UPDATE ncrs SET version = version + 1, updated_at_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(ncr_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("update an NCR"))?;
         let id: i64 = sqlx::query(
             "INSERT INTO ncr_attachments (ncr_id, name, media_type, size, sha256, added_by, added_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",

@@ -146,7 +146,7 @@ impl Store {
         source: NcrSource,
         actor: &str,
         now: i64,
-    ) -> Result<(i64, NewAuditEntry), StoreError> {
+    ) -> Result<(i64, Vec<NewAuditEntry>), StoreError> {
         for (field, value) in [
             ("lot", &new.lot),
             ("line", &new.line),
@@ -160,7 +160,7 @@ impl Store {
             "INSERT INTO ncrs (lot, line, title, description, source, state, version, created_by, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, 'open', 0, $6, $7, $7) RETURNING id",
         )
-        .bind(&new.lot)
+        .bind(new.lot.trim())
         .bind(&new.line)
         .bind(&new.title)
         .bind(&new.description)
@@ -172,33 +172,93 @@ impl Store {
         .map_err(db("raise an NCR"))?
         .try_get(0)
         .map_err(db("raise an NCR"))?;
-        Ok((
-            id,
-            NewAuditEntry {
-                actor: actor.into(),
-                action: "ncr.create".into(),
-                entity: "ncr".into(),
-                entity_id: id.to_string(),
-                old_value: None,
-                new_value: Some(format!(
-                    "state=open; lot={}; line={}; source={}; title={}",
-                    new.lot,
-                    new.line,
-                    source.as_str(),
-                    new.title
-                )),
-                reason: Some(new.description.clone()),
-            },
-        ))
+        let mut audit = vec![NewAuditEntry {
+            actor: actor.into(),
+            action: "ncr.create".into(),
+            entity: "ncr".into(),
+            entity_id: id.to_string(),
+            old_value: None,
+            new_value: Some(format!(
+                "state=open; lot={}; line={}; source={}; title={}",
+                new.lot,
+                new.line,
+                source.as_str(),
+                new.title
+            )),
+            reason: Some(new.description.clone()),
+        }];
+        let why = format!("NCR {id} raised: {}", new.title);
+        audit.extend(Self::hold_lot_for_ncr(tx, new.lot.trim(), actor, &why, now).await?);
+        Ok((id, audit))
+    }
+
+    /// In `tx`: puts `lot` on hold because of an NCR (raised, reopened or contained) and
+    /// withdraws its release, unless it is on hold already (the first reason stands). The
+    /// audit entry, when the lot changed. A release is refused anyway while an NCR is open;
+    /// the hold makes the lot's status say so, including for a lot released before.
+    pub(crate) async fn hold_lot_for_ncr(
+        tx: &mut Transaction<'static, Any>,
+        lot: &str,
+        actor: &str,
+        why: &str,
+        now: i64,
+    ) -> Result<Option<NewAuditEntry>, StoreError> {
+        let before = sqlx::query("SELECT held_at_ms, released_at_ms FROM lots WHERE lot = $1")
+            .bind(lot)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("read a lot"))?;
+        let was_released = match &before {
+            Some(row) => {
+                let held: Option<i64> = row.try_get(0).map_err(db("read a lot"))?;
+                if held.is_some() {
+                    return Ok(None);
+                }
+                row.try_get::<Option<i64>, _>(1)
+                    .map_err(db("read a lot"))?
+                    .is_some()
+            }
+            None => false,
+        };
+        // `held_by` names a user; the system (a reject-rate NCR) is none.
+        let actor_id: Option<i64> = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(actor)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("look up a user"))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(db("look up a user"))?;
+        sqlx::query(
+            "INSERT INTO lots (lot, held_at_ms, held_by, hold_reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (lot) DO UPDATE SET held_at_ms = $2, held_by = $3, hold_reason = $4, \
+             released_at_ms = NULL, released_by = NULL",
+        )
+        .bind(lot)
+        .bind(now)
+        .bind(actor_id)
+        .bind(why)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("hold a lot"))?;
+        Ok(Some(NewAuditEntry {
+            actor: actor.into(),
+            action: "lot.hold".into(),
+            entity: "lot".into(),
+            entity_id: lot.into(),
+            old_value: was_released.then(|| "released".into()),
+            new_value: Some("held".into()),
+            reason: Some(why.into()),
+        }))
     }
 
     /// Raises an NCR by hand (any signed-in user may raise one).
     pub async fn create_ncr(&self, new: &NewNcr, user: &User) -> Result<NcrRecord, StoreError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let (id, entry) =
+        let (id, audit) =
             Self::insert_ncr(&mut tx, new, NcrSource::Manual, &user.username, now).await?;
-        self.append_audit(&mut tx, now, vec![entry]).await?;
+        self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an NCR"))?;
         self.ncr(id).await
     }
@@ -326,6 +386,31 @@ impl Store {
                 id: ncr_id.to_string(),
             })?;
         let record = ncr_row(&row)?;
+        // "Approved" and "rejected" are the decision on a proposed disposition: only those who
+        // may make it sign so, and only while a disposition awaits it. "Reviewed" is open to
+        // every role, at any state.
+        let decides = match meaning {
+            Meaning::Approved => Some((NcrAction::Approve, "sign an NCR as approved")),
+            Meaning::Rejected => Some((NcrAction::RejectDisposition, "sign an NCR as rejected")),
+            Meaning::Reviewed => None,
+        };
+        if let Some((action, what)) = decides {
+            if !action.allowed_roles().contains(&user.role) {
+                return Err(crate::quality::TransitionError::Forbidden {
+                    action: what,
+                    role: user.role,
+                }
+                .into());
+            }
+            if record.state != NcrState::DispositionProposed {
+                return Err(StoreError::Invalid(format!(
+                    "meaning: NCR {ncr_id} is {}; an \"{}\" signature is given to a proposed \
+                     disposition only",
+                    record.state.as_str(),
+                    meaning.as_str()
+                )));
+            }
+        }
         if let Some(seen) = seen_version
             && seen != record.version
         {
@@ -436,6 +521,13 @@ impl Store {
         let before = ncr_row(&row)?;
         let mut signed = false;
         let mut manifestation = None;
+        if signature_id.is_some() && action != NcrAction::Approve {
+            // A signature means what it says ("approved"); it is not spent on another action.
+            return Err(StoreError::Invalid(format!(
+                "signature_id: only approve takes a signature, not {}",
+                action.name()
+            )));
+        }
         if let Some(sid) = signature_id {
             let row = sqlx::query(&format!(
                 "SELECT {SIG_COLUMNS} FROM signatures WHERE id = $1"
@@ -471,6 +563,25 @@ impl Store {
             }
             signed = true;
             manifestation = Some(sig.manifestation());
+        }
+        if action == NcrAction::Approve {
+            let proposer: Option<i64> = sqlx::query(
+                "SELECT actor_id FROM ncr_transitions WHERE ncr_id = $1 AND action = 'propose' \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read an NCR's history"))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(db("read an NCR's history"))?;
+            if proposer == Some(user.id) {
+                return Err(crate::quality::TransitionError::OwnProposal {
+                    user: user.username.clone(),
+                }
+                .into());
+            }
         }
         let to = ncr::apply(
             before.state,
@@ -529,20 +640,29 @@ impl Store {
         if let Some(m) = manifestation {
             new_value.push_str(&format!("; signed: {m}"));
         }
-        self.append_audit(
-            &mut tx,
-            now,
-            vec![NewAuditEntry {
-                actor: user.username.clone(),
-                action: format!("ncr.{}", action.name()),
-                entity: "ncr".into(),
-                entity_id: id.to_string(),
-                old_value: Some(describe(before.state, before.disposition)),
-                new_value: Some(new_value),
-                reason: reason.map(str::to_owned),
-            }],
-        )
-        .await?;
+        let mut audit = vec![NewAuditEntry {
+            actor: user.username.clone(),
+            action: format!("ncr.{}", action.name()),
+            entity: "ncr".into(),
+            entity_id: id.to_string(),
+            old_value: Some(describe(before.state, before.disposition)),
+            new_value: Some(new_value),
+            reason: reason.map(str::to_owned),
+        }];
+        let hold = match action {
+            NcrAction::Reopen => Some(format!(
+                "NCR {id} reopened: {}",
+                reason.unwrap_or_default().trim()
+            )),
+            NcrAction::Contain => Some(format!("NCR {id} contained: {}", before.title)),
+            _ => None,
+        };
+        if let Some(why) = hold {
+            audit.extend(
+                Self::hold_lot_for_ncr(&mut tx, &before.lot, &user.username, &why, now).await?,
+            );
+        }
+        self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an NCR transition"))?;
         self.ncr(id).await
     }

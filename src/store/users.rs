@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, db};
 use crate::quality::audit::NewAuditEntry;
-use crate::quality::user::{check_new_password, hash_password, verify_password};
+use crate::quality::user::{check_new_password, hash_password, verify_password_limited};
 use crate::quality::{LockoutPolicy, Role, format_ms, now_ms};
 
 /// A user as stored (without the password hash).
@@ -41,6 +41,18 @@ impl std::fmt::Debug for Credentials {
             .field("password", &"***")
             .finish()
     }
+}
+
+/// The turn of sign-in attempts on `username` in this process. Names share 64 locks by their
+/// hash, so that a flood of made-up names holds no memory; two names on one lock only wait for
+/// each other's password check.
+fn sign_in_turn(username: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash as _, Hasher as _};
+    static TURNS: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| (0..64).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    username.hash(&mut h);
+    &turns[(h.finish() % turns.len() as u64) as usize]
 }
 
 fn user_row(row: &AnyRow) -> Result<(User, String, i64), StoreError> {
@@ -164,11 +176,17 @@ impl Store {
 
     /// Checks a user name and password. Wrong passwords count towards the lockout; a locked
     /// account is refused without looking at the password.
+    ///
+    /// The attempts on one name take turns in this process ([`sign_in_turn`]): each reads the
+    /// account after the one before has counted its failure, so requests sent at once cannot
+    /// try more than `max_failures` passwords between two lockouts, and parallel requests with
+    /// the right password all pass.
     pub async fn authenticate(
         &self,
         creds: &Credentials,
         policy: LockoutPolicy,
     ) -> Result<User, StoreError> {
+        let _turn = sign_in_turn(&creds.username).lock().await;
         let row = sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
         ))
@@ -177,6 +195,9 @@ impl Store {
         .await
         .map_err(db("look up a user"))?;
         let Some(row) = row else {
+            // An unknown name costs the same hashing as a wrong password, so the answer's
+            // time does not tell which names exist.
+            verify_password_limited(creds.password.clone(), None).await;
             return Err(StoreError::InvalidCredentials);
         };
         let (user, hash, _) = user_row(&row)?;
@@ -189,10 +210,7 @@ impl Store {
                 until: format_ms(until),
             });
         }
-        let password = creds.password.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let ok = verify_password_limited(creds.password.clone(), Some(hash)).await;
         let mut tx = self.begin().await?;
         if ok {
             sqlx::query(
@@ -228,25 +246,42 @@ impl Store {
             reason: None,
         }];
         if let Some(until) = locked {
-            sqlx::query("UPDATE users SET failed_attempts = 0, locked_until_ms = $1 WHERE id = $2")
-                .bind(until)
-                .bind(user.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("lock an account"))?;
-            audit.push(NewAuditEntry {
-                actor: "system".into(),
-                action: "user.locked".into(),
-                entity: "user".into(),
-                entity_id: user.username.clone(),
-                old_value: None,
-                new_value: Some(format!("locked_until={}", format_ms(until))),
-                reason: Some(format!("{failed} consecutive failed sign-ins")),
-            });
+            let reason = format!("{failed} consecutive failed sign-ins");
+            audit.push(
+                self.lock_account(&mut tx, &user.username, user.id, until, reason)
+                    .await?,
+            );
         }
         self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("record a failed sign-in"))?;
         Err(StoreError::InvalidCredentials)
+    }
+
+    /// Locks an account until `until` in `tx` and restarts its count; the audit entry to
+    /// append.
+    async fn lock_account(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        username: &str,
+        id: i64,
+        until: i64,
+        reason: String,
+    ) -> Result<NewAuditEntry, StoreError> {
+        sqlx::query("UPDATE users SET failed_attempts = 0, locked_until_ms = $1 WHERE id = $2")
+            .bind(until)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("lock an account"))?;
+        Ok(NewAuditEntry {
+            actor: "system".into(),
+            action: "user.locked".into(),
+            entity: "user".into(),
+            entity_id: username.to_owned(),
+            old_value: None,
+            new_value: Some(format!("locked_until={}", format_ms(until))),
+            reason: Some(reason),
+        })
     }
 
     /// Lifts a lockout (an administrator's action, audited with its reason).

@@ -264,6 +264,24 @@ async fn a_good_part_with_a_threshold_override_turns_defect() {
     let strict: UploadAnswer = serde_json::from_slice(&body).unwrap();
     assert_eq!(strict.verdict, "defect");
     assert!((strict.score - good.score).abs() < 1e-6);
+    // A threshold the anomalib model cannot decide with (its scores lie in [0, 1]) is refused.
+    let (s, body, _) = send(
+        &f,
+        upload(
+            Some("op"),
+            "part_id=P4&lot=L&threshold=1.5",
+            "image/png",
+            washer("good/000.png"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(problem_field(&body).as_deref(), Some("threshold"));
 }
 
 #[tokio::test]
@@ -1428,16 +1446,30 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     assert_eq!(&bytes[..], b"%PDF-1.4 test");
 
     // Signing: a wrong password signs nothing; approval without a signature is refused.
+    let seen = f.db.store.ncr(id).await.unwrap().version;
     let sign = |password: &str| {
         call(
             "POST",
             &format!("/api/v1/ncrs/{id}/signatures"),
             Some(&qa),
             Some(&format!(
-                r#"{{"password":"{password}","meaning":"approved"}}"#
+                r#"{{"password":"{password}","meaning":"approved","version":{seen}}}"#
             )),
         )
     };
+    // The version the signer was shown is part of the request.
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            &format!("/api/v1/ncrs/{id}/signatures"),
+            Some(&qa),
+            Some(r#"{"password":"qa-secret-pw","meaning":"approved"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("version"));
     let (s, b, _) = send(&f, sign("not-it")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(json(&b)["field"], "password");
@@ -1691,7 +1723,27 @@ async fn admins_activate_models_and_a_broken_package_is_refused() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    // A slot no camera here has is refused rather than recorded as active with nothing
+    // following it.
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/models/activate",
+            Some(&basic("admin")),
+            Some(&good.replace("cam1", "washer-b")),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert_eq!(json(&b)["field"], "slot");
     let (_, b, _) = send(&f, call("GET", "/api/v1/models", Some(&basic("op")), None)).await;
+    assert_eq!(json(&b).as_array().unwrap().len(), 1);
     assert_eq!(json(&b)[0]["slot"], "cam1");
     assert_eq!(json(&b)[0]["actor"], "admin");
     // The recipes here, with what each serves; the contract of a slot's model.

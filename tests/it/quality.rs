@@ -133,6 +133,7 @@ on_both_databases!(
     invalid_transitions_are_refused_and_leave_no_trace,
     signatures_need_the_password_and_bind_to_one_record_version,
     repeated_wrong_passwords_lock_the_account,
+    ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed,
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -333,6 +334,144 @@ async fn ncr_workflow_records_every_transition_and_holds_the_lot(db: &Db) {
     assert_chain_intact(s).await;
 }
 
+async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(db: &Db) {
+    let s = &db.store;
+    let ins = user(s, "ina", Role::Inspector).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let qa2 = user(s, "quade", Role::QaApprover).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A lot released before an NCR is raised against it is held again, with the NCR as reason.
+    s.release_lot("LOT-H", &qa).await.unwrap();
+    let ncr = s.create_ncr(&new_ncr(" LOT-H "), &ins).await.unwrap();
+    assert_eq!(ncr.lot, "LOT-H", "the lot is named without blanks");
+    let lot = s.lot("LOT-H").await.unwrap();
+    assert!(lot.held && lot.released_at_ms.is_none(), "{lot:?}");
+    assert_eq!(
+        lot.hold_reason.as_deref(),
+        Some(format!("NCR {} raised: Scratches on washers", ncr.id).as_str())
+    );
+    assert_eq!(lot.held_by.as_deref(), Some("ina"));
+    let holds = s.audit_for("lot", "LOT-H").await.unwrap();
+    let hold = holds.last().unwrap();
+    assert_eq!(
+        (hold.action.as_str(), hold.old_value.as_deref()),
+        ("lot.hold", Some("released"))
+    );
+
+    // "Approved" is a QA approver's decision on a proposed disposition, nothing else.
+    let approve = |who: &str| creds(who, PASSWORD);
+    let err = s
+        .sign_ncr(ncr.id, &approve("quinn"), Meaning::Approved, policy())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("proposed disposition only"),
+        "{err}"
+    );
+    to_proposed(s, ncr.id, &ins).await;
+    let err = s
+        .sign_ncr(ncr.id, &approve("ina"), Meaning::Approved, policy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Transition(TransitionError::Forbidden { .. })
+        ),
+        "{err}"
+    );
+    s.sign_ncr(ncr.id, &approve("ina"), Meaning::Reviewed, policy())
+        .await
+        .unwrap();
+
+    // Evidence added after a signature makes a new version: that signature no longer approves.
+    let early = s
+        .sign_ncr(ncr.id, &approve("quinn"), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let before = s.ncr(ncr.id).await.unwrap().version;
+    s.add_attachment(dir.path(), ncr.id, "photo.jpg", "image/jpeg", b"jpeg", &ins)
+        .await
+        .unwrap();
+    assert_eq!(s.ncr(ncr.id).await.unwrap().version, before + 1);
+    let err = s
+        .transition_ncr(ncr.id, &qa, NcrAction::Approve, None, Some(early.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Signature(_)), "{err}");
+    // A signature is spent on approval only.
+    let sig = s
+        .sign_ncr(ncr.id, &approve("quinn"), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(
+            ncr.id,
+            &qa,
+            NcrAction::RejectDisposition,
+            Some("no"),
+            Some(sig.id),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("only approve takes a signature"),
+        "{err}"
+    );
+    s.transition_ncr(ncr.id, &qa, NcrAction::Approve, None, Some(sig.id))
+        .await
+        .unwrap();
+    let err = s
+        .add_attachment(dir.path(), ncr.id, "late.jpg", "image/jpeg", b"late", &ins)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is approved"), "{err}");
+
+    // Four eyes: a QA approver who proposed the disposition does not approve it.
+    let own = s.create_ncr(&new_ncr("LOT-Q"), &qa).await.unwrap();
+    to_proposed(s, own.id, &qa).await;
+    let sig = s
+        .sign_ncr(own.id, &approve("quinn"), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    let err = s
+        .transition_ncr(own.id, &qa, NcrAction::Approve, None, Some(sig.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Transition(TransitionError::OwnProposal { .. })
+        ),
+        "{err}"
+    );
+    let sig = s
+        .sign_ncr(own.id, &approve("quade"), Meaning::Approved, policy())
+        .await
+        .unwrap();
+    s.transition_ncr(own.id, &qa2, NcrAction::Approve, None, Some(sig.id))
+        .await
+        .unwrap();
+
+    // Closing and releasing, then reopening: held again.
+    s.transition_ncr(ncr.id, &qa, NcrAction::Close, None, None)
+        .await
+        .unwrap();
+    s.release_lot("LOT-H", &qa).await.unwrap();
+    assert!(!s.lot("LOT-H").await.unwrap().held);
+    s.transition_ncr(ncr.id, &qa, NcrAction::Reopen, Some("complaint"), None)
+        .await
+        .unwrap();
+    let lot = s.lot("LOT-H").await.unwrap();
+    assert!(lot.held && lot.released_at_ms.is_none(), "{lot:?}");
+    assert_eq!(
+        lot.hold_reason.as_deref(),
+        Some(format!("NCR {} reopened: complaint", ncr.id).as_str())
+    );
+    assert_chain_intact(s).await;
+}
+
 async fn invalid_transitions_are_refused_and_leave_no_trace(db: &Db) {
     let s = &db.store;
     let ins = user(s, "ina", Role::Inspector).await;
@@ -479,15 +618,16 @@ async fn signatures_need_the_password_and_bind_to_one_record_version(db: &Db) {
         err,
         StoreError::Signature(SignatureError::WrongMeaning { .. })
     ));
-    let by_inspector = s
-        .sign_ncr(b.id, &creds("ina", PASSWORD), Meaning::Approved, policy())
+    user(s, "quade", Role::QaApprover).await;
+    let by_other = s
+        .sign_ncr(b.id, &creds("quade", PASSWORD), Meaning::Approved, policy())
         .await
         .unwrap();
     let err = s
-        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(by_inspector.id))
+        .transition_ncr(b.id, &qa, NcrAction::Approve, None, Some(by_other.id))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("made by ina"), "{err}");
+    assert!(err.to_string().contains("made by quade"), "{err}");
 
     // A fresh signature on the current version works, once.
     let good = s
@@ -566,6 +706,47 @@ async fn repeated_wrong_passwords_lock_the_account(db: &Db) {
         .await
         .unwrap();
 
+    // Guesses sent at once get no more passwords checked than the limit allows, and the
+    // account is locked at the end of the burst.
+    user(s, "ada", Role::Inspector).await;
+    let burst = (0..24).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.authenticate(&creds("ada", &format!("guess-{i:04}")), policy())
+                .await
+        })
+    });
+    let answers = futures::future::join_all(burst).await;
+    let checked = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Err(StoreError::InvalidCredentials))))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Err(StoreError::Locked { .. }))))
+        .count();
+    assert_eq!(
+        (checked, refused),
+        (3, 21),
+        "guesses checked, and refused as locked, of 24"
+    );
+    assert!(matches!(
+        s.authenticate(&creds("ada", PASSWORD), policy()).await,
+        Err(StoreError::Locked { .. })
+    ));
+    let locks = s.audit_for("user", "ada").await.unwrap();
+    assert!(locks.iter().any(|e| e.action == "user.locked"));
+    // A client sending more requests at once than the limit, with the right password, is
+    // not locked out.
+    user(s, "mes", Role::Operator).await;
+    let parallel = (0..6).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.authenticate(&creds("mes", PASSWORD), policy()).await })
+    });
+    for answer in futures::future::join_all(parallel).await {
+        answer.unwrap().unwrap();
+    }
+
     let audit = s.audit_for("user", "ina").await.unwrap();
     assert!(audit.iter().any(|e| e.action == "user.locked"));
     assert!(audit.iter().any(|e| e.action == "user.unlock"));
@@ -596,8 +777,9 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
     for lot in ["L1", "L2", "L3"] {
         s.create_ncr(&new_ncr(lot), &ins).await.unwrap();
     }
+    // The user, then each NCR and the hold it puts on its lot.
     let n = assert_chain_intact(s).await;
-    assert_eq!(n, 4);
+    assert_eq!(n, 7);
     let err = sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
         .execute(s.raw_pool())
         .await
@@ -608,7 +790,7 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    assert_eq!(assert_chain_intact(s).await, 4);
+    assert_eq!(assert_chain_intact(s).await, 7);
 
     // Someone with the database owner's rights drops the triggers and edits a row.
     match s.backend() {
@@ -905,8 +1087,12 @@ async fn fifty_concurrent_writers_lose_nothing(db: &Db) {
         assert_eq!(open.len(), 1, "LOT-{lot}: {open:?}");
         ncrs += open.len();
     }
-    // One entry per inspection, one per task (every 5th is a reject), one per NCR, none lost.
-    assert_eq!(entries, (WRITERS * EACH + WRITERS * EACH / 5 + ncrs) as u64);
+    // One entry per inspection, one per task (every 5th is a reject), two per NCR (the NCR and
+    // the hold of its lot), none lost.
+    assert_eq!(
+        entries,
+        (WRITERS * EACH + WRITERS * EACH / 5 + 2 * ncrs) as u64
+    );
 }
 
 async fn accept_sampling_counts_each_accepted_part_once_under_concurrent_writers(db: &Db) {
@@ -1519,7 +1705,7 @@ async fn sqlite_store_is_wal_with_full_sync_and_survives_reopening() {
     // Reopening runs the migrations again (a no-op) and finds everything.
     let again = Store::open(&db.config).await.unwrap();
     assert_eq!(again.ncr(ncr.id).await.unwrap(), ncr);
-    assert_eq!(assert_chain_intact(&again).await, 2);
+    assert_eq!(assert_chain_intact(&again).await, 3);
     again.close().await;
 }
 
