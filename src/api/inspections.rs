@@ -474,6 +474,12 @@ async fn upload_inner(
     let timeout = Duration::from_millis(state.config.inference_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut inspector = state.inspectors.lend(timeout).await?;
+    if let Some(t) = params.threshold {
+        inspector
+            .detector
+            .check_threshold("threshold", t)
+            .map_err(|e| bad("threshold", e.to_string()))?;
+    }
     let bytes = body.clone();
     let threshold = params.threshold;
     let job = tokio::task::spawn_blocking(move || {
@@ -696,21 +702,33 @@ pub(super) async fn image(
     let bytes = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
         // Say why it is not there: never stored, or removed by image retention (the
-        // inspection records keep the reference).
+        // inspection records keep the reference). A record still live without its file is
+        // looked up again once writers have committed: retention removes the file before its
+        // record's commit.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(match state.store.image_deleted_at(&hash).await? {
-                Some(Some(at)) => ApiError::Gone(format!(
-                    "image {hash} was removed by image retention at {} \
-                     (quality.image_retention_days, quality.image_quota_bytes); the records \
-                     that name it are kept",
-                    crate::quality::format_ms(at)
-                )),
-                Some(None) => {
-                    tracing::error!(image = %hash, path = %path.display(), "An image recorded as stored has no file.");
-                    ApiError::NotFound(format!("the file of image {hash}"))
+            let deleted = match state.store.image_deleted_at(&hash).await? {
+                Some(None) => state.store.image_deleted_at_settled(&hash).await?,
+                other => other,
+            };
+            match deleted {
+                Some(Some(at)) => {
+                    return Err(ApiError::Gone(format!(
+                        "image {hash} was removed by image retention at {} \
+                         (quality.image_retention_days, quality.image_quota_bytes); the records \
+                         that name it are kept",
+                        crate::quality::format_ms(at)
+                    )));
                 }
-                None => ApiError::NotFound(format!("image {hash}")),
-            });
+                Some(None) => match tokio::fs::read(&path).await {
+                    // Recorded again, and written, while retention was removing it.
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        tracing::error!(image = %hash, path = %path.display(), "An image recorded as stored has no file.");
+                        return Err(ApiError::NotFound(format!("the file of image {hash}")));
+                    }
+                },
+                None => return Err(ApiError::NotFound(format!("image {hash}"))),
+            }
         }
         Err(e) => {
             return Err(ApiError::Internal(format!(

@@ -174,6 +174,15 @@ impl UploadConfig {
         }
     }
 
+    /// The longest key [`Self::key_base`] can make, with its `.json` ending: line and camera
+    /// names of [`crate::quality::MAX_LABEL_BYTES`], the largest inspection id. A key S3 refuses
+    /// would be refused on every retry and hold back every sample queued after it, so the
+    /// configuration is refused at start-up instead.
+    fn longest_key(&self) -> usize {
+        let label = "x".repeat(crate::quality::MAX_LABEL_BYTES);
+        self.key_base(&label, &label, "2026-12-31", i64::MAX).len() + ".json".len()
+    }
+
     /// The URI of an object, as the manifest's `source-ref`.
     pub fn source_ref(&self, key: &str) -> String {
         match self.destination() {
@@ -193,6 +202,14 @@ impl UploadConfig {
         }
         if self.site.is_empty() {
             p.push("outbox.upload.site is empty".into());
+        }
+        let longest = self.longest_key();
+        if longest > MAX_KEY_BYTES {
+            p.push(format!(
+                "outbox.upload.destination prefix and site leave keys of up to {longest} bytes \
+                 (with line and camera names of {} bytes): S3 allows {MAX_KEY_BYTES}; shorten them",
+                crate::quality::MAX_LABEL_BYTES
+            ));
         }
         if self.label_attribute.is_empty()
             || !self
@@ -298,6 +315,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }
+
+/// The longest object key S3 accepts, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
 
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -665,6 +685,19 @@ mod tests {
             up.manifest_key("2026-11-23"),
             "train/v1/plant_1/manifests/dt=2026-11-23/manifest.jsonl"
         );
+        let long = UploadConfig {
+            destination: format!("s3://bucket/{}", "p".repeat(500)),
+            site: "s".repeat(100),
+            ..UploadConfig::default()
+        };
+        let p = long.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("keys of up to 1042 bytes"), "{p:?}");
+        let fits = UploadConfig {
+            destination: format!("s3://bucket/{}", "p".repeat(470)),
+            ..long
+        };
+        assert!(fits.problems().is_empty(), "{:?}", fits.problems());
         let bad = UploadConfig {
             destination: "ftp://x".into(),
             part_size_bytes: 1,

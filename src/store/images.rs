@@ -549,6 +549,26 @@ impl Store {
             .map_err(db("look up an image"))
     }
 
+    /// [`Store::image_deleted_at`] read after every write in progress has committed: an image
+    /// whose file is missing while its record still says it is stored is, most often, one
+    /// that retention is deleting right now (the file goes before the record's commit). Takes
+    /// the write lock for a moment, so it is for that rare case only.
+    pub async fn image_deleted_at_settled(
+        &self,
+        hash: &str,
+    ) -> Result<Option<Option<i64>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT deleted_at_ms FROM images WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("look up an image"))?;
+        tx.rollback().await.map_err(db("look up an image"))?;
+        row.map(|r| r.try_get::<Option<i64>, _>(0))
+            .transpose()
+            .map_err(db("look up an image"))
+    }
+
     /// Deletes images older than `retention_days` and then the oldest ones until the rest fit
     /// in `quota_bytes`.
     pub async fn enforce_image_retention(
@@ -817,6 +837,44 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(temporary, 0, "no temporary file left");
+    }
+
+    /// A lookup made while retention's transaction has removed the file but not yet committed
+    /// its record: the plain read still sees the image as stored, the settled one waits for the
+    /// commit and sees when it was removed.
+    #[tokio::test]
+    async fn the_settled_lookup_sees_a_removal_that_is_committing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
+            ..crate::store::StoreConfig::default()
+        })
+        .await
+        .unwrap();
+        let hash = "ab".repeat(32);
+        sqlx::query("INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, 10, 1)")
+            .bind(&hash)
+            .execute(store.raw_pool())
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("UPDATE images SET deleted_at_ms = 99 WHERE hash = $1")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(store.image_deleted_at(&hash).await.unwrap(), Some(None));
+        let settled = tokio::spawn({
+            let (store, hash) = (store.clone(), hash.clone());
+            async move { store.image_deleted_at_settled(&hash).await.unwrap() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !settled.is_finished(),
+            "the settled lookup waits for the writer"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(settled.await.unwrap(), Some(Some(99)));
     }
 
     #[test]
