@@ -250,7 +250,10 @@ export function mount(root, { session, params, navigate }) {
       attachments.length === 0 ? h('p', { class: 'muted' }, 'No file attached.')
         : h('ul', { class: 'attachments', 'data-testid': 'ncr-attachments' }, attachments.map((a) => h('li', { 'data-testid': 'ncr-attachment' },
           h('a', { href: a.url, download: a.name }, a.name), ` · ${formatBytes(a.size)} · ${a.added_by} · `, timeEl(a.added_at_ms)))),
-      ncr.state === 'closed' || ncr.state === 'cancelled' ? null : form);
+      // Evidence is taken until QA approves: the approved record is final (reopen to add).
+      ['approved', 'closed', 'cancelled'].includes(ncr.state)
+        ? h('p', { class: 'muted', 'data-testid': 'attach-closed' }, 'Files are attached until QA approves; reopen the NCR to add more.')
+        : form);
   }
 
   // The e-signature dialog. It is filled in for the NCR when opened and forgets the password

@@ -104,7 +104,9 @@ impl ApiError {
                 }
                 StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 // Retried by the upload; still gone after that, the client may try again.
-                StoreError::ImageGone { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::ImageGone { .. } | StoreError::Busy(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -410,7 +410,7 @@ async fn serve_activated_models(store: &Store, cameras: &mut [Camera]) -> anyhow
                 path.display()
             )
         })?;
-        if package.sha256 != a.sha256 {
+        if !package.is_activated_as(&a.sha256) {
             anyhow::bail!(
                 "slot {} has model activation {} of {} with SHA-256 {}, but the package there \
                  now has {}; restore the activated files or activate the package again",

@@ -41,6 +41,9 @@ pub struct ModelPackage {
     pub files: Vec<PackageFile>,
     /// Package identity (see the module docs), lower-case hex.
     pub sha256: String,
+    /// Digest of the graph and its external data without the manifest: the identity before the
+    /// manifest joined it (`is_activated_as`).
+    pub graph_sha256: String,
 }
 
 /// Errors opening a package.
@@ -140,6 +143,8 @@ impl ModelPackage {
                 sha256: digest,
             });
         }
+        // The identity packages had before the manifest joined it, for activations recorded then.
+        let graph_sha256 = hex::encode(package_digest.clone().finalize());
         if let Some(bytes) = &manifest_bytes {
             package_digest.update(bytes);
             files.push(PackageFile {
@@ -155,7 +160,15 @@ impl ModelPackage {
             header,
             files,
             sha256: hex::encode(package_digest.finalize()),
+            graph_sha256,
         })
+    }
+
+    /// Whether this package is the one an activation recorded as `sha256`: its identity, or,
+    /// for an activation recorded before the manifest was part of the identity, the digest of
+    /// the graph and its data alone.
+    pub fn is_activated_as(&self, sha256: &str) -> bool {
+        self.sha256 == sha256 || self.graph_sha256 == sha256
     }
 
     /// Display name: the manifest's, else the directory name.

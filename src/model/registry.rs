@@ -480,7 +480,7 @@ impl Follower {
             let expected = row.sha256.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let validated = v.validate(&path, None)?;
-                if validated.package.sha256 != expected {
+                if !validated.package.is_activated_as(&expected) {
                     return Err(ValidationError::HashMismatch {
                         expected,
                         found: validated.package.sha256,

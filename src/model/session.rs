@@ -275,9 +275,18 @@ impl Detector {
 
     /// Refuses a threshold that cannot decide with this model: anomalib normalises scores and
     /// maps into [0, 1], so 1 or more would pass every part and a negative value reject every
-    /// part, whatever the model sees. Other graphs' score ranges are their own.
+    /// part, whatever the model sees. A manifest threshold outside [0, 1) declares another
+    /// scale (an export with normalisation off), and other graphs' score ranges are their own:
+    /// neither is checked.
     pub fn check_threshold(&self, what: &'static str, value: f32) -> Result<(), ModelError> {
-        if self.contract.kind == ContractKind::Anomalib && !(0.0..1.0).contains(&value) {
+        let normalised = self.contract.kind == ContractKind::Anomalib
+            && self
+                .package
+                .manifest
+                .as_ref()
+                .and_then(|m| m.decision.threshold)
+                .is_none_or(|t| (0.0..1.0).contains(&t));
+        if normalised && !(0.0..1.0).contains(&value) {
             return Err(ModelError::Threshold {
                 model: self.package.name(),
                 what,

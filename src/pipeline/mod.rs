@@ -298,6 +298,9 @@ struct ModelTable {
     identities: Vec<ModelIdentity>,
     /// Per worker: models it must install before its next batch.
     installs: Vec<Vec<(usize, Inspector)>>,
+    /// The camera's or recipe's own threshold of each slot, checked against every model
+    /// swapped in.
+    slot_thresholds: Vec<Option<f32>>,
 }
 
 impl ModelTable {
@@ -496,6 +499,14 @@ impl Triggers {
                 Ok(Journalled::New) => {
                     self.shared.in_flight().insert(id.clone());
                 }
+                // Journalled before, still pending and served by nobody here: a try whose
+                // commit went through although it reported an error (the caller tried again),
+                // or a trigger from before a restart. It is served now rather than left for the
+                // orphan scan to answer "late".
+                Ok(Journalled::Duplicate(existing))
+                    if existing.state == "pending"
+                        && existing.camera == trigger.camera
+                        && self.shared.in_flight().insert(id.clone()) => {}
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
                         id,
@@ -599,7 +610,7 @@ impl ModelSwitch {
         slot: &str,
         package: ModelPackage,
     ) -> Result<ModelIdentity, SwapError> {
-        let (index, workers) = {
+        let (index, workers, threshold) = {
             let table = self.shared.models();
             let index = table.slots.iter().position(|s| s == slot).ok_or_else(|| {
                 SwapError::UnknownSlot {
@@ -607,8 +618,9 @@ impl ModelSwitch {
                     known: table.slots.join(", "),
                 }
             })?;
-            (index, table.installs.len())
+            (index, table.installs.len(), table.slot_thresholds[index])
         };
+        // The slot's own threshold must be one the new model can decide with (checked below).
         let shared = self.shared.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let path = package.dir.clone();
@@ -639,6 +651,15 @@ impl ModelSwitch {
         })
         .await
         .map_err(|e| SwapError::Join(e.to_string()))??;
+        if let Some(t) = threshold {
+            loaded[0]
+                .detector
+                .check_threshold("threshold", t)
+                .map_err(|source| SwapError::Load {
+                    path: loaded[0].detector.package.dir.clone(),
+                    source,
+                })?;
+        }
         warn_if_padded(&loaded[0], self.shared.config.batch_size);
         let identity = loaded[0].identity().clone();
         let input = loaded[0].input().clone();
@@ -799,8 +820,10 @@ impl Pipeline {
             worker_inspectors.push(loaded);
         }
         // A camera's or recipe's own threshold must be one its model can decide with.
+        let mut slot_thresholds = vec![None; slot_model.len()];
         for (default, recipes) in &choices {
             for choice in std::iter::once(default).chain(recipes.values()) {
+                slot_thresholds[choice.slot] = choice.threshold;
                 let Some(t) = choice.threshold else { continue };
                 let model = slot_model[choice.slot];
                 worker_inspectors[0][model]
@@ -862,6 +885,7 @@ impl Pipeline {
                 .map(|i| i.identity().clone())
                 .collect(),
             installs: worker_inspectors.iter().map(|_| Vec::new()).collect(),
+            slot_thresholds,
         };
 
         let metrics = Arc::new(Metrics::new(cameras.iter().map(|c| c.config.id.as_str())));
@@ -1379,19 +1403,26 @@ async fn run_camera(
         // A triggered camera grabs only on a trigger: its device is opened now, so that
         // health (and readiness) tell whether it is there before the first part arrives.
         let mut taken = source.take().expect("the source is here at start");
-        let (back, probed) = match tokio::task::spawn_blocking(move || {
+        let probing = tokio::task::spawn_blocking(move || {
             let r = taken.probe().map_err(|e| e.to_string());
             (taken, r)
-        })
-        .await
-        {
-            Ok(done) => done,
-            Err(e) => (fresh(), Err(format!("source panicked while opening: {e}"))),
+        });
+        // A device whose opening hangs does not hold up a shutdown (its thread keeps it; the
+        // loop below then stops at once).
+        let probed = tokio::select! {
+            joined = probing => Some(match joined {
+                Ok(done) => done,
+                Err(e) => (fresh(), Err(format!("source panicked while opening: {e}"))),
+            }),
+            _ = shutdown.changed() => None,
         };
-        source = Some(back);
-        match probed {
-            Ok(()) => shared.set_health(&id, CameraHealth::Running),
-            Err(error) => {
+        match probed.map(|(back, probed)| {
+            source = Some(back);
+            probed
+        }) {
+            None => {}
+            Some(Ok(())) => shared.set_health(&id, CameraHealth::Running),
+            Some(Err(error)) => {
                 tracing::warn!(camera = %id, %error, "Triggered camera cannot be opened yet; it is tried again at the next trigger.");
                 if let Some(c) = counters {
                     c.source_errors.fetch_add(1, Ordering::Relaxed);
@@ -1776,18 +1807,18 @@ fn run_batch(
 }
 
 /// Replaces every session of a worker whose inference panicked with a fresh one of the same
-/// package, warmed up. A package whose file no longer has the SHA-256 it was loaded with, or
-/// that fails to open, stays unloaded in this worker: its frames are answered with an error
-/// (and the log says why) rather than inspected by another model.
+/// package, warmed up. A package whose files no longer have the SHA-256 it was loaded with, or
+/// that fails to open, keeps its old session (and the log says why): a panic unwinds through
+/// linesight's own code only, never through ONNX Runtime's, so that session is whole, and its
+/// results still carry the identity they were loaded with.
 fn reopen_sessions(worker: usize, inspectors: &mut [Option<Inspector>], shared: &Shared) {
     for slot in inspectors.iter_mut() {
-        let Some(old) = slot.take() else { continue };
-        let identity = old.identity().clone();
+        let Some(old) = slot.as_ref() else { continue };
+        let name = old.identity().name.clone();
         let (dir, sha256) = (
             old.detector.package.dir.clone(),
             old.detector.package.sha256.clone(),
         );
-        drop(old);
         let reopened = ModelPackage::open(&dir)
             .map_err(|e| e.to_string())
             .and_then(|package| {
@@ -1809,15 +1840,15 @@ fn reopen_sessions(worker: usize, inspectors: &mut [Option<Inspector>], shared: 
             });
         match reopened {
             Ok(inspector) => {
-                tracing::info!(worker, model = %identity.name, "Inference session opened again.");
+                tracing::info!(worker, model = %name, "Inference session opened again.");
                 *slot = Some(inspector);
             }
             Err(e) => tracing::error!(
                 worker,
-                model = %identity.name,
+                model = %name,
                 path = %dir.display(),
                 error = %e,
-                "Cannot open the model's session again; its frames are answered with an error."
+                "Cannot open the model's session again; the session in place goes on serving."
             ),
         }
     }
@@ -1865,15 +1896,12 @@ fn infer(
     }
     for (model, threshold, members) in groups {
         let Some(inspector) = inspectors[model].as_mut() else {
-            // A worker installs every model a slot points at before reading the mapping; a
-            // model is missing only when its session could not be opened again after a panic.
+            // Unreachable: a worker installs every model a slot points at before reading the
+            // mapping. Answered rather than panicking all the same.
             for &i in &members {
                 out[i] = Some((
                     Outcome::Error {
-                        message: format!(
-                            "model {model} is not loaded in this worker (see the log: its \
-                             session could not be opened again after a failure)"
-                        ),
+                        message: format!("model {model} is not loaded in this worker"),
                     },
                     None,
                     Default::default(),

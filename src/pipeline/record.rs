@@ -171,7 +171,7 @@ impl Recorder {
             match self.record(result, image).await {
                 Ok(()) => return true,
                 Err(e @ StoreError::TriggerAnswered { .. }) => {
-                    tracing::warn!(camera = %result.camera, trigger = ?result.trigger_id, error = %e, "Result not recorded: its trigger was answered before.");
+                    tracing::warn!(camera = %result.camera, trigger = ?result.trigger_id, error = %e, "Result not recorded again: an earlier try of it was.");
                     return true;
                 }
                 // `ImageGone`: image retention deleted a byte-identical file between its

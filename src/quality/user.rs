@@ -100,13 +100,19 @@ fn unknown_user_hash() -> &'static str {
     HASH.get_or_init(|| hash_password("no such user").unwrap_or_default())
 }
 
-/// [`verify_password`] on the blocking pool, on at most half the cores at once. With
-/// `phc` `None` (an unknown user) it does the same work and answers false.
-pub async fn verify_password_limited(password: String, phc: Option<String>) -> bool {
-    let Ok(permit) = password_checks().acquire_owned().await else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || {
+/// How long a password check waits for its turn before its request is answered busy: a flood
+/// of sign-ins must not hold every other sign-in and signature in an endless queue.
+pub const PASSWORD_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`verify_password`] on the blocking pool, on at most half the cores at once; `None` when
+/// no turn came within [`PASSWORD_CHECK_WAIT`]. With `phc` `None` (an unknown user) it does the
+/// same work and answers false.
+pub async fn verify_password_limited(password: String, phc: Option<String>) -> Option<bool> {
+    let permit = tokio::time::timeout(PASSWORD_CHECK_WAIT, password_checks().acquire_owned())
+        .await
+        .ok()?
+        .ok()?;
+    let checked = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         match phc {
             Some(phc) => verify_password(&password, &phc),
@@ -117,7 +123,8 @@ pub async fn verify_password_limited(password: String, phc: Option<String>) -> b
         }
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or(false);
+    Some(checked)
 }
 
 /// Lockout after repeated failures.

@@ -522,7 +522,8 @@ mod tests {
     /// dropped; the first frame that had to be waited for is the one returned.
     #[test]
     fn frames_waiting_in_the_driver_queue_are_dropped_for_a_fresh_one() {
-        let interval = std::time::Duration::from_millis(40);
+        // Long enough that a pause of the test thread is not taken for a wait for a frame.
+        let interval = std::time::Duration::from_millis(300);
         let mut queued = 4;
         let mut taken = 0;
         let frame = fresh_frame(

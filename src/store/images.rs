@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row as _, Transaction};
 
-use super::{Store, StoreError, db};
+use super::{Backend, Store, StoreError, db};
 
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -549,20 +549,32 @@ impl Store {
             .map_err(db("look up an image"))
     }
 
-    /// [`Store::image_deleted_at`] read after every write in progress has committed: an image
-    /// whose file is missing while its record still says it is stored is, most often, one
-    /// that retention is deleting right now (the file goes before the record's commit). Takes
-    /// the write lock for a moment, so it is for that rare case only.
+    /// [`Store::image_deleted_at`] read once a write in progress on the image's record has
+    /// committed: an image whose file is missing while its record still says it is stored is,
+    /// most often, one that retention is deleting right now (the file goes before the record's
+    /// commit). On PostgreSQL it waits for that row only (`FOR SHARE`); on SQLite it takes the
+    /// write lock for a moment. For that rare case only.
     pub async fn image_deleted_at_settled(
         &self,
         hash: &str,
     ) -> Result<Option<Option<i64>>, StoreError> {
-        let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT deleted_at_ms FROM images WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("look up an image"))?;
+        let (mut tx, lock) = match self.backend {
+            Backend::Sqlite => (self.begin().await?, ""),
+            Backend::Postgres => (
+                self.writer
+                    .begin()
+                    .await
+                    .map_err(db("begin a transaction"))?,
+                " FOR SHARE",
+            ),
+        };
+        let row = sqlx::query(&format!(
+            "SELECT deleted_at_ms FROM images WHERE hash = $1{lock}"
+        ))
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("look up an image"))?;
         tx.rollback().await.map_err(db("look up an image"))?;
         row.map(|r| r.try_get::<Option<i64>, _>(0))
             .transpose()
@@ -864,10 +876,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.image_deleted_at(&hash).await.unwrap(), Some(None));
+        let (started, asked) = tokio::sync::oneshot::channel();
         let settled = tokio::spawn({
             let (store, hash) = (store.clone(), hash.clone());
-            async move { store.image_deleted_at_settled(&hash).await.unwrap() }
+            async move {
+                let _ = started.send(());
+                store.image_deleted_at_settled(&hash).await.unwrap()
+            }
         });
+        asked.await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(
             !settled.is_finished(),

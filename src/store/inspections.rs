@@ -317,14 +317,27 @@ impl Store {
                 }
             }
         }
-        // A trigger has one answer: already answered (an earlier try of this record that did
-        // commit, or "late" from an orphan scan), its inspection is not recorded a second time.
+        // A trigger has one answer. Already answered "inspected" (an earlier try of this very
+        // record that did commit), the inspection is not recorded a second time. Answered
+        // otherwise ("late" by another instance's orphan scan while the store was away), the
+        // verdict is still recorded: a defect found must not be lost; the answer stands.
         if let Some(trigger) = trigger_id
             && !Self::answer_trigger_in(&mut tx, trigger, "inspected", None, Some(id), now).await?
         {
-            return Err(StoreError::TriggerAnswered {
-                id: trigger.to_owned(),
-            });
+            let state: Option<String> = sqlx::query("SELECT state FROM triggers WHERE id = $1")
+                .bind(trigger)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read a trigger"))?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(db("read a trigger"))?;
+            if state.as_deref() == Some("inspected") {
+                return Err(StoreError::TriggerAnswered {
+                    id: trigger.to_owned(),
+                });
+            }
+            tracing::warn!(trigger, answer = ?state, inspection = id, "Inspection recorded for a trigger answered before; its answer stands.");
         }
         self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an inspection"))?;

@@ -234,10 +234,13 @@ pub enum StoreError {
         "image {hash} was removed by image retention while it was being recorded; write it again"
     )]
     ImageGone { hash: String },
-    /// The trigger of an inspection being recorded has its answer already; nothing was
-    /// written.
-    #[error("trigger {id} is answered already; its inspection is not recorded again")]
+    /// The trigger of an inspection being recorded was answered with an inspection already
+    /// (an earlier try of the same record committed); nothing was written.
+    #[error("trigger {id} has its inspection recorded already; it is not recorded again")]
     TriggerAnswered { id: String },
+    /// The work was not started because too much of it is waiting (password checks).
+    #[error("{0}")]
+    Busy(String),
 }
 
 fn open_list(ncrs: &[i64]) -> String {

@@ -160,7 +160,7 @@ impl Store {
             "INSERT INTO ncrs (lot, line, title, description, source, state, version, created_by, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, 'open', 0, $6, $7, $7) RETURNING id",
         )
-        .bind(new.lot.trim())
+        .bind(&new.lot)
         .bind(&new.line)
         .bind(&new.title)
         .bind(&new.description)
@@ -188,7 +188,7 @@ impl Store {
             reason: Some(new.description.clone()),
         }];
         let why = format!("NCR {id} raised: {}", new.title);
-        audit.extend(Self::hold_lot_for_ncr(tx, new.lot.trim(), actor, &why, now).await?);
+        audit.extend(Self::hold_lot_for_ncr(tx, &new.lot, actor, &why, now).await?);
         Ok((id, audit))
     }
 

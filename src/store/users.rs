@@ -55,6 +55,13 @@ fn sign_in_turn(username: &str) -> &'static tokio::sync::Mutex<()> {
     &turns[(h.finish() % turns.len() as u64) as usize]
 }
 
+fn password_checks_busy() -> StoreError {
+    StoreError::Busy(format!(
+        "password checks are queued beyond {} s; try again shortly",
+        crate::quality::user::PASSWORD_CHECK_WAIT.as_secs()
+    ))
+}
+
 fn user_row(row: &AnyRow) -> Result<(User, String, i64), StoreError> {
     let e = db("decode a user");
     let role: String = row.try_get("role").map_err(db("decode a user"))?;
@@ -178,9 +185,11 @@ impl Store {
     /// account is refused without looking at the password.
     ///
     /// The attempts on one name take turns in this process ([`sign_in_turn`]): each reads the
-    /// account after the one before has counted its failure, so requests sent at once cannot
-    /// try more than `max_failures` passwords between two lockouts, and parallel requests with
-    /// the right password all pass.
+    /// account after the one before has counted its failure, so requests sent at once to one
+    /// instance cannot try more than `max_failures` passwords between two lockouts, and parallel
+    /// requests with the right password all pass. Instances sharing a PostgreSQL store count
+    /// failures together, each checks up to the limit before it sees the lock, and a right
+    /// password never lifts a lock set meanwhile.
     pub async fn authenticate(
         &self,
         creds: &Credentials,
@@ -197,7 +206,9 @@ impl Store {
         let Some(row) = row else {
             // An unknown name costs the same hashing as a wrong password, so the answer's
             // time does not tell which names exist.
-            verify_password_limited(creds.password.clone(), None).await;
+            verify_password_limited(creds.password.clone(), None)
+                .await
+                .ok_or_else(password_checks_busy)?;
             return Err(StoreError::InvalidCredentials);
         };
         let (user, hash, _) = user_row(&row)?;
@@ -210,16 +221,36 @@ impl Store {
                 until: format_ms(until),
             });
         }
-        let ok = verify_password_limited(creds.password.clone(), Some(hash)).await;
+        let ok = verify_password_limited(creds.password.clone(), Some(hash))
+            .await
+            .ok_or_else(password_checks_busy)?;
         let mut tx = self.begin().await?;
         if ok {
-            sqlx::query(
-                "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL WHERE id = $1",
+            // Not over a lock another instance set meanwhile (the turns above are this
+            // process's only).
+            let reset = sqlx::query(
+                "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL \
+                 WHERE id = $1 AND (locked_until_ms IS NULL OR locked_until_ms <= $2)",
             )
             .bind(user.id)
+            .bind(now_ms())
             .execute(&mut *tx)
             .await
-            .map_err(db("reset failed sign-ins"))?;
+            .map_err(db("reset failed sign-ins"))?
+            .rows_affected();
+            if reset == 0 {
+                let until: Option<i64> =
+                    sqlx::query("SELECT locked_until_ms FROM users WHERE id = $1")
+                        .bind(user.id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|r| r.try_get(0))
+                        .map_err(db("look up a user"))?;
+                return Err(StoreError::Locked {
+                    username: user.username,
+                    until: format_ms(until.unwrap_or_default()),
+                });
+            }
             tx.commit().await.map_err(db("reset failed sign-ins"))?;
             return Ok(User {
                 locked_until_ms: None,

@@ -142,6 +142,18 @@ scenario('(b) QA approves a proposed disposition with an electronic signature; a
     await attributeIs(page, tid('ncr-disposition'), 'data-disposition', 'rework');
     await snap(page, 'b-01-ncr-proposed');
 
+    // A measurement report attached to the NCR before QA decides; the NCR moves to a new
+    // version, which is what the signature will bind.
+    await page.locator(tid('attach-file')).setInputFiles({
+      name: 'bore-gauge-report.txt', mimeType: 'text/plain', buffer: Buffer.from('Bore 12.02 mm, 12.05 mm, 11.98 mm\n'),
+    });
+    await page.locator(tid('attach-submit')).click();
+    await page.locator(tid('ncr-attachment')).filter({ hasText: 'bore-gauge-report.txt' }).waitFor();
+    await snap(page, 'b-01b-attachment');
+    const attached = await qa.get(`/ncrs/${ncr.id}`);
+    assert.deepEqual(attached.attachments.map((a) => a.name), ['bore-gauge-report.txt']);
+    assert.equal(attached.ncr.version, ncr.version + 1);
+
     await page.locator(tid('ncr-action-approve')).click();
     const dialog = page.locator(tid('sign-dialog'));
     await dialog.waitFor();
@@ -207,15 +219,9 @@ scenario('(b) QA approves a proposed disposition with an electronic signature; a
     const lastActor = page.locator(`${tid('ncr-history')} tbody tr:last-child ${tid('ncr-history-actor')}`);
     assert.equal(await lastActor.textContent(), `${users.qa.fullName} (${users.qa.username})`);
 
-    // A measurement report attached to the NCR.
-    await page.locator(tid('attach-file')).setInputFiles({
-      name: 'bore-gauge-report.txt', mimeType: 'text/plain', buffer: Buffer.from('Bore 12.02 mm, 12.05 mm, 11.98 mm\n'),
-    });
-    await page.locator(tid('attach-submit')).click();
-    await page.locator(tid('ncr-attachment')).filter({ hasText: 'bore-gauge-report.txt' }).waitFor();
-    await snap(page, 'b-05-attachment');
-    const attached = await qa.get(`/ncrs/${ncr.id}`);
-    assert.deepEqual(attached.attachments.map((a) => a.name), ['bore-gauge-report.txt']);
+    // After approval the record is final: no more files.
+    await page.locator(tid('attach-closed')).waitFor();
+    assert.equal(await page.locator(tid('attach-file')).count(), 0);
   });
 });
 
@@ -315,7 +321,7 @@ scenario('(d) the line view shows a new inspection live, over Server-Sent Events
 scenario('(e) QA holds a lot; its release is refused while its NCR is open and allowed once the NCR is closed', async () => {
   const ncr = await proposedNcr(unique('LOT-E'), 'scrap');
   const qa = await Api.signIn(users.qa);
-  const signature = await qa.call('POST', `/ncrs/${ncr.id}/signatures`, { json: { password: users.qa.password, meaning: 'approved' } });
+  const signature = await qa.call('POST', `/ncrs/${ncr.id}/signatures`, { json: { password: users.qa.password, meaning: 'approved', version: ncr.version } });
   await qa.post(`/ncrs/${ncr.id}/transitions`, { action: 'approve', signature_id: signature.id });
 
   await withPage(browser, 'e', async (page) => {

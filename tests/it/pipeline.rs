@@ -1288,10 +1288,20 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     // The same id again (a client retrying, an MQTT redelivery) is not served twice.
     let again = triggers.fire(trigger("press", 0)).await.unwrap();
     assert_eq!(again.status, "duplicate");
+    // Journalled by a try whose caller saw an error although it committed: the next try
+    // serves it instead of leaving it to be answered "late".
+    db.store
+        .journal_trigger("press-retried", "press", None, None, None, 1)
+        .await
+        .unwrap();
+    let mut retried = trigger("press", 99);
+    retried.id = Some("press-retried".into());
+    assert_eq!(triggers.fire(retried).await.unwrap().status, "queued");
+    wait_for(&sink, 7).await;
     let summary = pipeline.shutdown().await;
-    assert_eq!(summary.inspected, 6, "{summary:?}");
+    assert_eq!(summary.inspected, 7, "{summary:?}");
     let results = sink.results();
-    assert_eq!(results.len(), 6, "the duplicate produced no result");
+    assert_eq!(results.len(), 7, "the duplicate produced no result");
     let mut rejects = 0;
     for r in &results {
         let id = r.trigger_id.as_deref().unwrap();
@@ -1321,7 +1331,7 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
         }
     }
     assert!(rejects > 0, "the synthetic camera makes defective parts");
-    assert_eq!(db.store.inspection_count().await.unwrap(), 6);
+    assert_eq!(db.store.inspection_count().await.unwrap(), 7);
     db.finish().await;
 }
 

