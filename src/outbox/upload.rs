@@ -624,12 +624,7 @@ mod tests {
     #[tokio::test]
     async fn a_sample_is_marked_uploaded_only_with_the_metadata_it_has() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::StoreConfig {
-            url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
-            ..crate::store::StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::sqlite_in(dir.path()).await;
         sqlx::query(
             "INSERT INTO sample_manifest (inspection_id, day, line, metadata, uploaded) \
              VALUES (7, '2026-12-06', 'L1', '{\"human_verdict\":\"defect\"}', 0)",

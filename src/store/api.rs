@@ -646,18 +646,7 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO lots (lot, held_at_ms, held_by, hold_reason) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (lot) DO UPDATE SET held_at_ms = $2, held_by = $3, hold_reason = $4, \
-             released_at_ms = NULL, released_by = NULL",
-        )
-        .bind(lot)
-        .bind(now)
-        .bind(user.id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("hold a lot"))?;
+        Self::put_lot_on_hold(&mut tx, lot, Some(user.id), reason, now).await?;
         self.append_audit(
             &mut tx,
             now,

@@ -857,12 +857,7 @@ mod tests {
     #[tokio::test]
     async fn the_settled_lookup_sees_a_removal_that_is_committing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::StoreConfig {
-            url: Some(format!("sqlite://{}", dir.path().join("q.db").display())),
-            ..crate::store::StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::sqlite_in(dir.path()).await;
         let hash = "ab".repeat(32);
         sqlx::query("INSERT INTO images (hash, bytes, stored_at_ms) VALUES ($1, 10, 1)")
             .bind(&hash)

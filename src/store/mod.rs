@@ -659,6 +659,17 @@ fn audit_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
     .map_err(e)
 }
 
+/// A fresh SQLite store in `dir`, for the unit tests of the modules that use one.
+#[cfg(test)]
+pub(crate) async fn sqlite_in(dir: &std::path::Path) -> Store {
+    Store::open(&StoreConfig {
+        url: Some(format!("sqlite://{}", dir.join("q.db").display())),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("a SQLite store opens in a temporary folder")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

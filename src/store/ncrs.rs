@@ -192,6 +192,30 @@ impl Store {
         Ok((id, audit))
     }
 
+    /// In `tx`: `lot` held from `now` by `held_by` (none: the system) for `reason`, its release
+    /// withdrawn.
+    pub(crate) async fn put_lot_on_hold(
+        tx: &mut Transaction<'static, Any>,
+        lot: &str,
+        held_by: Option<i64>,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO lots (lot, held_at_ms, held_by, hold_reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (lot) DO UPDATE SET held_at_ms = $2, held_by = $3, hold_reason = $4, \
+             released_at_ms = NULL, released_by = NULL",
+        )
+        .bind(lot)
+        .bind(now)
+        .bind(held_by)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("hold a lot"))?;
+        Ok(())
+    }
+
     /// In `tx`: puts `lot` on hold because of an NCR (raised, reopened or contained) and
     /// withdraws its release, unless it is on hold already (the first reason stands). The
     /// audit entry, when the lot changed. A release is refused anyway while an NCR is open;
@@ -229,18 +253,7 @@ impl Store {
             .map(|r| r.try_get(0))
             .transpose()
             .map_err(db("look up a user"))?;
-        sqlx::query(
-            "INSERT INTO lots (lot, held_at_ms, held_by, hold_reason) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (lot) DO UPDATE SET held_at_ms = $2, held_by = $3, hold_reason = $4, \
-             released_at_ms = NULL, released_by = NULL",
-        )
-        .bind(lot)
-        .bind(now)
-        .bind(actor_id)
-        .bind(why)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("hold a lot"))?;
+        Self::put_lot_on_hold(tx, lot, actor_id, why, now).await?;
         Ok(Some(NewAuditEntry {
             actor: actor.into(),
             action: "lot.hold".into(),
