@@ -198,15 +198,9 @@ impl Store {
     pub async fn session(&self, secret: &str, idle_ms: i64) -> Result<Option<Session>, StoreError> {
         let now = now_ms();
         let hash = sha256_hex(secret);
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_USER_COLUMNS}, s.csrf_token, s.expires_at_ms, s.last_seen_ms \
-             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 = $1"
-        ))
-        .bind(&hash)
-        .fetch_optional(self.reader())
-        .await
-        .map_err(db("look up a session"))?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = self.session_row(&hash).await? else {
+            return Ok(None);
+        };
         let user = joined_user(&row)?;
         let expires: i64 = row
             .try_get("expires_at_ms")
@@ -338,19 +332,25 @@ impl Store {
         Ok((listed, token))
     }
 
+    /// The session whose secret hashes to `hash`, with its user's columns.
+    async fn session_row(&self, hash: &str) -> Result<Option<AnyRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_USER_COLUMNS}, s.csrf_token, s.expires_at_ms, s.last_seen_ms \
+             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db("look up a session"))
+    }
+
     /// Whether a session is still open (not ended, not idle past its expiry, its user not
     /// locked), without extending it.
     pub async fn session_alive(&self, secret: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_USER_COLUMNS}, s.expires_at_ms \
-             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 = $1"
-        ))
-        .bind(sha256_hex(secret))
-        .fetch_optional(self.reader())
-        .await
-        .map_err(db("look up a session"))?;
-        let Some(row) = row else { return Ok(false) };
+        let Some(row) = self.session_row(&sha256_hex(secret)).await? else {
+            return Ok(false);
+        };
         let user = joined_user(&row)?;
         let expires: i64 = row
             .try_get("expires_at_ms")

@@ -1345,6 +1345,35 @@ async fn inspections_list_by_filter_and_cursor_and_stream_live() {
     assert!(at8 < text.find("id: 9\n").unwrap());
     assert!(text.contains("event: inspection"), "{text}");
     assert!(text.contains("\"part_id\":\"P8\""), "{text}");
+
+    // A stream ends with the credentials it was opened with: revoking the token ends it.
+    let (listed, token) =
+        f.db.store
+            .create_token("op", "wall screen", None, "test")
+            .await
+            .unwrap();
+    let res = app(f.state.clone())
+        .oneshot(call(
+            "GET",
+            "/api/v1/events",
+            Some(&format!("Bearer {token}")),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut stream = res.into_body().into_data_stream();
+    f.db.store
+        .revoke_token(listed.id, "admin", "screen removed")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            chunk.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a revoked token ends");
 }
 
 /// The QA path over the API: raise an NCR, bring it to a proposed disposition, hold the lot,
