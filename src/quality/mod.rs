@@ -94,20 +94,18 @@ pub const MAX_TEXT_BYTES: usize = 10_000;
 
 /// `Err` naming `field` and the limit when `value` is longer than [`MAX_TEXT_BYTES`].
 pub fn check_text(field: &str, value: &str) -> Result<(), String> {
-    if value.len() > MAX_TEXT_BYTES {
-        return Err(format!(
-            "{field} is {} bytes long: at most {MAX_TEXT_BYTES}",
-            value.len()
-        ));
-    }
-    Ok(())
+    check_bytes(field, value, MAX_TEXT_BYTES)
 }
 
 /// `Err` naming `field` and the limit when `value` is longer than [`MAX_LABEL_BYTES`].
 pub fn check_label(field: &str, value: &str) -> Result<(), String> {
-    if value.len() > MAX_LABEL_BYTES {
+    check_bytes(field, value, MAX_LABEL_BYTES)
+}
+
+fn check_bytes(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
         return Err(format!(
-            "{field} is {} bytes long: at most {MAX_LABEL_BYTES}",
+            "{field} is {} bytes long: at most {max}",
             value.len()
         ));
     }
