@@ -1739,4 +1739,46 @@ model = "{model}"
         hashes[first_new..].iter().filter(|h| **h == new).count() >= 5,
         "the new model serves after the swap"
     );
+
+    // Started again, the service inspects with the activated model from its first frame, not
+    // with the one its configuration names.
+    let before = lines().len();
+    let mut child = crate::common::linesight()
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait(&|l| l.len() >= before + 3);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let restarted = lines();
+    assert!(
+        restarted.len() >= before + 3,
+        "the restarted service inspects"
+    );
+    assert!(
+        restarted[before..].iter().all(|v| sha(v) == new),
+        "every frame after the restart by the activated model: {:?}",
+        restarted[before..].iter().map(sha).collect::<Vec<_>>()
+    );
+    // The activated package gone from this machine: the service does not start with another.
+    std::fs::rename(&good, dir.path().join("moved-away")).unwrap();
+    let refused = crate::common::linesight()
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("slot belt has model activation"),
+        "{stderr}"
+    );
 }
