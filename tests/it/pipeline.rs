@@ -1628,14 +1628,26 @@ model = "{model}"
     );
     assert!(issued.status.success(), "{issued:?}");
     let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
-    let mut child = crate::common::linesight()
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // `linesight run` in the background, and its stop by SIGTERM (exit 0 expected).
+    let start = || {
+        crate::common::linesight()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut child: std::process::Child| {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    };
+    let child = start();
     let results = dir.path().join("results.jsonl");
     let lines = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&results)
@@ -1717,12 +1729,7 @@ model = "{model}"
         "ready throughout the swap: {:?}",
         answers.iter().find(|(s, _)| *s != 200)
     );
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    stop(child);
     let all = lines();
     assert!(
         all.iter().all(|v| v["status"] == "inspected"),
@@ -1743,20 +1750,9 @@ model = "{model}"
     // Started again, the service inspects with the activated model from its first frame, not
     // with the one its configuration names.
     let before = lines().len();
-    let mut child = crate::common::linesight()
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = start();
     wait(&|l| l.len() >= before + 3);
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    stop(child);
     let restarted = lines();
     assert!(
         restarted.len() >= before + 3,
