@@ -33,6 +33,11 @@ pub struct PipelineConfig {
     /// First wait before reopening a failed source; doubled per failure up to the maximum.
     pub reopen_backoff_initial_ms: u64,
     pub reopen_backoff_max_ms: u64,
+    /// A triggered camera waiting for its next trigger is checked this often (device still
+    /// there, stream still arriving; [`crate::source::FrameSource::probe`]), so that health
+    /// tells a camera that went away before the next part comes. One that failed is reopened
+    /// with the back-off above while it waits.
+    pub probe_interval_ms: u64,
     /// Folder for `results.jsonl` (none: no file).
     pub results_dir: Option<PathBuf>,
     /// Print one line per result on stdout.
@@ -71,6 +76,7 @@ impl Default for PipelineConfig {
             shutdown_deadline_ms: 5_000,
             reopen_backoff_initial_ms: 200,
             reopen_backoff_max_ms: 10_000,
+            probe_interval_ms: 5_000,
             results_dir: None,
             print_results: false,
             listen: None,
@@ -180,6 +186,12 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         "reopen_backoff_max_ms",
         pipeline.reopen_backoff_max_ms,
         1,
+        3_600_000,
+    );
+    range(
+        "probe_interval_ms",
+        pipeline.probe_interval_ms,
+        10,
         3_600_000,
     );
     if pipeline.batch_size > 1 && pipeline.trigger_deadline_ms <= pipeline.max_batch_wait_ms {

@@ -1305,11 +1305,18 @@ type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>,
 async fn grab(
     mut source: Box<dyn FrameSource>,
     input: Option<InputSpec>,
+    reopen_first: bool,
     fresh: impl FnOnce() -> Box<dyn FrameSource>,
 ) -> (Box<dyn FrameSource>, Grabbed, f64) {
     let joined = tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
-        let result = source.next_frame().map_err(|e| e.to_string());
+        let result = if reopen_first {
+            source.reopen()
+        } else {
+            Ok(())
+        }
+        .and_then(|()| source.next_frame())
+        .map_err(|e| e.to_string());
         let capture_ms = ms(start.elapsed());
         let result = result.map(|frame| {
             frame.map(|mut captured| {
@@ -1336,6 +1343,33 @@ async fn grab(
         // thread; a fresh one from the camera's configuration takes its place and is opened
         // by the reopening that follows the error.
         Err(e) => (fresh(), Err(format!("source panicked: {e}")), 0.0),
+    }
+}
+
+/// Checks an idle source on a blocking thread ([`FrameSource::probe`]); after a failure,
+/// reopens it first. Gives the source back (a fresh one when its driver panicked).
+async fn check_idle(
+    mut source: Box<dyn FrameSource>,
+    reopen_first: bool,
+    fresh: impl FnOnce() -> Box<dyn FrameSource>,
+) -> (Box<dyn FrameSource>, Result<(), String>) {
+    match tokio::task::spawn_blocking(move || {
+        let r = if reopen_first {
+            source.reopen()
+        } else {
+            Ok(())
+        }
+        .and_then(|()| source.probe())
+        .map_err(|e| e.to_string());
+        (source, r)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => (
+            fresh(),
+            Err(format!("source panicked while being checked: {e}")),
+        ),
     }
 }
 
@@ -1399,57 +1433,77 @@ async fn run_camera(
         mode = ?config.mode,
         "Camera started."
     );
-    if triggers.is_some() {
-        // A triggered camera grabs only on a trigger: its device is opened now, so that
-        // health (and readiness) tell whether it is there before the first part arrives.
-        let mut taken = source.take().expect("the source is here at start");
-        let probing = tokio::task::spawn_blocking(move || {
-            let r = taken.probe().map_err(|e| e.to_string());
-            (taken, r)
-        });
-        // A device whose opening hangs does not hold up a shutdown (its thread keeps it; the
-        // loop below then stops at once).
-        let probed = tokio::select! {
-            joined = probing => Some(match joined {
-                Ok(done) => done,
-                Err(e) => (fresh(), Err(format!("source panicked while opening: {e}"))),
-            }),
-            _ = shutdown.changed() => None,
-        };
-        match probed.map(|(back, probed)| {
-            source = Some(back);
-            probed
-        }) {
-            None => {}
-            Some(Ok(())) => shared.set_health(&id, CameraHealth::Running),
-            Some(Err(error)) => {
-                tracing::warn!(camera = %id, %error, "Triggered camera cannot be opened yet; it is tried again at the next trigger.");
-                if let Some(c) = counters {
-                    c.source_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                shared.set_health(
-                    &id,
-                    CameraHealth::Reopening {
-                        error,
-                        failures: 1,
-                        retry_in_ms: 0,
-                    },
-                );
-            }
-        }
-    }
+    // A triggered camera grabs only on a trigger. While it waits, its device is checked
+    // (`FrameSource::probe`): first at start, then every `probe_interval_ms`; after a failure
+    // it is reopened with back-off instead. So health (and readiness) tell a camera that is
+    // missing, or went away, before the next part comes.
+    let probe_interval = Duration::from_millis(shared.config.probe_interval_ms);
+    let mut check_at = tokio::time::Instant::now();
+    // The last check or grab failed: the source is reopened before its next use.
+    let mut reopen_first = false;
     let final_health = loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
         }
-        // Free-run: pace. Triggered: wait for a trigger.
+        // Free-run: pace. Triggered: wait for a trigger, checking the device meanwhile.
         let pending = match triggers.as_mut() {
             Some(rx) => tokio::select! {
+                biased;
+                _ = shutdown.changed() => break CameraHealth::Stopped,
                 t = rx.recv() => match t {
                     Some(t) => Some(t),
                     None => break CameraHealth::Stopped,
                 },
-                _ = shutdown.changed() => break CameraHealth::Stopped,
+                () = tokio::time::sleep_until(check_at) => {
+                    let checking = check_idle(
+                        source.take().expect("the source is back between grabs"),
+                        reopen_first,
+                        &fresh,
+                    );
+                    // A device whose check hangs does not hold up a shutdown (its thread
+                    // keeps it; the loop then stops at once).
+                    let (back, checked) = tokio::select! {
+                        done = checking => done,
+                        _ = shutdown.changed() => break CameraHealth::Stopped,
+                    };
+                    source = Some(back);
+                    match checked {
+                        Ok(()) => {
+                            if failures > 0 {
+                                tracing::info!(camera = %id, failures, "Source recovered.");
+                            }
+                            failures = 0;
+                            backoff = initial_backoff;
+                            reopen_first = false;
+                            shared.set_health(&id, CameraHealth::Running);
+                            check_at = tokio::time::Instant::now() + probe_interval;
+                        }
+                        Err(error) => {
+                            failures += 1;
+                            if let Some(c) = counters {
+                                c.source_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Once per outage in the log; health counts the attempts.
+                            if failures == 1 {
+                                tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "Triggered camera failed its check while waiting for triggers; reopening with back-off.");
+                            } else {
+                                tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
+                            }
+                            shared.set_health(
+                                &id,
+                                CameraHealth::Reopening {
+                                    error,
+                                    failures,
+                                    retry_in_ms: backoff.as_millis() as u64,
+                                },
+                            );
+                            reopen_first = true;
+                            check_at = tokio::time::Instant::now() + backoff;
+                            backoff = (backoff * 2).min(max_backoff);
+                        }
+                    }
+                    continue;
+                }
             },
             None => {
                 if let Some(i) = interval.as_mut() {
@@ -1502,6 +1556,7 @@ async fn run_camera(
         let grabbing = grab(
             source.take().expect("the source is back between grabs"),
             input,
+            std::mem::take(&mut reopen_first),
             &fresh,
         );
         tokio::pin!(grabbing);
@@ -1532,6 +1587,7 @@ async fn run_camera(
                 }
                 failures = 0;
                 backoff = initial_backoff;
+                check_at = tokio::time::Instant::now() + probe_interval;
                 shared.set_health(&id, CameraHealth::Running);
                 if let Some(c) = counters {
                     c.frames_in.fetch_add(1, Ordering::Relaxed);
@@ -1615,6 +1671,14 @@ async fn run_camera(
                         retry_in_ms: backoff.as_millis() as u64,
                     },
                 );
+                if triggers.is_some() {
+                    // Reopened by the check after the back-off, or before the grab of a
+                    // trigger that comes sooner.
+                    reopen_first = true;
+                    check_at = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(max_backoff);
+                    continue;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => break CameraHealth::Stopped,

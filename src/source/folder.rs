@@ -200,6 +200,19 @@ impl FrameSource for FolderSource {
         }))
     }
 
+    /// The folder is still there (a network share that dropped, a folder moved away).
+    fn probe(&mut self) -> Result<(), SourceError> {
+        let listed = |source| SourceError::ListFolder {
+            path: self.root.clone(),
+            source,
+        };
+        match std::fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(listed(std::io::Error::other("not a folder"))),
+            Err(e) => Err(listed(e)),
+        }
+    }
+
     fn reopen(&mut self) -> Result<(), SourceError> {
         let position = self.next;
         self.files = list(&self.root)?;

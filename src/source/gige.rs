@@ -398,6 +398,20 @@ mod device {
             Ok(())
         }
 
+        /// One uncached read of the bootstrap register at address 0 (the protocol version,
+        /// present on every GigE Vision and USB3 Vision device): it fails once the camera is
+        /// gone (within Aravis's control timeout and retries).
+        fn answers(open: &Open) -> Result<(), String> {
+            match open.camera.device() {
+                Some(device) => match device.read_register(0) {
+                    Ok((true, _)) => Ok(()),
+                    Ok((false, _)) => Err("no answer".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Ok(()),
+            }
+        }
+
         /// Gives back every frame already waiting, so the next one is fresh.
         fn recycle_waiting(open: &Open) {
             while let Some(b) = open.stream.try_pop_buffer() {
@@ -429,19 +443,10 @@ mod device {
                         }
                         Some(_) => continue,
                         None => {
-                            // One uncached read of the bootstrap register at address 0 (the
-                            // protocol version, present on every GigE Vision and USB3 Vision
-                            // device): it fails once the camera is gone, so the pipeline
-                            // reports and reopens it.
-                            let answer = match open.camera.device() {
-                                Some(device) => match device.read_register(0) {
-                                    Ok((true, _)) => Ok(()),
-                                    Ok((false, _)) => Err("no answer".to_owned()),
-                                    Err(e) => Err(e.to_string()),
-                                },
-                                None => Ok(()),
-                            };
-                            if let Err(e) = answer {
+                            // A quiet line and a camera that vanished look the same from the
+                            // stream: the camera is asked, so the pipeline reports and reopens
+                            // one that is gone.
+                            if let Err(e) = Self::answers(open) {
                                 return Err(self.error(format!(
                                     "stopped answering while waiting for a trigger on {}: {e}",
                                     self.config.trigger_line
@@ -533,6 +538,19 @@ mod device {
 
         fn reopen(&mut self) -> Result<(), SourceError> {
             self.start()
+        }
+
+        /// The camera answers a register read; one not connected is connected.
+        fn probe(&mut self) -> Result<(), SourceError> {
+            let Some(open) = self.open.as_ref() else {
+                return self.start();
+            };
+            Self::answers(open).map_err(|e| {
+                let e = self.error(format!("stopped answering: {e}"));
+                // Its stream is of no use any more; the reopen connects afresh.
+                self.open = None;
+                e
+            })
         }
     }
 

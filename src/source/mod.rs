@@ -97,8 +97,12 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Option<Captured>, SourceError>;
     /// Closes and reopens the device after a failure.
     fn reopen(&mut self) -> Result<(), SourceError>;
-    /// Makes sure the device is open, without taking a frame: a triggered camera is checked
-    /// at start instead of at its first trigger. Open sources have nothing to do.
+    /// Makes sure the device is open and still there, without taking a frame: the pipeline
+    /// probes a triggered camera at start and then every `pipeline.probe_interval_ms` while it
+    /// waits for triggers, so that health tells a camera that is missing or went away before
+    /// the next part comes. Opens a source that is not open; a failed check leaves the source
+    /// to be reopened. It holds up the camera's next trigger, so it must be quick: a look at
+    /// the device, not a capture. Sources with no device to lose have nothing to do.
     fn probe(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
@@ -290,12 +294,10 @@ impl FrameSource for LazySource {
     }
 
     fn probe(&mut self) -> Result<(), SourceError> {
-        match self.inner.as_mut() {
-            Some(s) => s.probe(),
-            None => {
-                self.inner = Some(self.config.open(self.limits)?);
-                Ok(())
-            }
+        if self.inner.is_none() {
+            self.inner = Some(self.config.open(self.limits)?);
         }
+        // Opening is not always answering: an RTSP camera's stream, say, fails after.
+        self.inner.as_mut().expect("opened just above").probe()
     }
 }

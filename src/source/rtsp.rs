@@ -184,6 +184,8 @@ mod device {
         newest: Option<(gst::Sample, SystemTime, Instant, u64)>,
         /// Frames decoded since the stream was opened.
         decoded: u64,
+        /// When the newest frame arrived, grabbed or not.
+        last_arrival: Option<Instant>,
     }
 
     type Shared = Arc<(Mutex<Slot>, Condvar)>;
@@ -192,6 +194,7 @@ mod device {
         pipeline: gst::Pipeline,
         bus: gst::Bus,
         slot: Shared,
+        started: Instant,
     }
 
     impl Drop for Open {
@@ -332,8 +335,9 @@ mod device {
                         let (lock, ready) = &*filled;
                         let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
                         slot.decoded += 1;
-                        slot.newest =
-                            Some((sample, SystemTime::now(), Instant::now(), slot.decoded));
+                        let now = Instant::now();
+                        slot.last_arrival = Some(now);
+                        slot.newest = Some((sample, SystemTime::now(), now, slot.decoded));
                         ready.notify_all();
                         Ok(gst::FlowSuccess::Ok)
                     })
@@ -344,6 +348,7 @@ mod device {
                 pipeline,
                 bus,
                 slot,
+                started: Instant::now(),
             };
             open.pipeline
                 .set_state(gst::State::Playing)
@@ -404,6 +409,53 @@ mod device {
                 drop(
                     ready
                         .wait_timeout(slot, wait)
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+            }
+        }
+
+        /// The stream posted no error and a frame arrived within `frame_timeout_ms` (counted
+        /// from the opening for the first frame, waited for up to then): a camera that stopped
+        /// or hangs fails here while no grab asks it for frames.
+        fn check(&self) -> Result<(), SourceError> {
+            let Some(open) = self.open.as_ref() else {
+                return Err(self.error("not connected"));
+            };
+            let timeout = Duration::from_millis(self.config.frame_timeout_ms);
+            let (lock, ready) = &*open.slot;
+            loop {
+                if let Some(message) = open
+                    .bus
+                    .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
+                {
+                    return Err(match message.view() {
+                        gst::MessageView::Error(e) => self.error(describe_error(e)),
+                        _ => self.error("the camera ended the stream"),
+                    });
+                }
+                let slot = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let since = slot.last_arrival.unwrap_or(open.started);
+                let quiet = since.elapsed();
+                if slot.last_arrival.is_some() && quiet <= timeout {
+                    return Ok(());
+                }
+                if quiet > timeout {
+                    return Err(self.error(match slot.last_arrival {
+                        Some(_) => format!(
+                            "no frame for {} ms (frame_timeout_ms = {})",
+                            quiet.as_millis(),
+                            self.config.frame_timeout_ms
+                        ),
+                        None => format!(
+                            "no frame within frame_timeout_ms = {} ms",
+                            self.config.frame_timeout_ms
+                        ),
+                    }));
+                }
+                // Opened moments ago: wait for its first frame (or its error).
+                drop(
+                    ready
+                        .wait_timeout(slot, (timeout - quiet).min(POLL))
                         .unwrap_or_else(|e| e.into_inner()),
                 );
             }
@@ -525,6 +577,18 @@ mod device {
 
         fn reopen(&mut self) -> Result<(), SourceError> {
             self.start()
+        }
+
+        fn probe(&mut self) -> Result<(), SourceError> {
+            if self.open.is_none() {
+                self.start()?;
+            }
+            let checked = self.check();
+            if checked.is_err() {
+                // As after a failed grab: the stream stops now; the reopen builds a new one.
+                self.open = None;
+            }
+            checked
         }
     }
 }

@@ -414,6 +414,29 @@ mod device {
         fn reopen(&mut self) -> Result<(), SourceError> {
             self.start()
         }
+
+        /// The device node is still there: unplugging a USB camera removes it (and the
+        /// `/dev/v4l/by-id/` link a configured path may go through). A camera not streaming
+        /// is opened.
+        fn probe(&mut self) -> Result<(), SourceError> {
+            if self.camera.is_none() {
+                return self.start();
+            }
+            let checked = device_index(&self.config.device).and_then(|index| {
+                let node = PathBuf::from(format!("/dev/video{index}"));
+                if node.exists() {
+                    Ok(())
+                } else {
+                    Err(self.error(format!("{} is gone (unplugged?)", node.display())))
+                }
+            });
+            if checked.is_err() {
+                // Released now: the handle of a vanished device is of no use, and a camera
+                // plugged back in is opened by the reopen.
+                self.camera = None;
+            }
+            checked
+        }
     }
 
     /// One format a camera offers.

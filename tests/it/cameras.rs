@@ -425,6 +425,31 @@ mod gige {
         assert_eq!(f.image.dimensions(), (512, 512));
     }
 
+    /// The check the pipeline makes of a triggered camera between triggers: it answers while
+    /// the camera is there, fails naming it once the camera is gone (no grab needed), and
+    /// connects again once it is back.
+    #[test]
+    fn a_probe_sees_a_waiting_camera_vanish_and_come_back() {
+        let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
+        let cam = FakeCamera::start("LSPROBE");
+        let id = cam.id.clone();
+        let mut source = GigeSource::open(config(&id, GigeTrigger::Software)).unwrap();
+        source.probe().unwrap();
+        drop(cam);
+        // Aravis gives up on the dead camera after its control timeouts and retries (about
+        // 12 s here): long, but only while no part could be inspected anyway.
+        let e = source.probe().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("gige {id}: stopped answering")),
+            "{e}"
+        );
+        assert!(source.probe().is_err(), "nothing to connect to yet");
+        let _back = FakeCamera::start("LSPROBE");
+        source.probe().unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (512, 512));
+    }
+
     #[test]
     fn pipeline_triggers_fire_the_camera_and_carry_part_and_lot() {
         let _one = FAKE_CAMERA.lock().unwrap_or_else(|e| e.into_inner());
@@ -764,6 +789,46 @@ mod rtsp {
         fails_within(&mut source, &url, Duration::from_secs(5));
         signal("-CONT");
         streams_again(&mut source);
+    }
+
+    /// The check the pipeline makes of a triggered camera between triggers: a stream that
+    /// stopped, or hangs (no frame for `frame_timeout_ms`), fails it without a grab; once the
+    /// camera is back, the check connects again and waits for the first frame.
+    #[test]
+    fn a_probe_sees_a_stream_stop_or_hang_and_come_back() {
+        let port = free_port();
+        let cam = TestCamera::start(port, &[]);
+        let url = cam.url();
+        let mut source = RtspSource::open(
+            RtspConfig {
+                frame_timeout_ms: 1_500,
+                ..config(&url)
+            },
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        source.probe().unwrap();
+        let sent = Command::new("kill")
+            .args(["-STOP", &cam.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        std::thread::sleep(Duration::from_millis(1_700));
+        let e = source.probe().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("rtsp {url}: no frame for "))
+                && e.contains("frame_timeout_ms = 1500"),
+            "{e}"
+        );
+        drop(cam);
+        let started = Instant::now();
+        let e = source.probe().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("rtsp {url}: ")), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{e}");
+        let _back = TestCamera::start(port, &[]);
+        source.probe().unwrap();
+        let f = source.next_frame().unwrap().unwrap();
+        assert_eq!(f.image.dimensions(), (320, 240));
     }
 
     /// `linesight cameras --probe URL`: size and rate of a camera's stream, for setting one up;

@@ -541,6 +541,95 @@ async fn triggered_cameras_are_opened_at_start() {
     assert!(sink.results().is_empty(), "no frame without a trigger");
 }
 
+/// Waits (up to 20 s) until `camera`'s health satisfies `done`; fails saying `what` otherwise.
+async fn health_becomes(
+    status: &linesight::pipeline::PipelineStatus,
+    camera: &str,
+    what: &str,
+    done: &dyn Fn(&CameraHealth) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = status.health();
+        if done(&health[camera]) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {health:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A triggered camera waiting for triggers is checked meanwhile: the folder it reads vanishing
+/// shows in health (and the camera's source errors) without any trigger, is reopened with
+/// back-off, and shows running again once the folder is back; the next trigger is inspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_triggered_camera_that_goes_away_shows_in_health_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    render(3, 0, PartKind::Good)
+        .save(parts.join("part.png"))
+        .unwrap();
+    let source = SourceConfig::Folder {
+        path: parts.clone(),
+        repeat: true,
+        preload_mib: None,
+    };
+    let config = PipelineConfig {
+        probe_interval_ms: 50,
+        reopen_backoff_initial_ms: 20,
+        reopen_backoff_max_ms: 100,
+        ..PipelineConfig::default()
+    };
+    let press = Camera {
+        config: camera("press", source.clone(), TriggerMode::Triggered),
+        source: Box::new(linesight::source::LazySource::new(
+            source,
+            DecodeLimits::default(),
+        )),
+    };
+    let (pipeline, sink) = start(config, vec![press]).await;
+    let status = pipeline.status();
+    let metrics = pipeline.metrics();
+    let errors = || {
+        metrics
+            .camera("press")
+            .map_or(0, |c| c.source_errors.load(Ordering::Relaxed))
+    };
+    let until = |what, done| health_becomes(&status, "press", what, done);
+    until("opened at start", &|h| *h == CameraHealth::Running).await;
+    assert_eq!(errors(), 0);
+
+    let away = dir.path().join("moved");
+    std::fs::rename(&parts, &away).unwrap();
+    until(
+        "the vanished folder is seen without a trigger",
+        &|h| matches!(h, CameraHealth::Reopening { failures, .. } if *failures >= 2),
+    )
+    .await;
+    let CameraHealth::Reopening { error, .. } = &status.health()["press"] else {
+        unreachable!()
+    };
+    assert!(error.contains(&parts.display().to_string()), "{error}");
+    assert!(errors() >= 2, "each failed check counts: {}", errors());
+
+    std::fs::rename(&away, &parts).unwrap();
+    until("running again once the folder is back", &|h| {
+        *h == CameraHealth::Running
+    })
+    .await;
+    let triggers = pipeline.triggers();
+    assert_eq!(
+        triggers.fire(trigger("press", 1)).await.unwrap().status,
+        "queued"
+    );
+    wait_for(&sink, 1).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_eq!(results.len(), 1, "only the trigger's frame: {results:?}");
+    assert_eq!(results[0].status(), "inspected", "{:?}", results[0]);
+}
+
 /// A source whose driver panics on its first grab.
 struct Panicking;
 
@@ -1489,6 +1578,44 @@ async fn a_model_swap_under_load_is_atomic_and_a_broken_model_is_refused() {
         .filter(|r| r.model.as_ref().unwrap().sha256 == old_hash)
         .count();
     assert!(old_served >= 10, "the old model served until the swap");
+}
+
+/// A camera's own threshold must suit the model swapped in: one set on a model that scores on
+/// its own scale (here 12) cannot decide with a normalised anomalib model (scores in [0, 1)),
+/// so that swap is refused and the camera keeps its model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_to_a_model_the_camera_threshold_does_not_suit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        demo_model().join("model.onnx"),
+        dir.path().join("model.onnx"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(demo_model().join("model.toml")).unwrap();
+    assert!(manifest.contains("\nthreshold = 0.5\n"), "{manifest}");
+    std::fs::write(
+        dir.path().join("model.toml"),
+        manifest.replacen("\nthreshold = 0.5\n", "\nthreshold = 12.0\n", 1),
+    )
+    .unwrap();
+    let mut press = camera("press", synthetic(None), TriggerMode::Triggered);
+    press.model = dir.path().to_path_buf();
+    press.threshold = Some(12.0);
+    let (pipeline, _sink) = start(PipelineConfig::default(), vec![open(press)]).await;
+    let switch = pipeline.model_switch();
+    let before = switch.slots()[0].1.sha256.clone();
+    let normalised = linesight::model::ModelPackage::open(&demo_model()).unwrap();
+    let err = switch.swap("press", normalised).await.unwrap_err();
+    assert!(
+        err.to_string().contains("threshold 12 for demo-washer"),
+        "the refusal names the threshold: {err}"
+    );
+    assert_eq!(
+        switch.slots()[0].1.sha256,
+        before,
+        "the old model serves on"
+    );
+    pipeline.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
