@@ -189,6 +189,7 @@ async fn start_server(model: &Path) -> Server {
             limits: DecodeLimits::default(),
         },
         stopping,
+        sign_in_throttle: ApiConfig::default().sign_in_throttle(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

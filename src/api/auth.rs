@@ -12,7 +12,9 @@
 //! Every route takes a [`Caller`] and states the roles it admits with [`Caller::require`].
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +26,7 @@ use utoipa::ToSchema;
 
 use super::{ApiError, ApiState};
 use crate::quality::Role;
-use crate::store::{Credentials, User};
+use crate::store::{Credentials, StoreError, User};
 
 /// Name of the web UI's session cookie.
 pub const SESSION_COOKIE: &str = "linesight_session";
@@ -75,14 +77,60 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Caller, ApiError> {
-        authenticate(state, &parts.method, &parts.headers).await
+        let client = ClientAddress::of(parts).0;
+        authenticate(state, &parts.method, &parts.headers, client).await
     }
+}
+
+/// The client's address, where the server knows it (it serves with each connection's peer
+/// address; a request made in-process has none).
+pub(super) struct ClientAddress(pub Option<IpAddr>);
+
+impl ClientAddress {
+    fn of(parts: &Parts) -> ClientAddress {
+        ClientAddress(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> Result<ClientAddress, Self::Rejection> {
+        Ok(ClientAddress::of(parts))
+    }
+}
+
+/// Checks a user name and password (the sign-in form, HTTP Basic) within the client's
+/// allowance of failures ([`super::SignInThrottle`]); a failure counts against it.
+async fn check_password(
+    state: &ApiState,
+    creds: &Credentials,
+    client: Option<IpAddr>,
+) -> Result<User, ApiError> {
+    state.sign_in_throttle.admit(client)?;
+    let checked = state
+        .store
+        .authenticate(creds, state.quality.lockout())
+        .await;
+    if let Err(StoreError::InvalidCredentials | StoreError::Locked { .. }) = &checked {
+        state.sign_in_throttle.failed(client);
+    }
+    Ok(checked?)
 }
 
 async fn authenticate(
     state: &ApiState,
     method: &Method,
     headers: &HeaderMap,
+    client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -111,10 +159,7 @@ async fn authenticate(
             username: username.into(),
             password: password.into(),
         };
-        let user = state
-            .store
-            .authenticate(&creds, state.quality.lockout())
-            .await?;
+        let user = check_password(state, &creds, client).await?;
         return Ok(Caller {
             user,
             via: Via::Basic,
@@ -209,9 +254,11 @@ fn session_cookie(state: &ApiState, value: String) -> Cookie<'static> {
 /// Signs in and opens a session (cookie `linesight_session`).
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = SignIn,
     responses((status = 200, body = SessionInfo), (status = 401, description = "wrong user name or password"),
-        (status = 403, description = "account locked")))]
+        (status = 403, description = "account locked"),
+        (status = 429, description = "too many failed sign-ins from this address (api.sign_in_failures_per_address); see Retry-After")))]
 pub(super) async fn sign_in(
     State(state): State<ApiState>,
+    ClientAddress(client): ClientAddress,
     jar: CookieJar,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(CookieJar, Json<SessionInfo>), ApiError> {
@@ -219,16 +266,15 @@ pub(super) async fn sign_in(
         field: "body",
         message: r.body_text(),
     })?;
-    let user = state
-        .store
-        .authenticate(
-            &Credentials {
-                username: form.username,
-                password: form.password,
-            },
-            state.quality.lockout(),
-        )
-        .await?;
+    let user = check_password(
+        &state,
+        &Credentials {
+            username: form.username,
+            password: form.password,
+        },
+        client,
+    )
+    .await?;
     let (secret, session) = state.store.create_session(&user, idle_ms(&state)).await?;
     Ok((
         jar.add(session_cookie(&state, secret)),

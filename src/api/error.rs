@@ -43,6 +43,15 @@ pub enum ApiError {
         "all {inspectors} inspectors stayed busy for api.inference_timeout_ms = {ms}: try again later"
     )]
     Busy { inspectors: usize, ms: u64 },
+    #[error(
+        "too many failed sign-ins from this address: api.sign_in_failures_per_address = {limit} \
+         in api.sign_in_window_minutes = {window_minutes}; try again in {retry_after_s} s"
+    )]
+    TooManyFailures {
+        limit: u32,
+        window_minutes: u64,
+        retry_after_s: u64,
+    },
     #[error(transparent)]
     Inspect(#[from] InspectError),
     #[error(transparent)]
@@ -68,6 +77,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoPipeline => StatusCode::CONFLICT,
+            ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Inspect(e) => match e {
                 InspectError::Decode(_) | InspectError::Preprocess(_) => {
@@ -138,6 +148,12 @@ impl IntoResponse for ApiError {
             .into_response();
         // A Bearer challenge: a Basic one would make browsers pop up their own password
         // dialog over the web UI's sign-in form. Basic credentials are still accepted.
+        if let ApiError::TooManyFailures { retry_after_s, .. } = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(*retry_after_s),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

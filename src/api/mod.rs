@@ -21,6 +21,7 @@ mod lots;
 mod models;
 mod ncrs;
 mod tasks;
+mod throttle;
 mod ui;
 
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub use error::ApiError;
 pub use inspections::{ApiMetrics, InspectionView, InspectorPool, UploadAnswer, UploadParams};
 pub use models::SlotConfig;
 pub use tasks::{Decision, TaskQuery};
+pub use throttle::SignInThrottle;
 
 /// `[api.tls]`: serve HTTPS with these PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,12 @@ pub struct ApiConfig {
     /// A web UI session ends after this many minutes without a request (Part 11 session
     /// control: an unattended terminal signs itself out).
     pub session_idle_minutes: u32,
+    /// Failed sign-ins (the form or HTTP Basic) one client address may make in
+    /// `sign_in_window_minutes`; past them its sign-ins are refused (429) until the window
+    /// ends, before any password is checked. Counted per process; behind a reverse proxy,
+    /// every client has the proxy's address.
+    pub sign_in_failures_per_address: u32,
+    pub sign_in_window_minutes: u32,
     /// Serve HTTPS instead of HTTP.
     pub tls: Option<TlsConfig>,
     /// Serve the web UI from this folder instead of the copy built into the binary (a
@@ -91,6 +99,8 @@ impl Default for ApiConfig {
             listen: None,
             model: None,
             session_idle_minutes: 30,
+            sign_in_failures_per_address: 30,
+            sign_in_window_minutes: 15,
             tls: None,
             ui_dir: None,
         }
@@ -98,6 +108,14 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
+    /// The failed sign-in counter these settings ask for.
+    pub fn sign_in_throttle(&self) -> Arc<SignInThrottle> {
+        Arc::new(SignInThrottle::new(
+            self.sign_in_failures_per_address,
+            std::time::Duration::from_secs(u64::from(self.sign_in_window_minutes) * 60),
+        ))
+    }
+
     /// Problems with the values, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -130,6 +148,18 @@ impl ApiConfig {
             p.push(format!(
                 "api.session_idle_minutes = {}: must be between 1 and 720",
                 self.session_idle_minutes
+            ));
+        }
+        if !(1..=100_000).contains(&self.sign_in_failures_per_address) {
+            p.push(format!(
+                "api.sign_in_failures_per_address = {}: must be between 1 and 100000",
+                self.sign_in_failures_per_address
+            ));
+        }
+        if !(1..=1_440).contains(&self.sign_in_window_minutes) {
+            p.push(format!(
+                "api.sign_in_window_minutes = {}: must be between 1 and 1440",
+                self.sign_in_window_minutes
             ));
         }
         if let Some(tls) = &self.tls {
@@ -181,6 +211,8 @@ pub struct ApiState {
     pub validator: crate::model::registry::Validator,
     /// Turns true when the service stops: live streams (SSE) end so that shutdown is not held.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Failed sign-ins per client address ([`ApiConfig::sign_in_failures_per_address`]).
+    pub sign_in_throttle: Arc<SignInThrottle>,
 }
 
 /// The OpenAPI document's frame; the paths come from the routes.
@@ -354,6 +386,8 @@ mod tests {
             listen: Some("port 80".into()),
             model: None,
             session_idle_minutes: 0,
+            sign_in_failures_per_address: 0,
+            sign_in_window_minutes: 1_441,
             tls: Some(TlsConfig {
                 cert: "/nonexistent/cert.pem".into(),
                 key: "/nonexistent/key.pem".into(),
@@ -365,6 +399,8 @@ mod tests {
             "api.max_body_bytes = 10",
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
+            "api.sign_in_failures_per_address = 0",
+            "api.sign_in_window_minutes = 1441",
             "api.listen = \"port 80\"",
             "api.session_idle_minutes = 0",
             "api.tls.cert = /nonexistent/cert.pem",

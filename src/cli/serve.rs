@@ -110,6 +110,7 @@ pub async fn api_state(
             limits: settings.decode,
         },
         stopping,
+        sign_in_throttle: settings.api.sign_in_throttle(),
     })
 }
 
@@ -135,13 +136,17 @@ pub async fn serve_api(
     match tls {
         None => {
             tracing::info!(address = %local, "Serving the HTTP API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    stop.await;
-                    let _ = stopping.send(true);
-                })
-                .await
-                .context("the HTTP API failed")
+            // With each connection's peer address: failed sign-ins count per client.
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                stop.await;
+                let _ = stopping.send(true);
+            })
+            .await
+            .context("the HTTP API failed")
         }
         Some(tls) => {
             // ring, as for every other TLS connection of the binary; a second install is a no-op.
@@ -165,7 +170,7 @@ pub async fn serve_api(
             tracing::info!(address = %local, "Serving the HTTPS API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
             axum_server::from_tcp_rustls(listener.into_std()?, config)
                 .handle(handle)
-                .serve(router.into_make_service())
+                .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await
                 .context("the HTTPS API failed")
         }

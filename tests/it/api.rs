@@ -48,6 +48,7 @@ async fn fixture(config: ApiConfig) -> Fixture {
             .unwrap();
     }
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let sign_in_throttle = config.sign_in_throttle();
     let state = ApiState {
         store: db.store.clone(),
         quality: QualityConfig::default(),
@@ -75,6 +76,7 @@ async fn fixture(config: ApiConfig) -> Fixture {
             limits: DecodeLimits::default(),
         },
         stopping,
+        sign_in_throttle,
     };
     Fixture {
         db,
@@ -673,7 +675,14 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     file.set_len(12).unwrap();
     file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
         .unwrap();
-    let server = ServeChild::start(dir.path(), ("ana", "inspector", "ana-long-password"), &[]);
+    let server = ServeChild::start(
+        dir.path(),
+        ("ana", "inspector", "ana-long-password"),
+        &[(
+            "LINESIGHT__API__SIGN_IN_FAILURES_PER_ADDRESS",
+            std::path::Path::new("2"),
+        )],
+    );
     let port = server.port;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -744,6 +753,28 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
         );
     }
     assert!(!left.exists());
+
+    // The server knows its clients' addresses: two wrong passwords use up 127.0.0.1's
+    // allowance, and the right one is refused after them (before it is checked).
+    let wrong = base64::engine::general_purpose::STANDARD.encode("ana:guess");
+    for _ in 0..2 {
+        let (status, _) = http(
+            port,
+            &format!("GET /api/v1/session HTTP/1.1\r\nAuthorization: Basic {wrong}"),
+            b"",
+        );
+        assert_eq!(status, 401);
+    }
+    let (status, body) = http(
+        port,
+        &format!("GET /api/v1/session HTTP/1.1\r\nAuthorization: Basic {auth}"),
+        b"",
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("api.sign_in_failures_per_address = 2"),
+        "{body}"
+    );
 
     server.stop();
 }
@@ -950,6 +981,97 @@ fn cookie_of(res: &axum::response::Response) -> String {
     assert!(set.contains("HttpOnly"), "{set}");
     assert!(set.contains("SameSite=Strict"), "{set}");
     set.split(';').next().unwrap().to_owned()
+}
+
+/// Failed sign-ins count per client address: a password sprayed over every user name (one
+/// guess each, so no user reaches its own lockout) uses up the address's allowance; its next
+/// sign-in is refused with 429, `Retry-After` and the setting named, before any password is
+/// checked, even a right one, through the form and through HTTP Basic alike. Another address
+/// signs in as usual; the users are not locked.
+#[tokio::test]
+async fn failed_sign_ins_are_limited_per_client_address() {
+    let f = fixture(ApiConfig {
+        sign_in_failures_per_address: 4,
+        ..ApiConfig::default()
+    })
+    .await;
+    let from = |addr: &str, mut req: Request<Body>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            addr.parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        req
+    };
+    let form = |user: &str, password: &str| {
+        call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(&format!(
+                r#"{{"username":"{user}","password":"{password}"}}"#
+            )),
+        )
+    };
+    for user in ["op", "insp", "qa", "admin"] {
+        let res = app(f.state.clone())
+            .oneshot(from("10.1.2.3:50000", form(user, "Summer2026!")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{user}");
+    }
+    let refused = |res: axum::response::Response| async move {
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = res.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=900).contains(&wait), "Retry-After {wait}");
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let detail = json(&body)["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains("api.sign_in_failures_per_address = 4"),
+            "{detail}"
+        );
+    };
+    // Another connection from the same address: refused, the right password too.
+    refused(
+        app(f.state.clone())
+            .oneshot(from("10.1.2.3:50001", form("qa", "qa-secret-pw")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(
+        app(f.state.clone())
+            .oneshot(from(
+                "10.1.2.3:50002",
+                call("GET", "/api/v1/session", Some(&basic("op")), None),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Elsewhere on the floor: signed in, the same users, none locked.
+    for user in ["qa", "op"] {
+        let res = app(f.state.clone())
+            .oneshot(from(
+                "10.1.2.4:50000",
+                form(user, &format!("{user}-secret-pw")),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{user}");
+    }
+    let res = app(f.state.clone())
+        .oneshot(from(
+            "10.1.2.4:50001",
+            call("GET", "/api/v1/session", Some(&basic("admin")), None),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 /// The web UI's session: sign in, a cookie that works only with its CSRF token for changes,
@@ -1878,6 +2000,10 @@ fn serve_speaks_https_with_the_configured_certificate() {
         &[
             ("LINESIGHT__API__TLS__CERT", &cert),
             ("LINESIGHT__API__TLS__KEY", &key),
+            (
+                "LINESIGHT__API__SIGN_IN_FAILURES_PER_ADDRESS",
+                std::path::Path::new("1"),
+            ),
         ],
     );
     let port = server.port;
@@ -1935,6 +2061,24 @@ fn serve_speaks_https_with_the_configured_certificate() {
         .output()
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    // The HTTPS server knows its clients' addresses: one failed sign-in uses up 127.0.0.1's
+    // allowance of 1, and the right password is refused after it.
+    let code = |password: &str| {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!(r#"{{"username":"quinn","password":"{password}"}}"#),
+            &format!("{base}/api/v1/session"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code("wrong"), "401");
+    assert_eq!(code("quinn-long-password"), "429");
 
     server.stop();
 }
