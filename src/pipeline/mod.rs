@@ -1412,8 +1412,8 @@ async fn run_camera(
             ))
         }
     };
-    // `None` only while a grab or reopen has it on a blocking thread, and after a stop during
-    // a grab (that thread drops it when the grab returns).
+    // `None` only while a grab, check or reopen has it on a blocking thread, and after a stop
+    // during a grab or check (that thread drops it when it returns).
     let mut source = Some(camera.source);
     let counters = shared.metrics.camera(&id);
     let initial_backoff = Duration::from_millis(shared.config.reopen_backoff_initial_ms);
@@ -1441,6 +1441,10 @@ async fn run_camera(
     let mut check_at = tokio::time::Instant::now();
     // The last check or grab failed: the source is reopened before its next use.
     let mut reopen_first = false;
+    // The last grab failed. A check shows the device is there, not that it delivers frames,
+    // so until a grab succeeds again a passing check does not report the camera running.
+    let mut grab_failed = false;
+    let mut ever_running = false;
     let final_health = loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
@@ -1468,6 +1472,10 @@ async fn run_camera(
                     };
                     source = Some(back);
                     match checked {
+                        Ok(()) if grab_failed => {
+                            reopen_first = false;
+                            check_at = tokio::time::Instant::now() + probe_interval;
+                        }
                         Ok(()) => {
                             if failures > 0 {
                                 tracing::info!(camera = %id, failures, "Source recovered.");
@@ -1475,6 +1483,7 @@ async fn run_camera(
                             failures = 0;
                             backoff = initial_backoff;
                             reopen_first = false;
+                            ever_running = true;
                             shared.set_health(&id, CameraHealth::Running);
                             check_at = tokio::time::Instant::now() + probe_interval;
                         }
@@ -1484,7 +1493,9 @@ async fn run_camera(
                                 c.source_errors.fetch_add(1, Ordering::Relaxed);
                             }
                             // Once per outage in the log; health counts the attempts.
-                            if failures == 1 {
+                            if failures == 1 && !ever_running {
+                                tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "Triggered camera cannot be opened yet; retrying with back-off.");
+                            } else if failures == 1 {
                                 tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "Triggered camera failed its check while waiting for triggers; reopening with back-off.");
                             } else {
                                 tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
@@ -1588,6 +1599,8 @@ async fn run_camera(
                 failures = 0;
                 backoff = initial_backoff;
                 check_at = tokio::time::Instant::now() + probe_interval;
+                grab_failed = false;
+                ever_running = true;
                 shared.set_health(&id, CameraHealth::Running);
                 if let Some(c) = counters {
                     c.frames_in.fetch_add(1, Ordering::Relaxed);
@@ -1675,6 +1688,7 @@ async fn run_camera(
                     // Reopened by the check after the back-off, or before the grab of a
                     // trigger that comes sooner.
                     reopen_first = true;
+                    grab_failed = true;
                     check_at = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(max_backoff);
                     continue;

@@ -200,8 +200,12 @@ impl FrameSource for FolderSource {
         }))
     }
 
-    /// The folder is still there (a network share that dropped, a folder moved away).
+    /// The folder is still there (a network share that dropped, a folder moved away). A
+    /// preloaded folder replays from memory and needs nothing from the disk.
     fn probe(&mut self) -> Result<(), SourceError> {
+        if !self.preloaded.is_empty() {
+            return Ok(());
+        }
         let listed = |source| SourceError::ListFolder {
             path: self.root.clone(),
             source,

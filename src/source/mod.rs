@@ -101,8 +101,10 @@ pub trait FrameSource: Send {
     /// probes a triggered camera at start and then every `pipeline.probe_interval_ms` while it
     /// waits for triggers, so that health tells a camera that is missing or went away before
     /// the next part comes. Opens a source that is not open; a failed check leaves the source
-    /// to be reopened. It holds up the camera's next trigger, so it must be quick: a look at
-    /// the device, not a capture. Sources with no device to lose have nothing to do.
+    /// to be reopened. A trigger that comes during a check waits for it, so a check looks at
+    /// the device rather than capturing; it shows the device is there, not that it delivers
+    /// frames (RTSP's does show frames arriving). Sources with no device to lose have nothing
+    /// to do.
     fn probe(&mut self) -> Result<(), SourceError> {
         Ok(())
     }

@@ -216,8 +216,8 @@ mod device {
     }
 
     impl RtspSource {
-        /// Starts receiving the stream. Connection errors show at the first grab, within
-        /// `frame_timeout_ms` (the connection is made by GStreamer's own threads).
+        /// Starts receiving the stream. Connection errors show at the first grab or probe,
+        /// within `frame_timeout_ms` (the connection is made by GStreamer's own threads).
         pub fn open(config: RtspConfig, limits: DecodeLimits) -> Result<RtspSource, SourceError> {
             let mut source = RtspSource {
                 config,

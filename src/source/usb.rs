@@ -306,6 +306,8 @@ mod device {
         config: UsbConfig,
         limits: DecodeLimits,
         camera: Option<Camera>,
+        /// The V4L2 index the camera was opened at.
+        index: u32,
     }
 
     impl UsbSource {
@@ -315,6 +317,7 @@ mod device {
                 config,
                 limits,
                 camera: None,
+                index: 0,
             };
             source.start()?;
             Ok(source)
@@ -370,6 +373,7 @@ mod device {
                 .open_stream()
                 .map_err(|e| self.error(format!("cannot start streaming: {e}")))?;
             self.camera = Some(camera);
+            self.index = index;
             Ok(())
         }
     }
@@ -415,19 +419,29 @@ mod device {
             self.start()
         }
 
-        /// The device node is still there: unplugging a USB camera removes it (and the
-        /// `/dev/v4l/by-id/` link a configured path may go through). A camera not streaming
-        /// is opened.
+        /// The camera is still the device opened: its node is there, the kernel still lists
+        /// it (`/sys/class/video4linux`, which also tells inside a container whose `/dev` keeps
+        /// the node), and a configured path (`/dev/v4l/by-id/…`) still leads to it, not to
+        /// the number a camera plugged in again was given. A camera not streaming is opened.
         fn probe(&mut self) -> Result<(), SourceError> {
             if self.camera.is_none() {
                 return self.start();
             }
+            let opened = self.index;
             let checked = device_index(&self.config.device).and_then(|index| {
                 let node = PathBuf::from(format!("/dev/video{index}"));
-                if node.exists() {
-                    Ok(())
-                } else {
+                let sysfs = Path::new("/sys/class/video4linux");
+                if index != opened {
+                    Err(self.error(format!(
+                        "the camera is now {} (opened as /dev/video{opened}; plugged in again?)",
+                        node.display()
+                    )))
+                } else if !node.exists()
+                    || (sysfs.is_dir() && !sysfs.join(format!("video{index}")).exists())
+                {
                     Err(self.error(format!("{} is gone (unplugged?)", node.display())))
+                } else {
+                    Ok(())
                 }
             });
             if checked.is_err() {

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use linesight::actions::{MemorySink, ResultSink};
@@ -628,6 +629,175 @@ async fn an_idle_triggered_camera_that_goes_away_shows_in_health_and_comes_back(
     let results = sink.results();
     assert_eq!(results.len(), 1, "only the trigger's frame: {results:?}");
     assert_eq!(results[0].status(), "inspected", "{:?}", results[0]);
+}
+
+/// A triggered camera's source whose first grab fails and which delivers again only once
+/// reopened; its probe can hang like a device that does not answer.
+struct Fragile {
+    failed_once: bool,
+    broken: bool,
+    reopens: Arc<AtomicUsize>,
+    probe_hangs: Option<Duration>,
+}
+
+impl FrameSource for Fragile {
+    fn describe(&self) -> String {
+        "fragile".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        let fail = |message: &str| SourceError::Device {
+            source_name: "fragile".into(),
+            message: message.into(),
+        };
+        if !self.failed_once {
+            self.failed_once = true;
+            self.broken = true;
+            return Err(fail("the first grab fails"));
+        }
+        if self.broken {
+            return Err(fail("grabbed without being reopened"));
+        }
+        Ok(Some(Captured {
+            image: render(2, 0, PartKind::Good),
+            captured_at: SystemTime::now(),
+            origin: "fragile".into(),
+        }))
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        self.reopens.fetch_add(1, Ordering::SeqCst);
+        self.broken = false;
+        Ok(())
+    }
+    fn probe(&mut self) -> Result<(), SourceError> {
+        if let Some(hang) = self.probe_hangs {
+            std::thread::sleep(hang);
+        }
+        Ok(())
+    }
+}
+
+/// After a failed grab, the next trigger does not wait for the back-off: its grab reopens the
+/// camera first, and it is inspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_after_a_failed_grab_reopens_the_camera_before_its_grab() {
+    let reopens = Arc::new(AtomicUsize::new(0));
+    let config = PipelineConfig {
+        // Far beyond the test: only a trigger can reopen the camera in time.
+        reopen_backoff_initial_ms: 600_000,
+        reopen_backoff_max_ms: 600_000,
+        probe_interval_ms: 20,
+        ..PipelineConfig::default()
+    };
+    let press = Camera {
+        config: camera("press", synthetic(None), TriggerMode::Triggered),
+        source: Box::new(Fragile {
+            failed_once: false,
+            broken: false,
+            reopens: reopens.clone(),
+            probe_hangs: None,
+        }),
+    };
+    let (pipeline, sink) = start(config, vec![press]).await;
+    let status = pipeline.status();
+    let triggers = pipeline.triggers();
+    health_becomes(&status, "press", "opened at start", &|h| {
+        *h == CameraHealth::Running
+    })
+    .await;
+    triggers.fire(trigger("press", 1)).await.unwrap();
+    wait_for(&sink, 1).await;
+    assert!(
+        matches!(&sink.results()[0].outcome, Outcome::Error { message } if message.contains("the first grab fails")),
+        "{:?}",
+        sink.results()
+    );
+    triggers.fire(trigger("press", 2)).await.unwrap();
+    wait_for(&sink, 2).await;
+    let results = sink.results();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[1].status(), "inspected", "{:?}", results[1]);
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    assert_eq!(status.health()["press"], CameraHealth::Running);
+    pipeline.shutdown().await;
+}
+
+/// A camera whose grab failed is reopened by the check after the back-off, but a check alone
+/// (the device is there) does not report it running: no frame came since. The next good grab
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_whose_grab_failed_is_running_again_only_after_a_good_grab() {
+    let reopens = Arc::new(AtomicUsize::new(0));
+    let config = PipelineConfig {
+        reopen_backoff_initial_ms: 20,
+        reopen_backoff_max_ms: 20,
+        probe_interval_ms: 20,
+        ..PipelineConfig::default()
+    };
+    let press = Camera {
+        config: camera("press", synthetic(None), TriggerMode::Triggered),
+        source: Box::new(Fragile {
+            failed_once: false,
+            broken: false,
+            reopens: reopens.clone(),
+            probe_hangs: None,
+        }),
+    };
+    let (pipeline, sink) = start(config, vec![press]).await;
+    let status = pipeline.status();
+    let triggers = pipeline.triggers();
+    health_becomes(&status, "press", "opened at start", &|h| {
+        *h == CameraHealth::Running
+    })
+    .await;
+    triggers.fire(trigger("press", 1)).await.unwrap();
+    wait_for(&sink, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reopens.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never reopened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several passing checks later, still not running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(status.health()["press"], CameraHealth::Reopening { .. }),
+        "{:?}",
+        status.health()
+    );
+    assert_eq!(
+        reopens.load(Ordering::SeqCst),
+        1,
+        "reopened once, then checked"
+    );
+    triggers.fire(trigger("press", 2)).await.unwrap();
+    wait_for(&sink, 2).await;
+    assert_eq!(sink.results()[1].status(), "inspected");
+    assert_eq!(status.health()["press"], CameraHealth::Running);
+    pipeline.shutdown().await;
+}
+
+/// A triggered camera whose check hangs (a device that stopped answering) does not hold up a
+/// shutdown: the blocking thread keeps the source until the check returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_check_does_not_hold_up_shutdown() {
+    let press = Camera {
+        config: camera("press", synthetic(None), TriggerMode::Triggered),
+        source: Box::new(Fragile {
+            failed_once: true,
+            broken: false,
+            reopens: Arc::default(),
+            probe_hangs: Some(Duration::from_secs(4)),
+        }),
+    };
+    let (pipeline, _sink) = start(PipelineConfig::default(), vec![press]).await;
+    // The check at start is under way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = std::time::Instant::now();
+    pipeline.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
 }
 
 /// A source whose driver panics on its first grab.
