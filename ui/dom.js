@@ -62,6 +62,7 @@ export const OPENING_REASON_LABELS = {
   reject: 'Machine reject',
   uncertain: 'Score near the threshold',
   sampled: 'Acceptance sample',
+  retest: 'Pass after an earlier reject',
 };
 
 export const NCR_STATE_LABELS = {

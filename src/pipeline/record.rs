@@ -126,8 +126,16 @@ impl Recorder {
             }
             return Ok(());
         };
+        // A pass of a part found defective before goes to an inspector, who needs its image
+        // (free-run frames have no part id of their own: never a re-test).
+        let keep = self.keeps_image(&new)
+            || (self.images == ImagePolicy::Rejects
+                && result.part_id.is_some()
+                && image.is_some()
+                && new.verdict != crate::postprocess::Verdict::Defect
+                && self.store.part_found_defective(&new.part_id).await?);
         let mut files = Vec::new();
-        if let Some(image) = image.filter(|_| self.keeps_image(&new)) {
+        if let Some(image) = image.filter(|_| keep) {
             // A record the store would refuse writes no file (the quota counts recorded ones).
             Store::check_inspection(&new)?;
             let (image, dir) = (image.clone(), self.image_dir.clone());

@@ -193,6 +193,10 @@ pub enum OpeningReason {
     Uncertain,
     /// A good part drawn by accept sampling.
     Sampled,
+    /// A pass of a part found defective before (by the machine, with no inspector finding
+    /// that inspection good, or by an inspector) and not found good by an inspector since. A
+    /// person decides, so that a part is not re-tested into acceptance.
+    Retest,
 }
 
 impl OpeningReason {
@@ -201,21 +205,28 @@ impl OpeningReason {
             OpeningReason::Reject => "reject",
             OpeningReason::Uncertain => "uncertain",
             OpeningReason::Sampled => "sampled",
+            OpeningReason::Retest => "retest",
         }
     }
 }
 
 /// Whether an inspection opens a secondary-inspection task. `accepts_before` is how many good
-/// parts the lot had before this one (systematic sampling: every k-th accept).
+/// parts the lot had before this one (systematic sampling: every k-th accept);
+/// `found_defective_before`: the part was rejected and not cleared since (see
+/// [`OpeningReason::Retest`]).
 pub fn opening_reason(
     cfg: &QualityConfig,
     verdict: Verdict,
     score: f64,
     threshold: f64,
     accepts_before: u64,
+    found_defective_before: bool,
 ) -> Option<OpeningReason> {
     if verdict == Verdict::Defect {
         return Some(OpeningReason::Reject);
+    }
+    if found_defective_before {
+        return Some(OpeningReason::Retest);
     }
     if (score - threshold).abs() <= cfg.uncertainty_band {
         return Some(OpeningReason::Uncertain);
@@ -266,18 +277,32 @@ pub(crate) mod tests {
             ..QualityConfig::default()
         };
         assert_eq!(
-            opening_reason(&cfg, Verdict::Defect, 0.9, 0.5, 0),
+            opening_reason(&cfg, Verdict::Defect, 0.9, 0.5, 0, false),
             Some(OpeningReason::Reject)
         );
         assert_eq!(
-            opening_reason(&cfg, Verdict::Good, 0.46, 0.5, 0),
+            opening_reason(&cfg, Verdict::Good, 0.46, 0.5, 0, false),
             Some(OpeningReason::Uncertain)
         );
         assert_eq!(
-            opening_reason(&cfg, Verdict::Good, 0.54, 0.5, 0),
+            opening_reason(&cfg, Verdict::Good, 0.54, 0.5, 0, false),
             Some(OpeningReason::Uncertain)
         );
-        assert_eq!(opening_reason(&cfg, Verdict::Good, 0.44, 0.5, 0), None);
+        assert_eq!(
+            opening_reason(&cfg, Verdict::Good, 0.44, 0.5, 0, false),
+            None
+        );
+        // A pass of a part found defective before goes to a person, clear or near the line.
+        for score in [0.1, 0.46] {
+            assert_eq!(
+                opening_reason(&cfg, Verdict::Good, score, 0.5, 0, true),
+                Some(OpeningReason::Retest)
+            );
+        }
+        assert_eq!(
+            opening_reason(&cfg, Verdict::Defect, 0.9, 0.5, 0, true),
+            Some(OpeningReason::Reject)
+        );
     }
 
     #[test]
@@ -290,7 +315,9 @@ pub(crate) mod tests {
         let cfg = QualityConfig::default();
         assert_eq!(cfg.accept_sampling_interval(), 15);
         let sampled = (0..1200u64)
-            .filter(|&before| opening_reason(&cfg, Verdict::Good, 0.1, 0.5, before).is_some())
+            .filter(|&before| {
+                opening_reason(&cfg, Verdict::Good, 0.1, 0.5, before, false).is_some()
+            })
             .count();
         assert_eq!(
             sampled, 80,

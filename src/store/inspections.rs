@@ -6,7 +6,7 @@ use sqlx::{Any, Row as _, Transaction};
 use super::images::ImageFile;
 use super::{Backend, Store, StoreError, db};
 use crate::quality::audit::NewAuditEntry;
-use crate::quality::rules::{opening_reason, reject_rate_exceeded};
+use crate::quality::rules::{OpeningReason, opening_reason, reject_rate_exceeded};
 use crate::quality::task::{self, TaskContext};
 use crate::quality::{NewInspection, QualityConfig, TaskAction, TaskState, Verdict, now_ms};
 
@@ -98,6 +98,18 @@ pub(crate) fn inspection_row(row: &AnyRow) -> Result<NewInspection, StoreError> 
     })
 }
 
+/// 1 when part `$1` was found defective and not cleared since, not looking at inspection
+/// `$2`; else 0. Found defective: a machine reject no inspector found good, or a defect an
+/// inspector confirmed. Cleared: an inspector found a later inspection of it good. Counted in
+/// inspection order (a task's decision belongs to its inspection).
+const FOUND_DEFECTIVE: &str = "SELECT COUNT(*) FROM (SELECT 1 AS one) AS here WHERE \
+     COALESCE((SELECT MAX(i.id) FROM inspections i WHERE i.part_id = $1 AND i.id <> $2 AND ( \
+       (i.verdict = 'defect' AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.inspection_id = i.id \
+         AND t.state = 'overridden_good')) \
+       OR EXISTS (SELECT 1 FROM tasks t WHERE t.inspection_id = i.id AND t.state = 'confirmed'))), 0) \
+     > COALESCE((SELECT MAX(t.inspection_id) FROM tasks t WHERE t.part_id = $1 \
+       AND t.state = 'overridden_good'), 0)";
+
 fn count(row: AnyRow) -> Result<i64, StoreError> {
     row.try_get::<i64, _>(0).map_err(db("count rows"))
 }
@@ -109,6 +121,20 @@ impl Store {
     pub fn check_inspection(new: &NewInspection) -> Result<(), StoreError> {
         new.validate()
             .map_err(|m| StoreError::Invalid(format!("inspection: {m}")))
+    }
+
+    /// Whether `part_id` was found defective and not cleared since (a machine reject no
+    /// inspector found good, or a defect an inspector confirmed, with no later inspection of it
+    /// found good by an inspector): its next pass goes to a person.
+    pub async fn part_found_defective(&self, part_id: &str) -> Result<bool, StoreError> {
+        Ok(count(
+            sqlx::query(FOUND_DEFECTIVE)
+                .bind(part_id)
+                .bind(-1_i64)
+                .fetch_one(self.reader())
+                .await
+                .map_err(db("look for earlier rejects of the part"))?,
+        )? > 0)
     }
 
     /// Stores one inspection result and, in the same transaction, applies the opening rules
@@ -215,12 +241,23 @@ impl Store {
             task_refused: None,
             raised_ncr: None,
         };
+        // Its pass goes to a person.
+        let found_defective_before = new.verdict != Verdict::Defect
+            && count(
+                sqlx::query(FOUND_DEFECTIVE)
+                    .bind(&new.part_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("look for earlier rejects of the part"))?,
+            )? > 0;
         if let Some(reason) = opening_reason(
             cfg,
             new.verdict,
             new.score,
             new.threshold,
             accepts_before as u64,
+            found_defective_before,
         ) {
             let previous = count(
                 sqlx::query("SELECT COUNT(*) FROM tasks WHERE part_id = $1")
@@ -256,6 +293,56 @@ impl Store {
                     reason: Some(reason.as_str().into()),
                 });
                 recorded.task = Some(t);
+            } else if reason == OpeningReason::Retest {
+                // Re-tested again and again after a reject, the part is not accepted by its
+                // latest pass: an NCR (which holds the lot) makes QA decide, once per part.
+                let title = format!("Part {} re-tested after rejection", new.part_id);
+                let open = count(
+                    sqlx::query(
+                        "SELECT COUNT(*) FROM ncrs WHERE lot = $1 AND source = 'retest' AND title = $2 \
+                         AND state NOT IN ('closed', 'cancelled')",
+                    )
+                    .bind(&new.lot)
+                    .bind(&title)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("look for open NCRs"))?,
+                )?;
+                let ncr = if open == 0 {
+                    let ncr = NewNcr {
+                        lot: new.lot.clone(),
+                        line: new.line.clone(),
+                        title,
+                        description: format!(
+                            "Part {} was found defective before and had {previous} secondary inspections \
+                             (quality.reinspection_cap = {}); inspection {id} on {} passed it (score {:.4}, \
+                             threshold {:.4}). A pass on re-test is not accepted without QA's disposition.",
+                            new.part_id, cfg.reinspection_cap, new.camera, new.score, new.threshold
+                        ),
+                    };
+                    let (ncr_id, entries) =
+                        Self::insert_ncr(&mut tx, &ncr, NcrSource::Retest, "system", now).await?;
+                    audit.extend(entries);
+                    recorded.raised_ncr = Some(ncr_id);
+                    format!("NCR {ncr_id} raised")
+                } else {
+                    "its NCR is open".to_owned()
+                };
+                let why = format!(
+                    "part {} was found defective before and already had {previous} secondary inspections \
+                     (cap {}): this pass is not accepted; {ncr}",
+                    new.part_id, cfg.reinspection_cap
+                );
+                audit.push(NewAuditEntry {
+                    actor: "system".into(),
+                    action: "task.refused".into(),
+                    entity: "inspection".into(),
+                    entity_id: id.to_string(),
+                    old_value: None,
+                    new_value: None,
+                    reason: Some(why.clone()),
+                });
+                recorded.task_refused = Some(why);
             } else {
                 let why = format!(
                     "part {} already had {previous} secondary inspections (cap {}): the machine verdict stands",

@@ -26,6 +26,8 @@ pub(crate) enum NcrSource {
     Manual,
     ConfirmedDefect,
     RejectRate,
+    /// A part found defective passed a re-test after its secondary inspections ran out.
+    Retest,
 }
 
 impl NcrSource {
@@ -34,6 +36,7 @@ impl NcrSource {
             NcrSource::Manual => "manual",
             NcrSource::ConfirmedDefect => "confirmed_defect",
             NcrSource::RejectRate => "reject_rate",
+            NcrSource::Retest => "retest",
         }
     }
 }

@@ -137,6 +137,7 @@ on_both_databases!(
     a_trigger_gets_one_inspection_and_a_late_answer_keeps_its_verdict,
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
+    a_part_found_defective_is_not_re_tested_into_acceptance,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
     reject_rate_above_the_limit_raises_one_ncr,
     fifty_concurrent_writers_lose_nothing,
@@ -924,6 +925,101 @@ async fn inspections_open_tasks_by_the_rules_and_cap_reinspection(db: &Db) {
     };
     let err = s.record_inspection(&bad, &cfg, "system").await.unwrap_err();
     assert!(err.to_string().contains("model_sha256"), "{err}");
+    assert_chain_intact(s).await;
+}
+
+/// A pass of a part found defective before goes to a person (opening reason `retest`); once
+/// the part's secondary inspections have run out, a pass is not accepted: an NCR (one per
+/// part) holds the lot for QA. A part an inspector found good after its reject, or never
+/// rejected, passes as usual.
+async fn a_part_found_defective_is_not_re_tested_into_acceptance(db: &Db) {
+    let s = &db.store;
+    let cfg = QualityConfig {
+        reinspection_cap: 3,
+        ..no_sampling()
+    };
+    let ina = user(s, "ina", Role::Inspector).await;
+    let record = |part: &'static str, lot: &'static str, score: f64| {
+        let cfg = cfg.clone();
+        async move {
+            s.record_inspection(&inspection(part, lot, score), &cfg, "system")
+                .await
+                .unwrap()
+        }
+    };
+
+    // Confirmed defective by an inspector.
+    record("R2", "LOT-S", 0.9).await;
+    let t = s.claim_next_task(&ina).await.unwrap().unwrap();
+    assert_eq!(t.part_id, "R2");
+    s.act_on_task(t.id, &ina, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let pass = record("R2", "LOT-S", 0.1).await;
+        assert_eq!(
+            pass.task.expect("a person decides").opening_reason,
+            "retest"
+        );
+    }
+    let past_cap = record("R2", "LOT-S", 0.1).await;
+    assert!(past_cap.task.is_none());
+    let why = past_cap.task_refused.unwrap();
+    assert!(why.contains("this pass is not accepted"), "{why}");
+    let ncr = s
+        .ncr(past_cap.raised_ncr.expect("QA decides"))
+        .await
+        .unwrap();
+    assert_eq!((ncr.lot.as_str(), ncr.source.as_str()), ("LOT-S", "retest"));
+    assert!(ncr.description.contains("Part R2"), "{}", ncr.description);
+    assert_eq!(s.open_ncrs("LOT-S").await.unwrap(), vec![ncr.id]);
+    let again = record("R2", "LOT-S", 0.1).await;
+    assert!(again.raised_ncr.is_none(), "one NCR per part");
+    assert!(again.task_refused.unwrap().contains("its NCR is open"));
+    // A part never rejected passes without a person.
+    let other = record("R3", "LOT-S", 0.1).await;
+    assert!(other.task.is_none() && other.task_refused.is_none());
+    // What the pipeline asks before it decides to keep a pass's image for the inspector.
+    assert!(s.part_found_defective("R2").await.unwrap());
+    assert!(!s.part_found_defective("R3").await.unwrap());
+
+    // Rejected by the machine, its task still open: a pass goes to a person; once an
+    // inspector found the reject good, passes stand on their own.
+    let reject = record("R1", "LOT-R", 0.9).await;
+    let retest = record("R1", "LOT-R", 0.1).await;
+    assert_eq!(retest.task.unwrap().opening_reason, "retest");
+    let t = s.claim_task(reject.task.unwrap().id, &ina).await.unwrap();
+    s.act_on_task(t.id, &ina, TaskAction::OverrideGood, Some("dust"), &cfg)
+        .await
+        .unwrap();
+    let later = record("R1", "LOT-R", 0.1).await;
+    assert!(
+        later.task.is_none() && later.task_refused.is_none(),
+        "cleared by the inspector"
+    );
+    // Confirmed defective, then reworked: an inspector finding its re-test good clears it; a
+    // defect confirmed on a later re-test makes it found defective again.
+    let rejected = record("R4", "LOT-R", 0.9).await;
+    let reworked = record("R4", "LOT-R", 0.1).await;
+    let t = s.claim_task(rejected.task.unwrap().id, &ina).await.unwrap();
+    s.act_on_task(t.id, &ina, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap();
+    let t = s.claim_task(reworked.task.unwrap().id, &ina).await.unwrap();
+    s.act_on_task(
+        t.id,
+        &ina,
+        TaskAction::OverrideGood,
+        Some("reworked, clean"),
+        &cfg,
+    )
+    .await
+    .unwrap();
+    let passes = record("R4", "LOT-R", 0.1).await;
+    assert!(passes.task.is_none(), "cleared on its re-test");
+    assert!(!s.part_found_defective("R4").await.unwrap());
+    assert!(!s.part_found_defective("R1").await.unwrap());
+    assert!(s.open_ncrs("LOT-R").await.unwrap().is_empty());
     assert_chain_intact(s).await;
 }
 
