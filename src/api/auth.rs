@@ -115,13 +115,13 @@ async fn check_password(
     creds: &Credentials,
     client: Option<IpAddr>,
 ) -> Result<User, ApiError> {
-    state.sign_in_throttle.admit(client)?;
+    let attempt = state.sign_in_throttle.admit(client)?;
     let checked = state
         .store
         .authenticate(creds, state.quality.lockout())
         .await;
     if let Err(StoreError::InvalidCredentials | StoreError::Locked { .. }) = &checked {
-        state.sign_in_throttle.failed(client);
+        attempt.failed();
     }
     Ok(checked?)
 }

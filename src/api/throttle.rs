@@ -9,8 +9,11 @@
 //!
 //! Invariants: only failures count (wrong password, unknown user, locked account), so a
 //! shop-floor terminal that many people sign in from is refused only after that many mistakes;
-//! an IPv6 client counts by its /64 (one host is given a whole /64 and may pick any address in
-//! it); memory is bounded by [`MAX_ADDRESSES`] windows. Counts are per process, like the
+//! sign-ins being checked count until they settle, so requests sent at once cannot pass the
+//! allowance before their failures are known; an IPv6 client counts by its /64 (one host is given a whole /64 and may pick any address in
+//! it); memory is bounded by [`MAX_ADDRESSES`] windows (past it, ended windows go first, then
+//! the oldest: a client with that many addresses can make an old refusal be forgotten, which
+//! the per-user lockout still stands behind). Counts are per process, like the
 //! sign-in turns: instances sharing a store each count their own clients. Behind a reverse
 //! proxy every client has the proxy's address.
 //!
@@ -28,11 +31,14 @@ use super::ApiError;
 /// oldest.
 pub const MAX_ADDRESSES: usize = 16_384;
 
-/// One address's failures in its current window.
+/// One address's failures in its current window, and its sign-ins being checked now.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     started: Instant,
     failures: u32,
+    /// Admitted and not settled yet: they count against the allowance, so that requests sent
+    /// at once cannot all pass before the first failure is counted.
+    pending: u32,
 }
 
 /// Failed sign-ins per client address (see the module's documentation).
@@ -41,6 +47,35 @@ pub struct SignInThrottle {
     limit: u32,
     window: Duration,
     seen: Mutex<HashMap<IpAddr, Window>>,
+}
+
+/// A sign-in admitted by [`SignInThrottle::admit`]: counts against its address until it is
+/// settled, as a failure ([`Attempt::failed`]) or, when dropped, as not one.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a SignInThrottle,
+    key: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong, the name unknown or the account locked.
+    pub fn failed(self) {
+        self.settle(true, Instant::now());
+    }
+
+    fn settle(mut self, failed: bool, now: Instant) {
+        if let Some(key) = self.key.take() {
+            self.throttle.settle(key, failed, now);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.throttle.settle(key, false, Instant::now());
+        }
+    }
 }
 
 /// The key an address counts under: IPv4 (also when mapped into IPv6) as it is, IPv6 by /64.
@@ -71,49 +106,31 @@ impl SignInThrottle {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuses a sign-in from `address` when it used up its failures in the current window.
-    /// `None` (no address known: a request made in-process) is never refused.
-    pub fn admit(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+    /// Admits a sign-in from `address`, or refuses it when the address used up its failures
+    /// in the current window (sign-ins being checked count as failures until they settle).
+    /// `None` (no address known: a request made in-process) is always admitted.
+    pub fn admit(&self, address: Option<IpAddr>) -> Result<Attempt<'_>, ApiError> {
         self.admit_at(address, Instant::now())
     }
 
-    fn admit_at(&self, address: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
+    fn admit_at(&self, address: Option<IpAddr>, now: Instant) -> Result<Attempt<'_>, ApiError> {
         let Some(address) = address else {
-            return Ok(());
+            return Ok(Attempt {
+                throttle: self,
+                key: None,
+            });
         };
-        let seen = self.seen();
-        match seen.get(&key(address)) {
-            Some(w) if w.failures >= self.limit => {
-                let ends = w.started + self.window;
-                if now >= ends {
-                    return Ok(());
-                }
-                Err(ApiError::TooManyFailures {
-                    limit: self.limit,
-                    window_minutes: self.window.as_secs() / 60,
-                    retry_after_s: (ends - now).as_secs_f64().ceil() as u64,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failed sign-in from `address`.
-    pub fn failed(&self, address: Option<IpAddr>) {
-        self.failed_at(address, Instant::now());
-    }
-
-    fn failed_at(&self, address: Option<IpAddr>, now: Instant) {
-        let Some(address) = address else {
-            return;
-        };
-        let window = self.window;
-        let mut seen = self.seen();
         let k = key(address);
+        let (limit, window) = (self.limit, self.window);
+        let mut seen = self.seen();
         if !seen.contains_key(&k) && seen.len() >= MAX_ADDRESSES {
-            seen.retain(|_, w| now < w.started + window);
+            seen.retain(|_, w| w.pending > 0 || now < w.started + window);
             if seen.len() >= MAX_ADDRESSES
-                && let Some(oldest) = seen.iter().min_by_key(|(_, w)| w.started).map(|(k, _)| *k)
+                && let Some(oldest) = seen
+                    .iter()
+                    .filter(|(_, w)| w.pending == 0)
+                    .min_by_key(|(_, w)| w.started)
+                    .map(|(k, _)| *k)
             {
                 seen.remove(&oldest);
             }
@@ -121,14 +138,46 @@ impl SignInThrottle {
         let w = seen.entry(k).or_insert(Window {
             started: now,
             failures: 0,
+            pending: 0,
         });
         if now >= w.started + window {
-            *w = Window {
-                started: now,
-                failures: 0,
-            };
+            w.started = now;
+            w.failures = 0;
         }
-        w.failures = w.failures.saturating_add(1);
+        if w.failures.saturating_add(w.pending) >= limit {
+            // Used up: until the window ends. Held only by sign-ins still being checked: a
+            // moment, until they settle.
+            let retry_after_s = if w.failures >= limit {
+                (w.started + window - now).as_secs_f64().ceil().max(1.0) as u64
+            } else {
+                1
+            };
+            return Err(ApiError::TooManyFailures {
+                limit,
+                window_minutes: window.as_secs() / 60,
+                retry_after_s,
+            });
+        }
+        w.pending += 1;
+        Ok(Attempt {
+            throttle: self,
+            key: Some(k),
+        })
+    }
+
+    fn settle(&self, k: IpAddr, failed: bool, now: Instant) {
+        let mut seen = self.seen();
+        let Some(w) = seen.get_mut(&k) else {
+            return;
+        };
+        w.pending = w.pending.saturating_sub(1);
+        if failed {
+            if now >= w.started + self.window {
+                w.started = now;
+                w.failures = 0;
+            }
+            w.failures = w.failures.saturating_add(1);
+        }
     }
 
     /// Addresses tracked now (for tests and metrics).
@@ -145,13 +194,17 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// One failed sign-in from `address` at `now`.
+    fn fail(t: &SignInThrottle, address: Option<IpAddr>, now: Instant) {
+        t.admit_at(address, now).unwrap().settle(true, now);
+    }
+
     #[test]
     fn an_address_is_refused_after_its_failures_until_the_window_ends() {
         let t = SignInThrottle::new(3, Duration::from_secs(600));
         let start = Instant::now();
         for _ in 0..3 {
-            t.admit_at(ip("10.0.0.7"), start).unwrap();
-            t.failed_at(ip("10.0.0.7"), start);
+            fail(&t, ip("10.0.0.7"), start);
         }
         let e = t.admit_at(ip("10.0.0.7"), start + Duration::from_secs(1));
         match e {
@@ -163,25 +216,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Another client is not affected; nor is a request with no address.
-        t.admit_at(ip("10.0.0.8"), start).unwrap();
-        t.admit_at(None, start).unwrap();
+        drop(t.admit_at(ip("10.0.0.8"), start).unwrap());
+        drop(t.admit_at(None, start).unwrap());
         // The window ends: admitted again, and the next failure starts a new window.
         let later = start + Duration::from_secs(600);
-        t.admit_at(ip("10.0.0.7"), later).unwrap();
-        t.failed_at(ip("10.0.0.7"), later);
-        t.admit_at(ip("10.0.0.7"), later).unwrap();
+        fail(&t, ip("10.0.0.7"), later);
+        drop(t.admit_at(ip("10.0.0.7"), later).unwrap());
+    }
+
+    #[test]
+    fn sign_ins_being_checked_count_until_they_settle() {
+        let t = SignInThrottle::new(3, Duration::from_secs(600));
+        let now = Instant::now();
+        // Three sent at once, none checked yet: the fourth waits for them.
+        let held: Vec<_> = (0..3)
+            .map(|_| t.admit_at(ip("10.0.0.7"), now).unwrap())
+            .collect();
+        match t.admit_at(ip("10.0.0.7"), now) {
+            Err(ApiError::TooManyFailures {
+                retry_after_s: 1, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut held = held.into_iter();
+        // A right password gives its place back; a wrong one keeps it as a failure.
+        drop(held.next());
+        let again = t.admit_at(ip("10.0.0.7"), now).unwrap();
+        for a in held {
+            a.settle(true, now);
+        }
+        again.settle(true, now);
+        assert!(t.admit_at(ip("10.0.0.7"), now).is_err(), "three failures");
     }
 
     #[test]
     fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
         let t = SignInThrottle::new(2, Duration::from_secs(60));
         let now = Instant::now();
-        t.failed_at(ip("2001:db8:1:2::1"), now);
-        t.failed_at(ip("2001:db8:1:2:ffff::9"), now);
+        fail(&t, ip("2001:db8:1:2::1"), now);
+        fail(&t, ip("2001:db8:1:2:ffff::9"), now);
         assert!(t.admit_at(ip("2001:db8:1:2::abcd"), now).is_err());
-        t.admit_at(ip("2001:db8:1:3::1"), now).unwrap();
-        t.failed_at(ip("::ffff:192.0.2.1"), now);
-        t.failed_at(ip("192.0.2.1"), now);
+        drop(t.admit_at(ip("2001:db8:1:3::1"), now).unwrap());
+        fail(&t, ip("::ffff:192.0.2.1"), now);
+        fail(&t, ip("192.0.2.1"), now);
         assert!(t.admit_at(ip("192.0.2.1"), now).is_err());
     }
 
@@ -190,15 +267,15 @@ mod tests {
         let t = SignInThrottle::new(1, Duration::from_secs(60));
         let start = Instant::now();
         for i in 0..MAX_ADDRESSES as u32 {
-            t.failed_at(Some(IpAddr::V4((0x0a00_0000 + i).into())), start);
+            fail(&t, Some(IpAddr::V4((0x0a00_0000 + i).into())), start);
         }
         assert_eq!(t.tracked(), MAX_ADDRESSES);
         // A full table of live windows: the oldest goes.
-        t.failed_at(ip("192.0.2.1"), start + Duration::from_secs(1));
+        fail(&t, ip("192.0.2.1"), start + Duration::from_secs(1));
         assert_eq!(t.tracked(), MAX_ADDRESSES);
         assert!(t.admit_at(ip("192.0.2.1"), start).is_err());
         // Once the windows ended, they are dropped together.
-        t.failed_at(ip("192.0.2.2"), start + Duration::from_secs(61));
+        fail(&t, ip("192.0.2.2"), start + Duration::from_secs(61));
         assert_eq!(t.tracked(), 1);
     }
 }
