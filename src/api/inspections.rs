@@ -221,10 +221,14 @@ pub struct UploadAnswer {
     pub image: String,
     /// URL of the heat-map overlay.
     pub overlay: Option<String>,
-    /// The secondary-inspection task the rejection opened.
+    /// The secondary-inspection task the upload opened (a reject, an uncertain score, an
+    /// acceptance sample, or a pass of a part found defective before).
     pub task: Option<i64>,
-    /// The NCR raised because the lot's reject rate crossed its limit.
+    /// The NCR the upload raised (the lot's reject rate crossed its limit, or a part found
+    /// defective passed past its re-inspection cap).
     pub raised_ncr: Option<i64>,
+    /// Why no task was opened although the rules asked for one (re-inspection cap).
+    pub task_refused: Option<String>,
 }
 
 /// An inspection as the API shows it.
@@ -594,6 +598,7 @@ async fn upload_inner(
             overlay: overlay_ref.map(|h| format!("/api/v1/images/{h}")),
             task: recorded.task.map(|t| t.id),
             raised_ncr: recorded.raised_ncr,
+            task_refused: recorded.task_refused,
         }),
     ))
 }

@@ -59,7 +59,8 @@ pub struct PipelineConfig {
     /// whichever instance sharing the store sees it first.
     pub orphan_trigger_after_ms: u64,
     /// Frames kept as images with their records: `none`, `rejects` (defect or uncertain
-    /// scores: what an inspector must see) or `all`.
+    /// scores, and passes of parts found defective before: what an inspector must see) or
+    /// `all`.
     pub store_images: super::ImagePolicy,
 }
 

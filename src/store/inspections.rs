@@ -101,12 +101,14 @@ pub(crate) fn inspection_row(row: &AnyRow) -> Result<NewInspection, StoreError> 
 /// 1 when part `$1` was found defective and not cleared since, not looking at inspection
 /// `$2`; else 0. Found defective: a machine reject no inspector found good, or a defect an
 /// inspector confirmed. Cleared: an inspector found a later inspection of it good. Counted in
-/// inspection order (a task's decision belongs to its inspection).
+/// inspection order (a task's decision belongs to its inspection); every lookup goes through
+/// the part's index (`inspections_part`, `tasks_part`).
 const FOUND_DEFECTIVE: &str = "SELECT COUNT(*) FROM (SELECT 1 AS one) AS here WHERE \
      COALESCE((SELECT MAX(i.id) FROM inspections i WHERE i.part_id = $1 AND i.id <> $2 AND ( \
-       (i.verdict = 'defect' AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.inspection_id = i.id \
-         AND t.state = 'overridden_good')) \
-       OR EXISTS (SELECT 1 FROM tasks t WHERE t.inspection_id = i.id AND t.state = 'confirmed'))), 0) \
+       (i.verdict = 'defect' AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.part_id = $1 \
+         AND t.inspection_id = i.id AND t.state = 'overridden_good')) \
+       OR EXISTS (SELECT 1 FROM tasks t WHERE t.part_id = $1 AND t.inspection_id = i.id \
+         AND t.state = 'confirmed'))), 0) \
      > COALESCE((SELECT MAX(t.inspection_id) FROM tasks t WHERE t.part_id = $1 \
        AND t.state = 'overridden_good'), 0)";
 
@@ -293,61 +295,61 @@ impl Store {
                     reason: Some(reason.as_str().into()),
                 });
                 recorded.task = Some(t);
-            } else if reason == OpeningReason::Retest {
-                // Re-tested again and again after a reject, the part is not accepted by its
-                // latest pass: an NCR (which holds the lot) makes QA decide, once per part.
-                let title = format!("Part {} re-tested after rejection", new.part_id);
-                let open = count(
-                    sqlx::query(
-                        "SELECT COUNT(*) FROM ncrs WHERE lot = $1 AND source = 'retest' AND title = $2 \
-                         AND state NOT IN ('closed', 'cancelled')",
+            } else {
+                let why = if reason == OpeningReason::Retest {
+                    // Re-tested again and again after a reject, the part is not accepted by
+                    // its latest pass: an NCR (which holds the lot) makes QA decide. One per
+                    // part and lot, whatever its state: QA's disposition of it is the part's
+                    // answer, and later passes do not hold the lot again.
+                    let title = format!("Part {} re-tested after rejection", new.part_id);
+                    let raised: Option<(i64, String)> = sqlx::query(
+                        "SELECT id, state FROM ncrs WHERE lot = $1 AND source = 'retest' AND title = $2 \
+                         ORDER BY id LIMIT 1",
                     )
                     .bind(&new.lot)
                     .bind(&title)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err(db("look for open NCRs"))?,
-                )?;
-                let ncr = if open == 0 {
-                    let ncr = NewNcr {
-                        lot: new.lot.clone(),
-                        line: new.line.clone(),
-                        title,
-                        description: format!(
-                            "Part {} was found defective before and had {previous} secondary inspections \
-                             (quality.reinspection_cap = {}); inspection {id} on {} passed it (score {:.4}, \
-                             threshold {:.4}). A pass on re-test is not accepted without QA's disposition.",
-                            new.part_id, cfg.reinspection_cap, new.camera, new.score, new.threshold
-                        ),
+                    .map_err(db("look for the part's NCR"))?
+                    .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+                    .transpose()
+                    .map_err(db("read the part's NCR"))?;
+                    let ncr = if let Some((ncr_id, state)) = raised {
+                        format!("its NCR {ncr_id} ({state}) decides")
+                    } else {
+                        let ncr = NewNcr {
+                            lot: new.lot.clone(),
+                            line: new.line.clone(),
+                            title,
+                            description: format!(
+                                "Part {} was found defective before and had {previous} secondary inspections \
+                                 (quality.reinspection_cap = {}); inspection {id} on {} passed it (score {:.4}, \
+                                 threshold {:.4}). A pass on re-test is not accepted without QA's disposition.",
+                                new.part_id,
+                                cfg.reinspection_cap,
+                                new.camera,
+                                new.score,
+                                new.threshold
+                            ),
+                        };
+                        let (ncr_id, entries) =
+                            Self::insert_ncr(&mut tx, &ncr, NcrSource::Retest, "system", now)
+                                .await?;
+                        audit.extend(entries);
+                        recorded.raised_ncr = Some(ncr_id);
+                        format!("NCR {ncr_id} raised")
                     };
-                    let (ncr_id, entries) =
-                        Self::insert_ncr(&mut tx, &ncr, NcrSource::Retest, "system", now).await?;
-                    audit.extend(entries);
-                    recorded.raised_ncr = Some(ncr_id);
-                    format!("NCR {ncr_id} raised")
+                    format!(
+                        "part {} was found defective before and already had {previous} secondary inspections \
+                         (cap {}): this pass is not accepted; {ncr}",
+                        new.part_id, cfg.reinspection_cap
+                    )
                 } else {
-                    "its NCR is open".to_owned()
+                    format!(
+                        "part {} already had {previous} secondary inspections (cap {}): the machine verdict stands",
+                        new.part_id, cfg.reinspection_cap
+                    )
                 };
-                let why = format!(
-                    "part {} was found defective before and already had {previous} secondary inspections \
-                     (cap {}): this pass is not accepted; {ncr}",
-                    new.part_id, cfg.reinspection_cap
-                );
-                audit.push(NewAuditEntry {
-                    actor: "system".into(),
-                    action: "task.refused".into(),
-                    entity: "inspection".into(),
-                    entity_id: id.to_string(),
-                    old_value: None,
-                    new_value: None,
-                    reason: Some(why.clone()),
-                });
-                recorded.task_refused = Some(why);
-            } else {
-                let why = format!(
-                    "part {} already had {previous} secondary inspections (cap {}): the machine verdict stands",
-                    new.part_id, cfg.reinspection_cap
-                );
                 audit.push(NewAuditEntry {
                     actor: "system".into(),
                     action: "task.refused".into(),

@@ -975,7 +975,11 @@ async fn a_part_found_defective_is_not_re_tested_into_acceptance(db: &Db) {
     assert_eq!(s.open_ncrs("LOT-S").await.unwrap(), vec![ncr.id]);
     let again = record("R2", "LOT-S", 0.1).await;
     assert!(again.raised_ncr.is_none(), "one NCR per part");
-    assert!(again.task_refused.unwrap().contains("its NCR is open"));
+    let why = again.task_refused.unwrap();
+    assert!(
+        why.contains(&format!("its NCR {} (open) decides", ncr.id)),
+        "{why}"
+    );
     // A part never rejected passes without a person.
     let other = record("R3", "LOT-S", 0.1).await;
     assert!(other.task.is_none() && other.task_refused.is_none());
