@@ -368,6 +368,17 @@ mod device {
             }
         }
 
+        /// The error or end of stream the camera posted, if any.
+        fn stream_ended(&self, open: &Open) -> Option<SourceError> {
+            let message = open
+                .bus
+                .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])?;
+            Some(match message.view() {
+                gst::MessageView::Error(e) => self.error(describe_error(e)),
+                _ => self.error("the camera ended the stream"),
+            })
+        }
+
         /// The newest frame that arrived since the previous grab and within `max_frame_age_ms`,
         /// waiting up to `frame_timeout_ms` for one.
         fn grab(&mut self) -> Result<Captured, SourceError> {
@@ -378,14 +389,8 @@ mod device {
             let max_age = Duration::from_millis(self.config.max_frame_age_ms);
             let (lock, ready) = &*open.slot;
             loop {
-                if let Some(message) = open
-                    .bus
-                    .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
-                {
-                    return Err(match message.view() {
-                        gst::MessageView::Error(e) => self.error(describe_error(e)),
-                        _ => self.error("the camera ended the stream"),
-                    });
+                if let Some(e) = self.stream_ended(open) {
+                    return Err(e);
                 }
                 let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((sample, arrived, at, index)) = slot.newest.take() {
@@ -424,14 +429,8 @@ mod device {
             let timeout = Duration::from_millis(self.config.frame_timeout_ms);
             let (lock, ready) = &*open.slot;
             loop {
-                if let Some(message) = open
-                    .bus
-                    .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
-                {
-                    return Err(match message.view() {
-                        gst::MessageView::Error(e) => self.error(describe_error(e)),
-                        _ => self.error("the camera ended the stream"),
-                    });
+                if let Some(e) = self.stream_ended(open) {
+                    return Err(e);
                 }
                 let slot = lock.lock().unwrap_or_else(|e| e.into_inner());
                 let since = slot.last_arrival.unwrap_or(open.started);

@@ -676,15 +676,15 @@ impl FrameSource for Fragile {
     }
 }
 
-/// After a failed grab, the next trigger does not wait for the back-off: its grab reopens the
-/// camera first, and it is inspected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trigger_after_a_failed_grab_reopens_the_camera_before_its_grab() {
+/// A triggered `Fragile` camera with this reopening back-off and checks every 20 ms, running,
+/// whose first trigger was answered with the failed grab; and its count of reopens.
+async fn fragile_press_after_a_failed_grab(
+    backoff_ms: u64,
+) -> (Pipeline, MemorySink, Arc<AtomicUsize>) {
     let reopens = Arc::new(AtomicUsize::new(0));
     let config = PipelineConfig {
-        // Far beyond the test: only a trigger can reopen the camera in time.
-        reopen_backoff_initial_ms: 600_000,
-        reopen_backoff_max_ms: 600_000,
+        reopen_backoff_initial_ms: backoff_ms,
+        reopen_backoff_max_ms: backoff_ms,
         probe_interval_ms: 20,
         ..PipelineConfig::default()
     };
@@ -698,26 +698,33 @@ async fn a_trigger_after_a_failed_grab_reopens_the_camera_before_its_grab() {
         }),
     };
     let (pipeline, sink) = start(config, vec![press]).await;
-    let status = pipeline.status();
-    let triggers = pipeline.triggers();
-    health_becomes(&status, "press", "opened at start", &|h| {
+    health_becomes(&pipeline.status(), "press", "opened at start", &|h| {
         *h == CameraHealth::Running
     })
     .await;
-    triggers.fire(trigger("press", 1)).await.unwrap();
+    pipeline.triggers().fire(trigger("press", 1)).await.unwrap();
     wait_for(&sink, 1).await;
     assert!(
         matches!(&sink.results()[0].outcome, Outcome::Error { message } if message.contains("the first grab fails")),
         "{:?}",
         sink.results()
     );
-    triggers.fire(trigger("press", 2)).await.unwrap();
+    (pipeline, sink, reopens)
+}
+
+/// After a failed grab, the next trigger does not wait for the back-off: its grab reopens the
+/// camera first, and it is inspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_after_a_failed_grab_reopens_the_camera_before_its_grab() {
+    // A back-off far beyond the test: only the trigger can reopen the camera in time.
+    let (pipeline, sink, reopens) = fragile_press_after_a_failed_grab(600_000).await;
+    pipeline.triggers().fire(trigger("press", 2)).await.unwrap();
     wait_for(&sink, 2).await;
     let results = sink.results();
     assert_eq!(results.len(), 2, "{results:?}");
     assert_eq!(results[1].status(), "inspected", "{:?}", results[1]);
     assert_eq!(reopens.load(Ordering::SeqCst), 1);
-    assert_eq!(status.health()["press"], CameraHealth::Running);
+    assert_eq!(pipeline.status().health()["press"], CameraHealth::Running);
     pipeline.shutdown().await;
 }
 
@@ -726,31 +733,9 @@ async fn a_trigger_after_a_failed_grab_reopens_the_camera_before_its_grab() {
 /// does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_whose_grab_failed_is_running_again_only_after_a_good_grab() {
-    let reopens = Arc::new(AtomicUsize::new(0));
-    let config = PipelineConfig {
-        reopen_backoff_initial_ms: 20,
-        reopen_backoff_max_ms: 20,
-        probe_interval_ms: 20,
-        ..PipelineConfig::default()
-    };
-    let press = Camera {
-        config: camera("press", synthetic(None), TriggerMode::Triggered),
-        source: Box::new(Fragile {
-            failed_once: false,
-            broken: false,
-            reopens: reopens.clone(),
-            probe_hangs: None,
-        }),
-    };
-    let (pipeline, sink) = start(config, vec![press]).await;
+    let (pipeline, sink, reopens) = fragile_press_after_a_failed_grab(20).await;
     let status = pipeline.status();
     let triggers = pipeline.triggers();
-    health_becomes(&status, "press", "opened at start", &|h| {
-        *h == CameraHealth::Running
-    })
-    .await;
-    triggers.fire(trigger("press", 1)).await.unwrap();
-    wait_for(&sink, 1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while reopens.load(Ordering::SeqCst) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never reopened");
