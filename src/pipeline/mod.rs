@@ -1346,49 +1346,45 @@ async fn grab(
     }
 }
 
-/// Checks an idle source on a blocking thread ([`FrameSource::probe`]); after a failure,
-/// reopens it first. Gives the source back (a fresh one when its driver panicked).
-async fn check_idle(
+/// Runs `work` on `source` on a blocking thread (`what`: "reopening", "being checked") and
+/// gives the source back: a fresh one when its driver panicked.
+async fn on_blocking_thread(
     mut source: Box<dyn FrameSource>,
-    reopen_first: bool,
+    what: &'static str,
+    work: impl FnOnce(&mut dyn FrameSource) -> Result<(), crate::source::SourceError> + Send + 'static,
     fresh: impl FnOnce() -> Box<dyn FrameSource>,
 ) -> (Box<dyn FrameSource>, Result<(), String>) {
     match tokio::task::spawn_blocking(move || {
-        let r = if reopen_first {
-            source.reopen()
-        } else {
-            Ok(())
-        }
-        .and_then(|()| source.probe())
-        .map_err(|e| e.to_string());
+        let r = work(source.as_mut()).map_err(|e| e.to_string());
         (source, r)
     })
     .await
     {
         Ok(done) => done,
-        Err(e) => (
-            fresh(),
-            Err(format!("source panicked while being checked: {e}")),
-        ),
+        Err(e) => (fresh(), Err(format!("source panicked while {what}: {e}"))),
     }
 }
 
-async fn reopen(
-    mut source: Box<dyn FrameSource>,
+/// Checks an idle source ([`FrameSource::probe`]); after a failure, reopens it first.
+async fn check_idle(
+    source: Box<dyn FrameSource>,
+    reopen_first: bool,
     fresh: impl FnOnce() -> Box<dyn FrameSource>,
 ) -> (Box<dyn FrameSource>, Result<(), String>) {
-    match tokio::task::spawn_blocking(move || {
-        let r = source.reopen().map_err(|e| e.to_string());
-        (source, r)
-    })
-    .await
-    {
-        Ok(done) => done,
-        Err(e) => (
-            fresh(),
-            Err(format!("source panicked while reopening: {e}")),
-        ),
-    }
+    let work = move |s: &mut dyn FrameSource| {
+        if reopen_first {
+            s.reopen()?;
+        }
+        s.probe()
+    };
+    on_blocking_thread(source, "being checked", work, fresh).await
+}
+
+async fn reopen(
+    source: Box<dyn FrameSource>,
+    fresh: impl FnOnce() -> Box<dyn FrameSource>,
+) -> (Box<dyn FrameSource>, Result<(), String>) {
+    on_blocking_thread(source, "reopening", |s| s.reopen(), fresh).await
 }
 
 async fn run_camera(
@@ -1493,10 +1489,13 @@ async fn run_camera(
                                 c.source_errors.fetch_add(1, Ordering::Relaxed);
                             }
                             // Once per outage in the log; health counts the attempts.
-                            if failures == 1 && !ever_running {
-                                tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "Triggered camera cannot be opened yet; retrying with back-off.");
-                            } else if failures == 1 {
-                                tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "Triggered camera failed its check while waiting for triggers; reopening with back-off.");
+                            if failures == 1 {
+                                let what = if ever_running {
+                                    "Triggered camera failed its check while waiting for triggers; reopening with back-off."
+                                } else {
+                                    "Triggered camera cannot be opened yet; retrying with back-off."
+                                };
+                                tracing::warn!(camera = %id, %error, retry_in_ms = backoff.as_millis() as u64, "{what}");
                             } else {
                                 tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
                             }

@@ -433,28 +433,27 @@ mod device {
                     return Err(e);
                 }
                 let slot = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let since = slot.last_arrival.unwrap_or(open.started);
-                let quiet = since.elapsed();
-                if slot.last_arrival.is_some() && quiet <= timeout {
-                    return Ok(());
-                }
-                if quiet > timeout {
-                    return Err(self.error(match slot.last_arrival {
-                        Some(_) => format!(
+                let waited = match slot.last_arrival {
+                    Some(at) if at.elapsed() <= timeout => return Ok(()),
+                    Some(at) => {
+                        return Err(self.error(format!(
                             "no frame for {} ms (frame_timeout_ms = {})",
-                            quiet.as_millis(),
+                            at.elapsed().as_millis(),
                             self.config.frame_timeout_ms
-                        ),
-                        None => format!(
+                        )));
+                    }
+                    None if open.started.elapsed() > timeout => {
+                        return Err(self.error(format!(
                             "no frame within frame_timeout_ms = {} ms",
                             self.config.frame_timeout_ms
-                        ),
-                    }));
-                }
+                        )));
+                    }
+                    None => open.started.elapsed(),
+                };
                 // Opened moments ago: wait for its first frame (or its error).
                 drop(
                     ready
-                        .wait_timeout(slot, (timeout - quiet).min(POLL))
+                        .wait_timeout(slot, timeout.saturating_sub(waited).min(POLL))
                         .unwrap_or_else(|e| e.into_inner()),
                 );
             }

@@ -112,6 +112,22 @@ const FOUND_DEFECTIVE: &str = "SELECT COUNT(*) FROM (SELECT 1 AS one) AS here WH
      > COALESCE((SELECT MAX(t.inspection_id) FROM tasks t WHERE t.part_id = $1 \
        AND t.state = 'overridden_good'), 0)";
 
+/// [`FOUND_DEFECTIVE`] for `part_id`, not looking at inspection `except`.
+async fn found_defective<'e>(
+    on: impl sqlx::Executor<'e, Database = Any>,
+    part_id: &str,
+    except: i64,
+) -> Result<bool, StoreError> {
+    Ok(count(
+        sqlx::query(FOUND_DEFECTIVE)
+            .bind(part_id)
+            .bind(except)
+            .fetch_one(on)
+            .await
+            .map_err(db("look for earlier rejects of the part"))?,
+    )? > 0)
+}
+
 fn count(row: AnyRow) -> Result<i64, StoreError> {
     row.try_get::<i64, _>(0).map_err(db("count rows"))
 }
@@ -129,14 +145,7 @@ impl Store {
     /// inspector found good, or a defect an inspector confirmed, with no later inspection of it
     /// found good by an inspector): its next pass goes to a person.
     pub async fn part_found_defective(&self, part_id: &str) -> Result<bool, StoreError> {
-        Ok(count(
-            sqlx::query(FOUND_DEFECTIVE)
-                .bind(part_id)
-                .bind(-1_i64)
-                .fetch_one(self.reader())
-                .await
-                .map_err(db("look for earlier rejects of the part"))?,
-        )? > 0)
+        found_defective(self.reader(), part_id, -1).await
     }
 
     /// Stores one inspection result and, in the same transaction, applies the opening rules
@@ -244,15 +253,8 @@ impl Store {
             raised_ncr: None,
         };
         // Its pass goes to a person.
-        let found_defective_before = new.verdict != Verdict::Defect
-            && count(
-                sqlx::query(FOUND_DEFECTIVE)
-                    .bind(&new.part_id)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db("look for earlier rejects of the part"))?,
-            )? > 0;
+        let found_defective_before =
+            new.verdict != Verdict::Defect && found_defective(&mut *tx, &new.part_id, id).await?;
         if let Some(reason) = opening_reason(
             cfg,
             new.verdict,
@@ -297,53 +299,11 @@ impl Store {
                 recorded.task = Some(t);
             } else {
                 let why = if reason == OpeningReason::Retest {
-                    // Re-tested again and again after a reject, the part is not accepted by
-                    // its latest pass: an NCR (which holds the lot) makes QA decide. One per
-                    // part and lot, whatever its state: QA's disposition of it is the part's
-                    // answer, and later passes do not hold the lot again.
-                    let title = format!("Part {} re-tested after rejection", new.part_id);
-                    let raised: Option<(i64, String)> = sqlx::query(
-                        "SELECT id, state FROM ncrs WHERE lot = $1 AND source = 'retest' AND title = $2 \
-                         ORDER BY id LIMIT 1",
-                    )
-                    .bind(&new.lot)
-                    .bind(&title)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("look for the part's NCR"))?
-                    .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
-                    .transpose()
-                    .map_err(db("read the part's NCR"))?;
-                    let ncr = if let Some((ncr_id, state)) = raised {
-                        format!("its NCR {ncr_id} ({state}) decides")
-                    } else {
-                        let ncr = NewNcr {
-                            lot: new.lot.clone(),
-                            line: new.line.clone(),
-                            title,
-                            description: format!(
-                                "Part {} was found defective before and had {previous} secondary inspections \
-                                 (quality.reinspection_cap = {}); inspection {id} on {} passed it (score {:.4}, \
-                                 threshold {:.4}). A pass on re-test is not accepted without QA's disposition.",
-                                new.part_id,
-                                cfg.reinspection_cap,
-                                new.camera,
-                                new.score,
-                                new.threshold
-                            ),
-                        };
-                        let (ncr_id, entries) =
-                            Self::insert_ncr(&mut tx, &ncr, NcrSource::Retest, "system", now)
-                                .await?;
-                        audit.extend(entries);
-                        recorded.raised_ncr = Some(ncr_id);
-                        format!("NCR {ncr_id} raised")
-                    };
-                    format!(
-                        "part {} was found defective before and already had {previous} secondary inspections \
-                         (cap {}): this pass is not accepted; {ncr}",
-                        new.part_id, cfg.reinspection_cap
-                    )
+                    let (why, raised) =
+                        Self::retest_past_cap(&mut tx, new, cfg, id, previous, now, &mut audit)
+                            .await?;
+                    recorded.raised_ncr = raised;
+                    why
                 } else {
                     format!(
                         "part {} already had {previous} secondary inspections (cap {}): the machine verdict stands",
@@ -431,6 +391,62 @@ impl Store {
         self.append_audit(&mut tx, now, audit).await?;
         tx.commit().await.map_err(db("commit an inspection"))?;
         Ok(recorded)
+    }
+
+    /// In `tx`: a pass (inspection `id`) of a part found defective, which had `previous`
+    /// secondary inspections, up to its cap. Re-tested again and again after a reject, the
+    /// part is not accepted by its latest pass: an NCR (which holds the lot) makes QA decide.
+    /// One per part and lot, whatever its state: QA's disposition of it is the part's answer,
+    /// and later passes do not hold the lot again. Returns why no task was opened, and the NCR
+    /// raised now; its audit entries go to `audit`.
+    async fn retest_past_cap(
+        tx: &mut Transaction<'static, Any>,
+        new: &NewInspection,
+        cfg: &QualityConfig,
+        id: i64,
+        previous: i64,
+        now: i64,
+        audit: &mut Vec<NewAuditEntry>,
+    ) -> Result<(String, Option<i64>), StoreError> {
+        let title = format!("Part {} re-tested after rejection", new.part_id);
+        let existing: Option<(i64, String)> = sqlx::query(
+            "SELECT id, state FROM ncrs WHERE lot = $1 AND source = 'retest' AND title = $2 \
+             ORDER BY id LIMIT 1",
+        )
+        .bind(&new.lot)
+        .bind(&title)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("look for the part's NCR"))?
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+        .map_err(db("read the part's NCR"))?;
+        let (ncr, raised) = match existing {
+            Some((ncr_id, state)) => (format!("its NCR {ncr_id} ({state}) decides"), None),
+            None => {
+                let ncr = NewNcr {
+                    lot: new.lot.clone(),
+                    line: new.line.clone(),
+                    title,
+                    description: format!(
+                        "Part {} was found defective before and had {previous} secondary inspections \
+                         (quality.reinspection_cap = {}); inspection {id} on {} passed it (score {:.4}, \
+                         threshold {:.4}). A pass on re-test is not accepted without QA's disposition.",
+                        new.part_id, cfg.reinspection_cap, new.camera, new.score, new.threshold
+                    ),
+                };
+                let (ncr_id, entries) =
+                    Self::insert_ncr(tx, &ncr, NcrSource::Retest, "system", now).await?;
+                audit.extend(entries);
+                (format!("NCR {ncr_id} raised"), Some(ncr_id))
+            }
+        };
+        let why = format!(
+            "part {} was found defective before and already had {previous} secondary inspections \
+             (cap {}): this pass is not accepted; {ncr}",
+            new.part_id, cfg.reinspection_cap
+        );
+        Ok((why, raised))
     }
 
     /// One inspection.
