@@ -139,26 +139,37 @@ fn follow_activations(
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub(super) async fn stop_signal() {
+/// Takes SIGTERM and SIGINT over now, and resolves at the first of them. Called first thing
+/// in the runtime: a signal that comes while the service is still starting (loading and
+/// warming models, opening the store) is then kept for the graceful stop that follows the
+/// start, instead of killing the process with cameras and triggers already live. Where the
+/// handlers cannot be installed, Ctrl-C alone stops the service.
+pub(super) fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let handlers = signal(SignalKind::terminate())
+            .and_then(|term| signal(SignalKind::interrupt()).map(|interrupt| (term, interrupt)));
+        async move {
+            match handlers {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot take SIGTERM over; Ctrl-C stops the service.");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -205,6 +216,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         .build()
         .context("cannot start the async runtime")?;
     let code = rt.block_on(async move {
+        let signalled = stop_signal();
         let recorder = if settings.pipeline.record {
             // Opened with the outbox when one is configured, so that every record's events and
             // samples are queued in the same transaction.
@@ -340,7 +352,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             start_image_keeping(&settings, store, keeping_metrics.unwrap_or_default())
         });
         let outbox = start_outbox(&settings).await?;
-        let summary = pipeline.run_until(stop_signal()).await;
+        let summary = pipeline.run_until(signalled).await;
         let _ = stop_follow.send(true);
         if let Some(follower) = follower {
             let _ = follower.await;

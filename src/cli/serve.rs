@@ -196,6 +196,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let stop = super::run::stop_signal();
         let store = crate::outbox::open_store(&settings)
             .await
             .with_context(|| {
@@ -220,7 +221,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
             listener,
             crate::api::app(state),
             settings.api.tls.as_ref(),
-            super::run::stop_signal(),
+            stop,
             stopping_tx,
             Duration::from_secs(30),
         )

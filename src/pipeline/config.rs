@@ -209,6 +209,9 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
             pipeline.orphan_trigger_after_ms, pipeline.trigger_deadline_ms
         ));
     }
+    if let Some(mqtt) = &pipeline.mqtt_triggers {
+        p.extend(mqtt.problems());
+    }
     if pipeline.mqtt_triggers.is_some() && !pipeline.record {
         p.push(
             "pipeline.mqtt_triggers needs pipeline.record = true: an MQTT trigger is acknowledged \
@@ -254,6 +257,23 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         }
         if c.every_nth == 0 {
             p.push(format!("{field}.every_nth = 0: must be at least 1"));
+        }
+        // Each pulse on a line-triggered camera's input is a part: none may be skipped.
+        if c.source.each_frame_is_a_part() && c.mode == TriggerMode::FreeRun {
+            if c.every_nth != 1 {
+                p.push(format!(
+                    "{field}.every_nth = {}: must be 1 for a line-triggered camera (each frame is \
+                     a part; skipping frames would leave parts uninspected)",
+                    c.every_nth
+                ));
+            }
+            if c.fps != 0.0 {
+                p.push(format!(
+                    "{field}.fps = {}: must be 0 for a line-triggered camera (the line paces it; \
+                     a slower pace would let parts pile up in the camera)",
+                    c.fps
+                ));
+            }
         }
         for (name, t) in std::iter::once(("threshold".to_string(), c.threshold)).chain(
             c.recipes
@@ -326,7 +346,49 @@ mod tests {
             p.contains("pipeline.orphan_trigger_after_ms = 1000: must be more than"),
             "{p}"
         );
+        let bad_mqtt = PipelineConfig {
+            mqtt_triggers: Some(super::super::mqtt::MqttTriggerConfig {
+                client_id: String::new(),
+                topic_prefix: "plant/triggers/".into(),
+                ..Default::default()
+            }),
+            ..PipelineConfig::default()
+        };
+        let p = problems(&bad_mqtt, &[]).join("\n");
+        for expected in [
+            "pipeline.mqtt_triggers.client_id = \"\": must be 1 to 256 bytes",
+            "pipeline.mqtt_triggers.topic_prefix = \"plant/triggers/\": must be",
+        ] {
+            assert!(p.contains(expected), "{expected:?} missing from\n{p}");
+        }
         let fine = CameraConfig { fps: 0.5, ..camera };
-        assert!(problems(&PipelineConfig::default(), &[fine]).is_empty());
+        assert!(problems(&PipelineConfig::default(), std::slice::from_ref(&fine)).is_empty());
+
+        // A line-triggered camera's frames are parts: none skipped, none left to pile up.
+        let line = CameraConfig {
+            source: serde_json::from_value(serde_json::json!({"kind": "gige", "trigger": "line"}))
+                .unwrap(),
+            mode: TriggerMode::FreeRun,
+            every_nth: 3,
+            ..fine
+        };
+        let p = problems(&PipelineConfig::default(), std::slice::from_ref(&line)).join("\n");
+        for expected in [
+            "cameras[0].every_nth = 3: must be 1 for a line-triggered camera",
+            "cameras[0].fps = 0.5: must be 0 for a line-triggered camera",
+        ] {
+            assert!(p.contains(expected), "{expected:?} missing from\n{p}");
+        }
+        let paced_by_the_line = CameraConfig {
+            every_nth: 1,
+            fps: 0.0,
+            ..line
+        };
+        let p = problems(&PipelineConfig::default(), &[paced_by_the_line]);
+        assert!(
+            p.iter()
+                .all(|p| p.contains("built without GigE Vision support")),
+            "{p:?}"
+        );
     }
 }

@@ -269,12 +269,15 @@ struct WorkItem {
     started: Instant,
     enqueued: Instant,
     trigger: Option<PendingTrigger>,
+    /// The frame is a part without a trigger (a line-triggered camera's exposure): like a
+    /// triggered frame, it is never dropped; under overload it is answered `busy`.
+    a_part: bool,
     choice: ModelChoice,
 }
 
 impl Droppable for WorkItem {
     fn droppable(&self) -> bool {
-        self.trigger.is_none()
+        self.trigger.is_none() && !self.a_part
     }
 }
 
@@ -459,7 +462,22 @@ impl Triggers {
     }
 
     /// Queues `trigger` for its camera. Once accepted, it gets exactly one result.
+    ///
+    /// Runs to its end even when the caller goes away (an HTTP client that timed out, whose
+    /// request is then dropped): a trigger journalled and taken in flight must reach its queue
+    /// or its answer, or it would stay in flight, unanswered, until a restart.
     pub async fn fire(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.fire_to_the_end(trigger).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(TriggerError::Journal(format!(
+                    "the trigger's task failed: {e}"
+                )))
+            })
+    }
+
+    async fn fire_to_the_end(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(TriggerError::ShuttingDown);
         }
@@ -1198,11 +1216,15 @@ async fn answer_orphaned_triggers(shared: Arc<Shared>, mut stop: watch::Receiver
         let before = record::now_ms() - grace;
         match recorder.store.pending_triggers(before).await {
             Ok(pending) => {
+                // Taken in flight here, so that a redelivery of one of them (an MQTT broker
+                // sending it again after the restart) is a duplicate, not served beside its
+                // "late" answer. One whose own answer was recorded since the read is
+                // superseded at the store and goes no further.
                 let orphans: Vec<_> = {
-                    let in_flight = shared.in_flight();
+                    let mut in_flight = shared.in_flight();
                     pending
                         .into_iter()
-                        .filter(|t| !in_flight.contains(&t.id))
+                        .filter(|t| in_flight.insert(t.id.clone()))
                         .collect()
                 };
                 if !orphans.is_empty() {
@@ -1254,7 +1276,7 @@ async fn run_actions(
     async fn deliver(shared: &Shared, sinks: &mut [Box<dyn ResultSink>], emitted: Emitted) {
         let Emitted { result, image } = emitted;
         if let Some(recorder) = &shared.recorder {
-            recorder
+            let stored = recorder
                 .record_with_retry(
                     &result,
                     image.as_ref(),
@@ -1262,6 +1284,12 @@ async fn run_actions(
                     &shared.metrics.store_errors,
                 )
                 .await;
+            if stored == record::Stored::Superseded {
+                if let Some(id) = &result.trigger_id {
+                    shared.in_flight().remove(id);
+                }
+                return;
+            }
         }
         if let Some(id) = &result.trigger_id {
             shared.in_flight().remove(id);
@@ -1434,6 +1462,8 @@ async fn run_camera(
     // it is reopened with back-off instead. So health (and readiness) tell a camera that is
     // missing, or went away, before the next part comes.
     let probe_interval = Duration::from_millis(shared.config.probe_interval_ms);
+    let trigger_deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
+    let each_frame_a_part = config.source.each_frame_is_a_part();
     let mut check_at = tokio::time::Instant::now();
     // The last check or grab failed: the source is reopened before its next use.
     let mut reopen_first = false;
@@ -1556,9 +1586,31 @@ async fn run_camera(
                 }
             },
         };
+        // A trigger that waited past its deadline for this camera (busy with the triggers
+        // before it) is answered late without a grab: its part has moved on, and a frame
+        // grabbed now would show another part under its id.
+        if let Some(p) = pending.as_ref()
+            && p.fired_at.elapsed() > trigger_deadline
+        {
+            let result = trigger_result(
+                &id,
+                p,
+                choice.recipe,
+                Outcome::Late {
+                    reason: format!(
+                        "trigger deadline of {} ms passed before the camera could grab",
+                        shared.config.trigger_deadline_ms
+                    ),
+                    waited_ms: ms(p.fired_at.elapsed()),
+                },
+            );
+            shared.record(result).await;
+            continue;
+        }
         // Free-run frames past `every_nth` are grabbed (the camera must be drained) but not
         // prepared.
-        let inspect = pending.is_some() || delivered.is_multiple_of(config.every_nth);
+        let inspect =
+            pending.is_some() || each_frame_a_part || delivered.is_multiple_of(config.every_nth);
         let input = inspect.then(|| shared.models().input_for(choice.slot));
         // A grab can wait long (a line-triggered camera waits for its next pulse): shutdown
         // does not wait for it. The blocking thread keeps the source until its grab returns,
@@ -1623,12 +1675,13 @@ async fn run_camera(
                     started,
                     enqueued: Instant::now(),
                     trigger: pending,
+                    a_part: each_frame_a_part,
                     choice,
                 };
                 match shared.queue.push(item) {
                     Pushed::Queued => {}
                     Pushed::QueuedEvicting(old) => shared.count_drop(&old),
-                    Pushed::Refused(item) if item.trigger.is_some() => {
+                    Pushed::Refused(item) if !item.droppable() => {
                         let result = item_result(
                             &item,
                             Outcome::Busy {
@@ -1697,11 +1750,16 @@ async fn run_camera(
                     _ = shutdown.changed() => break CameraHealth::Stopped,
                 }
                 backoff = (backoff * 2).min(max_backoff);
-                let (back, reopened) = reopen(
+                let reopening = reopen(
                     source.take().expect("the source is back between grabs"),
                     &fresh,
-                )
-                .await;
+                );
+                // A reopen that hangs (a vanished GigE camera takes the driver's timeouts) does
+                // not hold up a shutdown, whose deadline the other cameras' frames need.
+                let (back, reopened) = tokio::select! {
+                    done = reopening => done,
+                    _ = shutdown.changed() => break CameraHealth::Stopped,
+                };
                 source = Some(back);
                 if let Err(error) = reopened {
                     if let Some(c) = counters {

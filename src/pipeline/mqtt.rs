@@ -40,6 +40,43 @@ impl Default for MqttTriggerConfig {
     }
 }
 
+impl MqttTriggerConfig {
+    /// Problems with these settings, each naming its key: settings the broker would refuse
+    /// (reconnecting for ever) or a topic filter that would never match a trigger.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.host.trim().is_empty() {
+            p.push("pipeline.mqtt_triggers.host = \"\": name the broker".to_string());
+        }
+        if self.port == 0 {
+            p.push("pipeline.mqtt_triggers.port = 0: must be between 1 and 65535".to_string());
+        }
+        // A persistent session needs a client id of the client's own (MQTT 3.1.1 §3.1.3.1).
+        if self.client_id.is_empty() || self.client_id.len() > 256 {
+            p.push(format!(
+                "pipeline.mqtt_triggers.client_id = {:?}: must be 1 to 256 bytes (the broker \
+                 keeps the trigger session under it)",
+                self.client_id
+            ));
+        }
+        let prefix = &self.topic_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 200
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.contains("//")
+            || prefix.contains(['#', '+', '\0'])
+        {
+            p.push(format!(
+                "pipeline.mqtt_triggers.topic_prefix = {prefix:?}: must be 1 to 200 bytes of topic \
+                 levels such as \"linesight/triggers\", without '#', '+', empty levels or a \
+                 leading or trailing '/'"
+            ));
+        }
+        p
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Payload {

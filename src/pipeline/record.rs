@@ -105,12 +105,14 @@ impl Recorder {
         }
     }
 
-    /// Records `result` once; the caller retries on error.
+    /// Records `result` once; the caller retries on error. `Ok(false)`: a late, busy or error
+    /// answer to a trigger that had its answer already, which is not an answer any more (an
+    /// orphan scan that read the journal just before the trigger's own answer was recorded).
     pub async fn record(
         &self,
         result: &InspectionResult,
         image: Option<&Arc<RgbImage>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let trigger = result.trigger_id.as_deref();
         let Some(mut new) = self.new_inspection(result) else {
             let (answer, reason) = match &result.outcome {
@@ -119,12 +121,14 @@ impl Recorder {
                 Outcome::Error { message } => (TriggerAnswer::Error, message.as_str()),
                 Outcome::Inspected { .. } => (TriggerAnswer::Error, "no model identity"),
             };
-            if let Some(id) = trigger {
-                self.store
-                    .answer_trigger(id, answer, reason, now_ms())
-                    .await?;
-            }
-            return Ok(());
+            return match trigger {
+                Some(id) => {
+                    self.store
+                        .answer_trigger(id, answer, reason, now_ms())
+                        .await
+                }
+                None => Ok(true),
+            };
         };
         // A pass of a part found defective before goes to an inspector, who needs its image
         // (free-run frames have no part id of their own: never a re-test).
@@ -162,25 +166,28 @@ impl Recorder {
         self.store
             .record_inspection_for_trigger(&new, &self.quality, "system", trigger, &files)
             .await?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Records with retries until it succeeds or `give_up` says stop; returns whether it was
-    /// recorded.
+    /// Records with retries until it succeeds or `give_up` says stop.
     pub async fn record_with_retry(
         &self,
         result: &InspectionResult,
         image: Option<&Arc<RgbImage>>,
         give_up: impl Fn() -> bool,
         errors: &std::sync::atomic::AtomicU64,
-    ) -> bool {
+    ) -> Stored {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.record(result, image).await {
-                Ok(()) => return true,
+                Ok(true) => return Stored::Recorded,
+                Ok(false) => {
+                    tracing::info!(camera = %result.camera, trigger = ?result.trigger_id, "A second answer to a trigger is dropped: its first answer stands.");
+                    return Stored::Superseded;
+                }
                 Err(e @ StoreError::TriggerAnswered { .. }) => {
                     tracing::warn!(camera = %result.camera, trigger = ?result.trigger_id, error = %e, "Result not recorded again: an earlier try of it was.");
-                    return true;
+                    return Stored::Recorded;
                 }
                 // `ImageGone`: image retention deleted a byte-identical file between its
                 // writing and the record; the next attempt writes it again.
@@ -192,7 +199,7 @@ impl Recorder {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if give_up() {
                         tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");
-                        return false;
+                        return Stored::NotRecorded;
                     }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Quality store write failed; retrying.");
                     tokio::time::sleep(backoff).await;
@@ -214,11 +221,22 @@ impl Recorder {
                             tracing::error!(trigger = %id, error = %e, "Cannot answer the trigger of a refused result; it stays pending.");
                         }
                     }
-                    return false;
+                    return Stored::NotRecorded;
                 }
             }
         }
     }
+}
+
+/// What became of a result in the quality store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Recorded,
+    /// A late, busy or error answer to a trigger already answered: not an answer; it goes to
+    /// no sink either, so that each trigger has one result everywhere.
+    Superseded,
+    /// Not recorded: the store refused it, or stayed away past the shutdown deadline.
+    NotRecorded,
 }
 
 /// PNG with fast compression: lossless evidence, cheap enough for the actions path.

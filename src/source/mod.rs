@@ -156,6 +156,13 @@ fn default_defect_rate() -> f64 {
 }
 
 impl SourceConfig {
+    /// Whether every frame the source delivers is a part: a camera exposing on a pulse of its
+    /// digital input (a GigE camera with `trigger = "line"`). Such frames are treated like
+    /// triggered ones: never dropped, never skipped.
+    pub fn each_frame_is_a_part(&self) -> bool {
+        matches!(self, SourceConfig::Gige(g) if g.trigger == gige::GigeTrigger::Line)
+    }
+
     /// Problems with this source's settings; `field` names it in messages.
     pub fn problems(&self, field: &str) -> Vec<String> {
         match self {

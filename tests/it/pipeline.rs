@@ -396,6 +396,43 @@ async fn free_run_drops_are_counted() {
     );
 }
 
+/// A line-triggered camera's frames are parts: under the same overload as
+/// `free_run_drops_are_counted`, none is dropped; each is inspected or answered `busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_triggered_cameras_frames_are_never_dropped() {
+    let config = PipelineConfig {
+        queue_capacity: 1,
+        ..PipelineConfig::default()
+    };
+    let line: SourceConfig =
+        serde_json::from_value(serde_json::json!({"kind": "gige", "trigger": "line"})).unwrap();
+    assert!(line.each_frame_is_a_part());
+    // The frames of the folder, delivered as fast as a busy line's pulses.
+    let frames = SourceConfig::Folder {
+        path: repo().join("testdata/synthetic/test"),
+        repeat: false,
+        preload_mib: None,
+    }
+    .open(DecodeLimits::default())
+    .unwrap();
+    let camera = Camera {
+        config: camera("line", line, TriggerMode::FreeRun),
+        source: frames,
+    };
+    let (pipeline, sink) = start(config, vec![camera]).await;
+    let summary = pipeline.run_until(std::future::pending()).await;
+    assert_eq!(summary.dropped, 0, "{summary:?}");
+    assert_eq!(summary.inspected + summary.busy, 25, "{summary:?}");
+    assert!(summary.busy > 0, "the overload was real: {summary:?}");
+    let results = sink.results();
+    assert_eq!(results.len(), 25, "every part has its answer");
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Busy { .. }))
+        .count() as u64;
+    assert_eq!(busy, summary.busy);
+}
+
 /// Blocks in `next_frame` until the test lets go (a camera waiting for a line pulse that
 /// never comes).
 struct Stuck(std::sync::mpsc::Receiver<()>);
@@ -1162,6 +1199,42 @@ fn run_stops_gracefully_on_sigterm() {
         1 + rest.len(),
         "printed and written agree"
     );
+}
+
+/// A SIGTERM that comes while `linesight run` is still starting (its store open, its model
+/// being loaded and warmed) is kept for the graceful stop after the start: exit 0, not the
+/// process killed by the signal with its camera already running.
+#[cfg(unix)]
+#[test]
+fn a_sigterm_during_start_up_stops_the_service_gracefully() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::common::linesight()
+        .args(["run", "--demo", "--results"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Logged once the store is open, before the pipeline starts.
+    let mut seen = Vec::new();
+    for line in log.by_ref() {
+        let line = line.unwrap();
+        let opened = line.contains("Recording results in the quality store");
+        seen.push(line);
+        if opened {
+            break;
+        }
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    seen.extend(log.map(Result::unwrap));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}: {seen:#?}");
 }
 
 /// The real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
