@@ -399,10 +399,16 @@ pub async fn activate(
         }
         Err(e) => {
             let reason = e.to_string();
-            // The digest of what was refused, when the package could at least be read.
-            let sha256 = ModelPackage::open(&package_path)
-                .map(|p| p.sha256)
-                .unwrap_or_default();
+            // The digest of what was refused, when the package could at least be read (on a
+            // blocking thread: hashing a large package would hold up the runtime's threads).
+            let dir = package_path.clone();
+            let sha256 = tokio::task::spawn_blocking(move || {
+                ModelPackage::open(&dir)
+                    .map(|p| p.sha256)
+                    .unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
             let activation = store
                 .record_model_activation(NewModelActivation {
                     slot: request.slot.clone(),
