@@ -64,11 +64,16 @@ export function apiUrl(path, query) {
 
 /**
  * Calls the API. `json` sends a JSON body, `form` a FormData (multipart). `unauthorizedIsError`
- * returns a 401 as an ordinary ApiError instead of ending the session in the UI.
+ * returns a 401 as an ordinary ApiError instead of ending the session in the UI. `background`
+ * marks a call the UI makes by itself (a view refreshing): it does not keep the session alive,
+ * so a terminal left on such a view still signs itself out after the idle time.
  * Resolves to the parsed JSON body, or null for an empty answer (204).
  */
-export async function request(method, path, { query, json, form, unauthorizedIsError = false } = {}) {
+export async function request(method, path, { query, json, form, unauthorizedIsError = false, background = false } = {}) {
   const headers = { Accept: 'application/json, application/problem+json' };
+  if (background) {
+    headers['X-Linesight-Background'] = '1';
+  }
   let body;
   if (json !== undefined) {
     headers['Content-Type'] = 'application/json';

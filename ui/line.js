@@ -114,7 +114,7 @@ export function mount(root) {
         source = null;
         retry = setTimeout(async () => {
           // Leads back to sign-in when the session has ended (this view is then unmounted).
-          await api.get('/session').catch(() => null);
+          await api.get('/session', undefined, { background: true }).catch(() => null);
           connect();
         }, RETRY_MS);
       } else {

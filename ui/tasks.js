@@ -53,9 +53,10 @@ export function mount(root, { session, params, navigate }) {
     h('h1', { tabindex: -1 }, 'Secondary inspection'),
     h('div', { class: 'split' }, queue, detail)));
 
-  async function loadQueue() {
+  /** `background`: the periodic refresh, which must not keep an unattended session alive. */
+  async function loadQueue(background = false) {
     try {
-      const results = await Promise.all(QUEUE_STATES.map(({ state }) => api.get('/tasks', { state, limit: 100 })));
+      const results = await Promise.all(QUEUE_STATES.map(({ state }) => api.get('/tasks', { state, limit: 100 }, { background })));
       // The queue is rebuilt on every refresh; a keyboard user keeps their place in it.
       const focused = lists.contains(document.activeElement) ? document.activeElement.dataset.taskId : null;
       lists.replaceChildren(...QUEUE_STATES.map(({ state, title }, i) => {
@@ -217,7 +218,7 @@ export function mount(root, { session, params, navigate }) {
     loadTask(id).then(() => { if (id !== null) revealWhenStacked(detail); });
   }
 
-  const timer = setInterval(() => { if (!document.hidden) loadQueue(); }, REFRESH_MS);
+  const timer = setInterval(() => { if (!document.hidden) loadQueue(true); }, REFRESH_MS);
   selected = params.id ?? null;
   loadQueue();
   loadTask(selected);

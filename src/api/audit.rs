@@ -1,13 +1,14 @@
 //! The audit trail: query, export, verify (QA approvers and administrators).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, QA};
+use super::extract::Query;
 use super::{ApiError, ApiState};
 use crate::quality::audit::{AuditEntry, ChainBreak};
 
@@ -61,10 +62,9 @@ async fn entries(state: &ApiState, q: &AuditQuery) -> Result<Vec<AuditEntry>, Ap
 pub(super) async fn query(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     caller.require(QA, "read the audit trail")?;
-    let Query(q) = query.map_err(|e| bad("query", e.body_text()))?;
     Ok(Json(entries(&state, &q).await?))
 }
 
@@ -75,60 +75,117 @@ pub(super) async fn query(
 pub struct ExportQuery {
     /// csv or json (default csv).
     pub format: Option<String>,
+    /// From this sequence number on (default 1).
     pub from_seq: Option<i64>,
     pub entity: Option<String>,
     pub entity_id: Option<String>,
+    /// At most this many entries (default: all of them).
     pub limit: Option<i64>,
 }
 
+/// Entries read from the store per page of an export.
+const EXPORT_PAGE: i64 = 1_000;
+
 /// Audit entries as a CSV or JSON download, with the hashes that let an auditor re-check the
-/// chain outside linesight. Each export is itself audited.
+/// chain outside linesight: every entry from `from_seq` up to the last one written when the
+/// export began (or `limit` of them), streamed page by page, so that a trail of any length
+/// comes out whole. Each export is itself audited, with the range it covers.
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(ExportQuery),
     responses((status = 200, content_type = "text/csv", body = String), (status = 403)))]
 pub(super) async fn export(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let user = caller.require(QA, "export the audit trail")?.clone();
-    let Query(q) = query.map_err(|e| bad("query", e.body_text()))?;
     let format = q.format.clone().unwrap_or_else(|| "csv".into());
-    if !matches!(format.as_str(), "csv" | "json") {
-        return Err(bad("format", format!("{format:?}: use csv or json")));
+    let json = match format.as_str() {
+        "csv" => false,
+        "json" => true,
+        _ => return Err(bad("format", format!("{format:?}: use csv or json"))),
+    };
+    if q.entity_id.is_some() && q.entity.is_none() {
+        return Err(bad("entity", "required with entity_id"));
     }
-    let list = entries(
-        &state,
-        &AuditQuery {
-            from_seq: q.from_seq,
-            entity: q.entity,
-            entity_id: q.entity_id,
-            limit: Some(q.limit.unwrap_or(10_000)),
-        },
-    )
-    .await?;
+    if let Some(limit) = q.limit
+        && limit < 1
+    {
+        return Err(bad("limit", format!("{limit}: must be at least 1")));
+    }
+    let from_seq = q.from_seq.unwrap_or(1);
+    // The export's end, fixed now: entries written while it streams (its own audit entry
+    // first) belong to the next one.
+    let up_to = state.store.audit_head_seq().await?;
+    let scope = match (&q.entity, &q.entity_id) {
+        (Some(e), Some(id)) => format!(" about {e} {id}"),
+        (Some(e), None) => format!(" about {e} records"),
+        _ => String::new(),
+    };
+    let limit = q.limit.map_or(String::new(), |l| format!(", at most {l}"));
     state
         .store
-        .record_export(&user.username, list.len(), &format)
+        .record_export(
+            &user.username,
+            &format!("entries from seq {from_seq} to {up_to}{scope}{limit} as {format}"),
+        )
         .await?;
-    let (media, name, body) = if format == "json" {
-        let body =
-            serde_json::to_vec_pretty(&list).map_err(|e| ApiError::Internal(e.to_string()))?;
-        ("application/json", "audit.json", body)
-    } else {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        for e in &list {
-            // Free text that a spreadsheet would take for a formula is written as text.
-            let text = |v: &str| spreadsheet_text(v).into_owned();
-            let opt =
-                |v: &Option<String>| v.as_deref().map(spreadsheet_text).map(|c| c.into_owned());
-            let shown = with_cells(e, text, opt);
-            w.serialize(&shown)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+    struct Page {
+        next: i64,
+        left: i64,
+        first: bool,
+        done: bool,
+    }
+    let start = Page {
+        next: from_seq,
+        left: q.limit.unwrap_or(i64::MAX),
+        first: true,
+        done: false,
+    };
+    let (entity, entity_id) = (q.entity, q.entity_id);
+    let pages = futures_util::stream::unfold(start, move |mut page| {
+        let (state, entity, entity_id) = (state.clone(), entity.clone(), entity_id.clone());
+        async move {
+            if page.done {
+                return None;
+            }
+            let read = state
+                .store
+                .audit_query(
+                    page.next,
+                    entity.as_deref(),
+                    entity_id.as_deref(),
+                    EXPORT_PAGE.min(page.left),
+                )
+                .await;
+            let list: Vec<AuditEntry> = match read {
+                Ok(list) => list.into_iter().filter(|e| e.seq <= up_to).collect(),
+                Err(e) => {
+                    // The client sees a download cut short, never a complete-looking file.
+                    tracing::error!(error = %e, "Audit export failed part way.");
+                    page.done = true;
+                    return Some((Err(std::io::Error::other(e.to_string())), page));
+                }
+            };
+            let last = list.len() < EXPORT_PAGE.min(page.left) as usize
+                || list.last().is_none_or(|e| e.seq >= up_to);
+            page.left -= list.len() as i64;
+            page.done = last || page.left <= 0;
+            if let Some(e) = list.last() {
+                page.next = e.seq + 1;
+            }
+            let chunk = if json {
+                json_chunk(&list, page.first, page.done)
+            } else {
+                csv_chunk(&list, page.first)
+            };
+            page.first = false;
+            Some((chunk.map_err(std::io::Error::other), page))
         }
-        let body = w
-            .into_inner()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        ("text/csv; charset=utf-8", "audit.csv", body)
+    });
+    let (media, name) = if json {
+        ("application/json", "audit.json")
+    } else {
+        ("text/csv; charset=utf-8", "audit.csv")
     };
     Ok((
         [
@@ -138,10 +195,63 @@ pub(super) async fn export(
                 format!("attachment; filename=\"{name}\""),
             ),
         ],
-        body,
+        axum::body::Body::from_stream(pages),
     )
         .into_response())
 }
+
+/// One page of the JSON export: the opening bracket with the first, the closing one with the
+/// last, entries separated by commas.
+fn json_chunk(list: &[AuditEntry], first: bool, last: bool) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    if first {
+        out.extend_from_slice(b"[\n");
+    }
+    for (i, e) in list.iter().enumerate() {
+        if !(first && i == 0) {
+            out.extend_from_slice(b",\n");
+        }
+        serde_json::to_writer_pretty(&mut out, e).map_err(|e| e.to_string())?;
+    }
+    if last {
+        out.extend_from_slice(b"\n]\n");
+    }
+    Ok(out)
+}
+
+/// One page of the CSV export, the header row with the first.
+fn csv_chunk(list: &[AuditEntry], first: bool) -> Result<Vec<u8>, String> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(first)
+        .from_writer(Vec::new());
+    if first && list.is_empty() {
+        // An empty export still names its columns.
+        w.write_record(AUDIT_COLUMNS).map_err(|e| e.to_string())?;
+    }
+    for e in list {
+        // Free text that a spreadsheet would take for a formula is written as text.
+        let text = |v: &str| spreadsheet_text(v).into_owned();
+        let opt = |v: &Option<String>| v.as_deref().map(spreadsheet_text).map(|c| c.into_owned());
+        w.serialize(with_cells(e, text, opt))
+            .map_err(|e| e.to_string())?;
+    }
+    w.into_inner().map_err(|e| e.to_string())
+}
+
+/// The CSV export's columns, as [`AuditEntry`] serialises them.
+const AUDIT_COLUMNS: [&str; 11] = [
+    "seq",
+    "at_ms",
+    "actor",
+    "action",
+    "entity",
+    "entity_id",
+    "old_value",
+    "new_value",
+    "reason",
+    "prev_hash",
+    "hash",
+];
 
 /// The result of checking the hash chain.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -24,6 +24,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::extract::{Path, json_rejection};
+use super::forwarded::Client;
 use super::{ApiError, ApiState};
 use crate::quality::Role;
 use crate::store::{Credentials, StoreError, User};
@@ -32,6 +34,10 @@ use crate::store::{Credentials, StoreError, User};
 pub const SESSION_COOKIE: &str = "linesight_session";
 /// Header carrying the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Marks a request the web UI makes by itself (a view refreshing): it does not extend the
+/// session, so the idle sign-out (`api.session_idle_minutes`) still comes to a terminal left
+/// on such a view.
+pub const BACKGROUND_HEADER: &str = "x-linesight-background";
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,45 +83,58 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Caller, ApiError> {
-        let client = ClientAddress::of(parts).0;
-        authenticate(state, &parts.method, &parts.headers, client).await
+        let client = Client::of(parts, state);
+        let extend = !parts.headers.contains_key(BACKGROUND_HEADER);
+        authenticate(state, &parts.method, &parts.headers, client.address, extend).await
     }
 }
 
-/// The client's address, where the server knows it (it serves with each connection's peer
-/// address; a request made in-process has none).
-pub(super) struct ClientAddress(pub Option<IpAddr>);
+/// A caller whose request never extends a web UI session: a live view that stays open (or a
+/// browser reconnecting it after a proxy's idle timeout) is not the user at the terminal.
+pub(super) struct PassiveCaller(pub Caller);
 
-impl ClientAddress {
-    fn of(parts: &Parts) -> ClientAddress {
-        ClientAddress(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        )
+impl FromRequestParts<ApiState> for PassiveCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<PassiveCaller, ApiError> {
+        let client = Client::of(parts, state);
+        authenticate(state, &parts.method, &parts.headers, client.address, false)
+            .await
+            .map(PassiveCaller)
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+impl Client {
+    /// The request's client: the connection's peer address, where the server knows it (it
+    /// serves with each connection's peer; a request made in-process has none), or the one a
+    /// trusted proxy forwarded ([`super::forwarded`]).
+    fn of(parts: &Parts, state: &ApiState) -> Client {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Client::resolve(peer, &parts.headers, &state.config.trusted_proxies)
+    }
+}
+
+impl FromRequestParts<ApiState> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        _: &S,
-    ) -> Result<ClientAddress, Self::Rejection> {
-        Ok(ClientAddress::of(parts))
+        state: &ApiState,
+    ) -> Result<Client, Self::Rejection> {
+        Ok(Client::of(parts, state))
     }
 }
 
 /// Checks a user name and password (the sign-in form, HTTP Basic) within the client's
 /// allowance of failures ([`super::SignInThrottle`]); a failure counts against it.
-async fn check_password(
-    state: &ApiState,
-    creds: &Credentials,
-    client: Option<IpAddr>,
-) -> Result<User, ApiError> {
-    let attempt = state.sign_in_throttle.admit(client)?;
+async fn check_password(state: &ApiState, creds: &Credentials) -> Result<User, ApiError> {
+    let attempt = state.sign_in_throttle.admit(creds.client)?;
     let checked = state
         .store
         .authenticate(creds, state.quality.lockout())
@@ -131,6 +150,7 @@ async fn authenticate(
     method: &Method,
     headers: &HeaderMap,
     client: Option<IpAddr>,
+    extend_session: bool,
 ) -> Result<Caller, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -158,8 +178,9 @@ async fn authenticate(
         let creds = Credentials {
             username: username.into(),
             password: password.into(),
+            client,
         };
-        let user = check_password(state, &creds, client).await?;
+        let user = check_password(state, &creds).await?;
         return Ok(Caller {
             user,
             via: Via::Basic,
@@ -172,7 +193,7 @@ async fn authenticate(
         .ok_or(ApiError::Unauthenticated)?;
     let session = state
         .store
-        .session(&secret, idle_ms(state))
+        .session(&secret, idle_ms(state), extend_session)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -241,12 +262,14 @@ pub struct SessionInfo {
 }
 
 /// A browser-session cookie (gone when the browser closes, which suits shared shop-floor
-/// terminals); the server ends the session itself after `api.session_idle_minutes` idle.
-fn session_cookie(state: &ApiState, value: String) -> Cookie<'static> {
+/// terminals); the server ends the session itself after `api.session_idle_minutes` idle. It
+/// is `Secure` when the browser reached the service over HTTPS: linesight's own TLS, or a
+/// trusted proxy's (`X-Forwarded-Proto: https`).
+fn session_cookie(state: &ApiState, client: &Client, value: String) -> Cookie<'static> {
     Cookie::build((SESSION_COOKIE, value))
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(state.config.tls.is_some())
+        .secure(state.config.tls.is_some() || client.forwarded_https)
         .path("/")
         .build()
 }
@@ -258,26 +281,26 @@ fn session_cookie(state: &ApiState, value: String) -> Cookie<'static> {
         (status = 429, description = "too many failed sign-ins from this address (api.sign_in_failures_per_address); see Retry-After")))]
 pub(super) async fn sign_in(
     State(state): State<ApiState>,
-    ClientAddress(client): ClientAddress,
+    client: Client,
     jar: CookieJar,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(CookieJar, Json<SessionInfo>), ApiError> {
-    let Json(form) = body.map_err(|r| ApiError::BadRequest {
-        field: "body",
-        message: r.body_text(),
-    })?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     let user = check_password(
         &state,
         &Credentials {
             username: form.username,
             password: form.password,
+            client: client.address,
         },
-        client,
     )
     .await?;
-    let (secret, session) = state.store.create_session(&user, idle_ms(&state)).await?;
+    let (secret, session) = state
+        .store
+        .create_session(&user, idle_ms(&state), client.address)
+        .await?;
     Ok((
-        jar.add(session_cookie(&state, secret)),
+        jar.add(session_cookie(&state, &client, secret)),
         Json(SessionInfo {
             username: user.username,
             full_name: user.full_name,
@@ -311,12 +334,13 @@ pub(super) async fn whoami(caller: Caller) -> Json<SessionInfo> {
 pub(super) async fn sign_out(
     State(state): State<ApiState>,
     caller: Caller,
+    client: Client,
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     if let Via::Session { secret, .. } = &caller.via {
         state.store.end_session(secret, &caller.user).await?;
     }
-    let gone = session_cookie(&state, String::new());
+    let gone = session_cookie(&state, &client, String::new());
     Ok((jar.remove(gone), StatusCode::NO_CONTENT).into_response())
 }
 
@@ -347,10 +371,7 @@ pub(super) async fn issue_token(
     body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     let admin = caller.require(ADMIN, "issue tokens")?;
-    let Json(new) = body.map_err(|r| ApiError::BadRequest {
-        field: "body",
-        message: r.body_text(),
-    })?;
+    let Json(new) = body.map_err(|r| json_rejection(r, &state))?;
     let (listed, token) = state
         .store
         .create_token(&new.username, &new.name, new.expires_at_ms, &admin.username)
@@ -388,14 +409,11 @@ pub struct Revocation {
 pub(super) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,
-    axum::extract::Path(id): axum::extract::Path<i64>,
+    Path(id): Path<i64>,
     body: Result<Json<Revocation>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let admin = caller.require(ADMIN, "revoke tokens")?;
-    let Json(r) = body.map_err(|r| ApiError::BadRequest {
-        field: "reason",
-        message: r.body_text(),
-    })?;
+    let Json(r) = body.map_err(|r| json_rejection(r, &state))?;
     state
         .store
         .revoke_token(id, &admin.username, &r.reason)

@@ -140,6 +140,17 @@ impl IntoResponse for ApiError {
         if let ApiError::BadRequest { field, .. } = &self {
             body["field"] = (*field).into();
         }
+        // The store's refusals start with the field they are about ("reason: a cancellation
+        // needs a reason"): the answer names it as a BadRequest does.
+        if let ApiError::Store(StoreError::Invalid(message)) = &self
+            && let Some((field, _)) = message.split_once(": ")
+            && !field.is_empty()
+            && field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            body["field"] = field.into();
+        }
         let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
@@ -191,5 +202,14 @@ mod tests {
         let p = body(res).await;
         assert_eq!(p["field"], "threshold");
         assert_eq!(p["detail"], "threshold: NaN is not a finite number");
+        let res = ApiError::Store(StoreError::Invalid(
+            "reason: cancelling an NCR needs a reason".into(),
+        ))
+        .into_response();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body(res).await["field"], "reason");
+        let res = ApiError::Store(StoreError::Invalid("NCR 7 is closed: nothing to do".into()))
+            .into_response();
+        assert!(body(res).await.get("field").is_none(), "no field to name");
     }
 }

@@ -8,14 +8,15 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::auth::{ALL, Caller};
+use super::auth::{ALL, PassiveCaller};
+use super::extract::Query;
 use super::inspections::InspectionView;
 use super::{ApiError, ApiState};
 use crate::store::InspectionFilter;
@@ -42,7 +43,7 @@ const PAGE: i64 = 200;
         description = "`event: inspection`, `id: <inspection id>`, `data: <Inspection JSON>`")))]
 pub(super) async fn events(
     State(state): State<ApiState>,
-    caller: Caller,
+    PassiveCaller(caller): PassiveCaller,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

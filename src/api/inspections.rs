@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest as _, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest as _, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ALL, Caller};
+use super::extract::{Path, Query, json_rejection};
 use super::{ApiError, ApiState};
 use crate::inspect::Inspector;
 use crate::pipeline::metrics::Histogram;
@@ -390,7 +391,7 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
 pub(super) async fn upload(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
     let started = Instant::now();
@@ -408,11 +409,12 @@ pub(super) async fn upload(
 async fn upload_inner(
     state: &ApiState,
     caller: Caller,
-    query: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
     let user = caller.require(ALL, "upload images")?.clone();
-    let Query(query) = query.map_err(|e| bad("query", e.body_text()))?;
+    // Here, not by the extractor: a refused upload counts in the upload metrics too.
+    let axum::extract::Query(query) = query.map_err(|e| bad("query", e.body_text()))?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -636,10 +638,9 @@ pub struct InspectionPage {
 pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<InspectionPage>, ApiError> {
     caller.require(ALL, "read inspections")?;
-    let Query(q) = query.map_err(|e| bad("query", e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit", format!("{limit}: must be between 1 and 1000")));
@@ -798,7 +799,7 @@ pub(super) async fn trigger(
     body: Result<Json<Trigger>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(ALL, "fire triggers")?;
-    let Json(trigger) = body.map_err(|r| bad("body", r.body_text()))?;
+    let Json(trigger) = body.map_err(|r| json_rejection(r, &state))?;
     let Some(pipeline) = &state.pipeline else {
         return Err(ApiError::NoPipeline);
     };

@@ -1,11 +1,12 @@
 //! Lots: where each stands, holds and release.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ALL, Caller, INSPECTORS, QA};
+use super::extract::{Path, Query, json_rejection};
 use super::{ApiError, ApiState};
 use crate::store::LotStatus;
 
@@ -25,13 +26,9 @@ pub struct LotQuery {
 pub(super) async fn lots(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<LotQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<LotQuery>,
 ) -> Result<Json<Vec<LotStatus>>, ApiError> {
     caller.require(ALL, "read lots")?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        field: "query",
-        message: e.body_text(),
-    })?;
     Ok(Json(
         state
             .store
@@ -69,10 +66,7 @@ pub(super) async fn hold(
     body: Result<Json<HoldForm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<LotStatus>, ApiError> {
     let user = caller.require(INSPECTORS, "hold lots")?;
-    let Json(form) = body.map_err(|r| ApiError::BadRequest {
-        field: "reason",
-        message: r.body_text(),
-    })?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     crate::quality::check_text("reason", &form.reason).map_err(|message| ApiError::BadRequest {
         field: "reason",
         message,

@@ -16,6 +16,8 @@ mod audit;
 mod auth;
 mod error;
 mod events;
+mod extract;
+mod forwarded;
 mod inspections;
 mod lots;
 mod models;
@@ -41,8 +43,9 @@ use crate::pipeline::{PipelineStatus, Triggers};
 use crate::quality::QualityConfig;
 use crate::store::Store;
 
-pub use auth::{CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
+pub use auth::{BACKGROUND_HEADER, CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
 pub use error::ApiError;
+pub use forwarded::{Client, ProxyNetwork};
 pub use inspections::{ApiMetrics, InspectionView, InspectorPool, UploadAnswer, UploadParams};
 pub use models::SlotConfig;
 pub use tasks::{Decision, TaskQuery};
@@ -79,12 +82,17 @@ pub struct ApiConfig {
     pub session_idle_minutes: u32,
     /// Failed sign-ins (the form or HTTP Basic) one client address may make in
     /// `sign_in_window_minutes`; past them its sign-ins are refused (429) until the window
-    /// ends, before any password is checked. Counted per process; behind a reverse proxy,
-    /// every client has the proxy's address.
+    /// ends, before any password is checked. Counted per process, by the client's address
+    /// (behind a reverse proxy, see `trusted_proxies`).
     pub sign_in_failures_per_address: u32,
     pub sign_in_window_minutes: u32,
     /// Serve HTTPS instead of HTTP.
     pub tls: Option<TlsConfig>,
+    /// Reverse proxies in front of the service (addresses or networks such as "10.0.0.0/8"):
+    /// from them, and only from them, `X-Forwarded-For` names the client (for the sign-in
+    /// allowance and the audit trail) and `X-Forwarded-Proto: https` makes the session
+    /// cookie `Secure`. Empty (the default): those headers are ignored.
+    pub trusted_proxies: Vec<ProxyNetwork>,
     /// Serve the web UI from this folder instead of the copy built into the binary (a
     /// customised UI, or UI development without rebuilding).
     pub ui_dir: Option<PathBuf>,
@@ -102,6 +110,7 @@ impl Default for ApiConfig {
             sign_in_failures_per_address: 30,
             sign_in_window_minutes: 15,
             tls: None,
+            trusted_proxies: Vec::new(),
             ui_dir: None,
         }
     }
@@ -392,6 +401,7 @@ mod tests {
                 cert: "/nonexistent/cert.pem".into(),
                 key: "/nonexistent/key.pem".into(),
             }),
+            trusted_proxies: Vec::new(),
             ui_dir: Some("/nonexistent".into()),
         };
         let p = bad.problems().join("\n");

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{ADMIN, ALL, Caller};
+use super::extract::{Query, json_rejection};
 use super::{ApiError, ApiState};
 use crate::model::registry::{ActivationError, ActivationRequest, activate as activate_model};
 use crate::model::report::ModelReport;
@@ -150,10 +151,7 @@ pub(super) async fn activate(
     body: Result<Json<ActivationForm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ActivationAnswer>, ApiError> {
     let admin = caller.require(ADMIN, "activate models")?;
-    let Json(form) = body.map_err(|r| ApiError::BadRequest {
-        field: "body",
-        message: r.body_text(),
-    })?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     let known: Vec<String> = state.slots.iter().map(|s| s.slot.clone()).collect();
     crate::model::registry::check_slot(&known, &form.slot).map_err(|message| {
         ApiError::BadRequest {

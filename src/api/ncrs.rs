@@ -2,13 +2,15 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest as _, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest as _, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ALL, Caller};
+use super::extract::{Path, Query, json_rejection};
+use super::forwarded::Client;
 use super::{ApiError, ApiState};
 use crate::quality::{
     Disposition, MAX_LABEL_BYTES, MAX_TEXT_BYTES, Meaning, NcrAction, Signature, check_text,
@@ -40,10 +42,9 @@ pub struct NcrQuery {
 pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<NcrQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<NcrQuery>,
 ) -> Result<Json<Vec<NcrRecord>>, ApiError> {
     caller.require(ALL, "read NCRs")?;
-    let Query(q) = query.map_err(|e| bad("query", e.body_text()))?;
     Ok(Json(
         state
             .store
@@ -76,7 +77,7 @@ pub(super) async fn create(
     body: Result<Json<NcrForm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<NcrRecord>), ApiError> {
     let user = caller.require(ALL, "raise NCRs")?;
-    let Json(form) = body.map_err(|r| bad("body", r.body_text()))?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     for (field, value, max) in [
         ("lot", &form.lot, MAX_LABEL_BYTES),
         ("title", &form.title, MAX_LABEL_BYTES),
@@ -205,7 +206,7 @@ pub(super) async fn transition(
     body: Result<Json<TransitionForm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<NcrRecord>, ApiError> {
     let user = caller.require(ALL, "move NCRs")?;
-    let Json(form) = body.map_err(|r| bad("body", r.body_text()))?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     let act = action(&form)?;
     if let Some(reason) = &form.reason {
         check_text("reason", reason).map_err(|m| bad("reason", m))?;
@@ -249,14 +250,16 @@ pub struct SignForm {
 pub(super) async fn sign(
     State(state): State<ApiState>,
     caller: Caller,
+    client: Client,
     Path(id): Path<i64>,
     body: Result<Json<SignForm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Signature>), ApiError> {
     let user = caller.require(ALL, "sign NCRs")?;
-    let Json(form) = body.map_err(|r| bad("body", r.body_text()))?;
+    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     let creds = Credentials {
         username: user.username.clone(),
         password: form.password,
+        client: client.address,
     };
     let signature = state
         .store

@@ -1,13 +1,14 @@
 //! Secondary-inspection tasks: list, show, claim, decide.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, INSPECTORS};
+use super::extract::{Path, Query, json_rejection};
 use super::inspections::InspectionView;
 use super::{ApiError, ApiState};
 use crate::quality::{TaskAction, TaskState};
@@ -57,13 +58,9 @@ pub struct TaskQuery {
 pub(super) async fn tasks(
     State(state): State<ApiState>,
     caller: Caller,
-    query: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<TaskQuery>,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
     caller.require(INSPECTORS, "list tasks")?;
-    let Query(q) = query.map_err(|e| ApiError::BadRequest {
-        field: "state",
-        message: e.body_text(),
-    })?;
     let list = state
         .store
         .tasks_in_state(
@@ -155,10 +152,7 @@ pub(super) async fn decide(
     body: Result<Json<Decision>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<DecisionAnswer>, ApiError> {
     let user = caller.require(INSPECTORS, "decide tasks")?;
-    let Json(decision) = body.map_err(|r| ApiError::BadRequest {
-        field: "action",
-        message: r.body_text(),
-    })?;
+    let Json(decision) = body.map_err(|r| json_rejection(r, &state))?;
     if let Some(comment) = &decision.comment {
         crate::quality::check_text("comment", comment).map_err(|message| ApiError::BadRequest {
             field: "comment",

@@ -15,7 +15,8 @@
 //! the oldest: a client with that many addresses can make an old refusal be forgotten, which
 //! the per-user lockout still stands behind). Counts are per process, like the
 //! sign-in turns: instances sharing a store each count their own clients. Behind a reverse
-//! proxy every client has the proxy's address.
+//! proxy the address is the one the proxy forwards, when the proxy is one of
+//! `api.trusted_proxies` (see [`super::forwarded`]); otherwise every client has the proxy's.
 //!
 //! Written here rather than taken from a rate-limiting crate: those limit requests, and this
 //! limits failures, which are known only after the password was checked.
@@ -177,6 +178,18 @@ impl SignInThrottle {
                 w.failures = 0;
             }
             w.failures = w.failures.saturating_add(1);
+            if w.failures == self.limit {
+                // A security event for whoever watches the logs: password guessing, or a
+                // terminal whose users keep mistyping.
+                let until = w.started + self.window;
+                tracing::warn!(
+                    client = %k,
+                    failures = w.failures,
+                    window_minutes = self.window.as_secs() / 60,
+                    refused_for_s = until.saturating_duration_since(now).as_secs(),
+                    "Failed sign-ins from this client address reached api.sign_in_failures_per_address: its sign-ins are refused until the window ends."
+                );
+            }
         }
     }
 

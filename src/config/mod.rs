@@ -241,6 +241,40 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_load_from_the_file_and_the_environment_and_bad_ones_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "proxy.toml",
+                "[api]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::1\"]\n",
+            )?;
+            let s = Settings::load(Some(Path::new("proxy.toml"))).unwrap();
+            let nets: Vec<String> = s
+                .api
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(nets, ["10.0.0.0/8", "fd00::1/128"]);
+            let shown = s.to_toml();
+            assert!(shown.contains("10.0.0.0/8"), "{shown}");
+            jail.create_file("bad.toml", "[api]\ntrusted_proxies = [\"ingress\"]\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml"))).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("trusted_proxies") && text.contains("\"ingress\" is neither"),
+                "{text}"
+            );
+            jail.set_env("LINESIGHT__API__TRUSTED_PROXIES", "[\"172.16.0.0/12\"]");
+            let s = Settings::load(Some(Path::new("proxy.toml"))).unwrap();
+            assert_eq!(
+                s.api.trusted_proxies,
+                vec!["172.16.0.0/12".parse().unwrap()]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn missing_file_is_an_error_not_a_silent_default() {
         let err = Settings::load(Some(Path::new("/nonexistent/linesight.toml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");

@@ -140,11 +140,13 @@ enum Bind {
 
 impl Store {
     /// Opens a session for a user who has just signed in; returns the secret for the cookie.
-    /// Sign-ins are audited (§11.10(e): who did what and when starts with who signed in).
+    /// Sign-ins are audited (§11.10(e): who did what and when starts with who signed in), with
+    /// the `client` address where it is known.
     pub async fn create_session(
         &self,
         user: &User,
         idle_ms: i64,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(String, Session), StoreError> {
         let now = now_ms();
         let cookie = secret();
@@ -177,7 +179,10 @@ impl Store {
                 entity: "user".into(),
                 entity_id: user.username.clone(),
                 old_value: None,
-                new_value: Some("session opened (web UI)".into()),
+                new_value: Some(format!(
+                    "session opened (web UI){}",
+                    super::users::from_suffix(client)
+                )),
                 reason: None,
             }],
         )
@@ -194,8 +199,15 @@ impl Store {
     }
 
     /// The session behind a cookie secret, if it exists, has not been idle for longer than
-    /// `idle_ms` and its user is not locked. Each use extends it by `idle_ms`.
-    pub async fn session(&self, secret: &str, idle_ms: i64) -> Result<Option<Session>, StoreError> {
+    /// `idle_ms` and its user is not locked. With `extend` (a request the user made), the use
+    /// extends it by `idle_ms`; without (the UI refreshing a view by itself), it does not, so
+    /// that a terminal left on a refreshing page still signs itself out.
+    pub async fn session(
+        &self,
+        secret: &str,
+        idle_ms: i64,
+        extend: bool,
+    ) -> Result<Option<Session>, StoreError> {
         let now = now_ms();
         let hash = sha256_hex(secret);
         let Some(row) = self.session_row(&hash).await? else {
@@ -213,7 +225,7 @@ impl Store {
         }
         let mut expires_at_ms = expires;
         // Extending costs a write: do it at most every few seconds per session.
-        if now - seen >= 5_000 {
+        if extend && now - seen >= 5_000 {
             expires_at_ms = now + idle_ms;
             let mut tx = self.begin().await?;
             sqlx::query(
@@ -850,13 +862,18 @@ impl Store {
             .collect()
     }
 
-    /// Records that someone exported audit entries (who, how many, which format).
-    pub async fn record_export(
-        &self,
-        actor: &str,
-        entries: usize,
-        format: &str,
-    ) -> Result<(), StoreError> {
+    /// The sequence number of the latest audit entry (0 for an empty trail).
+    pub async fn audit_head_seq(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(self.reader())
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("read the audit trail's head"))?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Records that someone exported audit entries (who, and `what`: the range and format).
+    pub async fn record_export(&self, actor: &str, what: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         self.append_audit(
@@ -868,7 +885,7 @@ impl Store {
                 entity: "audit".into(),
                 entity_id: "trail".into(),
                 old_value: None,
-                new_value: Some(format!("{entries} entries as {format}")),
+                new_value: Some(what.into()),
                 reason: None,
             }],
         )

@@ -125,6 +125,33 @@ fn ncr_row(row: &AnyRow) -> Result<NcrRecord, StoreError> {
     })
 }
 
+/// In `tx`: refuses (`OwnProposal`) when `user` proposed NCR `id`'s pending disposition: a
+/// disposition is approved by someone other than its proposer.
+async fn not_own_proposal(
+    tx: &mut Transaction<'static, Any>,
+    id: i64,
+    user: &User,
+) -> Result<(), StoreError> {
+    let proposer: Option<i64> = sqlx::query(
+        "SELECT actor_id FROM ncr_transitions WHERE ncr_id = $1 AND action = 'propose' \
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read an NCR's history"))?
+    .map(|r| r.try_get(0))
+    .transpose()
+    .map_err(db("read an NCR's history"))?;
+    if proposer == Some(user.id) {
+        return Err(crate::quality::TransitionError::OwnProposal {
+            user: user.username.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn signature_row(row: &AnyRow) -> Result<Signature, StoreError> {
     let d = || db("decode a signature");
     let meaning: String = row.try_get("meaning").map_err(d())?;
@@ -426,6 +453,11 @@ impl Store {
                     meaning.as_str()
                 )));
             }
+            // Refused here already, not only at the approval: a signature that could not be
+            // used would stand on the record as an approval its signer may not give.
+            if action == NcrAction::Approve {
+                not_own_proposal(&mut tx, ncr_id, &user).await?;
+            }
         }
         if let Some(seen) = seen_version
             && seen != record.version
@@ -581,23 +613,7 @@ impl Store {
             manifestation = Some(sig.manifestation());
         }
         if action == NcrAction::Approve {
-            let proposer: Option<i64> = sqlx::query(
-                "SELECT actor_id FROM ncr_transitions WHERE ncr_id = $1 AND action = 'propose' \
-                 ORDER BY id DESC LIMIT 1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("read an NCR's history"))?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(db("read an NCR's history"))?;
-            if proposer == Some(user.id) {
-                return Err(crate::quality::TransitionError::OwnProposal {
-                    user: user.username.clone(),
-                }
-                .into());
-            }
+            not_own_proposal(&mut tx, id, user).await?;
         }
         let to = ncr::apply(
             before.state,

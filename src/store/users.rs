@@ -27,11 +27,14 @@ pub struct NewUser {
     pub password: String,
 }
 
-/// User name and password as typed (the password is never logged or stored).
+/// User name and password as typed (the password is never logged or stored), and where they
+/// came from (recorded with failed sign-ins in the audit trail).
 #[derive(Clone)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    /// The client's address, where known (see `api.trusted_proxies`).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"***")
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -53,6 +57,11 @@ fn sign_in_turn(username: &str) -> &'static tokio::sync::Mutex<()> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     username.hash(&mut h);
     &turns[(h.finish() % turns.len() as u64) as usize]
+}
+
+/// `"; from=ADDR"` for an audit entry's value, when the client's address is known.
+pub(super) fn from_suffix(client: Option<std::net::IpAddr>) -> String {
+    client.map(|ip| format!("; from={ip}")).unwrap_or_default()
 }
 
 fn password_checks_busy() -> StoreError {
@@ -273,11 +282,17 @@ impl Store {
             entity: "user".into(),
             entity_id: user.username.clone(),
             old_value: None,
-            new_value: Some(format!("failed_attempts={failed}")),
+            new_value: Some(format!(
+                "failed_attempts={failed}{}",
+                from_suffix(creds.client)
+            )),
             reason: None,
         }];
         if let Some(until) = locked {
-            let reason = format!("{failed} consecutive failed sign-ins");
+            let reason = match creds.client {
+                Some(ip) => format!("{failed} consecutive failed sign-ins, the last from {ip}"),
+                None => format!("{failed} consecutive failed sign-ins"),
+            };
             audit.push(
                 self.lock_account(&mut tx, &user.username, user.id, until, reason)
                     .await?,
@@ -304,13 +319,24 @@ impl Store {
             .execute(&mut **tx)
             .await
             .map_err(db("lock an account"))?;
+        // The user's web UI sessions end, not pause: unlocked (by the clock or an
+        // administrator), the user signs in again, and a cookie left on a terminal is no use.
+        let ended = sqlx::query("DELETE FROM api_sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("end a locked user's sessions"))?
+            .rows_affected();
         Ok(NewAuditEntry {
             actor: "system".into(),
             action: "user.locked".into(),
             entity: "user".into(),
             entity_id: username.to_owned(),
             old_value: None,
-            new_value: Some(format!("locked_until={}", format_ms(until))),
+            new_value: Some(format!(
+                "locked_until={}; sessions_ended={ended}",
+                format_ms(until)
+            )),
             reason: Some(reason),
         })
     }

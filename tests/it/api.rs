@@ -1074,6 +1074,143 @@ async fn failed_sign_ins_are_limited_per_client_address() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+/// Behind a trusted reverse proxy the client is the address the proxy forwards: failed
+/// sign-ins count per client, the audit trail records it, and the proxy's
+/// `X-Forwarded-Proto: https` makes the cookie `Secure`. The same headers from anyone else are
+/// ignored, and an address a client writes into `X-Forwarded-For` itself is never taken.
+#[tokio::test]
+async fn behind_a_trusted_proxy_sign_ins_count_and_are_audited_by_the_forwarded_client() {
+    let f = fixture(ApiConfig {
+        sign_in_failures_per_address: 2,
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "172.16.0.1".parse().unwrap()],
+        ..ApiConfig::default()
+    })
+    .await;
+    // A sign-in arriving over a connection from `peer` with `headers`.
+    let sign_in = |peer: &str, headers: &[(&str, &str)], user: &str, password: &str| {
+        let mut req = call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(&format!(
+                r#"{{"username":"{user}","password":"{password}"}}"#
+            )),
+        );
+        for (k, v) in headers {
+            req.headers_mut().append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            peer.parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let app = app(f.state.clone());
+        async move { app.oneshot(req).await.unwrap() }
+    };
+    // Client 192.0.2.1, through two proxies, writing a false address of its own first.
+    let chain = [("x-forwarded-for", "203.0.113.66, 192.0.2.1, 172.16.0.1")];
+    for _ in 0..2 {
+        let res = sign_in("10.0.0.5:40000", &chain, "op", "Summer2026!").await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = sign_in("10.0.0.5:40001", &chain, "op", "op-secret-pw").await;
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "192.0.2.1 used up its allowance"
+    );
+    // The address it wrote itself is not the one refused; nor is the proxy.
+    let spoofed = [("x-forwarded-for", "203.0.113.66")];
+    let res = sign_in("10.0.0.5:40002", &spoofed, "qa", "qa-secret-pw").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!set.contains("Secure"), "plain HTTP all the way: {set}");
+    // Another client through the proxy, which terminated TLS: signed in, cookie `Secure`.
+    let tls = [
+        ("x-forwarded-for", "192.0.2.2"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let res = sign_in("10.0.0.5:40003", &tls, "insp", "insp-secret-pw").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(set.contains("Secure"), "{set}");
+    // From a peer that is not a trusted proxy the headers count for nothing: its failures are
+    // its own, the cookie is not `Secure`, and 192.0.2.2 is untouched.
+    let forged = [
+        ("x-forwarded-for", "192.0.2.2"),
+        ("x-forwarded-proto", "https"),
+    ];
+    for _ in 0..2 {
+        let res = sign_in("198.51.100.7:40000", &forged, "admin", "guess").await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = sign_in("198.51.100.7:40001", &forged, "admin", "admin-secret-pw").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let res = sign_in("10.0.0.5:40004", &tls, "admin", "admin-secret-pw").await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "192.0.2.2 still has its allowance"
+    );
+    let res = sign_in("198.51.100.8:40000", &forged, "insp", "insp-secret-pw").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!set.contains("Secure"), "a forged X-Forwarded-Proto: {set}");
+    // The audit trail names each client.
+    let values = |user: &'static str, action: &'static str| {
+        let store = f.db.store.clone();
+        async move {
+            store
+                .audit_for("user", user)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == action)
+                .map(|e| e.new_value.unwrap_or_default())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        values("op", "user.sign_in_failed").await,
+        [
+            "failed_attempts=1; from=192.0.2.1",
+            "failed_attempts=2; from=192.0.2.1"
+        ]
+    );
+    assert_eq!(
+        values("admin", "user.sign_in_failed").await,
+        [
+            "failed_attempts=1; from=198.51.100.7",
+            "failed_attempts=2; from=198.51.100.7"
+        ]
+    );
+    assert_eq!(
+        values("qa", "user.sign_in").await,
+        ["session opened (web UI); from=203.0.113.66"]
+    );
+    assert_eq!(
+        values("insp", "user.sign_in").await,
+        [
+            "session opened (web UI); from=192.0.2.2",
+            "session opened (web UI); from=198.51.100.8"
+        ]
+    );
+    assert_eq!(
+        values("admin", "user.sign_in").await,
+        ["session opened (web UI); from=192.0.2.2"]
+    );
+}
+
 /// The web UI's session: sign in, a cookie that works only with its CSRF token for changes,
 /// idle expiry, sign-out; and bearer tokens issued, used and revoked by an administrator.
 #[tokio::test]
@@ -1151,6 +1288,41 @@ async fn sessions_need_their_csrf_token_and_end_on_sign_out_or_idle() {
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(json(&b)["held_by"], "qa");
 
+    // The UI's own refreshes (X-Linesight-Background) and the live stream do not keep the
+    // session alive; a request of the user's does.
+    let far = linesight::quality::now_ms() + 100_000;
+    let expiry = || async {
+        sqlx::query_scalar::<_, i64>("SELECT expires_at_ms FROM api_sessions")
+            .fetch_one(f.db.store.raw_pool())
+            .await
+            .unwrap()
+    };
+    sqlx::query(&format!(
+        "UPDATE api_sessions SET last_seen_ms = 0, expires_at_ms = {far}"
+    ))
+    .execute(f.db.store.raw_pool())
+    .await
+    .unwrap();
+    let mut refresh = with_cookie("GET", "/api/v1/tasks?state=pending", None, None);
+    refresh
+        .headers_mut()
+        .insert("x-linesight-background", "1".parse().unwrap());
+    assert_eq!(send(&f, refresh).await.0, StatusCode::OK);
+    let live = app(f.state.clone())
+        .oneshot(with_cookie("GET", "/api/v1/events", None, None))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    drop(live);
+    assert_eq!(expiry().await, far, "not extended by the UI's own requests");
+    let (s, _, _) = send(
+        &f,
+        with_cookie("GET", "/api/v1/tasks?state=pending", None, None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(expiry().await > far, "extended by the user's request");
+
     // Idle past the limit: the session is gone.
     sqlx::query("UPDATE api_sessions SET expires_at_ms = 1")
         .execute(f.db.store.raw_pool())
@@ -1180,6 +1352,45 @@ async fn sessions_need_their_csrf_token_and_end_on_sign_out_or_idle() {
         .headers_mut()
         .insert(header::COOKIE, cookie2.parse().unwrap());
     assert_eq!(send(&f, again).await.0, StatusCode::UNAUTHORIZED);
+    // A lockout ends the user's sessions: lifted, it does not bring an old cookie back.
+    let res = app(f.state.clone())
+        .oneshot(sign_in("qa-secret-pw"))
+        .await
+        .unwrap();
+    let cookie3 = cookie_of(&res);
+    let session3 = || {
+        let mut r = call("GET", "/api/v1/session", None, None);
+        r.headers_mut()
+            .insert(header::COOKIE, cookie3.parse().unwrap());
+        r
+    };
+    assert_eq!(send(&f, session3()).await.0, StatusCode::OK);
+    for _ in 0..f.state.quality.max_failed_logins {
+        let res = app(f.state.clone())
+            .oneshot(sign_in("not-the-password"))
+            .await
+            .unwrap();
+        assert_ne!(res.status(), StatusCode::OK);
+    }
+    assert!(
+        f.db.store
+            .user("qa")
+            .await
+            .unwrap()
+            .unwrap()
+            .locked_until_ms
+            .is_some()
+    );
+    f.db.store
+        .unlock_user("qa", "admin", "called the help desk")
+        .await
+        .unwrap();
+    assert_eq!(send(&f, session3()).await.0, StatusCode::UNAUTHORIZED);
+    let res = app(f.state.clone())
+        .oneshot(sign_in("qa-secret-pw"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "signs in again once unlocked");
     let audit = f.db.store.audit_for("user", "qa").await.unwrap();
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
     assert!(actions.contains(&"user.sign_in"), "{actions:?}");
@@ -1766,6 +1977,96 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     assert!(v["checked"].as_u64().unwrap() > 10);
     let export = f.db.store.audit_for("audit", "trail").await.unwrap();
     assert_eq!(export.len(), 1, "the export itself is audited");
+}
+
+/// An export holds the whole trail however long it is (read and sent page by page), ends
+/// where the trail ended when it began, and its audit entry names the range it covers.
+#[tokio::test]
+async fn the_audit_export_holds_the_whole_trail_and_audits_its_range() {
+    let f = fixture(ApiConfig::default()).await;
+    let qa = basic("qa");
+    // A long trail: 2,345 entries more than the fixture's, written in one statement (their
+    // hashes are not a chain; the export does not check it).
+    let head = f.db.store.audit_head_seq().await.unwrap();
+    let bulk = 2_345;
+    sqlx::query(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {bulk}) \
+         INSERT INTO audit_log (seq, at_ms, actor, action, entity, entity_id, prev_hash, hash) \
+         SELECT {head} + i, 0, 'test', 'test.bulk', 'bulk', CAST(i AS TEXT), 'x', 'x' FROM n"
+    ))
+    .execute(f.db.store.raw_pool())
+    .await
+    .unwrap();
+    let end = head + bulk;
+    let export = |query: &str| {
+        let req = call(
+            "GET",
+            &format!("/api/v1/audit/export?{query}"),
+            Some(&qa),
+            None,
+        );
+        let app = app(f.state.clone());
+        async move {
+            let res = app.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap()
+        }
+    };
+    let csv = export("format=csv").await;
+    let seqs: Vec<i64> = csv::Reader::from_reader(&csv[..])
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=end).collect::<Vec<_>>(),
+        "every entry, once, in order"
+    );
+    let json_seqs = |body: &[u8]| -> Vec<i64> {
+        json(body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect()
+    };
+    // The first export's own entry came after its end: the next export starts there.
+    let later = json_seqs(&export(&format!("format=json&from_seq={}", end + 1)).await);
+    assert_eq!(later, [end + 1]);
+    let part = json_seqs(&export(&format!("format=json&from_seq={}&limit=1500", head + 1)).await);
+    assert_eq!(part, (head + 1..=head + 1500).collect::<Vec<_>>());
+    let about = json_seqs(&export("format=json&entity=bulk").await);
+    assert_eq!(about.len(), bulk as usize);
+    let none = export("format=json&entity=nothing").await;
+    assert!(json_seqs(&none).is_empty());
+    let header_only = export("format=csv&entity=nothing").await;
+    assert!(String::from_utf8_lossy(&header_only).starts_with("seq,at_ms,actor,action,"));
+    let (s, b, _) = send(
+        &f,
+        call("GET", "/api/v1/audit/export?limit=0", Some(&qa), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&b)["field"], "limit");
+    let recorded: Vec<String> =
+        f.db.store
+            .audit_for("audit", "trail")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.new_value.unwrap_or_default())
+            .collect();
+    assert_eq!(recorded[0], format!("entries from seq 1 to {end} as csv"));
+    assert_eq!(
+        recorded[2],
+        format!(
+            "entries from seq {} to {}, at most 1500 as json",
+            head + 1,
+            end + 2
+        )
+    );
 }
 
 /// The OpenAPI document is served, is OpenAPI 3.1 and describes every route with its

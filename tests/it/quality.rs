@@ -179,6 +179,7 @@ fn creds(name: &str, password: &str) -> Credentials {
     Credentials {
         username: name.into(),
         password: password.into(),
+        client: None,
     }
 }
 
@@ -429,15 +430,12 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
         .unwrap_err();
     assert!(err.to_string().contains("is approved"), "{err}");
 
-    // Four eyes: a QA approver who proposed the disposition does not approve it.
+    // Four eyes: a QA approver who proposed the disposition does not approve it, nor sign it
+    // as approved (a signature that stood on the record as an approval they may not give).
     let own = s.create_ncr(&new_ncr("LOT-Q"), &qa).await.unwrap();
     to_proposed(s, own.id, &qa).await;
-    let sig = s
-        .sign_ncr(own.id, &approve("quinn"), Meaning::Approved, policy())
-        .await
-        .unwrap();
     let err = s
-        .transition_ncr(own.id, &qa, NcrAction::Approve, None, Some(sig.id))
+        .sign_ncr(own.id, &approve("quinn"), Meaning::Approved, policy())
         .await
         .unwrap_err();
     assert!(
@@ -446,6 +444,10 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
             StoreError::Transition(TransitionError::OwnProposal { .. })
         ),
         "{err}"
+    );
+    assert!(
+        s.ncr_signatures(own.id).await.unwrap().is_empty(),
+        "nothing signed"
     );
     let sig = s
         .sign_ncr(own.id, &approve("quade"), Meaning::Approved, policy())
@@ -1854,16 +1856,19 @@ async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
     use linesight::store::InspectionFilter;
     let s = &db.store;
     let qa = user(s, "quinn", Role::QaApprover).await;
-    let (secret, session) = s.create_session(&qa, 60_000).await.unwrap();
-    assert_eq!(s.session(&secret, 60_000).await.unwrap(), Some(session));
-    assert_eq!(s.session("forged", 60_000).await.unwrap(), None);
+    let (secret, session) = s.create_session(&qa, 60_000, None).await.unwrap();
+    assert_eq!(
+        s.session(&secret, 60_000, true).await.unwrap(),
+        Some(session)
+    );
+    assert_eq!(s.session("forged", 60_000, true).await.unwrap(), None);
     let stored: String = sqlx::query_scalar::<_, String>("SELECT secret_sha256 FROM api_sessions")
         .fetch_one(s.raw_pool())
         .await
         .unwrap();
     assert_ne!(stored, secret, "only the hash is stored");
     s.end_session(&secret, &qa).await.unwrap();
-    assert_eq!(s.session(&secret, 60_000).await.unwrap(), None);
+    assert_eq!(s.session(&secret, 60_000, true).await.unwrap(), None);
 
     let (listed, token) = s.create_token("quinn", "MES", None, "admin").await.unwrap();
     assert_eq!(
