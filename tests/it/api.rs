@@ -286,6 +286,86 @@ async fn a_good_part_with_a_threshold_override_turns_defect() {
     assert_eq!(problem_field(&body).as_deref(), Some("threshold"));
 }
 
+/// A malformed path parameter, query or JSON body is answered like every other refusal:
+/// problem+json naming the part at fault (not axum's plain text), 413 past the body limit, and
+/// a store refusal names the field its message is about.
+#[tokio::test]
+async fn malformed_paths_queries_and_bodies_are_problem_json() {
+    let f = fixture(ApiConfig {
+        max_body_bytes: 4096,
+        ..ApiConfig::default()
+    })
+    .await;
+    let qa = basic("qa");
+    let big = format!(r#"{{"reason":"{}"}}"#, "x".repeat(5000));
+    let cases = [
+        (
+            call("GET", "/api/v1/inspections/abc", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("path"),
+        ),
+        (
+            call("GET", "/api/v1/ncrs/1/attachments/x", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("path"),
+        ),
+        (
+            call("GET", "/api/v1/tasks?state=bogus", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("query"),
+        ),
+        (
+            call(
+                "GET",
+                "/api/v1/cameras/summary?since_ms=soon",
+                Some(&qa),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            Some("query"),
+        ),
+        (
+            call("POST", "/api/v1/lots/L1/hold", Some(&qa), Some("{")),
+            StatusCode::BAD_REQUEST,
+            Some("body"),
+        ),
+        (
+            call("POST", "/api/v1/lots/L1/hold", Some(&qa), Some(&big)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        ),
+        (
+            call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&basic("admin")),
+                Some(r#"{"username":"op","name":" "}"#),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+    ];
+    for (req, status, field) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let res = app(f.state.clone()).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), status, "{what}");
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json",
+            "{what}"
+        );
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let p = json(&body);
+        assert_eq!(p["field"].as_str(), field, "{what}: {p}");
+        assert!(
+            p["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {p}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn refusals_are_problem_json_naming_the_cause() {
     let f = fixture(ApiConfig {
