@@ -27,6 +27,10 @@ use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, Store, ima
 pub struct InspectorPool {
     idle: Mutex<Vec<Inspector>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Uploads drawing their overlay after giving their inspector back, one per inspector:
+    /// each holds its decoded image (up to `decode.max_alloc_bytes`), so the images in memory
+    /// stay at most two per inspector however many uploads come at once.
+    overlays: Arc<tokio::sync::Semaphore>,
     size: usize,
 }
 
@@ -37,8 +41,14 @@ impl InspectorPool {
         InspectorPool {
             idle: Mutex::new(inspectors),
             permits: Arc::new(tokio::sync::Semaphore::new(n)),
+            overlays: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
             size: n,
         }
+    }
+
+    /// The overlay slots (tests hold them to see uploads wait for one).
+    pub fn overlay_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.overlays.clone()
     }
 
     /// How many inspectors the pool holds.
@@ -488,6 +498,10 @@ async fn upload_inner(
     }
     let bytes = body.clone();
     let threshold = params.threshold;
+    let (overlays, runtime) = (
+        state.inspectors.overlays.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let job = tokio::task::spawn_blocking(move || {
         let saved = inspector.thresholds;
         if let Some(t) = threshold {
@@ -502,6 +516,8 @@ async fn upload_inner(
         // The inspector goes back (and the permit is released) as soon as the model has run,
         // before the overlay is drawn, so the next upload's inference overlaps this drawing;
         // also when the request has already timed out, so a slow image never shrinks the pool.
+        // It waits for an overlay slot first: the decoded images held for drawing stay bounded.
+        let _drawing = runtime.block_on(overlays.acquire_owned());
         drop(inspector);
         let (mut results, mut images) = match inspected {
             Ok(inspected) => inspected,

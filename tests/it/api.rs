@@ -121,6 +121,77 @@ fn upload(user: Option<&str>, query: &str, media: &str, bytes: Vec<u8>) -> Reque
     b.body(Body::from(bytes)).unwrap()
 }
 
+/// An upload gives its inspector back only once it has an overlay slot: with every slot taken
+/// (drawings of large images still going on), further uploads wait for the inspector instead of
+/// each holding its decoded image in memory; once a slot frees, they go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_wait_for_an_overlay_slot_before_freeing_their_inspector() {
+    let f = fixture(ApiConfig {
+        inference_timeout_ms: 1_500,
+        ..ApiConfig::default()
+    })
+    .await;
+    let slots = f.state.inspectors.overlay_slots();
+    let taken = slots.clone().acquire_many_owned(1).await.unwrap();
+    let first = send(
+        &f,
+        upload(
+            Some("op"),
+            "part_id=P1&lot=L1",
+            "image/png",
+            washer("good/000.png"),
+        ),
+    );
+    let second = async {
+        // Sent once the first holds the only inspector.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        send(
+            &f,
+            upload(
+                Some("op"),
+                "part_id=P2&lot=L1",
+                "image/png",
+                washer("good/001.png"),
+            ),
+        )
+        .await
+    };
+    let ((s1, b1, _), (s2, b2, _)) = tokio::join!(first, second);
+    assert_eq!(
+        s1,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&b1)
+    );
+    assert_eq!(
+        s2,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&b2)
+    );
+    assert!(
+        json(&b2)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inspectors stayed busy"),
+        "the inspector was held while the first waited for a slot: {}",
+        String::from_utf8_lossy(&b2)
+    );
+    drop(taken);
+    let (s, b, _) = send(
+        &f,
+        upload(
+            Some("op"),
+            "part_id=P3&lot=L1",
+            "image/png",
+            washer("good/002.png"),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(slots.available_permits(), 1);
+}
+
 #[tokio::test]
 async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     let f = fixture(ApiConfig::default()).await;
