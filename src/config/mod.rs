@@ -64,11 +64,56 @@ impl Settings {
             };
         }
         figment = figment.merge(Env::prefixed("LINESIGHT__").split("__"));
-        let settings: Settings = figment.extract().map_err(|e| ConfigError {
-            problems: e.into_iter().map(|e| e.to_string()).collect(),
-        })?;
+        let settings: Settings = match figment.extract() {
+            Ok(settings) => settings,
+            Err(e) => return Err(Self::every_problem(&figment, e)),
+        };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// When the settings do not even read (a wrong type, a misspelt key), deserialising stops
+    /// at the first mistake. So each section is read on its own, and the sections that read
+    /// are also checked: one start-up shows a mistake in every section, not one per run.
+    fn every_problem(figment: &Figment, first: figment::Error) -> ConfigError {
+        let mut problems: Vec<String> = Vec::new();
+        let mut failed: Vec<&str> = Vec::new();
+        let mut partial = Settings::default();
+        macro_rules! read {
+            ($($field:ident),+ $(,)?) => {$(
+                match figment.extract_inner(stringify!($field)) {
+                    Ok(value) => partial.$field = value,
+                    Err(e) => {
+                        failed.push(stringify!($field));
+                        // Read on its own, a section's key comes out as "key.section":
+                        // named in the usual order.
+                        problems.extend(e.into_iter().map(|mut e| {
+                            e.path.retain(|p| p != stringify!($field));
+                            e.path.insert(0, stringify!($field).to_string());
+                            e.to_string()
+                        }));
+                    }
+                }
+            )+};
+        }
+        read!(
+            runtime, inference, decode, log, store, quality, pipeline, cameras, outbox, models, api
+        );
+        // What is wrong outside every section (an unknown one) shows in the first error only.
+        if failed.is_empty() {
+            problems.extend(first.into_iter().map(|e| e.to_string()));
+        }
+        // The checks of the sections that did read; those about a section that did not would
+        // judge its defaults.
+        if let Err(checked) = partial.validate() {
+            problems.extend(checked.problems.into_iter().filter(|p| {
+                !failed
+                    .iter()
+                    .any(|f| p.starts_with(&format!("{f}.")) || p.starts_with(&format!("{f}[")))
+            }));
+        }
+        problems.dedup();
+        ConfigError { problems }
     }
 
     /// Checks ranges that types cannot express; every problem is reported.
@@ -226,6 +271,31 @@ mod tests {
             jail.create_file("bad.json", r#"{"inference": {"intra_thread": 2}}"#)?;
             let err = Settings::load(Some(Path::new("bad.json"))).unwrap_err();
             assert!(err.to_string().contains("intra_thread"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_mistake_in_each_section_is_reported_in_one_go() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "typos.toml",
+                "[inference]\nintra_thread = 2\n[pipeline]\nqueue_capacity = \"many\"\n\
+                 [decode]\nmax_width = 0\n[api]\ntrusted_proxies = [\"ingress\"]\n",
+            )?;
+            let err = Settings::load(Some(Path::new("typos.toml"))).unwrap_err();
+            let text = err.to_string();
+            for expected in [
+                "intra_thread",
+                "queue_capacity",
+                "decode.max_width = 0",
+                "\"ingress\" is neither",
+            ] {
+                assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+            }
+            jail.create_file("section.toml", "[infrence]\nintra_threads = 2\n")?;
+            let err = Settings::load(Some(Path::new("section.toml"))).unwrap_err();
+            assert!(err.to_string().contains("infrence"), "{err}");
             Ok(())
         });
     }
