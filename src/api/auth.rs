@@ -372,6 +372,19 @@ pub(super) async fn issue_token(
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     let admin = caller.require(ADMIN, "issue tokens")?;
     let Json(new) = body.map_err(|r| json_rejection(r, &state))?;
+    // A token acts as its user. An administrator holding one for an inspector or a QA
+    // approver could decide their tasks and dispositions in their names: through the API,
+    // tokens are issued for operator accounts (machines, the MES) and for oneself only.
+    if new.username != admin.username
+        && let Some(user) = state.store.user(&new.username).await?
+        && user.role != Role::Operator
+    {
+        return Err(ApiError::Forbidden {
+            role: admin.role.as_str(),
+            action: "issue a token for another user who is not an operator (a token acts as \
+                     its user; issue tokens for operator accounts, or for yourself)",
+        });
+    }
     let (listed, token) = state
         .store
         .create_token(&new.username, &new.name, new.expires_at_ms, &admin.username)

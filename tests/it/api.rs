@@ -1550,6 +1550,31 @@ async fn sessions_need_their_csrf_token_and_end_on_sign_out_or_idle() {
 
     // Tokens: issued by an administrator (shown once), used, revoked.
     let admin = basic("admin");
+    // Not for an inspector or a QA approver: a token would let the administrator act as them.
+    for user in ["qa", "insp"] {
+        let (s, b, _) = send(
+            &f,
+            call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&admin),
+                Some(&format!(r#"{{"username":"{user}","name":"as {user}"}}"#)),
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    }
+    let (s, _, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(r#"{"username":"admin","name":"my script"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "one's own");
     let (s, b, _) = send(
         &f,
         call(
