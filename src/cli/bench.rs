@@ -54,8 +54,9 @@ pub struct BenchArgs {
     /// Seconds of warm-up before each measurement.
     #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
     pub warmup: f64,
-    /// Images to use (files or folders); default: 16 synthetic 1280×1024 JPEG frames.
-    #[arg(long)]
+    /// Images to use (files or folders, several after one `--images` or the flag repeated);
+    /// default: 16 synthetic 1280×1024 JPEG frames.
+    #[arg(long, num_args = 1..)]
     pub images: Vec<PathBuf>,
     /// Threshold for models whose graph carries none.
     #[arg(long, value_parser = parse_threshold)]
@@ -624,6 +625,32 @@ mod tests {
         let one = Percentiles::of(&[7.0]);
         assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
         assert_eq!(Percentiles::of(&[]).max, 0.0);
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn images_take_several_paths_after_one_flag_and_repeated_flags() {
+        use clap::Parser as _;
+        let images = |args: &[&str]| {
+            Command::try_parse_from(["bench", "--model", "m"].iter().chain(args))
+                .map(|c| c.bench.images)
+        };
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            images(&["--images", "a", "b", "--duration", "1"]).unwrap(),
+            paths(&["a", "b"]),
+            "as scripts/bench passes them"
+        );
+        assert_eq!(
+            images(&["--images", "a", "b", "--images", "c"]).unwrap(),
+            paths(&["a", "b", "c"])
+        );
+        assert!(images(&[]).unwrap().is_empty(), "synthetic frames");
     }
 
     #[test]
