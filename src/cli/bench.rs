@@ -279,19 +279,49 @@ impl Ours<'_> {
 
 /// The model run bare through `Session::run`, on tensors prepared beforehand, with the
 /// session settings linesight uses.
+///
+/// A step does the graph calls linesight's step makes for the same `batch` images: one call of
+/// `batch` rows for a dynamic batch; for a graph fixed at `n` rows, `ceil(batch / n)` calls of
+/// `n` rows, the last one padded with zeros (as [`crate::model::Detector::run`] does).
 struct Bare {
     session: ort::session::Session,
     tensors: Vec<f32>,
     per_image: usize,
-    images: usize,
     batch: usize,
+    /// Rows of one graph call.
     rows: usize,
     height: usize,
     width: usize,
     input_name: String,
     outputs: Vec<String>,
+    /// Every call of one step, back to back; the rows past `batch` stay zero (padding).
     buffer: Vec<f32>,
     cursor: usize,
+}
+
+/// Rows of one graph call and calls per step of `batch` images.
+fn graph_calls(batch: usize, fixed: Option<usize>) -> (usize, usize) {
+    match fixed {
+        Some(rows) => (rows, batch.div_ceil(rows)),
+        None => (batch, 1),
+    }
+}
+
+/// Copies `batch` prepared images, from image `cursor` on and wrapping round, into the first
+/// rows of `buffer`; returns the cursor of the next step.
+fn fill_rows(
+    tensors: &[f32],
+    per_image: usize,
+    cursor: usize,
+    batch: usize,
+    buffer: &mut [f32],
+) -> usize {
+    let images = tensors.len() / per_image;
+    for (k, row) in buffer.chunks_exact_mut(per_image).take(batch).enumerate() {
+        let i = (cursor + k) % images;
+        row.copy_from_slice(&tensors[i * per_image..(i + 1) * per_image]);
+    }
+    (cursor + batch) % images
 }
 
 impl Bare {
@@ -310,15 +340,17 @@ impl Bare {
             let decoded = inspector.decode(bytes)?;
             prepare(&decoded, &detector.input, slot)?;
         }
-        let rows = match detector.contract.batch {
-            crate::model::BatchSize::Fixed(n) => n,
-            crate::model::BatchSize::Dynamic => batch,
-        };
+        let (rows, calls) = graph_calls(
+            batch,
+            match detector.contract.batch {
+                crate::model::BatchSize::Fixed(n) => Some(n),
+                crate::model::BatchSize::Dynamic => None,
+            },
+        );
         Ok(Bare {
             session,
             tensors,
             per_image,
-            images: images.len(),
             batch,
             rows,
             height: detector.input.height as usize,
@@ -332,31 +364,35 @@ impl Bare {
             .flatten()
             .cloned()
             .collect(),
-            buffer: vec![0.0f32; rows * per_image],
+            buffer: vec![0.0f32; calls * rows * per_image],
             cursor: 0,
         })
     }
 
-    /// One batch; its latency goes to `latencies` when given.
+    /// One batch of `batch` images (all its graph calls); its latency goes to `latencies` when
+    /// given.
     fn step(&mut self, latencies: Option<&mut Vec<f64>>) -> anyhow::Result<()> {
-        let n = self.per_image;
-        for k in 0..self.batch.min(self.rows) {
-            let i = (self.cursor + k) % self.images;
-            self.buffer[k * n..(k + 1) * n].copy_from_slice(&self.tensors[i * n..(i + 1) * n]);
-        }
-        self.cursor = (self.cursor + self.batch) % self.images;
+        self.cursor = fill_rows(
+            &self.tensors,
+            self.per_image,
+            self.cursor,
+            self.batch,
+            &mut self.buffer,
+        );
         let start = Instant::now();
-        let tensor = ort::value::TensorRef::from_array_view((
-            [self.rows, 3, self.height, self.width],
-            self.buffer.as_slice(),
-        ))?;
-        let result = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])?;
-        // Read what linesight reads, so both sides pay for the same output access.
-        for name in &self.outputs {
-            let (_, values) = result[name.as_str()].try_extract_tensor::<f32>()?;
-            std::hint::black_box(values.first());
+        for call in self.buffer.chunks_exact(self.rows * self.per_image) {
+            let tensor = ort::value::TensorRef::from_array_view((
+                [self.rows, 3, self.height, self.width],
+                call,
+            ))?;
+            let result = self
+                .session
+                .run(ort::inputs![self.input_name.as_str() => tensor])?;
+            // Read what linesight reads, so both sides pay for the same output access.
+            for name in &self.outputs {
+                let (_, values) = result[name.as_str()].try_extract_tensor::<f32>()?;
+                std::hint::black_box(values.first());
+            }
         }
         if let Some(l) = latencies {
             l.push(start.elapsed().as_secs_f64() * 1e3);
@@ -625,6 +661,67 @@ mod tests {
         let one = Percentiles::of(&[7.0]);
         assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
         assert_eq!(Percentiles::of(&[]).max, 0.0);
+    }
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn inspector(model: &str) -> Inspector {
+        let runtime = OrtRuntime::init(None, None).expect("scripts/test installs ONNX Runtime");
+        let package = crate::model::ModelPackage::open(&repo().join(model)).unwrap();
+        let options = SessionOptions {
+            intra_threads: 1,
+            ..SessionOptions::default()
+        };
+        let detector = crate::model::Detector::new(runtime, package, &options, None).unwrap();
+        Inspector::new(detector, crate::preprocess::DecodeLimits::default()).unwrap()
+    }
+
+    fn good_images(count: usize) -> Vec<(String, Vec<u8>)> {
+        (0..count)
+            .map(|i| {
+                let path = repo().join(format!("testdata/synthetic/test/good/{i:03}.png"));
+                (path.display().to_string(), std::fs::read(&path).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bare_runs_a_batch_above_the_fixed_size_in_padded_calls_of_that_size() {
+        // testdata/models/fixed-batch takes exactly 2 rows per call; a batch of 3 is two calls,
+        // the second padded, as linesight's Detector::run makes them.
+        let inspector = inspector("testdata/models/fixed-batch");
+        let images = good_images(5);
+        let options = SessionOptions {
+            intra_threads: 1,
+            ..SessionOptions::default()
+        };
+        let runtime = OrtRuntime::get().unwrap();
+        let mut bare = Bare::new(runtime, &inspector, &images, &options, 3).unwrap();
+        let n = bare.per_image;
+        let tensors = bare.tensors.clone();
+        let image = |i: usize| tensors[i * n..(i + 1) * n].to_vec();
+        let zeros = vec![0.0f32; n];
+        let mut latencies = Vec::new();
+
+        bare.step(Some(&mut latencies)).unwrap();
+        let rows: Vec<Vec<f32>> = bare.buffer.chunks(n).map(<[f32]>::to_vec).collect();
+        assert_eq!(rows, [image(0), image(1), image(2), zeros.clone()]);
+        // The next step starts at the first image this one did not run, wrapping round.
+        bare.step(Some(&mut latencies)).unwrap();
+        let rows: Vec<Vec<f32>> = bare.buffer.chunks(n).map(<[f32]>::to_vec).collect();
+        assert_eq!(rows, [image(3), image(4), image(0), zeros]);
+        assert_eq!(latencies.len(), 2);
+        assert_eq!(run_stats(&latencies, 3, 1.0).images, 6);
+    }
+
+    #[test]
+    fn graph_calls_follow_the_fixed_batch() {
+        assert_eq!(graph_calls(5, Some(2)), (2, 3));
+        assert_eq!(graph_calls(4, Some(2)), (2, 2));
+        assert_eq!(graph_calls(1, Some(2)), (2, 1), "one padded call");
+        assert_eq!(graph_calls(4, None), (4, 1));
     }
 
     #[derive(Debug, clap::Parser)]
