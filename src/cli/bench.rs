@@ -264,8 +264,8 @@ impl Ours<'_> {
         let start = Instant::now();
         let (results, _) = self.inspector.inspect_batch(&items);
         let elapsed = start.elapsed().as_secs_f64() * 1e3;
-        for r in results {
-            let timing = r?.timings;
+        for (r, (name, _)) in results.into_iter().zip(&items) {
+            let timing = r.with_context(|| format!("cannot inspect {name}"))?.timings;
             if record {
                 self.timings.push(timing);
             }
@@ -336,9 +336,12 @@ impl Bare {
         let (session, _) = open_session(runtime, &detector.package.onnx_path, options)?;
         let per_image = detector.image_len();
         let mut tensors = vec![0.0f32; per_image * images.len()];
-        for ((_, bytes), slot) in images.iter().zip(tensors.chunks_exact_mut(per_image)) {
-            let decoded = inspector.decode(bytes)?;
-            prepare(&decoded, &detector.input, slot)?;
+        for ((name, bytes), slot) in images.iter().zip(tensors.chunks_exact_mut(per_image)) {
+            let decoded = inspector
+                .decode(bytes)
+                .with_context(|| format!("cannot decode {name}"))?;
+            prepare(&decoded, &detector.input, slot)
+                .with_context(|| format!("cannot prepare {name}"))?;
         }
         let (rows, calls) = graph_calls(
             batch,
@@ -714,6 +717,32 @@ mod tests {
         assert_eq!(rows, [image(3), image(4), image(0), zeros]);
         assert_eq!(latencies.len(), 2);
         assert_eq!(run_stats(&latencies, 3, 1.0).images, 6);
+    }
+
+    #[test]
+    fn a_bad_image_is_named_in_the_error() {
+        let mut images = good_images(2);
+        images.push((
+            "parts/b_corrupt.png".into(),
+            b"\x89PNG\r\n\x1a\nnot really".to_vec(),
+        ));
+        let mut ours = Ours {
+            inspector: inspector("models/demo"),
+            images: &images,
+            batch: 3,
+            cursor: 0,
+            timings: Vec::new(),
+            latencies: Vec::new(),
+        };
+        let err = format!("{:#}", ours.step(false).unwrap_err());
+        assert!(err.contains("parts/b_corrupt.png"), "{err}");
+        let runtime = OrtRuntime::get().unwrap();
+        let options = SessionOptions::default();
+        let err = Bare::new(runtime, &ours.inspector, &images, &options, 1)
+            .err()
+            .unwrap();
+        let err = format!("{err:#}");
+        assert!(err.contains("parts/b_corrupt.png"), "{err}");
     }
 
     #[test]
