@@ -3,7 +3,8 @@
 
 PIL decode -> convert("RGB") -> resize((W, H), BILINEAR) -> /255 -> NCHW float32 -> onnxruntime
 `InferenceSession.run`, with the same model, images, intra-op threads and batch size as the
-linesight run it is compared with (scripts/bench runs both). Prints one JSON object.
+linesight run it is compared with (scripts/bench runs both). A graph with a fixed batch size gets
+calls of that size, the last one padded, as in linesight. Prints one JSON object.
 
     python tools/bench_baseline.py --model models/demo --images testdata/synthetic/test \\
         --threads 2 --batch 1 --duration 10 --warmup 2
@@ -69,7 +70,7 @@ def main():
     session = ort.InferenceSession(str(args.model / "model.onnx"), options, providers=wanted)
     inp = session.get_inputs()[0]
     height, width = int(inp.shape[2]), int(inp.shape[3])
-    fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] >= 1 else None
     outputs = [o.name for o in session.get_outputs()]
     score_name = "pred_score" if "pred_score" in outputs else outputs[0]
     files = image_files(args.images)
@@ -86,19 +87,29 @@ def main():
             batch.append((np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1))
         cursor = (cursor + args.batch) % len(blobs)
         x = np.stack(batch)
-        if fixed_batch and x.shape[0] < fixed_batch:
-            x = np.concatenate([x, np.zeros((fixed_batch - x.shape[0], *x.shape[1:]), np.float32)])
+        # A fixed-batch graph takes calls of exactly its size; the last one is padded.
+        size = fixed_batch or len(x)
+        calls = []
+        for first in range(0, len(x), size):
+            chunk = x[first:first + size]
+            if len(chunk) < size:
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *x.shape[1:]), np.float32)])
+            calls.append((chunk, min(size, len(x) - first)))
         pre = time.perf_counter()
-        result = session.run(None, {inp.name: x})
-        scores = result[outputs.index(score_name)].reshape(-1)[: args.batch]
-        _ = scores > 0.5
+        for chunk, real in calls:
+            result = session.run(None, {inp.name: chunk})
+            scores = result[outputs.index(score_name)].reshape(len(chunk), -1)[:real, 0]
+            _ = scores > 0.5
         end = time.perf_counter()
         if record is not None:
             record["batch"].append((end - start) * 1e3)
             record["pre"].append((pre - start) * 1e3 / args.batch)
             record["infer"].append((end - pre) * 1e3 / args.batch)
 
+    # At least one unmeasured batch, whatever --warmup says: the first run allocates ONNX
+    # Runtime's working memory, and linesight's warm-up always runs one batch too.
     t0 = time.perf_counter()
+    step(None)
     while time.perf_counter() - t0 < args.warmup:
         step(None)
     record = {"batch": [], "pre": [], "infer": []}
