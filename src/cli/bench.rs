@@ -122,6 +122,8 @@ pub struct StageStats {
     pub postprocess_ms: Percentiles,
     /// Preprocess + postprocess: what linesight adds per already-decoded frame.
     pub non_model_ms: Percentiles,
+    /// Decode + preprocess: the input side, like for like with the Python baseline's figure.
+    pub decode_and_preprocess_ms: Percentiles,
 }
 
 /// Resident set size at three moments, MiB.
@@ -529,6 +531,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         inference_ms: stage(|t| t.inference_ms),
         postprocess_ms: stage(|t| t.postprocess_ms),
         non_model_ms: stage(|t| t.preprocess_ms + t.postprocess_ms),
+        decode_and_preprocess_ms: stage(|t| t.decode_ms + t.preprocess_ms),
     };
     let median = |f: fn(&RoundPair) -> f64| {
         let mut v: Vec<f64> = pairs.iter().map(f).collect();
@@ -624,6 +627,7 @@ fn render(r: &BenchReport) -> String {
         ("inference", r.stages.inference_ms),
         ("postprocess", r.stages.postprocess_ms),
         ("non-model (preprocess+postprocess)", r.stages.non_model_ms),
+        ("decode+preprocess", r.stages.decode_and_preprocess_ms),
     ] {
         let _ = writeln!(
             s,
