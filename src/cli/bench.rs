@@ -126,6 +126,23 @@ pub struct StageStats {
     pub decode_and_preprocess_ms: Percentiles,
 }
 
+/// What a warm-up ran, before and apart from the measured rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WarmUpStats {
+    pub seconds: f64,
+    /// Batches run: at least one, whatever `--warmup` says.
+    pub batches: usize,
+    /// The first batch, in which ONNX Runtime allocates the session's working memory.
+    pub first_batch_ms: f64,
+}
+
+/// The warm-up of each client.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WarmUps {
+    pub linesight: WarmUpStats,
+    pub bare_ort: WarmUpStats,
+}
+
 /// Resident set size at three moments, MiB.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemoryStats {
@@ -157,6 +174,7 @@ pub struct BenchReport {
     /// linesight's sequential end-to-end throughput (decode included) / bare throughput, the
     /// median over the rounds likewise.
     pub ratio_end_to_end_sequential: f64,
+    pub warm_up: WarmUps,
     pub memory: MemoryStats,
     pub onnxruntime: String,
 }
@@ -406,20 +424,31 @@ impl Bare {
     }
 }
 
-/// Calls `step` until `seconds` have passed (at least once), ticking the bar.
-fn for_duration(
+/// Warms a client up: calls `step` until `seconds` have passed (at least once), ticking the bar.
+fn warm_up(
     seconds: f64,
     bar: &ProgressBar,
     mut step: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<WarmUpStats> {
     let start = Instant::now();
-    let taken = for_round(seconds, || {
+    let mut batches = 0;
+    let mut first_batch_ms = 0.0;
+    let seconds = for_round(seconds, || {
+        let batch_start = Instant::now();
         step()?;
+        if batches == 0 {
+            first_batch_ms = batch_start.elapsed().as_secs_f64() * 1e3;
+        }
+        batches += 1;
         bar.set_position(start.elapsed().as_millis() as u64);
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok(taken)
+    Ok(WarmUpStats {
+        seconds,
+        batches,
+        first_batch_ms,
+    })
 }
 
 pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyhow::Result<i32> {
@@ -468,7 +497,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         latencies: Vec::new(),
     };
     let warm = progress(args.warmup, "Warm-up (linesight)", quiet);
-    for_duration(args.warmup, &warm, || ours.step(false))?;
+    let linesight_warm_up = warm_up(args.warmup, &warm, || ours.step(false))?;
     // linesight's working set, before the bare session below adds its own.
     let after_warmup = rss_mib();
 
@@ -476,7 +505,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
     let mut bare = Bare::new(runtime, &ours.inspector, &images, &options, batch)?;
     let mut bare_latencies = Vec::new();
     let warm = progress(args.warmup, "Warm-up (bare ONNX Runtime)", quiet);
-    for_duration(args.warmup, &warm, || bare.step(None))?;
+    let bare_warm_up = warm_up(args.warmup, &warm, || bare.step(None))?;
 
     // Alternating rounds: a machine whose speed drifts (other work, clock changes, a shared
     // virtual machine) slows both clients alike, and each ratio compares neighbouring rounds.
@@ -554,6 +583,10 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
         rounds,
         ratio_inference_stage: median(|p| p.inference_stage),
         ratio_end_to_end_sequential: median(|p| p.end_to_end),
+        warm_up: WarmUps {
+            linesight: linesight_warm_up,
+            bare_ort: bare_warm_up,
+        },
         linesight,
         stages,
         bare_ort,
@@ -645,6 +678,16 @@ fn render(r: &BenchReport) -> String {
         s,
         "ratio linesight / bare ORT, end to end (sequential):  {:.3}   (median of {} alternating rounds)",
         r.ratio_end_to_end_sequential, r.rounds
+    );
+    let _ = writeln!(
+        s,
+        "warm-up (not measured): linesight {} batches in {:.2} s (first {:.2} ms), bare ORT {} batches in {:.2} s (first {:.2} ms)",
+        r.warm_up.linesight.batches,
+        r.warm_up.linesight.seconds,
+        r.warm_up.linesight.first_batch_ms,
+        r.warm_up.bare_ort.batches,
+        r.warm_up.bare_ort.seconds,
+        r.warm_up.bare_ort.first_batch_ms
     );
     let _ = writeln!(
         s,
