@@ -511,7 +511,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: BenchArgs) -> anyh
     // virtual machine) slows both clients alike, and each ratio compares neighbouring rounds.
     let rounds = ((args.duration / ROUND_SECONDS).ceil() as usize).max(1);
     let slice = args.duration / rounds as f64;
-    let bar = progress(2.0 * args.duration, "Measuring (alternating)", quiet);
+    // Both clients' time and the pause before each of their rounds.
+    let bar = progress(
+        2.0 * (args.duration + rounds as f64 * SETTLE.as_secs_f64()),
+        "Measuring (alternating)",
+        quiet,
+    );
     let started = Instant::now();
     let mut pairs = Vec::with_capacity(rounds);
     for _ in 0..rounds {
