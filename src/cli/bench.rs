@@ -684,15 +684,20 @@ fn render(r: &BenchReport) -> String {
         "ratio linesight / bare ORT, end to end (sequential):  {:.3}   (median of {} alternating rounds)",
         r.ratio_end_to_end_sequential, r.rounds
     );
+    let warm = |w: &WarmUpStats| {
+        format!(
+            "{} batch{} in {:.2} s (first {:.2} ms)",
+            w.batches,
+            if w.batches == 1 { "" } else { "es" },
+            w.seconds,
+            w.first_batch_ms
+        )
+    };
     let _ = writeln!(
         s,
-        "warm-up (not measured): linesight {} batches in {:.2} s (first {:.2} ms), bare ORT {} batches in {:.2} s (first {:.2} ms)",
-        r.warm_up.linesight.batches,
-        r.warm_up.linesight.seconds,
-        r.warm_up.linesight.first_batch_ms,
-        r.warm_up.bare_ort.batches,
-        r.warm_up.bare_ort.seconds,
-        r.warm_up.bare_ort.first_batch_ms
+        "warm-up (not measured): linesight {}, bare ORT {}",
+        warm(&r.warm_up.linesight),
+        warm(&r.warm_up.bare_ort)
     );
     let _ = writeln!(
         s,
