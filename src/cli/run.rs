@@ -142,27 +142,51 @@ fn follow_activations(
 /// Takes SIGTERM and SIGINT over now, and resolves at the first of them. Called first thing
 /// in the runtime: a signal that comes while the service is still starting (loading and
 /// warming models, opening the store) is then kept for the graceful stop that follows the
-/// start, instead of killing the process with cameras and triggers already live. Where the
-/// handlers cannot be installed, Ctrl-C alone stops the service.
+/// start, instead of killing the process with cameras and triggers already live. A second
+/// signal ends the process at once (exit code 1): the way out of a start-up or a stop that
+/// hangs (a store that does not answer); what was journalled is answered at the next start.
+/// Where the handlers cannot be installed, Ctrl-C alone stops the service.
 pub(super) fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let handlers = signal(SignalKind::terminate())
             .and_then(|term| signal(SignalKind::interrupt()).map(|interrupt| (term, interrupt)));
-        async move {
-            match handlers {
-                Ok((mut term, mut interrupt)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = interrupt.recv() => {}
+        let (first_tx, mut first_rx) = tokio::sync::watch::channel(false);
+        match handlers {
+            Ok((mut term, mut interrupt)) => {
+                tokio::spawn(async move {
+                    let mut signals = 0;
+                    loop {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = interrupt.recv() => {}
+                        }
+                        signals += 1;
+                        if signals == 1 {
+                            tracing::info!(
+                                "Stopping: finishing what is in flight (a second signal ends the process at once)."
+                            );
+                            let _ = first_tx.send(true);
+                        } else {
+                            eprintln!(
+                                "second stop signal: exiting now, without finishing what is in flight"
+                            );
+                            std::process::exit(1);
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot take SIGTERM over; Ctrl-C stops the service.");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+                });
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot take SIGTERM over; Ctrl-C stops the service.");
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = first_tx.send(true);
+                });
+            }
+        }
+        async move {
+            let _ = first_rx.wait_for(|signalled| *signalled).await;
         }
     }
     #[cfg(not(unix))]

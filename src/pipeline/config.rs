@@ -195,6 +195,20 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         10,
         3_600_000,
     );
+    if pipeline.reopen_backoff_initial_ms > pipeline.reopen_backoff_max_ms {
+        p.push(format!(
+            "pipeline.reopen_backoff_initial_ms = {}: must be at most pipeline.reopen_backoff_max_ms \
+             = {} (the first wait would be longer than the longest)",
+            pipeline.reopen_backoff_initial_ms, pipeline.reopen_backoff_max_ms
+        ));
+    }
+    if pipeline.queue_capacity < pipeline.batch_size {
+        p.push(format!(
+            "pipeline.queue_capacity = {}: must be at least pipeline.batch_size = {}, or a batch \
+             never fills and every batch waits max_batch_wait_ms",
+            pipeline.queue_capacity, pipeline.batch_size
+        ));
+    }
     if pipeline.batch_size > 1 && pipeline.trigger_deadline_ms <= pipeline.max_batch_wait_ms {
         p.push(format!(
             "pipeline.trigger_deadline_ms = {}: must be more than pipeline.max_batch_wait_ms = {} \
@@ -257,6 +271,16 @@ pub fn problems(pipeline: &PipelineConfig, cameras: &[CameraConfig]) -> Vec<Stri
         }
         if c.every_nth == 0 {
             p.push(format!("{field}.every_nth = 0: must be at least 1"));
+        }
+        // A line-triggered camera's frames queue in the camera, one per pulse: pairing them
+        // with HTTP or MQTT triggers would shift every later part onto the wrong trigger
+        // the first time one pulse or one trigger went missing (or came late).
+        if c.source.each_frame_is_a_part() && c.mode == TriggerMode::Triggered {
+            p.push(format!(
+                "{field}.mode = \"triggered\": a line-triggered camera (source trigger = \"line\") \
+                 runs with mode = \"free-run\", each pulse a part; for triggers that carry part \
+                 ids, use trigger = \"software\""
+            ));
         }
         // Each pulse on a line-triggered camera's input is a part: none may be skipped.
         if c.source.each_frame_is_a_part() && c.mode == TriggerMode::FreeRun {
@@ -322,6 +346,8 @@ mod tests {
         };
         let pipeline = PipelineConfig {
             batch_size: 4,
+            queue_capacity: 2,
+            reopen_backoff_initial_ms: 20_000,
             max_batch_wait_ms: 50,
             trigger_deadline_ms: 50,
             orphan_trigger_after_ms: 1_000,
@@ -332,6 +358,8 @@ mod tests {
         let p = problems(&pipeline, std::slice::from_ref(&camera)).join("\n");
         for expected in [
             "pipeline.trigger_deadline_ms = 50: must be more than pipeline.max_batch_wait_ms = 50",
+            "pipeline.queue_capacity = 2: must be at least pipeline.batch_size = 4",
+            "pipeline.reopen_backoff_initial_ms = 20000: must be at most pipeline.reopen_backoff_max_ms = 10000",
             "cameras[0].fps = 0.00000000000000000001: must be 0",
             "pipeline.mqtt_triggers needs pipeline.record = true",
         ] {
@@ -379,6 +407,15 @@ mod tests {
         ] {
             assert!(p.contains(expected), "{expected:?} missing from\n{p}");
         }
+        let paired_with_triggers = CameraConfig {
+            mode: TriggerMode::Triggered,
+            ..line.clone()
+        };
+        let p = problems(&PipelineConfig::default(), &[paired_with_triggers]).join("\n");
+        assert!(
+            p.contains("cameras[0].mode = \"triggered\": a line-triggered camera"),
+            "{p}"
+        );
         let paced_by_the_line = CameraConfig {
             every_nth: 1,
             fps: 0.0,

@@ -128,8 +128,14 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition; `queue_depth` is read by the caller at render time.
-    pub fn render(&self, queue_depth: usize, camera_up: &BTreeMap<String, bool>) -> String {
+    /// Prometheus text exposition; `queue_depth` (the inference queue) and `triggers_waiting`
+    /// (each triggered camera's trigger queue) are read by the caller at render time.
+    pub fn render(
+        &self,
+        queue_depth: usize,
+        triggers_waiting: &BTreeMap<String, usize>,
+        camera_up: &BTreeMap<String, bool>,
+    ) -> String {
         let mut out = String::new();
         let counter =
             |out: &mut String, name: &str, help: &str, get: &dyn Fn(&CameraCounters) -> u64| {
@@ -194,8 +200,14 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP linesight_queue_depth Frames waiting for inference.\n# TYPE linesight_queue_depth gauge\nlinesight_queue_depth{{queue=\"inference\"}} {queue_depth}"
+            "# HELP linesight_queue_depth Frames waiting for inference, and triggers waiting for their camera.\n# TYPE linesight_queue_depth gauge\nlinesight_queue_depth{{queue=\"inference\"}} {queue_depth}"
         );
+        for (camera, waiting) in triggers_waiting {
+            let _ = writeln!(
+                out,
+                "linesight_queue_depth{{queue=\"triggers\",camera=\"{camera}\"}} {waiting}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP linesight_stage_latency_seconds Time per frame in each stage.\n# TYPE linesight_stage_latency_seconds histogram"
@@ -240,7 +252,12 @@ mod tests {
             .fetch_add(3, Ordering::Relaxed);
         m.observe_ms("inference", 3.0);
         m.observe_ms("inference", 30.0);
-        let text = m.render(2, &BTreeMap::from([("cam1".to_string(), true)]));
+        let text = m.render(
+            2,
+            &BTreeMap::from([("press".to_string(), 3)]),
+            &BTreeMap::from([("cam1".to_string(), true)]),
+        );
+        assert!(text.contains("linesight_queue_depth{queue=\"triggers\",camera=\"press\"} 3"));
         assert!(
             text.contains("linesight_frames_in_total{camera=\"cam1\"} 3"),
             "{text}"

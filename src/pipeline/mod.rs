@@ -499,6 +499,9 @@ impl Triggers {
             .id
             .clone()
             .unwrap_or_else(|| self.new_id(&trigger.camera));
+        // When the trigger came: now, or for one journalled before (a redelivery), when it
+        // was first received, so that its deadline counts from then.
+        let mut fired_at = Instant::now();
         if let Some(recorder) = &self.shared.recorder {
             // Durable before acknowledged: once journalled, the trigger gets an answer even
             // if linesight stops before serving it (the next start answers it "late").
@@ -524,7 +527,20 @@ impl Triggers {
                 Ok(Journalled::Duplicate(existing))
                     if existing.state == "pending"
                         && existing.camera == trigger.camera
-                        && self.shared.in_flight().insert(id.clone()) => {}
+                        && self.shared.in_flight().insert(id.clone()) =>
+                {
+                    let age = Duration::from_millis(
+                        (record::now_ms() - existing.received_at_ms).max(0) as u64,
+                    );
+                    // Older than this machine's clock goes back (received before a reboot):
+                    // past its deadline all the same.
+                    let past_deadline =
+                        Duration::from_millis(self.shared.config.trigger_deadline_ms + 1);
+                    fired_at = fired_at
+                        .checked_sub(age)
+                        .or_else(|| fired_at.checked_sub(past_deadline))
+                        .unwrap_or(fired_at);
+                }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
                         id,
@@ -544,7 +560,7 @@ impl Triggers {
         let pending = PendingTrigger {
             trigger,
             id: id.clone(),
-            fired_at: Instant::now(),
+            fired_at,
         };
         match sender.try_send(pending) {
             Ok(()) => Ok(TriggerAccepted {
@@ -1024,6 +1040,7 @@ impl Pipeline {
     pub fn status(&self) -> PipelineStatus {
         PipelineStatus {
             shared: self.shared.clone(),
+            triggers: self.triggers.cameras.clone(),
         }
     }
 
@@ -1100,7 +1117,7 @@ impl Pipeline {
             "shutdown deadline passed before inference"
         };
         for item in left {
-            if item.trigger.is_some() {
+            if !item.droppable() {
                 let waited_ms = ms(item.enqueued.elapsed());
                 let result = item_result(
                     &item,
@@ -1172,6 +1189,8 @@ fn report_worker_end(ended: Result<(), tokio::task::JoinError>) {
 #[derive(Clone)]
 pub struct PipelineStatus {
     shared: Arc<Shared>,
+    /// The triggered cameras' trigger queues, for their depths.
+    triggers: Arc<BTreeMap<String, Option<mpsc::Sender<PendingTrigger>>>>,
 }
 
 impl PipelineStatus {
@@ -1181,7 +1200,17 @@ impl PipelineStatus {
             .iter()
             .map(|(k, h)| (k.clone(), matches!(h, CameraHealth::Running)))
             .collect();
-        self.shared.metrics.render(self.shared.queue.len(), &up)
+        let waiting: BTreeMap<String, usize> = self
+            .triggers
+            .iter()
+            .filter_map(|(camera, sender)| {
+                let s = sender.as_ref()?;
+                Some((camera.clone(), s.max_capacity() - s.capacity()))
+            })
+            .collect();
+        self.shared
+            .metrics
+            .render(self.shared.queue.len(), &waiting, &up)
     }
 
     pub fn health(&self) -> BTreeMap<String, CameraHealth> {
@@ -1845,11 +1874,13 @@ fn run_batch(
     batch: Vec<WorkItem>,
 ) {
     let deadline = Duration::from_millis(shared.config.trigger_deadline_ms);
+    let dequeued = Instant::now();
     let mut ready = Vec::with_capacity(batch.len());
     for item in batch {
-        shared
-            .metrics
-            .observe_ms("queue", ms(item.enqueued.elapsed()));
+        shared.metrics.observe_ms(
+            "queue",
+            ms(dequeued.saturating_duration_since(item.enqueued)),
+        );
         match &item.trigger {
             Some(t) if t.fired_at.elapsed() > deadline => {
                 let waited_ms = ms(t.fired_at.elapsed());
@@ -1871,7 +1902,6 @@ fn run_batch(
     if ready.is_empty() {
         return;
     }
-    shared.metrics.batch_size.observe(ready.len() as f64);
     // Models swapped in since the last batch are installed before the mapping that may point at
     // them is read (both under the table's lock).
     let slot_model = {
@@ -1892,7 +1922,7 @@ fn run_batch(
         mapping
     };
     let inferred = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        infer(inspectors, &slot_model, &ready)
+        infer(inspectors, &slot_model, &ready, &shared.metrics.batch_size)
     }));
     let results = match inferred {
         Ok(results) => results,
@@ -1926,10 +1956,9 @@ fn run_batch(
         result.timings.preprocess_ms = timings.preprocess_ms;
         result.timings.inference_ms = timings.inference_ms;
         result.timings.postprocess_ms = timings.postprocess_ms;
-        // Preparation happened on the camera's thread before queueing; inference and
-        // postprocessing after it.
-        result.timings.queue_ms -=
-            (timings.inference_ms + timings.postprocess_ms).min(result.timings.queue_ms);
+        // Queued from the camera's hand-over (its preparation done) to the batch's start:
+        // not the batch's inference, nor that of the model groups run before this frame's.
+        result.timings.queue_ms = ms(dequeued.saturating_duration_since(item.enqueued));
         for (stage, v) in [
             ("inference", timings.inference_ms),
             ("postprocess", timings.postprocess_ms),
@@ -1996,11 +2025,13 @@ type Inferred = (
     usize,
 );
 
-/// Runs `items` through their models, one call per (model, threshold) group.
+/// Runs `items` through their models, one call per (model, threshold) group; each call's size
+/// goes to `batch_sizes`.
 fn infer(
     inspectors: &mut [Option<Inspector>],
     slot_model: &[usize],
     items: &[WorkItem],
+    batch_sizes: &metrics::Histogram,
 ) -> Vec<Inferred> {
     #[cfg(test)]
     tests::maybe_panic(items);
@@ -2049,6 +2080,7 @@ fn infer(
             .iter()
             .filter_map(|&i| items[i].prepared.as_ref().ok())
             .collect();
+        batch_sizes.observe(images.len() as f64);
         let results = inspector.inspect_prepared(&images, threshold);
         let n = members.len();
         for (&i, r) in members.iter().zip(results) {

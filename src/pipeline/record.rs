@@ -121,14 +121,21 @@ impl Recorder {
                 Outcome::Error { message } => (TriggerAnswer::Error, message.as_str()),
                 Outcome::Inspected { .. } => (TriggerAnswer::Error, "no model identity"),
             };
-            return match trigger {
-                Some(id) => {
-                    self.store
-                        .answer_trigger(id, answer, reason, now_ms())
-                        .await
-                }
-                None => Ok(true),
-            };
+            let Some(id) = trigger else { return Ok(true) };
+            if self
+                .store
+                .answer_trigger(id, answer, reason, now_ms())
+                .await?
+            {
+                return Ok(true);
+            }
+            // Answered already: by an earlier try of this very answer whose commit went
+            // through although it reported an error (then it is this answer, recorded), or
+            // otherwise (then this one is superseded).
+            let stored = self.store.trigger(id).await?;
+            return Ok(stored.is_some_and(|t| {
+                t.state == answer.as_str() && t.reason.as_deref() == Some(reason)
+            }));
         };
         // A pass of a part found defective before goes to an inspector, who needs its image
         // (free-run frames have no part id of their own: never a re-test).

@@ -51,7 +51,7 @@ pub enum TriggerAnswer {
 }
 
 impl TriggerAnswer {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             TriggerAnswer::Late => "late",
             TriggerAnswer::Busy => "busy",

@@ -67,3 +67,12 @@ pub fn model_that_cannot_run(dir: &Path) -> PathBuf {
 pub fn linesight() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_linesight"))
 }
+
+/// Sends SIGTERM to `child` (a `linesight run` or `serve` under test).
+pub fn sigterm(child: &std::process::Child) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", child.id());
+}

@@ -1120,9 +1120,19 @@ async fn http_triggers_metrics_and_problem_details() {
     };
     let alive = probe("/healthz").await.unwrap();
     assert_eq!(alive.status(), StatusCode::OK);
-    let ready = probe("/readyz").await.unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
-    let text = body(ready).await;
+    // Ready once every camera has delivered (on a loaded machine the free-run camera may still
+    // be starting when the trigger's answer is in).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (status, text) = loop {
+        let ready = probe("/readyz").await.unwrap();
+        let status = ready.status();
+        let text = body(ready).await;
+        if status == StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break (status, text);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, StatusCode::OK, "{text}");
     assert!(
         text.contains("\"ready\":true") && text.contains("press"),
         "{text}"
@@ -1185,11 +1195,7 @@ fn run_stops_gracefully_on_sigterm() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("demo"), "{first}");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    crate::common::sigterm(&child);
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -1227,14 +1233,53 @@ fn a_sigterm_during_start_up_stops_the_service_gracefully() {
             break;
         }
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    crate::common::sigterm(&child);
     seen.extend(log.map(Result::unwrap));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}: {seen:#?}");
+}
+
+/// A start-up that hangs (a PostgreSQL server that accepts the connection and never answers)
+/// keeps a first SIGTERM for the graceful stop after it; a second one ends the process at once,
+/// with exit code 1.
+#[cfg(unix)]
+#[test]
+fn a_second_sigterm_ends_a_hung_start_up_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::common::linesight()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "LINESIGHT__STORE__URL",
+            format!("postgres://linesight@127.0.0.1:{port}/quality"),
+        )
+        .env("LINESIGHT__STORE__DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The store is opened after the handlers are installed: its connection says they are.
+    let (_connection, _) = silent.accept().unwrap();
+    crate::common::sigterm(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal is kept for after the start-up"
+    );
+    crate::common::sigterm(&child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("second stop signal"), "{log}");
 }
 
 /// The real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
@@ -1581,6 +1626,80 @@ async fn start_recording(
     (pipeline, sink)
 }
 
+/// A late, busy or error answer that finds its trigger answered already: recorded when the
+/// stored answer is this one (an earlier try whose commit went through although it reported
+/// an error: the sinks must still get it), superseded otherwise (an orphan scan that read the
+/// journal just before the trigger's own answer: the sinks must not get a second result).
+#[tokio::test]
+async fn a_second_answer_to_a_trigger_is_superseded_but_a_retried_one_is_not() {
+    use linesight::pipeline::record::Stored;
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let recorder = linesight::pipeline::Recorder {
+        store: db.store.clone(),
+        quality: linesight::quality::QualityConfig::default(),
+        line: "line-7".into(),
+        default_lot: "free".into(),
+        images: linesight::pipeline::ImagePolicy::Rejects,
+        image_dir: images.path().to_path_buf(),
+    };
+    let late = |id: &str| InspectionResult {
+        camera: "press".into(),
+        sequence: 0,
+        trigger_id: Some(id.into()),
+        part_id: None,
+        lot: None,
+        recipe: None,
+        frame_time: String::new(),
+        origin: String::new(),
+        outcome: Outcome::Late {
+            reason: "the instance that accepted it stopped".into(),
+            waited_ms: 70_000.0,
+        },
+        model: None,
+        timings: Default::default(),
+        batch_size: 0,
+    };
+    let errors = std::sync::atomic::AtomicU64::new(0);
+    let now = linesight::quality::now_ms();
+    for id in ["T-1", "T-2"] {
+        db.store
+            .journal_trigger(id, "press", None, None, None, now)
+            .await
+            .unwrap();
+    }
+    let record = |id: &'static str| {
+        let (recorder, errors, result) = (&recorder, &errors, late(id));
+        async move {
+            recorder
+                .record_with_retry(&result, None, || true, errors)
+                .await
+        }
+    };
+    assert_eq!(record("T-1").await, Stored::Recorded);
+    assert_eq!(
+        record("T-1").await,
+        Stored::Recorded,
+        "its own earlier try: still this answer"
+    );
+    db.store
+        .answer_trigger(
+            "T-2",
+            linesight::store::TriggerAnswer::Busy,
+            "queue full",
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record("T-2").await, Stored::Superseded);
+    assert_eq!(
+        db.store.trigger("T-2").await.unwrap().unwrap().state,
+        "busy"
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    db.finish().await;
+}
+
 async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     let images = tempfile::tempdir().unwrap();
     let (pipeline, sink) = start_recording(
@@ -1608,17 +1727,45 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     // Journalled by a try whose caller saw an error although it committed: the next try
     // serves it instead of leaving it to be answered "late".
     db.store
-        .journal_trigger("press-retried", "press", None, None, None, 1)
+        .journal_trigger(
+            "press-retried",
+            "press",
+            None,
+            None,
+            None,
+            linesight::quality::now_ms(),
+        )
         .await
         .unwrap();
     let mut retried = trigger("press", 99);
     retried.id = Some("press-retried".into());
     assert_eq!(triggers.fire(retried).await.unwrap().status, "queued");
-    wait_for(&sink, 7).await;
+    // Redelivered long after it was first received (the broker kept it over a restart): its
+    // deadline counts from then, so it is answered late, without a frame of a later part.
+    db.store
+        .journal_trigger("press-old", "press", None, None, None, 1)
+        .await
+        .unwrap();
+    let mut old = trigger("press", 98);
+    old.id = Some("press-old".into());
+    assert_eq!(triggers.fire(old).await.unwrap().status, "queued");
+    wait_for(&sink, 8).await;
     let summary = pipeline.shutdown().await;
     assert_eq!(summary.inspected, 7, "{summary:?}");
-    let results = sink.results();
-    assert_eq!(results.len(), 7, "the duplicate produced no result");
+    assert_eq!(summary.late, 1, "{summary:?}");
+    let mut results = sink.results();
+    assert_eq!(results.len(), 8, "the duplicate produced no result");
+    let late = results.remove(
+        results
+            .iter()
+            .position(|r| r.trigger_id.as_deref() == Some("press-old"))
+            .unwrap(),
+    );
+    assert!(matches!(late.outcome, Outcome::Late { .. }), "{late:?}");
+    assert_eq!(
+        db.store.trigger("press-old").await.unwrap().unwrap().state,
+        "late"
+    );
     let mut rejects = 0;
     for r in &results {
         let id = r.trigger_id.as_deref().unwrap();
@@ -1995,11 +2142,7 @@ model = "{model}"
             .unwrap()
     };
     let stop = |mut child: std::process::Child| {
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        crate::common::sigterm(&child);
         assert_eq!(child.wait().unwrap().code(), Some(0));
     };
     let child = start();
