@@ -97,13 +97,14 @@ impl Client {
             };
         }
         // Every header line, in order; each a comma-separated list whose last entry is the
-        // nearest hop.
-        let hops: Vec<&str> = headers
+        // nearest hop. Read byte for byte: a line the client started with bytes that are not
+        // text must not hide the entries the proxies appended to it.
+        let lines: Vec<String> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
+        let hops: Vec<&str> = lines.iter().flat_map(|v| v.split(',')).collect();
         let mut address = peer;
         for hop in hops.iter().rev() {
             // An entry that is not an address ends the walk at the last address known.
@@ -240,6 +241,17 @@ mod tests {
         assert_eq!(
             Client::resolve(ip("10.0.0.5"), &h, &trusted).address,
             ip("10.2.3.4")
+        );
+        // Bytes that are not text, written by the client before the proxy's entry, do not
+        // hide that entry.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\x80\xff, 192.0.2.5").unwrap(),
+        );
+        assert_eq!(
+            Client::resolve(ip("10.0.0.5"), &h, &trusted).address,
+            ip("192.0.2.5")
         );
         // IPv6, bracketed with a port, and an IPv4 peer on a dual-stack socket.
         let h = headers(&[("x-forwarded-for", "[2001:db8::7]:443")]);

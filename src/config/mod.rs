@@ -99,8 +99,32 @@ impl Settings {
         read!(
             runtime, inference, decode, log, store, quality, pipeline, cameras, outbox, models, api
         );
-        // What is wrong outside every section (an unknown one) shows in the first error only.
-        if failed.is_empty() {
+        const SECTIONS: [&str; 11] = [
+            "runtime",
+            "inference",
+            "decode",
+            "log",
+            "store",
+            "quality",
+            "pipeline",
+            "cameras",
+            "outbox",
+            "models",
+            "api",
+        ];
+        // A section of no known name (a misspelt one) is named whatever else is wrong.
+        if let Ok(data) = figment::Provider::data(figment) {
+            for dict in data.values() {
+                for key in dict.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+                    problems.push(format!(
+                        "unknown section {key:?}: the sections are {}",
+                        SECTIONS.join(", ")
+                    ));
+                }
+            }
+        }
+        // Anything else the whole read found (it stops at its first mistake).
+        if problems.is_empty() {
             problems.extend(first.into_iter().map(|e| e.to_string()));
         }
         // The checks of the sections that did read; those about a section that did not would
@@ -293,9 +317,17 @@ mod tests {
             ] {
                 assert!(text.contains(expected), "{expected:?} missing from\n{text}");
             }
-            jail.create_file("section.toml", "[infrence]\nintra_threads = 2\n")?;
+            jail.create_file(
+                "section.toml",
+                "[infrence]\nintra_threads = 2\n[pipeline]\nqueue_capacity = \"many\"\n",
+            )?;
             let err = Settings::load(Some(Path::new("section.toml"))).unwrap_err();
-            assert!(err.to_string().contains("infrence"), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("infrence") && text.contains("queue_capacity"),
+                "{text}"
+            );
+            assert_eq!(err.problems.len(), 2, "each once: {text}");
             Ok(())
         });
     }

@@ -797,11 +797,7 @@ impl ServeChild {
 
     /// SIGTERM; asserts exit code 0.
     fn stop(self) {
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        crate::common::sigterm(&self.child);
         let out = self.child.wait_with_output().unwrap();
         assert_eq!(
             out.status.code(),
@@ -1331,35 +1327,44 @@ async fn behind_a_trusted_proxy_sign_ins_count_and_are_audited_by_the_forwarded_
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(
-        values("op", "user.sign_in_failed").await,
-        [
-            "failed_attempts=1; from=192.0.2.1",
-            "failed_attempts=2; from=192.0.2.1"
-        ]
-    );
-    assert_eq!(
-        values("admin", "user.sign_in_failed").await,
-        [
-            "failed_attempts=1; from=198.51.100.7",
-            "failed_attempts=2; from=198.51.100.7"
-        ]
-    );
-    assert_eq!(
-        values("qa", "user.sign_in").await,
-        ["session opened (web UI); from=203.0.113.66"]
-    );
-    assert_eq!(
-        values("insp", "user.sign_in").await,
-        [
-            "session opened (web UI); from=192.0.2.2",
-            "session opened (web UI); from=198.51.100.8"
-        ]
-    );
-    assert_eq!(
-        values("admin", "user.sign_in").await,
-        ["session opened (web UI); from=192.0.2.2"]
-    );
+    for (user, action, expected) in [
+        (
+            "op",
+            "user.sign_in_failed",
+            &[
+                "failed_attempts=1; from=192.0.2.1",
+                "failed_attempts=2; from=192.0.2.1",
+            ][..],
+        ),
+        (
+            "admin",
+            "user.sign_in_failed",
+            &[
+                "failed_attempts=1; from=198.51.100.7",
+                "failed_attempts=2; from=198.51.100.7",
+            ],
+        ),
+        (
+            "qa",
+            "user.sign_in",
+            &["session opened (web UI); from=203.0.113.66"],
+        ),
+        (
+            "insp",
+            "user.sign_in",
+            &[
+                "session opened (web UI); from=192.0.2.2",
+                "session opened (web UI); from=198.51.100.8",
+            ],
+        ),
+        (
+            "admin",
+            "user.sign_in",
+            &["session opened (web UI); from=192.0.2.2"],
+        ),
+    ] {
+        assert_eq!(values(user, action).await, expected, "{user} {action}");
+    }
 }
 
 /// The web UI's session: sign in, a cookie that works only with its CSRF token for changes,
