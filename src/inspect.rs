@@ -305,6 +305,8 @@ impl Inspector {
         );
         ready.sort_by_key(|(i, _)| *i);
         // A single frame runs from its own tensor; only a batch is stacked into one buffer.
+        // That copy is preparation too: each frame's preprocess time carries its share.
+        let stacking = Instant::now();
         let input: &[f32] = match ready.as_slice() {
             [(_, p)] => &p.tensor,
             _ => {
@@ -315,6 +317,7 @@ impl Inspector {
             }
         };
         if !ready.is_empty() {
+            let stack_ms = ms(stacking) / ready.len() as f64;
             let start = Instant::now();
             match self.detector.run(input) {
                 Ok(outputs) => {
@@ -325,7 +328,7 @@ impl Inspector {
                         results[*index] = Some(result.map(|mut inspection| {
                             inspection.timings = StageTimings {
                                 decode_ms: p.decode_ms,
-                                preprocess_ms: p.preprocess_ms,
+                                preprocess_ms: p.preprocess_ms + stack_ms,
                                 inference_ms,
                                 postprocess_ms: ms(post_start),
                             };
