@@ -80,7 +80,10 @@ impl Settings {
         let mut failed: Vec<&str> = Vec::new();
         let mut partial = Settings::default();
         macro_rules! read {
-            ($($field:ident),+ $(,)?) => {$(
+            ($($field:ident),+ $(,)?) => {
+                // The sections read, for the unknown-section check below.
+                const SECTIONS: &[&str] = &[$(stringify!($field)),+];
+                $(
                 match figment.extract_inner(stringify!($field)) {
                     Ok(value) => partial.$field = value,
                     Err(e) => {
@@ -99,19 +102,6 @@ impl Settings {
         read!(
             runtime, inference, decode, log, store, quality, pipeline, cameras, outbox, models, api
         );
-        const SECTIONS: [&str; 11] = [
-            "runtime",
-            "inference",
-            "decode",
-            "log",
-            "store",
-            "quality",
-            "pipeline",
-            "cameras",
-            "outbox",
-            "models",
-            "api",
-        ];
         // A section of no known name (a misspelt one) is named whatever else is wrong.
         if let Ok(data) = figment::Provider::data(figment) {
             for dict in data.values() {

@@ -1304,24 +1304,24 @@ async fn run_actions(
     // The store first: what the other sinks show is recorded.
     async fn deliver(shared: &Shared, sinks: &mut [Box<dyn ResultSink>], emitted: Emitted) {
         let Emitted { result, image } = emitted;
-        if let Some(recorder) = &shared.recorder {
-            let stored = recorder
-                .record_with_retry(
-                    &result,
-                    image.as_ref(),
-                    || shared.give_up.load(Ordering::SeqCst),
-                    &shared.metrics.store_errors,
-                )
-                .await;
-            if stored == record::Stored::Superseded {
-                if let Some(id) = &result.trigger_id {
-                    shared.in_flight().remove(id);
-                }
-                return;
-            }
-        }
+        let stored = match &shared.recorder {
+            Some(recorder) => Some(
+                recorder
+                    .record_with_retry(
+                        &result,
+                        image.as_ref(),
+                        || shared.give_up.load(Ordering::SeqCst),
+                        &shared.metrics.store_errors,
+                    )
+                    .await,
+            ),
+            None => None,
+        };
         if let Some(id) = &result.trigger_id {
             shared.in_flight().remove(id);
+        }
+        if stored == Some(record::Stored::Superseded) {
+            return;
         }
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.record(&result) {

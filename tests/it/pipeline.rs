@@ -1180,18 +1180,23 @@ fn run_demo_prints_and_writes_results_then_exits_zero() {
     assert!(!left.exists(), "left-over temporary file swept at start-up");
 }
 
+/// `linesight run --demo` writing its results under `dir`, its log on a pipe.
+fn run_demo(dir: &std::path::Path, stdout: std::process::Stdio) -> std::process::Child {
+    crate::common::linesight()
+        .args(["run", "--demo", "--results"])
+        .arg(dir)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[cfg(unix)]
 #[test]
 fn run_stops_gracefully_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = crate::common::linesight()
-        .args(["run", "--demo", "--results"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_demo(dir.path(), std::process::Stdio::piped());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("demo"), "{first}");
@@ -1215,13 +1220,7 @@ fn run_stops_gracefully_on_sigterm() {
 fn a_sigterm_during_start_up_stops_the_service_gracefully() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = crate::common::linesight()
-        .args(["run", "--demo", "--results"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_demo(dir.path(), std::process::Stdio::null());
     let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     // Logged once the store is open, before the pipeline starts.
     let mut seen = Vec::new();
