@@ -12,7 +12,7 @@
 
 import { api, setCsrfToken, onSessionLost } from './api.js';
 import {
-  h, say, errorLine, statusLine, field, busy, describeError, ROLE_LABELS,
+  h, say, sentence, errorLine, statusLine, field, busy, describeError, ROLE_LABELS,
 } from './dom.js';
 import { can, homeFor } from './roles.js';
 import * as tasks from './tasks.js';
@@ -111,6 +111,7 @@ function signedIn(answer) {
 
 function showSignIn(notice) {
   unmount();
+  say(document.getElementById('sign-out-error'));
   header.hidden = true;
   if (location.hash && location.hash !== '#/login') returnTo = location.hash;
   // Replaced without a hashchange, so the router does not run again.
@@ -157,10 +158,18 @@ function showSignIn(notice) {
 }
 
 async function onSignOut() {
+  const error = document.getElementById('sign-out-error');
+  say(error);
   try {
     await api.delete('/session', { unauthorizedIsError: true });
-  } catch {
-    // The session may already have ended; signing out locally is what matters here.
+  } catch (err) {
+    // A 401: the session had ended already. Anything else: the server still holds it, and
+    // its cookie (which this page cannot clear) would sign the next person at this terminal
+    // in as this user, so the user is told and stays signed in until it works.
+    if (err.status !== 401) {
+      say(error, `You are still signed in. ${sentence(describeError(err))} Reload the page and sign out again.`);
+      return;
+    }
   }
   session = null;
   setCsrfToken(null);

@@ -85,6 +85,9 @@ export const DISPOSITION_LABELS = {
 
 export const VERDICT_LABELS = { good: 'Good', defect: 'Defect' };
 
+/** The server's limit on a part id, lot or title (bytes; the same in plain ASCII). */
+export const MAX_LABEL = 200;
+
 /** A coloured label for a state or verdict; `data-state` carries the API's code. */
 export function badge(kind, code, labels) {
   return h('span', { class: `badge ${kind}-${code ?? 'none'}`, 'data-state': code ?? '' },
@@ -137,6 +140,11 @@ export function formatBytes(n) {
 export function describeError(error) {
   if (error instanceof ApiError) return error.message;
   return `The web UI failed: ${error?.message ?? error}. Reload the page; if it happens again, tell the system administrator.`;
+}
+
+/** `text` ending with one full stop, to be followed by another sentence. */
+export function sentence(text) {
+  return String(text).replace(/[.\s]*$/, '.');
 }
 
 /** A line for results, announced politely to screen readers. Empty lines take no space. */

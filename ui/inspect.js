@@ -4,7 +4,7 @@
 
 import { api } from './api.js';
 import {
-  h, say, statusLine, errorLine, field, busy, describeError, formatScore, VERDICT_LABELS,
+  h, say, sentence, statusLine, errorLine, field, busy, describeError, formatScore, VERDICT_LABELS, MAX_LABEL,
 } from './dom.js';
 import { inspectionPanel } from './inspection.js';
 import { can } from './roles.js';
@@ -22,8 +22,8 @@ export function mount(root, { session }) {
       h('span', { class: 'drop-title' }, 'Drop an image here'),
       h('span', { class: 'drop-sub' }, 'or tap to choose a PNG or JPEG file')),
     file, preview);
-  const part = h('input', { required: true, maxlength: 256, autocomplete: 'off', 'data-testid': 'inspect-part' });
-  const lot = h('input', { required: true, maxlength: 256, autocomplete: 'off', 'data-testid': 'inspect-lot' });
+  const part = h('input', { required: true, maxlength: MAX_LABEL, autocomplete: 'off', 'data-testid': 'inspect-part' });
+  const lot = h('input', { required: true, maxlength: MAX_LABEL, autocomplete: 'off', 'data-testid': 'inspect-lot' });
   const submit = h('button', { type: 'submit', class: 'primary', 'data-testid': 'inspect-submit' }, 'Inspect');
   const status = statusLine('inspect-status');
   const error = errorLine('inspect-error');
@@ -73,15 +73,23 @@ export function mount(root, { session }) {
     result.replaceChildren();
     say(status, 'Inspecting…');
     await busy(form, async () => {
+      let answer;
       try {
-        const answer = await api.upload('/inspections', data);
-        // The full record (part, lot, camera, time) for the panel; the answer has the rest.
-        const inspection = await api.get(`/inspections/${answer.id}`);
-        show(answer, inspection);
-        say(status, `Inspection ${answer.id} recorded.`);
+        answer = await api.upload('/inspections', data);
       } catch (err) {
         say(status);
         say(error, describeError(err));
+        return;
+      }
+      // Recorded: from here on a failure must not read as if the inspection were not, or the
+      // operator inspects the part again and records it twice.
+      say(status, `Inspection ${answer.id} recorded.`);
+      try {
+        // The full record (part, lot, camera, time) for the panel; the answer has the rest.
+        show(answer, await api.get(`/inspections/${answer.id}`));
+      } catch (err) {
+        show(answer, null);
+        say(error, `Inspection ${answer.id} was recorded, but its details could not be loaded. ${sentence(describeError(err))} Do not inspect the part again.`);
       }
     });
   });
@@ -92,8 +100,19 @@ export function mount(root, { session }) {
       follow.push(h('p', { 'data-testid': 'inspect-task' }, 'A secondary-inspection task was opened: ',
         can.inspectTasks(session.role) ? h('a', { href: `#/tasks/${answer.task}` }, `task ${answer.task}`) : `task ${answer.task}`, '.'));
     }
+    if (answer.task_refused) {
+      // No task although the rules asked for one: for a part found defective before and passed
+      // on re-test, this pass is not accepted and its NCR decides (the server says which).
+      follow.push(h('p', { class: 'warning', role: 'alert', 'data-testid': 'inspect-task-refused' },
+        `No secondary-inspection task was opened: ${answer.task_refused}.`));
+    }
     if (answer.raised_ncr) {
-      follow.push(h('p', { 'data-testid': 'inspect-ncr' }, 'The reject rate of the lot is over its limit: ',
+      // A reject raises an NCR when the lot's reject rate crosses its limit; a pass raises one
+      // when the part was found defective before and is past its re-inspection cap.
+      const why = answer.verdict === 'defect'
+        ? 'The reject rate of the lot is over its limit: '
+        : 'The part was found defective before and this pass is not accepted without QA\'s disposition: ';
+      follow.push(h('p', { 'data-testid': 'inspect-ncr' }, why,
         h('a', { href: `#/ncrs/${answer.raised_ncr}` }, `NCR ${answer.raised_ncr}`), ' was raised.'));
     }
     result.replaceChildren(
@@ -101,7 +120,7 @@ export function mount(root, { session }) {
         h('span', { class: 'big', 'data-testid': 'inspect-outcome', 'data-state': answer.verdict }, VERDICT_LABELS[answer.verdict] ?? answer.verdict),
         h('span', {}, `Score ${formatScore(answer.score)} · threshold ${formatScore(answer.threshold)} · ${answer.regions.length} region${answer.regions.length === 1 ? '' : 's'}`)),
       ...follow,
-      inspectionPanel(inspection, { testid: 'inspect' }));
+      ...(inspection ? [inspectionPanel(inspection, { testid: 'inspect' })] : []));
   }
 
   return {

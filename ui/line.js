@@ -1,12 +1,15 @@
 // Line view (#/line): for each camera, the inspections and rejects of the last hour and the
 // most recent results, kept current by the server's live stream of inspections.
 //
-// The page reads the summary and the latest inspections once, then follows
-// /api/v1/events (Server-Sent Events) from the newest inspection it has, so nothing recorded
-// in between is missed. The browser reconnects a dropped stream by itself and resumes after
-// the last event it received; when the server refuses the stream outright (the session ended,
-// or the service restarts) the page checks the session and opens a new stream a few seconds
-// later. Inspections already shown are never counted twice.
+// The page reads the latest inspections once, then follows /api/v1/events (Server-Sent Events)
+// from the newest inspection it has, so nothing recorded in between is missed. The browser
+// reconnects a dropped stream by itself and resumes after the last event it received; when the
+// server refuses the stream outright (the session ended, or the service restarts) the page
+// checks the session and opens a new stream a few seconds later.
+//
+// The counts of the last hour are the server's (/api/v1/cameras/summary), read again a second
+// after live inspections arrive (which count in the meantime) and every half minute in any
+// case, so that inspections older than an hour leave them and none stays counted twice.
 
 import { api, apiUrl } from './api.js';
 import {
@@ -16,6 +19,9 @@ import {
 const WINDOW_MS = 3600 * 1000;
 const RECENT_PER_CAMERA = 10;
 const RETRY_MS = 3000;
+/** How soon the counts are read again after a live inspection, and at the latest. */
+const RECOUNT_AFTER_EVENT_MS = 1000;
+const RECOUNT_EVERY_MS = 30 * 1000;
 
 export function mount(root) {
   const status = h('p', { class: 'live', role: 'status', 'aria-live': 'polite', 'data-testid': 'line-status', 'data-live': 'false' },
@@ -39,6 +45,11 @@ export function mount(root) {
   // Per camera: the counts of the window and the newest inspections, newest first.
   const cameras = new Map();
   let lastId = 0;
+  // The ids in the recent lists: the stream may deliver an inspection committed after a newer
+  // one (ids are taken before commit), so the newest id alone does not say what was shown.
+  const seen = new Set();
+  let recountTimer = null;
+  let recountDue = 0;
   let source = null;
   let retry = null;
   let stopped = false;
@@ -75,19 +86,52 @@ export function mount(root) {
         h('td', {}, formatScore(i.threshold))))))))));
   }
 
-  /** Adds a live inspection: into the camera's recent list and, if in the window, its counts. */
+  /**
+   * Adds a live inspection to its camera's recent list and, until the server's counts are read
+   * again a moment later, to the camera's counts.
+   */
   function add(inspection) {
-    if (inspection.id <= lastId) return;
-    lastId = inspection.id;
+    if (seen.has(inspection.id)) return;
+    seen.add(inspection.id);
+    lastId = Math.max(lastId, inspection.id);
     const c = camera(inspection.camera);
-    c.recent.unshift(inspection);
-    c.recent.length = Math.min(c.recent.length, RECENT_PER_CAMERA);
     if (inspection.at_ms >= Date.now() - WINDOW_MS) {
       c.total += 1;
       if (inspection.verdict === 'defect') c.defects += 1;
       c.last_at_ms = Math.max(c.last_at_ms ?? 0, inspection.at_ms);
     }
+    c.recent.unshift(inspection);
+    c.recent.sort((a, b) => b.id - a.id);
+    for (const dropped of c.recent.splice(RECENT_PER_CAMERA)) seen.delete(dropped.id);
     render();
+    scheduleRecount(RECOUNT_AFTER_EVENT_MS);
+  }
+
+  /** Replaces every camera's counts with the server's for the hour up to now. */
+  async function recount() {
+    recountTimer = null;
+    try {
+      const counts = await api.get('/cameras/summary', { since_ms: Date.now() - WINDOW_MS }, { background: true });
+      for (const c of cameras.values()) Object.assign(c, { total: 0, defects: 0, last_at_ms: null });
+      for (const s of counts) {
+        Object.assign(camera(s.camera), { total: s.total, defects: s.defects, last_at_ms: s.last_at_ms });
+      }
+      say(error);
+      render();
+    } catch (e) {
+      if (!stopped) say(error, describeError(e));
+    }
+    scheduleRecount(RECOUNT_EVERY_MS);
+  }
+
+  /** Reads the counts again within `ms`, unless a read is already due sooner. */
+  function scheduleRecount(ms) {
+    if (stopped) return;
+    const due = Date.now() + ms;
+    if (recountTimer !== null && recountDue <= due) return;
+    clearTimeout(recountTimer);
+    recountDue = due;
+    recountTimer = setTimeout(recount, ms);
   }
 
   function setLive(live, text) {
@@ -125,24 +169,23 @@ export function mount(root) {
 
   async function start() {
     try {
-      const [counts, page] = await Promise.all([
-        api.get('/cameras/summary', { since_ms: Date.now() - WINDOW_MS }),
-        api.get('/inspections', { limit: 200 }),
-      ]);
-      for (const s of counts) {
-        Object.assign(camera(s.camera), { total: s.total, defects: s.defects, last_at_ms: s.last_at_ms });
-      }
+      const page = await api.get('/inspections', { limit: 200 });
       // The page is newest first; keep the newest few per camera.
       for (const i of page.items) {
         const c = camera(i.camera);
-        if (c.recent.length < RECENT_PER_CAMERA) c.recent.push(i);
+        if (c.recent.length < RECENT_PER_CAMERA) {
+          c.recent.push(i);
+          seen.add(i.id);
+        }
         lastId = Math.max(lastId, i.id);
       }
       render();
     } catch (e) {
       say(error, describeError(e));
     }
-    if (!stopped) connect();
+    if (stopped) return;
+    connect();
+    await recount();
   }
 
   start();
@@ -151,6 +194,7 @@ export function mount(root) {
     unmount() {
       stopped = true;
       clearTimeout(retry);
+      clearTimeout(recountTimer);
       source?.close();
     },
   };

@@ -11,8 +11,8 @@
 
 import { api, ApiError } from './api.js';
 import {
-  h, badge, facts, revealWhenStacked, timeEl, say, statusLine, errorLine, field, busy, describeError, formatBytes,
-  NCR_STATE_LABELS, DISPOSITION_LABELS,
+  h, badge, facts, revealWhenStacked, timeEl, say, sentence, statusLine, errorLine, field, busy, describeError, formatBytes,
+  NCR_STATE_LABELS, DISPOSITION_LABELS, MAX_LABEL,
 } from './dom.js';
 import { can, ncrActions } from './roles.js';
 
@@ -67,8 +67,8 @@ export function mount(root, { session, params, navigate }) {
   }
 
   function raiseForm() {
-    const lot = h('input', { required: true, maxlength: 256, autocomplete: 'off', 'data-testid': 'ncr-new-lot' });
-    const title = h('input', { required: true, maxlength: 200, autocomplete: 'off', 'data-testid': 'ncr-new-title' });
+    const lot = h('input', { required: true, maxlength: MAX_LABEL, autocomplete: 'off', 'data-testid': 'ncr-new-lot' });
+    const title = h('input', { required: true, maxlength: MAX_LABEL, autocomplete: 'off', 'data-testid': 'ncr-new-title' });
     const description = h('textarea', { required: true, rows: 3, maxlength: 10000, 'data-testid': 'ncr-new-description' });
     const problem = errorLine('ncr-new-error');
     const form = h('form', { class: 'stacked' },
@@ -126,14 +126,25 @@ export function mount(root, { session, params, navigate }) {
         ['Version', ncr.version],
       ]),
       h('p', { class: 'description' }, ncr.description),
-      actionsPanel(ncr),
+      actionsPanel(ncr, proposerOf(history)),
       historyTable(history),
       signatureList(signatures),
       attachmentsPanel(ncr, attachments));
   }
 
-  function actionsPanel(ncr) {
-    const actions = ncrActions(ncr.state, session.role);
+  /** Who proposed the disposition now standing (the history's last proposal). */
+  function proposerOf(history) {
+    return history.filter((t) => t.action === 'propose').at(-1)?.actor_username ?? null;
+  }
+
+  function actionsPanel(ncr, proposer) {
+    // Four eyes: the server refuses an approval (and its signature) by the proposer.
+    const own = ncr.state === 'disposition_proposed' && proposer === session.username;
+    const actions = ncrActions(ncr.state, session.role).filter((a) => !(own && a.action === 'approve'));
+    const fourEyes = own && session.role === 'qa_approver'
+      ? h('p', { class: 'muted', 'data-testid': 'ncr-own-proposal' },
+        'You proposed this disposition: another QA approver approves it.')
+      : null;
     if (actions.length === 0) {
       return h('p', { class: 'muted', 'data-testid': 'ncr-actions' }, ncr.state === 'disposition_proposed'
         ? 'A QA approver approves or rejects the proposed disposition.'
@@ -155,6 +166,7 @@ export function mount(root, { session, params, navigate }) {
       onClick: () => (a.needsSignature ? dialog.open(ncr) : transition(ncr, a, group, reason, disposition)),
     }, a.label));
     group.append(
+      fourEyes ?? '',
       disposition ? field('Disposition to propose', disposition) : '',
       reason ? field('Reason', reason, 'Required to cancel, reopen or reject a disposition. Kept in the audit trail.') : '',
       h('div', { class: 'buttons' }, buttons),
@@ -291,6 +303,16 @@ export function mount(root, { session, params, navigate }) {
       await busy(form, () => sign(signing));
     });
 
+    /** Whether the NCR is no longer the version shown in the dialog (unknown: no). */
+    async function changedSince(ncr) {
+      try {
+        const now = await api.get(`/ncrs/${ncr.id}`);
+        return now.ncr.version !== ncr.version || now.ncr.state !== ncr.state;
+      } catch {
+        return false;
+      }
+    }
+
     async function sign(ncr) {
       // The version shown in the dialog goes with the signature: the server refuses (409) to
       // sign an NCR that changed since, so a signature never binds to content not read.
@@ -299,9 +321,12 @@ export function mount(root, { session, params, navigate }) {
         signature = await api.post(`/ncrs/${ncr.id}/signatures`, { password: password.value, meaning: 'approved', version: ncr.version });
       } catch (err) {
         password.value = '';
-        if (err instanceof ApiError && err.status === 409) {
+        // 409: the NCR changed since the dialog opened. A 422 may say the same (its disposition
+        // was rejected or the NCR cancelled meanwhile: the state is checked first), or be about
+        // the signature itself, which the dialog shows.
+        if (err instanceof ApiError && (err.status === 409 || (err.status === 422 && await changedSince(ncr)))) {
           element.close();
-          say(error, `NCR ${ncr.id} was changed by someone else while the signature dialog was open, so nothing was signed. Read the record again; approve it if it is still right.`);
+          say(error, `NCR ${ncr.id} was changed by someone else while the signature dialog was open, so nothing was signed. ${sentence(describeError(err))} Read the record again; approve it if it is still right.`);
           await Promise.all([loadNcr(ncr.id, { keepMessages: true }), loadList()]);
           return;
         }
@@ -313,8 +338,10 @@ export function mount(root, { session, params, navigate }) {
       try {
         await api.post(`/ncrs/${ncr.id}/transitions`, { action: 'approve', signature_id: signature.id });
       } catch (err) {
-        say(problem, `Your signature #${signature.id} was recorded, but the approval was refused: ${describeError(err)}`);
-        await loadNcr(ncr.id, { keepMessages: true });
+        // The dialog closes: signing again would only add another unused signature.
+        element.close();
+        say(error, `Your signature #${signature.id} was recorded, but the approval was refused. ${sentence(describeError(err))} Read the record again.`);
+        await Promise.all([loadNcr(ncr.id, { keepMessages: true }), loadList()]);
         return;
       }
       element.close();
@@ -342,7 +369,7 @@ export function mount(root, { session, params, navigate }) {
     const listEl = h('div', {});
     const problem = errorLine('lots-error');
     const done = statusLine('lots-message');
-    const lot = h('input', { required: true, maxlength: 256, autocomplete: 'off', 'data-testid': 'lot-hold-lot' });
+    const lot = h('input', { required: true, maxlength: MAX_LABEL, autocomplete: 'off', 'data-testid': 'lot-hold-lot' });
     const reason = h('input', { required: true, maxlength: 2000, autocomplete: 'off', 'data-testid': 'lot-hold-reason' });
     const holdForm = h('form', { class: 'stacked' }, field('Lot', lot), field('Reason', reason),
       h('button', { type: 'submit', 'data-testid': 'lot-hold-submit' }, 'Hold lot'));

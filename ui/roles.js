@@ -10,6 +10,8 @@ export const can = {
   inspectTasks: (role) => INSPECTING.includes(role),
   /** Decide a task escalated by an inspector: QA approvers only. */
   decideEscalated: (role) => role === 'qa_approver',
+  /** Release another inspector's claim on a task (with a reason). */
+  freeClaims: (role) => role === 'qa_approver',
   /** Hold a lot. */
   holdLot: (role) => INSPECTING.includes(role),
   /** Release a held lot for shipment. */

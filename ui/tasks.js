@@ -112,6 +112,11 @@ export function mount(root, { session, params, navigate }) {
     if (task.state === 'claimed' && task.claimed_by_username === session.username) {
       return ['confirm_defect', 'override_good', 'escalate', 'release'].map((a) => decisionButton(task, a));
     }
+    if (task.state === 'claimed' && can.freeClaims(session.role)) {
+      // Another inspector's claim: a QA approver hands it back (with a reason) so that the part
+      // does not wait on an absent inspector.
+      return [decisionButton(task, 'release')];
+    }
     if (task.state === 'escalated' && can.decideEscalated(session.role)) {
       return ['confirm_defect', 'override_good'].map((a) => decisionButton(task, a));
     }
@@ -132,7 +137,10 @@ export function mount(root, { session, params, navigate }) {
       return `Decided: ${TASK_STATE_LABELS[task.state].toLowerCase()}. The decision is final.`;
     }
     if (task.state === 'claimed' && task.claimed_by_username !== session.username) {
-      return `Claimed by ${task.claimed_by_username ?? 'another inspector'}: only they can decide it or release it.`;
+      const by = task.claimed_by_username ?? 'another inspector';
+      return can.freeClaims(session.role)
+        ? `Claimed by ${by}: only they can decide it. If they are away, release it to the queue with a reason.`
+        : `Claimed by ${by}: only they can decide it or release it.`;
     }
     return null;
   }
@@ -142,10 +150,13 @@ export function mount(root, { session, params, navigate }) {
   async function act(task, action) {
     say(message); say(error);
     const text = comment?.value.trim() ?? '';
-    if (DECISIONS[action]?.needsComment && !text) {
+    const freeing = action === 'release' && task.claimed_by_username !== session.username;
+    if ((DECISIONS[action]?.needsComment || freeing) && !text) {
       say(error, action === 'override_good'
         ? 'Write a comment: overriding a machine reject to good needs a reason on record.'
-        : 'Write a comment: say why the task goes to QA.');
+        : freeing
+          ? `Write a comment: say why you release the claim of ${task.claimed_by_username ?? 'another inspector'}.`
+          : 'Write a comment: say why the task goes to QA.');
       comment.focus();
       return;
     }
@@ -199,7 +210,9 @@ export function mount(root, { session, params, navigate }) {
         inspectionPanel(inspection, { testid: 'task-inspection' }),
         buttons.length || explain
           ? h('div', { class: 'decision', role: 'group', 'aria-label': 'Decision' },
-            comment ? field('Comment', comment, 'Required to override to good or to escalate. Kept in the audit trail.') : null,
+            comment ? field('Comment', comment, task.state === 'claimed' && task.claimed_by_username !== session.username
+              ? 'Required to release another inspector\'s claim. Kept in the audit trail.'
+              : 'Required to override to good or to escalate. Kept in the audit trail.') : null,
             explain ? h('p', { class: 'muted' }, explain) : null,
             buttons.length ? h('div', { class: 'buttons' }, buttons) : null)
           : null));

@@ -24,6 +24,8 @@ export const settings = {
   artifacts: required('LINESIGHT_ARTIFACTS'),
   testdata: required('LINESIGHT_TESTDATA'),
   modules: required('LINESIGHT_BROWSER_MODULES'),
+  /** The server's `quality.reinspection_cap`. */
+  reinspectionCap: Number(required('LINESIGHT_REINSPECTION_CAP')),
 };
 
 function user(role) {

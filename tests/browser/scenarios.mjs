@@ -352,3 +352,108 @@ scenario('(e) QA holds a lot; its release is refused while its NCR is open and a
     assert.equal(lot.released_by, users.qa.username);
   });
 });
+
+scenario('(f) QA frees an absent inspector\'s claim with a reason, is not offered to approve their own proposal, and is told when signing out fails', async () => {
+  const inspector = await Api.signIn(users.inspector);
+  const qa = await Api.signIn(users.qa);
+  const claimed = await uploadReject(inspector, { part_id: unique('PART-F'), lot: unique('LOT-F') });
+  await inspector.post(`/tasks/${claimed.task}/claim`);
+  // QA proposes a disposition itself: four eyes, so another QA approver must approve it.
+  const ncr = await inspector.post('/ncrs', {
+    lot: unique('LOT-F'),
+    title: 'Burr on inner edge',
+    description: 'Burrs found on the inner edge during secondary inspection.',
+  });
+  await inspector.post(`/ncrs/${ncr.id}/transitions`, { action: 'contain' });
+  await inspector.post(`/ncrs/${ncr.id}/transitions`, { action: 'investigate' });
+  await qa.post(`/ncrs/${ncr.id}/transitions`, { action: 'propose', disposition: 'scrap' });
+
+  await withPage(browser, 'f', async (page) => {
+    await signIn(page, users.qa, `#/tasks/${claimed.task}`);
+    await attributeIs(page, tid('task-state'), 'data-state', 'claimed');
+    assert.equal(await page.locator(tid('task-claimed-by')).textContent(), users.inspector.username);
+    // Only the claimant decides; QA may hand the task back, with a reason on record.
+    assert.equal(await page.locator(tid('task-confirm')).count(), 0);
+    await page.locator(tid('task-release')).click();
+    await page.locator(tid('task-error')).filter({ hasText: /comment/i }).waitFor();
+    assert.equal((await qa.get(`/tasks/${claimed.task}`)).task.state, 'claimed', 'nothing is sent without a reason');
+    const reason = `${users.inspector.username} is off shift; the part must not wait.`;
+    await page.locator(tid('task-comment')).fill(reason);
+    await page.locator(tid('task-release')).click();
+    await attributeIs(page, tid('task-state'), 'data-state', 'pending');
+    await snap(page, 'f-01-claim-freed-by-qa');
+    const freed = (await qa.get(`/tasks/${claimed.task}`)).task;
+    assert.equal(freed.state, 'pending');
+    assert.equal(freed.claimed_by, null);
+
+    await page.goto(`${settings.url}/ui/#/ncrs/${ncr.id}`);
+    await attributeIs(page, tid('ncr-state'), 'data-state', 'disposition_proposed');
+    await page.locator(tid('ncr-own-proposal')).waitFor();
+    assert.equal(await page.locator(tid('ncr-action-approve')).count(), 0, 'no approval of one\'s own proposal');
+    assert.equal(await page.locator(tid('ncr-action-reject_disposition')).count(), 1);
+    await snap(page, 'f-02-own-proposal');
+
+    // The server does not answer the sign-out: the session and its cookie stay, so the page
+    // says so and keeps the user signed in rather than leaving a signed-in terminal behind.
+    await page.route('**/api/v1/session', (route) => (route.request().method() === 'DELETE' ? route.abort() : route.continue()));
+    await page.locator(tid('sign-out')).click();
+    await page.locator(tid('sign-out-error')).filter({ hasText: /still signed in/ }).waitFor();
+    assert.ok(await page.locator(tid('app-header')).isVisible());
+    await snap(page, 'f-03-sign-out-failed');
+    await page.unroute('**/api/v1/session');
+    await page.locator(tid('sign-out')).click();
+    await page.locator(tid('login-notice')).filter({ hasText: 'signed out' }).waitFor();
+    await page.reload();
+    await page.locator(tid('login-form')).waitFor();
+  });
+});
+
+scenario('(g) a part found defective before and passed on re-test past its cap is not accepted, and the page says so', async () => {
+  const operator = await Api.signIn(users.operator);
+  const part = unique('PART-G');
+  const lot = unique('LOT-G');
+  // Rejected as often as the re-inspection cap allows secondary inspections.
+  for (let i = 0; i < settings.reinspectionCap; i += 1) await uploadReject(operator, { part_id: part, lot });
+
+  await withPage(browser, 'g', async (page) => {
+    await signIn(page, users.operator, '#/inspect');
+    await page.locator(tid('inspect-file')).setInputFiles(testImage('good/000.png'));
+    await page.locator(tid('inspect-part')).fill(part);
+    await page.locator(tid('inspect-lot')).fill(lot);
+    await page.locator(tid('inspect-submit')).click();
+    await attributeIs(page, tid('inspect-outcome'), 'data-state', 'good');
+    const refused = await page.locator(tid('inspect-task-refused')).textContent();
+    assert.match(refused, /not accepted/);
+    const raised = await page.locator(tid('inspect-ncr')).textContent();
+    assert.match(raised, /found defective before/);
+    assert.doesNotMatch(raised, /reject rate/);
+    await snap(page, 'g-01-retest-not-accepted');
+    const id = Number(await page.locator(tid('inspect')).getAttribute('data-inspection-id'));
+    const ncrs = (await operator.get(`/ncrs?lot=${encodeURIComponent(lot)}`));
+    assert.ok(JSON.stringify(ncrs).includes(`Part ${part} re-tested after rejection`), `an NCR for the part (inspection ${id})`);
+
+    // The inspection is recorded but its record cannot be read back: the page says it was
+    // recorded, so that the operator does not inspect the part again.
+    await page.route(/\/api\/v1\/inspections\/\d+$/, (route) => route.abort());
+    await page.locator(tid('inspect-submit')).click();
+    await page.locator(tid('inspect-error')).filter({ hasText: /was recorded.*Do not inspect the part again/ }).waitFor();
+    await page.locator(tid('inspect-outcome')).waitFor();
+    await snap(page, 'g-02-recorded-details-not-loaded');
+  });
+});
+
+scenario('(h) the line view\'s hour counts let inspections older than an hour go', async () => {
+  const api = await Api.signIn(users.inspector);
+  const camera = unique('cam-hour');
+  await api.upload('good/000.png', { part_id: unique('PART-H'), lot: unique('LOT-H'), camera });
+
+  await withPage(browser, 'h', async (page) => {
+    await page.clock.install();
+    await signIn(page, users.inspector, '#/line');
+    const total = `${tid('line-camera', { 'data-camera': camera })} ${tid('line-camera-total')}`;
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === '1', total);
+    await page.clock.fastForward(61 * 60 * 1000);
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === '0', total);
+    await snap(page, 'h-01-hour-passed');
+  });
+});
