@@ -4,6 +4,11 @@
 //! an in-process channel: it then shows the results of every instance that writes to the same
 //! database — `linesight run` on the line, `linesight serve` in the office, replicas on
 //! PostgreSQL — and a client that reconnects with `Last-Event-ID` misses nothing.
+//!
+//! An inspection's id is taken when its row is inserted, before its transaction commits, so on
+//! PostgreSQL with several writers a smaller id can appear after a larger one was sent. The
+//! ids skipped over are looked up again for a while ([`HOLE_WAIT`]) and sent when they appear,
+//! after newer ones; an event's id is always the newest sent, so a reconnection resumes there.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -35,6 +40,39 @@ const POLL: Duration = Duration::from_millis(500);
 /// How often a live stream checks that its caller is still signed in.
 const RECHECK: Duration = Duration::from_secs(5);
 const PAGE: i64 = 200;
+/// How long an id skipped over is looked for (a transaction that took an id commits within
+/// this, or rolled back and never will).
+const HOLE_WAIT: Duration = Duration::from_secs(10);
+/// Skipped ids looked for at most, the newest: out-of-order commits are of concurrent writers,
+/// close to the newest id (a sequence that jumped after a restart leaves a wide gap of ids that
+/// will never be used).
+const MAX_HOLES: usize = 64;
+
+/// Ids skipped over by the stream, with when they were first missed.
+#[derive(Default)]
+struct Holes(Vec<(i64, tokio::time::Instant)>);
+
+impl Holes {
+    /// `sent` was sent after `last` (the newest before it): the ids between are missing.
+    fn after(&mut self, last: i64, sent: i64) {
+        if sent <= last {
+            self.0.retain(|(id, _)| *id != sent);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let from = (last + 1).max(sent - MAX_HOLES as i64);
+        self.0.extend((from..sent).map(|id| (id, now)));
+        if self.0.len() > MAX_HOLES {
+            self.0.drain(..self.0.len() - MAX_HOLES);
+        }
+    }
+
+    /// The ids still worth looking for.
+    fn current(&mut self) -> Vec<i64> {
+        self.0.retain(|(_, since)| since.elapsed() < HOLE_WAIT);
+        self.0.iter().map(|(id, _)| *id).collect()
+    }
+}
 
 /// New inspections as they are recorded: events named `inspection`, the data an inspection
 /// (JSON), the event id its id.
@@ -63,9 +101,9 @@ pub(super) async fn events(
             state,
             start,
             Vec::<InspectionView>::new().into_iter(),
-            (caller, tokio::time::Instant::now()),
+            (caller, tokio::time::Instant::now(), Holes::default()),
         ),
-        |(state, mut last, mut pending, (caller, mut checked))| async move {
+        |(state, mut last, mut pending, (caller, mut checked, mut holes))| async move {
             let mut stopping = state.stopping.clone();
             loop {
                 // The stream ends with the credentials it was opened with: a signed-out or
@@ -82,16 +120,33 @@ pub(super) async fn events(
                     }
                 }
                 if let Some(view) = pending.next() {
-                    last = view.id;
+                    holes.after(last, view.id);
+                    last = last.max(view.id);
                     let event = Event::default()
                         .event("inspection")
-                        .id(view.id.to_string())
+                        .id(last.to_string())
                         .json_data(&view)
                         .unwrap_or_else(|_| Event::default().comment("unencodable inspection"));
-                    return Some((Ok(event), (state, last, pending, (caller, checked))));
+                    return Some((Ok(event), (state, last, pending, (caller, checked, holes))));
                 }
                 if *stopping.borrow() {
                     return None;
+                }
+                // Skipped ids whose transactions committed since.
+                let mut late = Vec::new();
+                for id in holes.current() {
+                    match state.store.inspection(id).await {
+                        Ok(record) => late.push(InspectionView::from(record)),
+                        Err(crate::store::StoreError::NotFound { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Live view: cannot read an inspection.");
+                            break;
+                        }
+                    }
+                }
+                if !late.is_empty() {
+                    pending = late.into_iter();
+                    continue;
                 }
                 let filter = InspectionFilter {
                     after_id: Some(last),
@@ -141,4 +196,29 @@ async fn latest_id(state: &ApiState) -> Result<i64, ApiError> {
         })
         .await?;
     Ok(newest.first().map_or(0, |r| r.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_skipped_over_are_looked_for_until_they_come_or_their_time_is_up() {
+        let mut holes = Holes::default();
+        holes.after(9, 10);
+        assert!(holes.current().is_empty(), "no gap");
+        holes.after(10, 13);
+        assert_eq!(holes.current(), [11, 12]);
+        // 12 committed late: sent after 13, no longer looked for.
+        holes.after(13, 12);
+        assert_eq!(holes.current(), [11]);
+        tokio::time::advance(HOLE_WAIT).await;
+        assert!(holes.current().is_empty(), "11 rolled back: given up");
+        // A sequence that jumped: only the newest ids below the jump are looked for.
+        holes.after(13, 1_000);
+        let looked_for = holes.current();
+        assert_eq!(looked_for.len(), MAX_HOLES);
+        assert_eq!(looked_for.first(), Some(&(1_000 - MAX_HOLES as i64)));
+        assert_eq!(looked_for.last(), Some(&999));
+    }
 }
