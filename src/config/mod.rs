@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ExecutionProvider, SessionOptions};
@@ -39,6 +40,47 @@ pub struct Settings {
     pub api: crate::api::ApiConfig,
 }
 
+/// The `LINESIGHT__SECTION__KEY` environment variables as figment's [`Env`] reads them, except
+/// that a value that would read as a number or a boolean stays the text it is: a lot, a line, a
+/// client id or a password may be all digits (`LINESIGHT__PIPELINE__DEFAULT_LOT=0012` is the lot
+/// "0012", not the number 12, nor a type error that prints the value). The settings are
+/// extracted lossily, so keys that take a number or a boolean read it from that text; lists and
+/// tables (`[a, b]`, `{k = v}`) are parsed as figment parses them.
+struct EnvText(Env);
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, text) in self.0.iter() {
+            let Ok(parsed) = text.parse::<Value>();
+            let value = match parsed {
+                Value::Num(..) | Value::Bool(..) => Value::from(text),
+                parsed => parsed,
+            };
+            if let Some(nested) = figment::util::nest(key.as_str(), value).into_dict() {
+                merge_into(&mut dict, nested);
+            }
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// `incoming` merged into `dict`, tables key by key (two variables of one section both count).
+fn merge_into(dict: &mut Dict, incoming: Dict) {
+    for (key, value) in incoming {
+        match (dict.get_mut(&key), value) {
+            (Some(Value::Dict(_, have)), Value::Dict(_, more)) => merge_into(have, more),
+            (_, value) => {
+                dict.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Configuration problems, all of them.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -63,8 +105,20 @@ impl Settings {
                 figment.merge(Toml::file_exact(path))
             };
         }
-        figment = figment.merge(Env::prefixed("LINESIGHT__").split("__"));
-        let settings: Settings = match figment.extract() {
+        figment = figment.merge(EnvText(Env::prefixed("LINESIGHT__").split("__")));
+        // A file that does not parse would fail every section alike: said once, naming it.
+        if let Err(unreadable) = figment.data() {
+            let file = file.map_or_else(String::new, |p| format!("{}: ", p.display()));
+            return Err(ConfigError {
+                problems: unreadable
+                    .into_iter()
+                    .map(|e| format!("{file}{e}"))
+                    .collect(),
+            });
+        }
+        // Lossy: a key that takes a number or a boolean also reads it from text, which is how
+        // `EnvText` hands over the environment's values.
+        let settings: Settings = match figment.extract_lossy() {
             Ok(settings) => settings,
             Err(e) => return Err(Self::every_problem(&figment, e)),
         };
@@ -84,7 +138,7 @@ impl Settings {
                 // The sections read, for the unknown-section check below.
                 const SECTIONS: &[&str] = &[$(stringify!($field)),+];
                 $(
-                match figment.extract_inner(stringify!($field)) {
+                match figment.extract_inner_lossy(stringify!($field)) {
                     Ok(value) => partial.$field = value,
                     Err(e) => {
                         failed.push(stringify!($field));
@@ -195,6 +249,21 @@ impl Settings {
             &self.pipeline,
             &self.cameras,
         ));
+        if let (Some(pipeline), Some(api)) = (&self.pipeline.listen, &self.api.listen)
+            && let (Ok(p), Ok(a)) = (
+                pipeline.parse::<std::net::SocketAddr>(),
+                api.parse::<std::net::SocketAddr>(),
+            )
+            && p.port() == a.port()
+            && p.port() != 0
+            && (p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            // `linesight run` binds both; the second bind would fail after the models loaded
+            // and the cameras started.
+            problems.push(format!(
+                "pipeline.listen = {pipeline:?} and api.listen = {api:?} take the same port: give each its own"
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -320,6 +389,70 @@ mod tests {
             assert_eq!(err.problems.len(), 2, "each once: {text}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn environment_values_that_look_like_numbers_are_text_where_text_is_wanted() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LINESIGHT__PIPELINE__DEFAULT_LOT", "0012");
+            jail.set_env("LINESIGHT__PIPELINE__LINE", "4711");
+            jail.set_env("LINESIGHT__OUTBOX__MQTT__USERNAME", "true");
+            jail.set_env("LINESIGHT__OUTBOX__MQTT__PASSWORD", "12345678");
+            jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "4");
+            jail.set_env("LINESIGHT__INFERENCE__INTRA_OP_SPINNING", "false");
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.pipeline.default_lot, "0012", "leading zeros kept");
+            assert_eq!(s.pipeline.line, "4711");
+            let mqtt = s.outbox.mqtt.as_ref().expect("set by its variables");
+            assert_eq!(mqtt.username.as_deref(), Some("true"));
+            assert_eq!(mqtt.password.as_deref(), Some("12345678"));
+            assert_eq!(s.pipeline.batch_size, 4, "numbers still read as numbers");
+            assert!(!s.inference.intra_op_spinning);
+            jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "four");
+            let err = Settings::load(None).unwrap_err();
+            let text = err.to_string();
+            assert!(text.to_lowercase().contains("batch_size"), "{text}");
+            assert!(
+                !text.contains("12345678"),
+                "a password is never printed: {text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_pipeline_and_the_api_cannot_listen_on_one_port() {
+        let mut s = Settings::default();
+        s.pipeline.listen = Some("127.0.0.1:8090".into());
+        s.api.listen = Some("0.0.0.0:8090".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("take the same port"), "{err}");
+        s.api.listen = Some("0.0.0.0:8080".into());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_reported_once() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "broken.toml",
+                "[pipeline]
+line = \"x\n",
+            )?;
+            let err = Settings::load(Some(Path::new("broken.toml"))).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert!(err.to_string().contains("broken.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_in_the_store_url_query_are_not_shown() {
+        let mut s = Settings::default();
+        s.store.url = Some("postgres://app@db/q?sslmode=require&password=hunter22".into());
+        let shown = s.to_toml();
+        assert!(!shown.contains("hunter22"), "{shown}");
+        assert!(shown.contains("password=***"), "{shown}");
     }
 
     #[test]

@@ -142,17 +142,58 @@ fn valid_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The URL with any password replaced by `***`. The credentials end at the last `@`: a
-/// password typed with an unescaped `@` is hidden whole (a path holding `@` is hidden with it,
-/// which errs on the safe side).
+/// The URL with every secret in it replaced by `***`: the password of its credentials, and the
+/// value of each query parameter whose name says it holds one (`?password=`, `sslpassword`,
+/// `token`, …; PostgreSQL and RTSP servers take them there too). A connection string in
+/// PostgreSQL's `key=value` form has its secret values hidden the same way. The credentials
+/// end at the last `@`: a password typed with an unescaped `@` is hidden whole (a path or
+/// query holding `@` is hidden with it, which errs on the safe side).
 pub fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.rsplit_once('@')
-        && let Some((user, _password)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        if url.contains('=') && !url.starts_with("sqlite:") {
+            // `host=db user=app password=…`
+            return url
+                .split(' ')
+                .map(|word| redact_pair(word, '='))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        return url.to_owned();
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => (format!("{user}:***@"), host),
+            None => (format!("{userinfo}@"), host),
+        },
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query.split('&').map(|p| redact_pair(p, '=')).collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{credentials}{rest}")
+}
+
+/// `key=value` with the value hidden when the key names a secret.
+fn redact_pair(pair: &str, separator: char) -> String {
+    match pair.split_once(separator) {
+        Some((key, _value)) if names_a_secret(key) => format!("{key}{separator}***"),
+        _ => pair.to_owned(),
     }
-    url.to_owned()
+}
+
+/// Whether a parameter of this name holds a secret (`password`, `sslpassword`, `passwd`,
+/// `pwd`, `secret`, `token`, `access_token`, `auth`, `api_key`, …).
+fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+        // File paths of keys, not keys.
+        && !matches!(key.as_str(), "sslkey" | "sslrootcert" | "sslcert")
 }
 
 /// Which database holds the records.
@@ -684,6 +725,27 @@ mod tests {
         assert_eq!(
             redact("rtsp://admin:p@ss:w/rd@10.0.0.7:554/stream1"),
             "rtsp://admin:***@10.0.0.7:554/stream1"
+        );
+        // Secrets in the query, and in PostgreSQL's key=value form.
+        assert_eq!(
+            redact("postgres://app@db:5432/q?sslmode=require&password=hunter22&sslkey=/k.pem"),
+            "postgres://app@db:5432/q?sslmode=require&password=***&sslkey=/k.pem"
+        );
+        assert_eq!(
+            redact("rtsp://10.0.0.7/stream1?user=admin&PWD=1234&channel=1"),
+            "rtsp://10.0.0.7/stream1?user=admin&PWD=***&channel=1"
+        );
+        assert_eq!(
+            redact("postgres://a:b@db/q?sslpassword=x"),
+            "postgres://a:***@db/q?sslpassword=***"
+        );
+        assert_eq!(
+            redact("host=db user=app password=hunter22 dbname=q"),
+            "host=db user=app password=*** dbname=q"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/x.db?mode=rwc"),
+            "sqlite:///var/lib/x.db?mode=rwc"
         );
         let cfg = StoreConfig {
             url: Some("mysql://x".into()),
