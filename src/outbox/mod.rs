@@ -519,33 +519,109 @@ fn spawn_sinks(
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if config.mqtt.is_some() {
-        let (store, config, rx) = (store.clone(), config.clone(), rx.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = run_mqtt(store, config, rx).await {
-                tracing::error!(error = %e, "MQTT event delivery stopped.");
-            }
-        }));
+        let (store, config, stop) = (store.clone(), config.clone(), rx.clone());
+        tasks.push(tokio::spawn(keep_delivering(
+            "MQTT event delivery",
+            rx.clone(),
+            move || run_mqtt(store.clone(), config.clone(), stop.clone()),
+        )));
     }
     if config.upload.is_some() {
-        let (store, config) = (store.clone(), config.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = run_upload(store, config, image_dir, state_dir, rx).await {
-                tracing::error!(error = %e, "Sample upload stopped.");
-            }
-        }));
+        let (store, config, stop) = (store.clone(), config.clone(), rx.clone());
+        tasks.push(tokio::spawn(keep_delivering(
+            "Sample upload",
+            rx,
+            move || {
+                run_upload(
+                    store.clone(),
+                    config.clone(),
+                    image_dir.clone(),
+                    state_dir.clone(),
+                    stop.clone(),
+                )
+            },
+        )));
     }
     (stop, tasks)
+}
+
+/// How long a sink that failed waits before it starts again.
+const SINK_RESTART: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a sink until `stop`. A sink that fails (its TLS files became unreadable, its state
+/// folder unwritable) starts again after [`SINK_RESTART`]: this instance holds the delivery
+/// lease, so no other would deliver in its place, and what waits in the outbox goes out once
+/// the cause is fixed.
+async fn keep_delivering<F, Fut>(
+    what: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut start: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), OutboxError>>,
+{
+    while !*stop.borrow() {
+        let Err(e) = start().await else { return };
+        tracing::error!(
+            error = %e,
+            retry_in_s = SINK_RESTART.as_secs(),
+            "{what} stopped; it starts again shortly."
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(SINK_RESTART) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_sink_starts_again_until_it_ends_or_is_stopped() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        // Fails twice (its certificate missing), then runs to its end.
+        tokio::time::timeout(
+            SINK_RESTART * 3,
+            keep_delivering("test sink", rx, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Err(OutboxError::Tls("ca.pem: no such file".into()))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("ends once the sink ends");
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+
+        // A stop while it waits to start again ends it at once.
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let waiting = tokio::spawn(keep_delivering("test sink", rx, || async {
+            Err(OutboxError::Tls("ca.pem: no such file".into()))
+        }));
+        tokio::time::sleep(SINK_RESTART / 2).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_millis(10), waiting)
+            .await
+            .expect("stopped at once")
+            .unwrap();
+    }
+
     #[test]
     fn secrets_are_redacted_and_problems_name_their_keys() {
         let c = OutboxConfig {
             max_bytes: 10,
             mqtt: Some(MqttOutConfig {
+                username: Some("line3".into()),
                 password: Some("hunter22".into()),
                 ..MqttOutConfig::default()
             }),

@@ -117,12 +117,36 @@ impl MqttOutConfig {
                 self.keep_alive_s
             ));
         }
-        if let Some(t) = &self.tls
-            && t.client_cert_file.is_some() != t.client_key_file.is_some()
-        {
+        if self.password.is_some() && self.username.is_none() {
             p.push(
-                "outbox.mqtt.tls: set both client_cert_file and client_key_file, or neither".into(),
+                "outbox.mqtt.password is set without outbox.mqtt.username: MQTT sends a password only with a user name".into(),
             );
+        }
+        if let Some(t) = &self.tls {
+            if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+                p.push(
+                    "outbox.mqtt.tls: set both client_cert_file and client_key_file, or neither"
+                        .into(),
+                );
+            }
+            // Read when delivery starts; missing, they would stop it long after start-up.
+            for (key, path) in [
+                ("outbox.mqtt.tls.ca_file", Some(&t.ca_file)),
+                (
+                    "outbox.mqtt.tls.client_cert_file",
+                    t.client_cert_file.as_ref(),
+                ),
+                (
+                    "outbox.mqtt.tls.client_key_file",
+                    t.client_key_file.as_ref(),
+                ),
+            ] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    p.push(format!("{key} = {}: no such file", path.display()));
+                }
+            }
         }
         p
     }
@@ -512,5 +536,28 @@ mod tests {
         let p = c.problems();
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].contains("outbox.mqtt.topic_prefix"));
+    }
+
+    #[test]
+    fn missing_tls_files_and_a_password_without_user_are_problems() {
+        let c = MqttOutConfig {
+            password: Some("secret".into()),
+            tls: Some(MqttTlsConfig {
+                ca_file: "/nonexistent/ca.pem".into(),
+                client_cert_file: Some("/nonexistent/cert.pem".into()),
+                client_key_file: Some("/nonexistent/key.pem".into()),
+            }),
+            ..MqttOutConfig::default()
+        };
+        let p = c.problems().join("\n");
+        for key in [
+            "outbox.mqtt.password is set without outbox.mqtt.username",
+            "outbox.mqtt.tls.ca_file = /nonexistent/ca.pem: no such file",
+            "outbox.mqtt.tls.client_cert_file = /nonexistent/cert.pem",
+            "outbox.mqtt.tls.client_key_file = /nonexistent/key.pem",
+        ] {
+            assert!(p.contains(key), "{key} missing from\n{p}");
+        }
+        assert!(!p.contains("secret"), "{p}");
     }
 }
