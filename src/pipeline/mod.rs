@@ -216,6 +216,13 @@ pub enum CameraHealth {
         failures: u32,
         retry_in_ms: u64,
     },
+    /// A grab has not returned for longer than `pipeline.probe_interval_ms` (and the trigger
+    /// deadline): the camera is there but delivers nothing. Triggers are answered busy until
+    /// a grab returns.
+    Stalled {
+        /// When the grab started, RFC 3339 UTC.
+        since: String,
+    },
     /// The source has no more frames (a folder replayed once).
     Finished,
     Stopped,
@@ -409,6 +416,31 @@ fn trigger_result(
             total_ms: ms(pending.fired_at.elapsed()),
             ..PipelineTimings::default()
         },
+        batch_size: 0,
+    }
+}
+
+/// The answer of frame `sequence` of a camera without a trigger, which failed before it was a
+/// frame (`origin`: its file, when it came from one).
+fn frame_result(
+    camera: &str,
+    sequence: u64,
+    origin: String,
+    recipe: Option<String>,
+    outcome: Outcome,
+) -> InspectionResult {
+    InspectionResult {
+        camera: camera.to_string(),
+        sequence,
+        trigger_id: None,
+        part_id: None,
+        lot: None,
+        recipe,
+        frame_time: rfc3339(SystemTime::now()),
+        origin,
+        outcome,
+        model: None,
+        timings: PipelineTimings::default(),
         batch_size: 0,
     }
 }
@@ -1354,7 +1386,30 @@ async fn run_actions(
 }
 
 /// A frame grabbed and, when it is to be inspected, prepared for its model (or why not).
-type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>, String>;
+type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>, GrabFailed>;
+
+/// Why a grab brought no frame.
+#[derive(Debug)]
+struct GrabFailed {
+    message: String,
+    /// Only this frame failed ([`crate::source::SourceError::is_bad_frame`]).
+    bad_frame: bool,
+    /// The file the bad frame came from, if any.
+    origin: String,
+}
+
+impl GrabFailed {
+    fn of(error: &crate::source::SourceError) -> GrabFailed {
+        GrabFailed {
+            message: error.to_string(),
+            bad_frame: error.is_bad_frame(),
+            origin: match error {
+                crate::source::SourceError::Decode { path, .. } => path.display().to_string(),
+                _ => String::new(),
+            },
+        }
+    }
+}
 
 /// Grabs one frame on a blocking thread and prepares it for `input` (none: the frame is
 /// skipped, only counted); gives the source back. Returns the capture time alone
@@ -1373,7 +1428,7 @@ async fn grab(
             Ok(())
         }
         .and_then(|()| source.next_frame())
-        .map_err(|e| e.to_string());
+        .map_err(|e| GrabFailed::of(&e));
         let capture_ms = ms(start.elapsed());
         let result = result.map(|frame| {
             frame.map(|mut captured| {
@@ -1399,7 +1454,15 @@ async fn grab(
         // A panicking driver must not take the pipeline down. The source went down with its
         // thread; a fresh one from the camera's configuration takes its place and is opened
         // by the reopening that follows the error.
-        Err(e) => (fresh(), Err(format!("source panicked: {e}")), 0.0),
+        Err(e) => (
+            fresh(),
+            Err(GrabFailed {
+                message: format!("source panicked: {e}"),
+                bad_frame: false,
+                origin: String::new(),
+            }),
+            0.0,
+        ),
     }
 }
 
@@ -1475,7 +1538,9 @@ async fn run_camera(
     let mut failures = 0u32;
     let mut interval = (config.fps > 0.0).then(|| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / config.fps));
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // A grab slower than the period delays the next one by what it overran, rather than
+        // skipping a whole period (which would halve the rate of a camera just short of it).
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
     let mut sequence = 0u64;
@@ -1500,12 +1565,12 @@ async fn run_camera(
     // so until a grab succeeds again a passing check does not report the camera running.
     let mut grab_failed = false;
     let mut ever_running = false;
-    let final_health = loop {
+    let final_health = 'camera: loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
         }
         // Free-run: pace. Triggered: wait for a trigger, checking the device meanwhile.
-        let pending = match triggers.as_mut() {
+        let mut pending = match triggers.as_mut() {
             Some(rx) => tokio::select! {
                 biased;
                 _ = shutdown.changed() => break CameraHealth::Stopped,
@@ -1651,25 +1716,112 @@ async fn run_camera(
             &fresh,
         );
         tokio::pin!(grabbing);
-        let (back, grabbed, capture_ms) = tokio::select! {
-            done = &mut grabbing => done,
-            _ = shutdown.changed() => {
-                if let Some(p) = pending {
+        // A grab that does not return is watched (a USB camera that stopped sending but is
+        // still there: its driver waits without end). Its trigger is answered late at its
+        // deadline, as inference would answer the frame; past `stall_after` the camera shows
+        // `stalled` and the triggers that come meanwhile are answered busy at once, until a
+        // grab returns. A line-triggered camera's grab waits for the next pulse: not watched.
+        let grab_started = tokio::time::Instant::now();
+        let deadline_at = pending.as_ref().map(|p| p.fired_at + trigger_deadline);
+        let stall_after = probe_interval.max(trigger_deadline);
+        let mut stalled = false;
+        let mut triggers_open = true;
+        // The grab's trigger was answered while it waited: its frame, when it comes, is dropped.
+        let mut answered_meanwhile = false;
+        let (back, grabbed, capture_ms) = loop {
+            tokio::select! {
+                done = &mut grabbing => break done,
+                _ = shutdown.changed() => {
+                    if let Some(p) = pending {
+                        let result = trigger_result(
+                            &id,
+                            &p,
+                            choice.recipe,
+                            Outcome::Busy {
+                                reason: "the pipeline stopped while the camera was waiting for a frame".into(),
+                            },
+                        );
+                        shared.record(result).await;
+                    }
+                    tracing::info!(camera = %id, "Stopped during a grab; the camera is released when its grab returns.");
+                    break 'camera CameraHealth::Stopped;
+                }
+                () = tokio::time::sleep_until(deadline_at.unwrap_or(grab_started)),
+                    if deadline_at.is_some() && pending.is_some() =>
+                {
+                    let p = pending.take().expect("checked by the branch's condition");
+                    answered_meanwhile = true;
                     let result = trigger_result(
                         &id,
                         &p,
-                        choice.recipe,
-                        Outcome::Busy {
-                            reason: "the pipeline stopped while the camera was waiting for a frame".into(),
+                        choice.recipe.clone(),
+                        Outcome::Late {
+                            reason: format!(
+                                "no frame from the camera within the trigger deadline of {} ms",
+                                shared.config.trigger_deadline_ms
+                            ),
+                            waited_ms: ms(p.fired_at.elapsed()),
                         },
                     );
                     shared.record(result).await;
                 }
-                tracing::info!(camera = %id, "Stopped during a grab; the camera is released when its grab returns.");
-                break CameraHealth::Stopped;
+                () = tokio::time::sleep_until(grab_started + stall_after),
+                    if !stalled && !each_frame_a_part =>
+                {
+                    stalled = true;
+                    if let Some(c) = counters {
+                        c.source_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(camera = %id, waited_ms = stall_after.as_millis() as u64, "Camera delivers no frame; its grab has not returned.");
+                    let now = SystemTime::now();
+                    shared.set_health(
+                        &id,
+                        CameraHealth::Stalled {
+                            since: rfc3339(now.checked_sub(stall_after).unwrap_or(now)),
+                        },
+                    );
+                }
+                t = async {
+                    match triggers.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if stalled && triggers_open => {
+                    // Closed: the pipeline is stopping (the shutdown branch follows).
+                    let Some(t) = t else {
+                        triggers_open = false;
+                        continue;
+                    };
+                    let result = trigger_result(
+                        &id,
+                        &t,
+                        None,
+                        Outcome::Busy {
+                            reason: format!(
+                                "camera {id} delivers no frames: its grab has not returned for over {} ms",
+                                stall_after.as_millis()
+                            ),
+                        },
+                    );
+                    shared.record(result).await;
+                }
             }
         };
+        if stalled {
+            tracing::info!(camera = %id, "Camera delivers frames again.");
+        }
         source = Some(back);
+        let delivered_a_frame = match &grabbed {
+            Ok(Some(_)) => true,
+            Err(f) => f.bad_frame,
+            Ok(None) => false,
+        };
+        if answered_meanwhile && delivered_a_frame {
+            // The frame of a trigger answered late meanwhile shows a part that moved on. The
+            // camera delivers (a failed grab, or a finished source, goes on below).
+            shared.set_health(&id, CameraHealth::Running);
+            continue;
+        }
         shared.metrics.observe_ms("capture", capture_ms);
         match grabbed {
             Ok(Some((captured, prepared))) => {
@@ -1740,7 +1892,32 @@ async fn run_camera(
                 tracing::info!(camera = %id, frames = sequence, "Source finished.");
                 break CameraHealth::Finished;
             }
-            Err(error) => {
+            Err(failed) if failed.bad_frame => {
+                // The device delivered and this frame cannot be used (a file or frame that does
+                // not decode, an incomplete GigE exposure): the frame (or its trigger) gets an
+                // error result, and the camera, which is not lost, goes on with the next.
+                if let Some(c) = counters {
+                    c.source_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                sequence += 1;
+                if pending.is_none() {
+                    delivered += 1;
+                }
+                if !inspect {
+                    // A free-run frame past `every_nth`: it would not have been inspected.
+                    continue;
+                }
+                tracing::warn!(camera = %id, error = %failed.message, "Frame unusable; answered as an error.");
+                let outcome = Outcome::Error {
+                    message: format!("capture failed: {}", failed.message),
+                };
+                let result = match &pending {
+                    Some(p) => trigger_result(&id, p, choice.recipe, outcome),
+                    None => frame_result(&id, sequence, failed.origin, choice.recipe, outcome),
+                };
+                shared.record(result).await;
+            }
+            Err(GrabFailed { message: error, .. }) => {
                 failures += 1;
                 if let Some(c) = counters {
                     c.source_errors.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! Folder replay: the images of a folder, in path order, once or in a loop.
 //!
-//! The listing is taken when the source opens (and again on reopen), so files added later are
-//! seen after a reopen. A file that cannot be read or decoded is a failed grab: the pipeline
-//! records it and the next grab moves on to the next file.
+//! The listing is taken when the source opens (and again on reopen, which goes on after the file
+//! replayed last), so files added later are seen after a reopen. A file that does not decode is
+//! a bad frame: the pipeline answers it with an error and the next grab moves on to the next
+//! file. A file that cannot be read (gone) fails the grab: the folder is listed again.
 //!
 //! With a preload budget (`preload_mib`), the images are decoded once when the source opens and
 //! replayed from memory: each grab then costs a copy of the pixels, as a camera's raw frame
@@ -50,10 +51,22 @@ fn list(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
         .follow_links(true)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| SourceError::ListFolder {
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // The folder itself cannot be read: the source fails (and is reopened later).
+            Err(e) if e.depth() == 0 => {
+                return Err(SourceError::ListFolder {
+                    path: root.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+            // One entry in it cannot (a dangling link, an unreadable subfolder such as a
+            // disk's lost+found): the rest is replayed.
+            Err(e) => {
+                tracing::warn!(folder = %root.display(), error = %e, "Folder entry skipped.");
+                continue;
+            }
+        };
         let is_image = entry
             .path()
             .extension()
@@ -175,6 +188,17 @@ impl FrameSource for FolderSource {
             }
             self.next = 0;
         }
+        if let Some(limit) = self.preload_limit
+            && self.preloaded.len() != self.files.len()
+        {
+            // The last listing did not fit the budget (`load` failed): no silent replay from
+            // the disk; the reopen after this error lists and loads again.
+            return Err(SourceError::PreloadBudget {
+                path: self.root.clone(),
+                files: self.files.len(),
+                limit_mib: limit >> 20,
+            });
+        }
         let index = self.next;
         self.next += 1;
         if let Some(Some(held)) = self.preloaded.get(index) {
@@ -217,10 +241,19 @@ impl FrameSource for FolderSource {
         }
     }
 
+    /// Lists the folder again and goes on after the file replayed last, found by its path: files
+    /// removed or added meanwhile (before or after it) neither skip nor repeat any.
     fn reopen(&mut self) -> Result<(), SourceError> {
-        let position = self.next;
+        let last = self
+            .next
+            .checked_sub(1)
+            .and_then(|i| self.files.get(i))
+            .cloned();
         self.files = list(&self.root)?;
-        self.next = position.min(self.files.len());
+        self.next = match &last {
+            Some(last) => self.files.partition_point(|f| f <= last),
+            None => 0,
+        };
         self.load()
     }
 }
@@ -372,5 +405,57 @@ mod tests {
             }
         }
         assert_eq!(pixels, [7, 7], "b.png still fails at its turns");
+    }
+
+    #[test]
+    fn a_reopen_goes_on_after_the_file_replayed_last() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("a.png", 1), ("b.png", 2), ("c.png", 3), ("d.png", 4)] {
+            png(&dir.path().join(name), value);
+        }
+        let mut source =
+            FolderSource::open(dir.path().into(), false, DecodeLimits::default()).unwrap();
+        let pixel = |s: &mut FolderSource| s.next_frame().unwrap().map(|f| f.image[(0, 0)][0]);
+        assert_eq!(pixel(&mut source), Some(1));
+        assert_eq!(pixel(&mut source), Some(2));
+        // Files replayed are removed and one is added before them: c comes next all the same.
+        std::fs::remove_file(dir.path().join("a.png")).unwrap();
+        std::fs::remove_file(dir.path().join("b.png")).unwrap();
+        png(&dir.path().join("0.png"), 9);
+        source.reopen().unwrap();
+        assert_eq!(pixel(&mut source), Some(3));
+        assert_eq!(pixel(&mut source), Some(4));
+        assert_eq!(pixel(&mut source), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_link_in_the_folder_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a.png"), 1);
+        std::os::unix::fs::symlink("/nonexistent/z.png", dir.path().join("z.png")).unwrap();
+        let mut source =
+            FolderSource::open(dir.path().into(), false, DecodeLimits::default()).unwrap();
+        assert_eq!(source.files().len(), 1);
+        assert!(source.next_frame().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_preloaded_folder_over_its_budget_after_a_reopen_does_not_replay_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a.png"), 1);
+        let mut source = FolderSource::open(dir.path().into(), true, DecodeLimits::default())
+            .unwrap()
+            .preload(1)
+            .unwrap();
+        assert!(source.next_frame().unwrap().is_some());
+        // 600 × 600 RGB is about 1.03 MiB: the folder no longer fits the budget.
+        image::RgbImage::new(600, 600)
+            .save(dir.path().join("big.png"))
+            .unwrap();
+        let err = source.reopen().unwrap_err();
+        assert!(err.to_string().contains("preload_mib = 1 MiB"), "{err}");
+        let err = source.next_frame().unwrap_err();
+        assert!(err.to_string().contains("preload_mib = 1 MiB"), "{err}");
     }
 }

@@ -15,7 +15,10 @@
 //!
 //! Invariants: a camera that is absent, vanishes or stops delivering within `frame_timeout_ms`
 //! (free-run, software) is a [`SourceError::Device`] naming the camera, so the pipeline reopens
-//! it with back-off; incomplete frames (lost packets) are skipped, never inspected.
+//! it with back-off; incomplete frames (lost packets) are never inspected: in free-run they are
+//! skipped (the next frame comes), with a software or line trigger each is an exposure of a part,
+//! so it is a [`SourceError::BadFrame`] naming its frame id, which the pipeline answers as that
+//! part's error without reopening the camera.
 
 use serde::{Deserialize, Serialize};
 
@@ -324,6 +327,13 @@ mod device {
             }
         }
 
+        fn bad_frame(&self, message: impl Into<String>) -> SourceError {
+            SourceError::BadFrame {
+                source_name: self.name(),
+                message: message.into(),
+            }
+        }
+
         fn start(&mut self) -> Result<(), SourceError> {
             self.open = None;
             let c = &self.config;
@@ -466,12 +476,19 @@ mod device {
             }
         }
 
-        /// The buffer as a frame; `None` for an incomplete one (skipped and counted in logs).
+        /// The buffer as a frame; `None` for an incomplete one in free-run (skipped, in the
+        /// log), a bad frame with a trigger (that exposure was a part).
         fn convert(&self, open: &Open, buffer: &Buffer) -> Result<Option<Captured>, SourceError> {
             let status = buffer.status();
             if status != BufferStatus::Success {
-                tracing::warn!(camera = %open.id, ?status, frame_id = buffer.frame_id(), "Incomplete GigE frame skipped.");
-                return Ok(None);
+                if self.config.trigger == GigeTrigger::FreeRun {
+                    tracing::warn!(camera = %open.id, ?status, frame_id = buffer.frame_id(), "Incomplete GigE frame skipped.");
+                    return Ok(None);
+                }
+                return Err(self.bad_frame(format!(
+                    "frame {} arrived incomplete ({status:?}): packets lost on the network",
+                    buffer.frame_id()
+                )));
             }
             let raw = buffer.image_pixel_format();
             let format = pixel_format_of(raw).ok_or_else(|| {
@@ -487,7 +504,7 @@ mod device {
                 height.max(0) as u32,
                 &buffer.image_data(),
             )
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.bad_frame(e))?;
             // The host's reception time; the camera's own clock goes into the origin.
             let received_ns = buffer.system_timestamp();
             let captured_at = if received_ns > 0 {

@@ -87,6 +87,24 @@ pub enum SourceError {
         source_name: String,
         message: String,
     },
+    /// The device delivered a frame that cannot be used (an incomplete GigE buffer, a corrupt
+    /// MJPEG frame): that frame fails, the device is not lost.
+    #[error("{source_name}: {message}")]
+    BadFrame {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// Whether only this frame failed (a file or frame that does not decode): the pipeline
+    /// answers it with an error and goes on with the next one, without reopening the source.
+    pub fn is_bad_frame(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Decode { .. } | SourceError::BadFrame { .. }
+        )
+    }
 }
 
 /// Something that yields frames. Calls block; the pipeline keeps them off the async runtime.

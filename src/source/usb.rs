@@ -407,7 +407,10 @@ mod device {
                 frame.buffer(),
                 &self.limits,
             )
-            .map_err(|e| self.error(e))?;
+            .map_err(|message| SourceError::BadFrame {
+                source_name: format!("usb {}", self.config.device),
+                message,
+            })?;
             Ok(Some(Captured {
                 image,
                 captured_at,

@@ -506,6 +506,98 @@ async fn shutdown_does_not_wait_for_a_grab_in_progress() {
     release.send(()).ok();
 }
 
+/// Delivers one washer, then its next grab waits until `gate` opens (a USB camera that stops
+/// sending while it stays plugged in: the driver waits without end); delivers from then on.
+struct Stalling {
+    delivered: u64,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl FrameSource for Stalling {
+    fn describe(&self) -> String {
+        "stalling".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        if self.delivered == 1
+            && let Some(gate) = self.gate.take()
+        {
+            let _ = gate.recv();
+        }
+        self.delivered += 1;
+        Ok(Some(Captured {
+            image: render(3, self.delivered, PartKind::Good),
+            captured_at: SystemTime::now(),
+            origin: format!("stalling:{}", self.delivered),
+        }))
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// A camera whose grab does not return: its trigger is answered late at the deadline, health
+/// says `stalled`, triggers meanwhile are answered busy at once; once it delivers again, the
+/// stale frame is dropped and the next trigger is inspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_whose_grab_does_not_return_is_reported_and_its_triggers_answered() {
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            trigger_deadline_ms: 300,
+            probe_interval_ms: 600,
+            ..PipelineConfig::default()
+        },
+        vec![Camera {
+            config: camera("usb", synthetic(None), TriggerMode::Triggered),
+            source: Box::new(Stalling {
+                delivered: 0,
+                gate: Some(gate),
+            }),
+        }],
+    )
+    .await;
+    let status = pipeline.status();
+    let triggers = pipeline.triggers();
+    let answer = |n: usize| {
+        let sink = sink.clone();
+        async move {
+            wait_for(&sink, n).await;
+            let results = sink.results();
+            assert_eq!(results.len(), n, "{results:?}");
+            results[n - 1].clone()
+        }
+    };
+    triggers.fire(trigger("usb", 1)).await.unwrap();
+    assert_eq!(answer(1).await.status(), "inspected");
+    triggers.fire(trigger("usb", 2)).await.unwrap();
+    let late = answer(2).await;
+    assert_eq!(late.status(), "late", "{late:?}");
+    assert_eq!(late.part_id.as_deref(), Some("part-2"));
+    health_becomes(&status, "usb", "stalled", &|h| {
+        matches!(h, CameraHealth::Stalled { .. })
+    })
+    .await;
+    triggers.fire(trigger("usb", 3)).await.unwrap();
+    let busy = answer(3).await;
+    assert_eq!(busy.status(), "busy", "{busy:?}");
+    let Outcome::Busy { reason } = &busy.outcome else {
+        unreachable!()
+    };
+    assert!(reason.contains("delivers no frames"), "{reason}");
+
+    open_gate.send(()).unwrap();
+    health_becomes(&status, "usb", "running again", &|h| {
+        matches!(h, CameraHealth::Running)
+    })
+    .await;
+    triggers.fire(trigger("usb", 4)).await.unwrap();
+    let inspected = answer(4).await;
+    assert_eq!(inspected.status(), "inspected", "{inspected:?}");
+    assert_eq!(inspected.part_id.as_deref(), Some("part-4"));
+    pipeline.shutdown().await;
+    assert_eq!(sink.results().len(), 4, "the stale frame is not a result");
+}
+
 /// Fails `failures` times (grab, then reopen), then delivers `frames` washers and finishes.
 struct Flaky {
     failures: u32,
@@ -580,6 +672,59 @@ async fn triggered_cameras_are_opened_at_start() {
 }
 
 /// Waits (up to 20 s) until `camera`'s health satisfies `done`; fails saying `what` otherwise.
+/// A file of a replayed folder that does not decode is that frame's error, recorded like a
+/// result; the camera is not taken for lost (no reopen, no back-off) and goes on with the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = repo().join("testdata/synthetic/test/good");
+    std::fs::copy(good.join("000.png"), dir.path().join("a.png")).unwrap();
+    std::fs::write(dir.path().join("b.png"), b"not a png").unwrap();
+    std::fs::copy(good.join("001.png"), dir.path().join("c.png")).unwrap();
+    let source = SourceConfig::Folder {
+        path: dir.path().into(),
+        repeat: false,
+        preload_mib: None,
+    };
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            // A reopen would show as a pause of this length.
+            reopen_backoff_initial_ms: 5_000,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera("folder", source, TriggerMode::FreeRun))],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    pipeline.run_until(std::future::pending()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no back-off: {:?}",
+        started.elapsed()
+    );
+    let mut results = sink.results();
+    // The error is recorded by the camera at once, the inspections after their inference.
+    results.sort_by_key(|r| r.sequence);
+    let origins: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r.origin.rsplit('/').next().unwrap(), r.status()))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("a.png", "inspected"),
+            ("b.png", "error"),
+            ("c.png", "inspected")
+        ],
+        "{results:?}"
+    );
+    let Outcome::Error { message } = &results[1].outcome else {
+        unreachable!()
+    };
+    assert!(message.contains("b.png"), "{message}");
+    assert_eq!(results[1].sequence, 2);
+}
+
 async fn health_becomes(
     status: &linesight::pipeline::PipelineStatus,
     camera: &str,
