@@ -146,43 +146,79 @@ fn valid_identifier(s: &str) -> bool {
 /// value of each query parameter whose name says it holds one (`?password=`, `sslpassword`,
 /// `token`, …; PostgreSQL and RTSP servers take them there too). A connection string in
 /// PostgreSQL's `key=value` form has its secret values hidden the same way. The credentials
-/// end at the last `@`: a password typed with an unescaped `@` is hidden whole (a path or
-/// query holding `@` is hidden with it, which errs on the safe side).
+/// end at the last `@` before the query: a password typed with an unescaped `@` is hidden
+/// whole (a path holding `@` is hidden with it, which errs on the safe side).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         if url.contains('=') && !url.starts_with("sqlite:") {
-            // `host=db user=app password=…`
-            return url
-                .split(' ')
-                .map(|word| redact_pair(word, '='))
-                .collect::<Vec<_>>()
-                .join(" ");
+            return redact_conninfo(url);
         }
         return url.to_owned();
     };
-    let (credentials, rest) = match rest.rsplit_once('@') {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (credentials, location) = match before_query.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => (format!("{user}:***@"), host),
             None => (format!("{userinfo}@"), host),
         },
-        None => (String::new(), rest),
+        None => (String::new(), before_query),
     };
-    let rest = match rest.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query.split('&').map(|p| redact_pair(p, '=')).collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => rest.to_owned(),
-    };
-    format!("{scheme}://{credentials}{rest}")
+    let query = query.map_or_else(String::new, |q| {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _value)) if names_a_secret(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        format!("?{}", pairs.join("&"))
+    });
+    format!("{scheme}://{credentials}{location}{query}")
 }
 
-/// `key=value` with the value hidden when the key names a secret.
-fn redact_pair(pair: &str, separator: char) -> String {
-    match pair.split_once(separator) {
-        Some((key, _value)) if names_a_secret(key) => format!("{key}{separator}***"),
-        _ => pair.to_owned(),
+/// A PostgreSQL `key=value` connection string with its secret values hidden. Read as libpq
+/// reads it (spaces around `=`, values in single quotes with `\` escapes), so that a quoted
+/// password with spaces is hidden whole; written back as `key=value` pairs.
+fn redact_conninfo(conninfo: &str) -> String {
+    let mut chars = conninfo.chars().peekable();
+    let mut pairs = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if key.is_empty() && chars.peek().is_none() {
+            break;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next_if_eq(&'=').is_none() {
+            // Not a connection string after all: nothing more of it is shown.
+            pairs.push(format!("{key}=***"));
+            break;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            value.push('\'');
+            while let Some(c) = chars.next() {
+                value.push(c);
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    _ => {}
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())));
+        }
+        if names_a_secret(&key) {
+            value = "***".into();
+        }
+        pairs.push(format!("{key}={value}"));
     }
+    pairs.join(" ")
 }
 
 /// Whether a parameter of this name holds a secret (`password`, `sslpassword`, `passwd`,
@@ -742,6 +778,21 @@ mod tests {
         assert_eq!(
             redact("host=db user=app password=hunter22 dbname=q"),
             "host=db user=app password=*** dbname=q"
+        );
+        // libpq's spaces around `=` and quoted values.
+        assert_eq!(
+            redact("host=db password = hunter22 user='app'"),
+            "host=db password=*** user='app'"
+        );
+        assert_eq!(redact(r"password='a b\'c' host=db"), "password=*** host=db");
+        // An `@` in the query does not move the credentials' end.
+        assert_eq!(
+            redact("postgres://app:pw@db/q?application_name=qc@line3&password=hunter22"),
+            "postgres://app:***@db/q?application_name=qc@line3&password=***"
+        );
+        assert_eq!(
+            redact("rtsp://cam/s?user=ops@plant.com&password=x"),
+            "rtsp://cam/s?user=ops@plant.com&password=***"
         );
         assert_eq!(
             redact("sqlite:///var/lib/x.db?mode=rwc"),
