@@ -120,14 +120,18 @@ fn check_config(file: Option<&Path>) -> i32 {
         || "defaults and environment".to_string(),
         |f| f.display().to_string(),
     );
-    let settings = match Settings::load(file) {
+    let settings = match Settings::read(file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{source}: {e}");
             return 2;
         }
     };
-    let mut problems = Vec::new();
+    // The range checks and the model packages, all in one run.
+    let mut problems = settings
+        .validate()
+        .err()
+        .map_or_else(Vec::new, |e| e.problems);
     for camera in &settings.cameras {
         let models = std::iter::once((format!("cameras.{}.model", camera.id), &camera.model))
             .chain(camera.recipes.iter().map(|(name, r)| {

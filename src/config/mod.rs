@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Json, Serialized, Toml};
-use figment::value::{Dict, Map, Value};
+use figment::value::{Dict, Map, Num, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +41,11 @@ pub struct Settings {
 }
 
 /// The `LINESIGHT__SECTION__KEY` environment variables as figment's [`Env`] reads them, except
-/// that a value that would read as a number or a boolean stays the text it is: a lot, a line, a
-/// client id or a password may be all digits (`LINESIGHT__PIPELINE__DEFAULT_LOT=0012` is the lot
-/// "0012", not the number 12, nor a type error that prints the value). The settings are
-/// extracted lossily, so keys that take a number or a boolean read it from that text; lists and
-/// tables (`[a, b]`, `{k = v}`) are parsed as figment parses them.
+/// that a value that would read as a whole number or a boolean stays the text it is: a lot, a
+/// line, a client id or a password may be all digits (`LINESIGHT__PIPELINE__DEFAULT_LOT=0012` is
+/// the lot "0012", not the number 12, nor a type error that prints the value). The settings are
+/// extracted lossily, so keys that take a number or a boolean read it from that text; decimals,
+/// lists and tables (`[a, b]`, `{k = v}`) are parsed as figment parses them.
 struct EnvText(Env);
 
 impl Provider for EnvText {
@@ -58,6 +58,9 @@ impl Provider for EnvText {
         for (key, text) in self.0.iter() {
             let Ok(parsed) = text.parse::<Value>();
             let value = match parsed {
+                // Decimals stay the f64 figment parsed (read back from text they would pass
+                // through f32: 0.05 would become 0.05000000074505806).
+                Value::Num(_, Num::F32(_) | Num::F64(_)) => parsed,
                 Value::Num(..) | Value::Bool(..) => Value::from(text),
                 parsed => parsed,
             };
@@ -81,6 +84,17 @@ fn merge_into(dict: &mut Dict, incoming: Dict) {
     }
 }
 
+/// Whether listening on both addresses (same port) would collide: the same address, or an
+/// unspecified one (`0.0.0.0`, `::`) of the family of the other; `::` also takes IPv4 (a
+/// dual-stack socket, as the service opens them).
+fn binds_overlap(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    let dual_stack = |x: std::net::IpAddr| x.is_ipv6() && x.is_unspecified();
+    a == b
+        || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+        || dual_stack(a)
+        || dual_stack(b)
+}
+
 /// Configuration problems, all of them.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -89,8 +103,16 @@ pub struct ConfigError {
 }
 
 impl Settings {
-    /// Loads defaults, then `file` (if given), then the environment.
+    /// Loads defaults, then `file` (if given), then the environment, and checks the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let settings = Self::read(file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// [`Settings::load`] without the range checks: what the layers say, when it reads at all
+    /// (`config check` then also checks the model packages of settings that are out of range).
+    pub fn read(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -105,7 +127,6 @@ impl Settings {
                 figment.merge(Toml::file_exact(path))
             };
         }
-        figment = figment.merge(EnvText(Env::prefixed("LINESIGHT__").split("__")));
         // A file that does not parse would fail every section alike: said once, naming it.
         if let Err(unreadable) = figment.data() {
             let file = file.map_or_else(String::new, |p| format!("{}: ", p.display()));
@@ -116,20 +137,23 @@ impl Settings {
                     .collect(),
             });
         }
-        // Lossy: a key that takes a number or a boolean also reads it from text, which is how
-        // `EnvText` hands over the environment's values.
-        let settings: Settings = match figment.extract_lossy() {
-            Ok(settings) => settings,
-            Err(e) => return Err(Self::every_problem(&figment, e)),
-        };
-        settings.validate()?;
-        Ok(settings)
+        // The file is read strictly: `record = "no"` there is a mistake, not a boolean.
+        if let Err(e) = figment.extract::<Settings>() {
+            return Err(Self::every_problem(&figment, e, false));
+        }
+        // With the environment, lossily: a key that takes a number or a boolean also reads it
+        // from text, which is how `EnvText` hands over the environment's values.
+        let figment = figment.merge(EnvText(Env::prefixed("LINESIGHT__").split("__")));
+        match figment.extract_lossy() {
+            Ok(settings) => Ok(settings),
+            Err(e) => Err(Self::every_problem(&figment, e, true)),
+        }
     }
 
     /// When the settings do not even read (a wrong type, a misspelt key), deserialising stops
     /// at the first mistake. So each section is read on its own, and the sections that read
     /// are also checked: one start-up shows a mistake in every section, not one per run.
-    fn every_problem(figment: &Figment, first: figment::Error) -> ConfigError {
+    fn every_problem(figment: &Figment, first: figment::Error, lossy: bool) -> ConfigError {
         let mut problems: Vec<String> = Vec::new();
         let mut failed: Vec<&str> = Vec::new();
         let mut partial = Settings::default();
@@ -138,7 +162,12 @@ impl Settings {
                 // The sections read, for the unknown-section check below.
                 const SECTIONS: &[&str] = &[$(stringify!($field)),+];
                 $(
-                match figment.extract_inner_lossy(stringify!($field)) {
+                let section = if lossy {
+                    figment.extract_inner_lossy(stringify!($field))
+                } else {
+                    figment.extract_inner(stringify!($field))
+                };
+                match section {
                     Ok(value) => partial.$field = value,
                     Err(e) => {
                         failed.push(stringify!($field));
@@ -256,7 +285,7 @@ impl Settings {
             )
             && p.port() == a.port()
             && p.port() != 0
-            && (p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified())
+            && binds_overlap(p.ip(), a.ip())
         {
             // `linesight run` binds both; the second bind would fail after the models loaded
             // and the cameras started.
@@ -408,14 +437,18 @@ mod tests {
             assert_eq!(mqtt.password.as_deref(), Some("12345678"));
             assert_eq!(s.pipeline.batch_size, 4, "numbers still read as numbers");
             assert!(!s.inference.intra_op_spinning);
+            jail.set_env("LINESIGHT__QUALITY__REJECT_RATE_ALERT", "0.05");
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.quality.reject_rate_alert, 0.05, "decimals exactly");
             jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "four");
             let err = Settings::load(None).unwrap_err();
             let text = err.to_string();
             assert!(text.to_lowercase().contains("batch_size"), "{text}");
-            assert!(
-                !text.contains("12345678"),
-                "a password is never printed: {text}"
-            );
+            // The file is read strictly all the same.
+            jail.create_file("strict.toml", "[pipeline]\nrecord = \"no\"\n")?;
+            jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "4");
+            let err = Settings::load(Some(Path::new("strict.toml"))).unwrap_err();
+            assert!(err.to_string().contains("record"), "{err}");
             Ok(())
         });
     }
@@ -427,6 +460,10 @@ mod tests {
         s.api.listen = Some("0.0.0.0:8090".into());
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("take the same port"), "{err}");
+        s.api.listen = Some("[::]:8090".into());
+        assert!(s.validate().is_err(), "a dual-stack socket takes IPv4 too");
+        s.api.listen = Some("[::1]:8090".into());
+        s.validate().unwrap();
         s.api.listen = Some("0.0.0.0:8080".into());
         s.validate().unwrap();
     }

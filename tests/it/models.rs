@@ -411,6 +411,11 @@ fn config_check_prints_every_problem_and_exits_2() {
         err.contains("cameras[1].source.preload_mib = 0: must be between 1 and 65536"),
         "{err}"
     );
+    // The model packages are checked in the same run.
+    assert!(
+        err.contains("cameras.press.model = \"/nonexistent/model\""),
+        "{err}"
+    );
 
     // Values valid, but the camera's model package is missing.
     std::fs::write(
