@@ -78,6 +78,11 @@ impl Default for MqttOutConfig {
     }
 }
 
+/// A configured path as shown in a problem.
+fn path_text(path: Option<&std::path::PathBuf>) -> String {
+    path.map_or_else(String::new, |p| p.display().to_string())
+}
+
 impl MqttOutConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -141,10 +146,12 @@ impl MqttOutConfig {
                     t.client_key_file.as_ref(),
                 ),
             ] {
-                if let Some(path) = path
-                    && !path.is_file()
-                {
-                    p.push(format!("{key} = {}: no such file", path.display()));
+                match path.map(std::fs::metadata) {
+                    None => {}
+                    Some(Ok(m)) if m.is_file() => {}
+                    Some(Ok(_)) => p.push(format!("{key} = {}: not a file", path_text(path))),
+                    // Missing, or not readable by this account (the message says which).
+                    Some(Err(e)) => p.push(format!("{key} = {}: {e}", path_text(path))),
                 }
             }
         }
@@ -552,7 +559,7 @@ mod tests {
         let p = c.problems().join("\n");
         for key in [
             "outbox.mqtt.password is set without outbox.mqtt.username",
-            "outbox.mqtt.tls.ca_file = /nonexistent/ca.pem: no such file",
+            "outbox.mqtt.tls.ca_file = /nonexistent/ca.pem: No such file",
             "outbox.mqtt.tls.client_cert_file = /nonexistent/cert.pem",
             "outbox.mqtt.tls.client_key_file = /nonexistent/key.pem",
         ] {
