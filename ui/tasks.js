@@ -31,6 +31,13 @@ const DECISIONS = {
 };
 
 const REFRESH_MS = 15000;
+/** Tasks listed per state, oldest first (the order they are claimed in). */
+const LISTED = 100;
+
+/** "100+" for a list cut at LISTED. */
+function count(tasks) {
+  return tasks.length > LISTED ? `${LISTED}+` : String(tasks.length);
+}
 
 export function mount(root, { session, params, navigate }) {
   const queueStatus = statusLine('queue-status');
@@ -56,13 +63,14 @@ export function mount(root, { session, params, navigate }) {
   /** `background`: the periodic refresh, which must not keep an unattended session alive. */
   async function loadQueue(background = false) {
     try {
-      const results = await Promise.all(QUEUE_STATES.map(({ state }) => api.get('/tasks', { state, limit: 100 }, { background })));
+      // One more than is listed, to tell a full list from a longer queue.
+      const results = await Promise.all(QUEUE_STATES.map(({ state }) => api.get('/tasks', { state, limit: LISTED + 1 }, { background })));
       // The queue is rebuilt on every refresh; a keyboard user keeps their place in it.
       const focused = lists.contains(document.activeElement) ? document.activeElement.dataset.taskId : null;
       lists.replaceChildren(...QUEUE_STATES.map(({ state, title }, i) => {
-        const tasks = results[i];
+        const tasks = results[i].slice(0, LISTED);
         return h('section', { class: 'queue-group', 'aria-label': title },
-          h('h2', {}, `${title} (${tasks.length})`),
+          h('h2', {}, `${title} (${count(results[i])})`),
           tasks.length === 0
             ? h('p', { class: 'muted' }, 'None.')
             : h('ul', { class: 'rows', 'data-testid': `task-list-${state}` }, tasks.map((t) => h('li', {},
@@ -79,7 +87,11 @@ export function mount(root, { session, params, navigate }) {
       }));
       if (focused) lists.querySelector(`[data-task-id="${focused}"]`)?.focus();
       const waiting = results[0].length;
-      say(queueStatus, waiting === 0 ? 'No task is waiting.' : `${waiting} task${waiting === 1 ? '' : 's'} waiting.`);
+      say(queueStatus, waiting === 0
+        ? 'No task is waiting.'
+        : waiting > LISTED
+          ? `More than ${LISTED} tasks waiting; the oldest ${LISTED} are listed.`
+          : `${waiting} task${waiting === 1 ? '' : 's'} waiting.`);
       say(queueError);
     } catch (e) {
       say(queueError, describeError(e));

@@ -27,24 +27,11 @@ pub struct AuditQuery {
     pub limit: Option<i64>,
 }
 
-fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field,
-        message: message.into(),
-    }
-}
-
 async fn entries(state: &ApiState, q: &AuditQuery) -> Result<Vec<AuditEntry>, ApiError> {
     if q.entity_id.is_some() && q.entity.is_none() {
-        return Err(bad("entity", "required with entity_id"));
+        return Err(ApiError::bad("entity", "required with entity_id"));
     }
-    let limit = q.limit.unwrap_or(500);
-    if !(1..=10_000).contains(&limit) {
-        return Err(bad(
-            "limit",
-            format!("{limit}: must be between 1 and 10000"),
-        ));
-    }
+    let limit = ApiError::page_size(q.limit, 500, 10_000)?;
     Ok(state
         .store
         .audit_query(
@@ -102,15 +89,23 @@ pub(super) async fn export(
     let json = match format.as_str() {
         "csv" => false,
         "json" => true,
-        _ => return Err(bad("format", format!("{format:?}: use csv or json"))),
+        _ => {
+            return Err(ApiError::bad(
+                "format",
+                format!("{format:?}: use csv or json"),
+            ));
+        }
     };
     if q.entity_id.is_some() && q.entity.is_none() {
-        return Err(bad("entity", "required with entity_id"));
+        return Err(ApiError::bad("entity", "required with entity_id"));
     }
     if let Some(limit) = q.limit
         && limit < 1
     {
-        return Err(bad("limit", format!("{limit}: must be at least 1")));
+        return Err(ApiError::bad(
+            "limit",
+            format!("{limit}: must be at least 1"),
+        ));
     }
     let from_seq = q.from_seq.unwrap_or(1);
     // The export's end, fixed now: entries written while it streams (its own audit entry

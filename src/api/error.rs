@@ -61,6 +61,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A 400 naming the field of the request at fault.
+    pub fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The page size a listing asked for as `limit`: `default` when none, refused outside
+    /// 1..=`max` (a negative limit would read as "no limit" to SQLite).
+    pub fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+        let limit = limit.unwrap_or(default);
+        if (1..=max).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(ApiError::bad(
+                "limit",
+                format!("{limit}: must be between 1 and {max}"),
+            ))
+        }
+    }
+
     /// Whether the failure is the service's (5xx), not the caller's.
     pub fn is_server_error(&self) -> bool {
         self.status().is_server_error()

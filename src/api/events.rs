@@ -3,12 +3,15 @@
 //! The stream reads new inspections from the quality store (every 500 ms) rather than from
 //! an in-process channel: it then shows the results of every instance that writes to the same
 //! database — `linesight run` on the line, `linesight serve` in the office, replicas on
-//! PostgreSQL — and a client that reconnects with `Last-Event-ID` misses nothing.
+//! PostgreSQL — and a client that reconnects with `Last-Event-ID` resumes after the newest
+//! inspection it was sent.
 //!
 //! An inspection's id is taken when its row is inserted, before its transaction commits, so on
-//! PostgreSQL with several writers a smaller id can appear after a larger one was sent. The
-//! ids skipped over are looked up again for a while ([`HOLE_WAIT`]) and sent when they appear,
-//! after newer ones; an event's id is always the newest sent, so a reconnection resumes there.
+//! PostgreSQL with several writers a smaller id can appear after a larger one was sent. Once a
+//! stream has caught up, the ids it skips over are looked up again for a while ([`HOLE_WAIT`],
+//! in one query per poll) and sent when they appear, after newer ones; an event's id is always
+//! the newest sent. An inspection that commits that late while the client is reconnecting is
+//! not sent on the new stream (the web UI reads its counts from the server again anyway).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -101,9 +104,9 @@ pub(super) async fn events(
             state,
             start,
             Vec::<InspectionView>::new().into_iter(),
-            (caller, tokio::time::Instant::now(), Holes::default()),
+            (caller, tokio::time::Instant::now(), Holes::default(), false),
         ),
-        |(state, mut last, mut pending, (caller, mut checked, mut holes))| async move {
+        |(state, mut last, mut pending, (caller, mut checked, mut holes, mut caught_up))| async move {
             let mut stopping = state.stopping.clone();
             loop {
                 // The stream ends with the credentials it was opened with: a signed-out or
@@ -120,33 +123,37 @@ pub(super) async fn events(
                     }
                 }
                 if let Some(view) = pending.next() {
-                    holes.after(last, view.id);
+                    // Catching up from an older id, gaps are ids that will not come (rolled
+                    // back, or a sequence that jumped): only the newest page's are looked for.
+                    if caught_up {
+                        holes.after(last, view.id);
+                    }
                     last = last.max(view.id);
                     let event = Event::default()
                         .event("inspection")
                         .id(last.to_string())
                         .json_data(&view)
                         .unwrap_or_else(|_| Event::default().comment("unencodable inspection"));
-                    return Some((Ok(event), (state, last, pending, (caller, checked, holes))));
+                    return Some((
+                        Ok(event),
+                        (state, last, pending, (caller, checked, holes, caught_up)),
+                    ));
                 }
                 if *stopping.borrow() {
                     return None;
                 }
                 // Skipped ids whose transactions committed since.
-                let mut late = Vec::new();
-                for id in holes.current() {
-                    match state.store.inspection(id).await {
-                        Ok(record) => late.push(InspectionView::from(record)),
-                        Err(crate::store::StoreError::NotFound { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Live view: cannot read an inspection.");
-                            break;
-                        }
+                match state.store.inspections_with_ids(&holes.current()).await {
+                    Ok(late) if !late.is_empty() => {
+                        pending = late
+                            .into_iter()
+                            .map(InspectionView::from)
+                            .collect::<Vec<_>>()
+                            .into_iter();
+                        continue;
                     }
-                }
-                if !late.is_empty() {
-                    pending = late.into_iter();
-                    continue;
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Live view: cannot read inspections."),
                 }
                 let filter = InspectionFilter {
                     after_id: Some(last),
@@ -155,6 +162,8 @@ pub(super) async fn events(
                 };
                 match state.store.list_inspections(&filter).await {
                     Ok(found) if !found.is_empty() => {
+                        // A short page holds the newest there are.
+                        caught_up = (found.len() as i64) < PAGE;
                         pending = found
                             .into_iter()
                             .map(InspectionView::from)
@@ -162,7 +171,7 @@ pub(super) async fn events(
                             .into_iter();
                         continue;
                     }
-                    Ok(_) => {}
+                    Ok(_) => caught_up = true,
                     Err(e) => tracing::warn!(error = %e, "Live view: cannot read new inspections."),
                 }
                 tokio::select! {

@@ -317,14 +317,7 @@ fn multipart_error(field: &'static str, e: axum::extract::multipart::MultipartEr
         // The limit is the router's; the rejection does not carry it.
         ApiError::TooLarge(0)
     } else {
-        bad(field, e.body_text())
-    }
-}
-
-fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field,
-        message: message.into(),
+        ApiError::bad(field, e.body_text())
     }
 }
 
@@ -359,10 +352,10 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
                 params.threshold = text
                     .map(|t| t.trim().parse::<f32>())
                     .transpose()
-                    .map_err(|e| bad("threshold", format!("not a number: {e}")))?;
+                    .map_err(|e| ApiError::bad("threshold", format!("not a number: {e}")))?;
             }
             _ => {
-                return Err(bad(
+                return Err(ApiError::bad(
                     "body",
                     format!(
                         "unknown form field {name:?}: use image, part_id, lot, recipe, camera, threshold, defect_class"
@@ -371,7 +364,8 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
             }
         }
     }
-    let (bytes, media) = image.ok_or_else(|| bad("image", "the form has no image file"))?;
+    let (bytes, media) =
+        image.ok_or_else(|| ApiError::bad("image", "the form has no image file"))?;
     // Browsers label files by extension; trust the bytes, which the decoder checks anyway.
     let media = match image::guess_format(&bytes) {
         Ok(image::ImageFormat::Png) => "image/png".into(),
@@ -424,7 +418,7 @@ async fn upload_inner(
 ) -> Result<(StatusCode, Json<UploadAnswer>), ApiError> {
     let user = caller.require(ALL, "upload images")?.clone();
     // Here, not by the extractor: a refused upload counts in the upload metrics too.
-    let axum::extract::Query(query) = query.map_err(|e| bad("query", e.body_text()))?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -434,7 +428,7 @@ async fn upload_inner(
     let (params, body, media) = if content_type.starts_with("multipart/form-data") {
         let form = Multipart::from_request(request, state)
             .await
-            .map_err(|e| bad("body", e.body_text()))?;
+            .map_err(|e| ApiError::bad("body", e.body_text()))?;
         read_form(form).await.map_err(|e| match e {
             ApiError::TooLarge(_) => ApiError::TooLarge(state.config.max_body_bytes),
             e => e,
@@ -444,7 +438,7 @@ async fn upload_inner(
             .await
             .map_err(|e| match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.max_body_bytes),
-                _ => bad("body", e.body_text()),
+                _ => ApiError::bad("body", e.body_text()),
             })?;
         (query, body, content_type)
     };
@@ -464,11 +458,11 @@ async fn upload_inner(
     let part_id = params
         .part_id
         .filter(|p| !p.trim().is_empty())
-        .ok_or_else(|| bad("part_id", "required: the id of the inspected part"))?;
+        .ok_or_else(|| ApiError::bad("part_id", "required: the id of the inspected part"))?;
     let lot = params
         .lot
         .filter(|l| !l.trim().is_empty())
-        .ok_or_else(|| bad("lot", "required: the lot the part belongs to"))?;
+        .ok_or_else(|| ApiError::bad("lot", "required: the lot the part belongs to"))?;
     // Checked before the model runs: what the record would refuse is refused now, with its
     // field named.
     for (field, value) in [
@@ -479,13 +473,16 @@ async fn upload_inner(
         ("defect_class", params.defect_class.as_ref()),
     ] {
         if let Some(value) = value {
-            crate::quality::check_label(field, value).map_err(|m| bad(field, m))?;
+            crate::quality::check_label(field, value).map_err(|m| ApiError::bad(field, m))?;
         }
     }
     if let Some(t) = params.threshold
         && !(t.is_finite())
     {
-        return Err(bad("threshold", format!("{t} is not a finite number")));
+        return Err(ApiError::bad(
+            "threshold",
+            format!("{t} is not a finite number"),
+        ));
     }
     let timeout = Duration::from_millis(state.config.inference_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -494,7 +491,7 @@ async fn upload_inner(
         inspector
             .detector
             .check_threshold("threshold", t)
-            .map_err(|e| bad("threshold", e.to_string()))?;
+            .map_err(|e| ApiError::bad("threshold", e.to_string()))?;
     }
     let bytes = body.clone();
     let threshold = params.threshold;
@@ -657,16 +654,13 @@ pub(super) async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<InspectionPage>, ApiError> {
     caller.require(ALL, "read inspections")?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad("limit", format!("{limit}: must be between 1 and 1000")));
-    }
+    let limit = ApiError::page_size(q.limit, 50, 1000)?;
     let before_id = q
         .cursor
         .as_deref()
         .map(|c| {
             c.parse::<i64>()
-                .map_err(|_| bad("cursor", "not a cursor given by this API"))
+                .map_err(|_| ApiError::bad("cursor", "not a cursor given by this API"))
         })
         .transpose()?;
     let filter = InspectionFilter {
@@ -717,7 +711,7 @@ pub(super) async fn image(
 ) -> Result<Response, ApiError> {
     caller.require(ALL, "read images")?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad("hash", "must be 64 hexadecimal digits"));
+        return Err(ApiError::bad("hash", "must be 64 hexadecimal digits"));
     }
     let hash = hash.to_ascii_lowercase();
     let path = image_path(&state.image_dir, &hash);
@@ -821,7 +815,7 @@ pub(super) async fn trigger(
     };
     trigger
         .check_labels()
-        .map_err(|(field, message)| bad(field, message))?;
+        .map_err(|(field, message)| ApiError::bad(field, message))?;
     Ok(match pipeline.triggers.fire(trigger).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(e) => e.into_response(),

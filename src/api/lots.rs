@@ -17,6 +17,7 @@ use crate::store::LotStatus;
 pub struct LotQuery {
     /// Only lots on hold.
     pub held: Option<bool>,
+    /// At most this many (default 200, at most 1000).
     pub limit: Option<i64>,
 }
 
@@ -32,7 +33,10 @@ pub(super) async fn lots(
     Ok(Json(
         state
             .store
-            .lots(q.held.unwrap_or(false), q.limit.unwrap_or(200))
+            .lots(
+                q.held.unwrap_or(false),
+                ApiError::page_size(q.limit, 200, 1000)?,
+            )
             .await?,
     ))
 }

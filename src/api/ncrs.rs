@@ -17,13 +17,6 @@ use crate::quality::{
 };
 use crate::store::{Attachment, Credentials, NcrRecord, NcrTransition, NewNcr, image_path};
 
-fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field,
-        message: message.into(),
-    }
-}
-
 /// NCR list filter.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +26,7 @@ pub struct NcrQuery {
     /// Only NCRs that are not closed or cancelled.
     pub open: Option<bool>,
     /// At most this many (default 100).
+    /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
 
@@ -51,7 +45,7 @@ pub(super) async fn list(
             .list_ncrs(
                 q.lot.as_deref(),
                 q.open.unwrap_or(false),
-                q.limit.unwrap_or(100),
+                ApiError::page_size(q.limit, 100, 1000)?,
             )
             .await?,
     ))
@@ -89,7 +83,10 @@ pub(super) async fn create(
         ),
     ] {
         if value.trim().is_empty() || value.len() > max {
-            return Err(bad(field, format!("required, at most {max} bytes")));
+            return Err(ApiError::bad(
+                field,
+                format!("required, at most {max} bytes"),
+            ));
         }
     }
     let new = NewNcr {
@@ -173,7 +170,7 @@ fn action(form: &TransitionForm) -> Result<NcrAction, ApiError> {
         "contain" => NcrAction::Contain,
         "investigate" => NcrAction::Investigate,
         "propose" => NcrAction::Propose(form.disposition.ok_or_else(|| {
-            bad(
+            ApiError::bad(
                 "disposition",
                 "required with propose: use_as_is, rework, scrap or return_to_vendor",
             )
@@ -184,7 +181,7 @@ fn action(form: &TransitionForm) -> Result<NcrAction, ApiError> {
         "cancel" => NcrAction::Cancel,
         "reopen" => NcrAction::Reopen,
         other => {
-            return Err(bad(
+            return Err(ApiError::bad(
                 "action",
                 format!(
                     "{other:?}: use contain, investigate, propose, reject_disposition, approve, close, cancel or reopen"
@@ -209,7 +206,7 @@ pub(super) async fn transition(
     let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
     let act = action(&form)?;
     if let Some(reason) = &form.reason {
-        check_text("reason", reason).map_err(|m| bad("reason", m))?;
+        check_text("reason", reason).map_err(|m| ApiError::bad("reason", m))?;
     }
     Ok(Json(
         state
@@ -275,7 +272,7 @@ pub(super) async fn sign(
             // Not a sign-in failure of the request (the caller is signed in): the password
             // re-entered for the signature is wrong.
             crate::store::StoreError::InvalidCredentials => {
-                bad("password", "wrong password: the signature was not made")
+                ApiError::bad("password", "wrong password: the signature was not made")
             }
             e => e.into(),
         })?;
@@ -303,18 +300,18 @@ pub(super) async fn attach(
     let user = caller.require(ALL, "attach files to NCRs")?.clone();
     let mut form = Multipart::from_request(request, &state)
         .await
-        .map_err(|e| bad("body", e.body_text()))?;
+        .map_err(|e| ApiError::bad("body", e.body_text()))?;
     let too_large = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(state.config.max_body_bytes)
         } else {
-            bad("file", e.body_text())
+            ApiError::bad("file", e.body_text())
         }
     };
     let mut file: Option<(String, String, Bytes)> = None;
     while let Some(field) = form.next_field().await.map_err(too_large)? {
         if field.name() != Some("file") {
-            return Err(bad(
+            return Err(ApiError::bad(
                 "body",
                 format!("unknown form field {:?}: send a `file`", field.name()),
             ));
@@ -326,7 +323,7 @@ pub(super) async fn attach(
             .to_owned();
         file = Some((name, media, field.bytes().await.map_err(too_large)?));
     }
-    let (name, media, bytes) = file.ok_or_else(|| bad("file", "the form has no file"))?;
+    let (name, media, bytes) = file.ok_or_else(|| ApiError::bad("file", "the form has no file"))?;
     let attachment = state
         .store
         .add_attachment(&state.attachment_dir, id, &name, &media, &bytes, &user)

@@ -48,7 +48,7 @@ pub struct TaskQuery {
     /// Default: pending.
     #[param(value_type = Option<String>, example = "pending")]
     pub state: Option<TaskState>,
-    /// At most this many (default 100).
+    /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
 
@@ -65,7 +65,7 @@ pub(super) async fn tasks(
         .store
         .tasks_in_state(
             q.state.unwrap_or(TaskState::Pending),
-            q.limit.unwrap_or(100),
+            ApiError::page_size(q.limit, 100, 1000)?,
         )
         .await?;
     Ok(Json(views(&state, list).await?))

@@ -471,6 +471,42 @@ impl Store {
         })
     }
 
+    /// The inspections among `ids` that exist, oldest first (a live view looking for ids it
+    /// skipped over).
+    pub async fn inspections_with_ids(
+        &self,
+        ids: &[i64],
+    ) -> Result<Vec<InspectionRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, at_ms, part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
+             regions_json, image_ref, overlay_ref, timings_json, source, defect_class FROM inspections \
+             WHERE id IN ({}) ORDER BY id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query
+            .fetch_all(self.reader())
+            .await
+            .map_err(db("read inspections"))?;
+        let d = || db("decode an inspection");
+        rows.iter()
+            .map(|row| {
+                Ok(InspectionRecord {
+                    id: row.try_get("id").map_err(d())?,
+                    at_ms: row.try_get("at_ms").map_err(d())?,
+                    inspection: inspection_row(row)?,
+                })
+            })
+            .collect()
+    }
+
     /// Number of stored inspections.
     pub async fn inspection_count(&self) -> Result<i64, StoreError> {
         count(

@@ -400,6 +400,22 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
             StatusCode::BAD_REQUEST,
             Some("body"),
         ),
+        // Every listing bounds its page: a negative limit is "no limit" to SQLite.
+        (
+            call("GET", "/api/v1/tasks?limit=-1", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+        ),
+        (
+            call("GET", "/api/v1/ncrs?limit=0", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+        ),
+        (
+            call("GET", "/api/v1/lots?limit=100000", Some(&qa), None),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+        ),
         (
             call("POST", "/api/v1/lots/L1/hold", Some(&qa), Some(&big)),
             StatusCode::PAYLOAD_TOO_LARGE,
