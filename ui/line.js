@@ -7,7 +7,7 @@
 // server refuses the stream outright (the session ended, or the service restarts) the page
 // checks the session and opens a new stream a few seconds later.
 //
-// The counts of the last hour are the server's (/api/v1/cameras/summary), read again a second
+// The counts of the last hour are the server's (/api/v1/cameras/summary), read again two seconds
 // after live inspections arrive (which count in the meantime) and every half minute in any
 // case, so that inspections older than an hour leave them and none stays counted twice.
 
@@ -20,7 +20,7 @@ const WINDOW_MS = 3600 * 1000;
 const RECENT_PER_CAMERA = 10;
 const RETRY_MS = 3000;
 /** How soon the counts are read again after a live inspection, and at the latest. */
-const RECOUNT_AFTER_EVENT_MS = 1000;
+const RECOUNT_AFTER_EVENT_MS = 2000;
 const RECOUNT_EVERY_MS = 30 * 1000;
 
 export function mount(root) {
@@ -50,6 +50,7 @@ export function mount(root) {
   const seen = new Set();
   let recountTimer = null;
   let recountDue = 0;
+  let recountSeq = 0;
   let source = null;
   let retry = null;
   let stopped = false;
@@ -110,8 +111,12 @@ export function mount(root) {
   /** Replaces every camera's counts with the server's for the hour up to now. */
   async function recount() {
     recountTimer = null;
+    // Reads may overlap (a live inspection schedules one while another is on its way): only
+    // the latest one asked for is shown.
+    const seq = ++recountSeq;
     try {
       const counts = await api.get('/cameras/summary', { since_ms: Date.now() - WINDOW_MS }, { background: true });
+      if (seq !== recountSeq || stopped) return;
       for (const c of cameras.values()) Object.assign(c, { total: 0, defects: 0, last_at_ms: null });
       for (const s of counts) {
         Object.assign(camera(s.camera), { total: s.total, defects: s.defects, last_at_ms: s.last_at_ms });
@@ -119,7 +124,8 @@ export function mount(root) {
       say(error);
       render();
     } catch (e) {
-      if (!stopped) say(error, describeError(e));
+      if (seq !== recountSeq || stopped) return;
+      say(error, describeError(e));
     }
     scheduleRecount(RECOUNT_EVERY_MS);
   }
