@@ -1388,6 +1388,10 @@ async fn run_actions(
 /// A frame grabbed and, when it is to be inspected, prepared for its model (or why not).
 type Grabbed = Result<Option<(Captured, Option<Result<PreparedImage, String>>)>, GrabFailed>;
 
+/// Unusable frames in a row that make a camera failed (reopened with back-off) rather than
+/// answered frame by frame.
+const BAD_FRAMES_IN_A_ROW: u32 = 3;
+
 /// Why a grab brought no frame.
 #[derive(Debug)]
 struct GrabFailed {
@@ -1565,6 +1569,24 @@ async fn run_camera(
     // so until a grab succeeds again a passing check does not report the camera running.
     let mut grab_failed = false;
     let mut ever_running = false;
+    // Bad frames in a row (`SourceError::is_bad_frame`): one is that frame's error; a run of
+    // them is a camera that fails (a network that loses packets of every frame, a stream
+    // whose frames never decode) and is handled as one, with back-off.
+    let mut bad_frames = 0u32;
+    // The device delivered a frame (good or bad): the camera runs.
+    macro_rules! device_delivered {
+        () => {
+            if failures > 0 {
+                tracing::info!(camera = %id, failures, "Source recovered.");
+            }
+            failures = 0;
+            backoff = initial_backoff;
+            check_at = tokio::time::Instant::now() + probe_interval;
+            grab_failed = false;
+            ever_running = true;
+            shared.set_health(&id, CameraHealth::Running);
+        };
+    }
     let final_health = 'camera: loop {
         if *shutdown.borrow() {
             break CameraHealth::Stopped;
@@ -1709,10 +1731,11 @@ async fn run_camera(
         // A grab can wait long (a line-triggered camera waits for its next pulse): shutdown
         // does not wait for it. The blocking thread keeps the source until its grab returns,
         // then drops it.
+        let reopens_first = std::mem::take(&mut reopen_first);
         let grabbing = grab(
             source.take().expect("the source is back between grabs"),
             input,
-            std::mem::take(&mut reopen_first),
+            reopens_first,
             &fresh,
         );
         tokio::pin!(grabbing);
@@ -1720,7 +1743,9 @@ async fn run_camera(
         // still there: its driver waits without end). Its trigger is answered late at its
         // deadline, as inference would answer the frame; past `stall_after` the camera shows
         // `stalled` and the triggers that come meanwhile are answered busy at once, until a
-        // grab returns. A line-triggered camera's grab waits for the next pulse: not watched.
+        // grab returns. A line-triggered camera's grab waits for the next pulse, and a grab
+        // that reopens the camera first takes the driver's time to open it: neither is watched
+        // for a stall (the trigger's deadline still holds).
         let grab_started = tokio::time::Instant::now();
         let deadline_at = pending.as_ref().map(|p| p.fired_at + trigger_deadline);
         let stall_after = probe_interval.max(trigger_deadline);
@@ -1766,12 +1791,9 @@ async fn run_camera(
                     shared.record(result).await;
                 }
                 () = tokio::time::sleep_until(grab_started + stall_after),
-                    if !stalled && !each_frame_a_part =>
+                    if !stalled && !each_frame_a_part && !reopens_first =>
                 {
                     stalled = true;
-                    if let Some(c) = counters {
-                        c.source_errors.fetch_add(1, Ordering::Relaxed);
-                    }
                     tracing::warn!(camera = %id, waited_ms = stall_after.as_millis() as u64, "Camera delivers no frame; its grab has not returned.");
                     let now = SystemTime::now();
                     shared.set_health(
@@ -1819,21 +1841,15 @@ async fn run_camera(
         if answered_meanwhile && delivered_a_frame {
             // The frame of a trigger answered late meanwhile shows a part that moved on. The
             // camera delivers (a failed grab, or a finished source, goes on below).
-            shared.set_health(&id, CameraHealth::Running);
+            device_delivered!();
             continue;
         }
-        shared.metrics.observe_ms("capture", capture_ms);
         match grabbed {
             Ok(Some((captured, prepared))) => {
-                if failures > 0 {
-                    tracing::info!(camera = %id, failures, "Source recovered.");
-                }
-                failures = 0;
-                backoff = initial_backoff;
-                check_at = tokio::time::Instant::now() + probe_interval;
-                grab_failed = false;
-                ever_running = true;
-                shared.set_health(&id, CameraHealth::Running);
+                // Frames only: failed grabs and finished sources are counted elsewhere.
+                shared.metrics.observe_ms("capture", capture_ms);
+                bad_frames = 0;
+                device_delivered!();
                 if let Some(c) = counters {
                     c.frames_in.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1892,7 +1908,9 @@ async fn run_camera(
                 tracing::info!(camera = %id, frames = sequence, "Source finished.");
                 break CameraHealth::Finished;
             }
-            Err(failed) if failed.bad_frame => {
+            Err(failed) if failed.bad_frame && bad_frames + 1 < BAD_FRAMES_IN_A_ROW => {
+                bad_frames += 1;
+                device_delivered!();
                 // The device delivered and this frame cannot be used (a file or frame that does
                 // not decode, an incomplete GigE exposure): the frame (or its trigger) gets an
                 // error result, and the camera, which is not lost, goes on with the next.
@@ -1917,21 +1935,34 @@ async fn run_camera(
                 };
                 shared.record(result).await;
             }
-            Err(GrabFailed { message: error, .. }) => {
+            Err(GrabFailed {
+                message,
+                bad_frame,
+                origin,
+            }) => {
+                let error = if bad_frame {
+                    format!("{BAD_FRAMES_IN_A_ROW} frames in a row unusable, the last: {message}")
+                } else {
+                    message
+                };
+                bad_frames = 0;
                 failures += 1;
                 if let Some(c) = counters {
                     c.source_errors.fetch_add(1, Ordering::Relaxed);
                 }
+                let outcome = Outcome::Error {
+                    message: format!("capture failed: {error}"),
+                };
                 if let Some(p) = pending {
-                    let result = trigger_result(
-                        &id,
-                        &p,
-                        choice.recipe,
-                        Outcome::Error {
-                            message: format!("capture failed: {error}"),
-                        },
-                    );
-                    shared.record(result).await;
+                    shared
+                        .record(trigger_result(&id, &p, choice.recipe, outcome))
+                        .await;
+                } else if bad_frame && inspect {
+                    // The last of the run of bad frames is answered like the ones before it.
+                    sequence += 1;
+                    shared
+                        .record(frame_result(&id, sequence, origin, choice.recipe, outcome))
+                        .await;
                 }
                 tracing::warn!(camera = %id, %error, failures, retry_in_ms = backoff.as_millis() as u64, "Source failed; reopening.");
                 shared.set_health(
@@ -1951,27 +1982,40 @@ async fn run_camera(
                     backoff = (backoff * 2).min(max_backoff);
                     continue;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => break CameraHealth::Stopped,
-                }
-                backoff = (backoff * 2).min(max_backoff);
-                let reopening = reopen(
-                    source.take().expect("the source is back between grabs"),
-                    &fresh,
-                );
-                // A reopen that hangs (a vanished GigE camera takes the driver's timeouts) does
-                // not hold up a shutdown, whose deadline the other cameras' frames need.
-                let (back, reopened) = tokio::select! {
-                    done = reopening => done,
-                    _ = shutdown.changed() => break CameraHealth::Stopped,
-                };
-                source = Some(back);
-                if let Err(error) = reopened {
+                // Free-run: reopened after the back-off, again with a longer one while it
+                // fails (each try counted in health; the outage logged once, above), then the
+                // next grab.
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break 'camera CameraHealth::Stopped,
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                    let reopening = reopen(
+                        source.take().expect("the source is back between grabs"),
+                        &fresh,
+                    );
+                    // A reopen that hangs (a vanished GigE camera takes the driver's timeouts)
+                    // does not hold up a shutdown, whose deadline the other cameras' frames need.
+                    let (back, reopened) = tokio::select! {
+                        done = reopening => done,
+                        _ = shutdown.changed() => break 'camera CameraHealth::Stopped,
+                    };
+                    source = Some(back);
+                    let Err(error) = reopened else { break };
+                    failures += 1;
                     if let Some(c) = counters {
                         c.source_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(camera = %id, %error, "Reopen failed.");
+                    tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
+                    shared.set_health(
+                        &id,
+                        CameraHealth::Reopening {
+                            error,
+                            failures,
+                            retry_in_ms: backoff.as_millis() as u64,
+                        },
+                    );
                 }
             }
         }
@@ -1991,10 +2035,15 @@ async fn run_camera(
             shared.record(result).await;
         }
     }
-    // Closing a camera can block (an RTSP teardown, a GigE camera's stream thread): it is done
-    // on a blocking thread, not on the runtime's.
+    // Closing a camera can block (an RTSP teardown, a GigE camera that vanished: Aravis's
+    // control timeouts): it is done on a blocking thread, not on the runtime's, and the stop
+    // waits for it at most half its deadline, so that frames in flight keep the rest.
     if let Some(source) = source.take() {
-        let _ = tokio::task::spawn_blocking(move || drop(source)).await;
+        let closing = tokio::task::spawn_blocking(move || drop(source));
+        let wait = Duration::from_millis(shared.config.shutdown_deadline_ms / 2);
+        if tokio::time::timeout(wait, closing).await.is_err() {
+            tracing::warn!(camera = %id, waited_ms = wait.as_millis() as u64, "Camera still closing; the stop goes on without it.");
+        }
     }
     shared.set_health(&id, final_health);
     shared.cameras_running.fetch_sub(1, Ordering::SeqCst);

@@ -598,6 +598,58 @@ async fn a_camera_whose_grab_does_not_return_is_reported_and_its_triggers_answer
     assert_eq!(sink.results().len(), 4, "the stale frame is not a result");
 }
 
+/// Delivers washers; closing it takes 3 s (a GigE camera that vanished: Aravis's timeouts).
+struct SlowToClose(u64);
+
+impl FrameSource for SlowToClose {
+    fn describe(&self) -> String {
+        "slow to close".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        self.0 += 1;
+        Ok(Some(Captured {
+            image: render(3, self.0, PartKind::Good),
+            captured_at: SystemTime::now(),
+            origin: format!("slow:{}", self.0),
+        }))
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+impl Drop for SlowToClose {
+    fn drop(&mut self) {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// A camera that takes long to close does not hold the stop past its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_slow_to_close_does_not_hold_up_shutdown() {
+    let mut config = camera("gige", synthetic(None), TriggerMode::FreeRun);
+    config.fps = 20.0;
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            shutdown_deadline_ms: 1_000,
+            ..PipelineConfig::default()
+        },
+        vec![Camera {
+            config,
+            source: Box::new(SlowToClose(0)),
+        }],
+    )
+    .await;
+    wait_for(&sink, 2).await;
+    let started = std::time::Instant::now();
+    pipeline.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Fails `failures` times (grab, then reopen), then delivers `frames` washers and finishes.
 struct Flaky {
     failures: u32,
@@ -671,7 +723,6 @@ async fn triggered_cameras_are_opened_at_start() {
     assert!(sink.results().is_empty(), "no frame without a trigger");
 }
 
-/// Waits (up to 20 s) until `camera`'s health satisfies `done`; fails saying `what` otherwise.
 /// A file of a replayed folder that does not decode is that frame's error, recorded like a
 /// result; the camera is not taken for lost (no reopen, no back-off) and goes on with the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,6 +776,58 @@ async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
     assert_eq!(results[1].sequence, 2);
 }
 
+/// Three frames in a row that do not decode are a failing camera: the third is answered too,
+/// the camera shows `reopening` naming the run and is reopened after its back-off, and goes on
+/// after the file it replayed last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_bad_frames_is_a_failing_camera() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = repo().join("testdata/synthetic/test/good");
+    std::fs::copy(good.join("000.png"), dir.path().join("a.png")).unwrap();
+    for name in ["b.png", "c.png", "d.png"] {
+        std::fs::write(dir.path().join(name), b"not a png").unwrap();
+    }
+    std::fs::copy(good.join("001.png"), dir.path().join("e.png")).unwrap();
+    let source = SourceConfig::Folder {
+        path: dir.path().into(),
+        repeat: false,
+        preload_mib: None,
+    };
+    let (pipeline, sink) = start(
+        PipelineConfig {
+            reopen_backoff_initial_ms: 1_500,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera("folder", source, TriggerMode::FreeRun))],
+    )
+    .await;
+    let status = pipeline.status();
+    let run = tokio::spawn(pipeline.run_until(std::future::pending()));
+    health_becomes(&status, "folder", "reopening after a run of bad frames", &|h| {
+        matches!(h, CameraHealth::Reopening { error, .. } if error.contains("3 frames in a row unusable"))
+    })
+    .await;
+    run.await.unwrap();
+    let mut results = sink.results();
+    results.sort_by_key(|r| r.sequence);
+    let origins: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r.origin.rsplit('/').next().unwrap(), r.status()))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("a.png", "inspected"),
+            ("b.png", "error"),
+            ("c.png", "error"),
+            ("d.png", "error"),
+            ("e.png", "inspected")
+        ],
+        "{results:?}"
+    );
+}
+
+/// Waits (up to 20 s) until `camera`'s health satisfies `done`; fails saying `what` otherwise.
 async fn health_becomes(
     status: &linesight::pipeline::PipelineStatus,
     camera: &str,
@@ -1530,6 +1633,68 @@ async fn reopen_back_off_doubles_up_to_its_maximum() {
         "virtual time, not real"
     );
     assert_eq!(sink.results().len(), 1);
+}
+
+/// Its first grab fails, and so does every reopen (a camera unplugged for good).
+struct Unplugged {
+    grabs: Arc<AtomicUsize>,
+    reopens: Arc<AtomicUsize>,
+}
+
+impl FrameSource for Unplugged {
+    fn describe(&self) -> String {
+        "unplugged".into()
+    }
+    fn next_frame(&mut self) -> Result<Option<Captured>, SourceError> {
+        self.grabs.fetch_add(1, Ordering::SeqCst);
+        Err(SourceError::Device {
+            source_name: "unplugged".into(),
+            message: "no such device".into(),
+        })
+    }
+    fn reopen(&mut self) -> Result<(), SourceError> {
+        self.reopens.fetch_add(1, Ordering::SeqCst);
+        Err(SourceError::Device {
+            source_name: "unplugged".into(),
+            message: "no such device".into(),
+        })
+    }
+}
+
+/// A free-running camera that cannot be reopened is tried once per back-off period (not a
+/// grab besides each reopen), and its health counts every try.
+#[tokio::test(start_paused = true)]
+async fn a_camera_that_cannot_be_reopened_is_tried_once_per_back_off() {
+    let (grabs, reopens) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (pipeline, _sink) = start(
+        PipelineConfig {
+            reopen_backoff_initial_ms: 1_000,
+            reopen_backoff_max_ms: 1_000,
+            ..PipelineConfig::default()
+        },
+        vec![Camera {
+            config: camera("gone", synthetic(None), TriggerMode::FreeRun),
+            source: Box::new(Unplugged {
+                grabs: grabs.clone(),
+                reopens: reopens.clone(),
+            }),
+        }],
+    )
+    .await;
+    let status = pipeline.status();
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    assert_eq!(
+        grabs.load(Ordering::SeqCst),
+        1,
+        "no grab on a camera not open"
+    );
+    assert_eq!(reopens.load(Ordering::SeqCst), 5);
+    let health = status.health();
+    let Some(CameraHealth::Reopening { failures, .. }) = health.get("gone") else {
+        panic!("{health:?}")
+    };
+    assert_eq!(*failures, 6, "the grab and five reopens");
+    pipeline.shutdown().await;
 }
 
 /// A free-running camera replaying the synthetic test parts through the fixed-batch test model
