@@ -173,8 +173,11 @@ impl ApiConfig {
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
-                if !path.is_file() {
-                    p.push(format!("{key} = {}: no such file", path.display()));
+                match std::fs::metadata(path) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => p.push(format!("{key} = {}: not a file", path.display())),
+                    // Missing, or not readable by this account (the message says which).
+                    Err(e) => p.push(format!("{key} = {}: {e}", path.display())),
                 }
             }
         }
