@@ -7,7 +7,7 @@
 // at any screen size. The overlay image from the server already has the regions outlined.
 
 import {
-  h, svg, badge, facts, timeEl, formatScore, VERDICT_LABELS,
+  h, svg, badge, facts, timeEl, formatScore, say, VERDICT_LABELS,
 } from './dom.js';
 
 const MODES = [
@@ -55,13 +55,32 @@ function regionTable(regions, boxes, testid) {
     h('td', {}, r.height), h('td', {}, r.area_px), h('td', {}, formatScore(r.peak_score))))));
 }
 
-/** A picture that says so when it cannot be shown (pruned by retention, or unreadable). */
+/**
+ * A picture that says so when it cannot be shown: why, in the server's words, when it says
+ * (removed by image retention: 410 with a problem+json detail), otherwise that it failed.
+ */
 function picture(url, alt, testid, missingText) {
   if (!url) return h('p', { class: 'muted missing' }, missingText);
   const img = h('img', { src: url, alt, 'data-testid': testid, decoding: 'async' });
-  img.addEventListener('error', () => {
-    img.replaceWith(h('p', { class: 'error', 'data-testid': `${testid}-failed` },
-      'The image could not be loaded from the server.'));
+  img.addEventListener('error', async () => {
+    const failed = h('p', { class: 'error', 'data-testid': `${testid}-failed` },
+      'The image could not be loaded from the server.');
+    img.replaceWith(failed);
+    try {
+      // The browser does not show an image's error body: asked again for the reason.
+      const res = await fetch(url, {
+        headers: { Accept: 'application/problem+json', 'X-Linesight-Background': '1' },
+        credentials: 'same-origin',
+        cache: 'no-store',
+      });
+      const problem = (res.headers.get('Content-Type') ?? '').includes('json') ? await res.json() : null;
+      if (!res.ok && problem?.detail) {
+        failed.className = res.status === 410 ? 'muted missing' : 'error';
+        say(failed, problem.detail.charAt(0).toUpperCase() + problem.detail.slice(1));
+      }
+    } catch {
+      // The generic sentence stays.
+    }
   });
   return img;
 }
@@ -83,6 +102,8 @@ export function inspectionPanel(inspection, { testid = 'inspection' } = {}) {
   if (image.tagName === 'IMG') {
     const fit = () => boxLayer.setAttribute('viewBox', `0 0 ${image.naturalWidth} ${image.naturalHeight}`);
     if (image.complete && image.naturalWidth) fit(); else image.addEventListener('load', fit);
+    // No boxes over the words that take the place of an image that did not load.
+    image.addEventListener('error', () => boxLayer.remove());
   }
   const overlay = picture(inspection.overlay,
     `Heat map of the anomaly score over the image of ${describe}, regions outlined`, `${testid}-overlay`,

@@ -457,3 +457,25 @@ scenario('(h) the line view\'s hour counts let inspections older than an hour go
     await snap(page, 'h-01-hour-passed');
   });
 });
+
+scenario('(i) an image removed by image retention says so in the server\'s words', async () => {
+  const inspector = await Api.signIn(users.inspector);
+  const reject = await uploadReject(inspector, { part_id: unique('PART-I'), lot: unique('LOT-I') });
+  const detail = `image ${'0'.repeat(64)} was removed by image retention at 2026-01-01 00:00:00 UTC (quality.image_retention_days, quality.image_quota_bytes); the records that name it are kept`;
+
+  await withPage(browser, 'i', async (page) => {
+    // The server's answer for a removed image (its own router tests check that it gives it).
+    await page.route('**/api/v1/images/*', (route) => route.fulfill({
+      status: 410,
+      contentType: 'application/problem+json',
+      body: JSON.stringify({ type: 'about:blank', title: 'Gone', status: 410, detail }),
+    }));
+    await signIn(page, users.inspector, `#/tasks/${reject.task}`);
+    const failed = page.locator(tid('task-inspection-image-failed'));
+    await failed.filter({ hasText: 'removed by image retention' }).waitFor();
+    assert.match(await failed.getAttribute('class'), /missing/);
+    assert.equal(await page.locator('.boxes').count(), 0, 'no region boxes over the words');
+    await snap(page, 'i-01-image-removed-by-retention');
+    await portraitFits(page, 'i-01b-image-removed-portrait');
+  });
+});
