@@ -173,12 +173,7 @@ impl ApiConfig {
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
-                match std::fs::metadata(path) {
-                    Ok(m) if m.is_file() => {}
-                    Ok(_) => p.push(format!("{key} = {}: not a file", path.display())),
-                    // Missing, or not readable by this account (the message says which).
-                    Err(e) => p.push(format!("{key} = {}: {e}", path.display())),
-                }
+                p.extend(crate::config::file_problem(key, path));
             }
         }
         if let Some(dir) = &self.ui_dir

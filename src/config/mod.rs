@@ -84,6 +84,17 @@ fn merge_into(dict: &mut Dict, incoming: Dict) {
     }
 }
 
+/// The problem with `path`, the value of `key`, when it is not a file this account can read
+/// the metadata of: missing, not a file, or in a folder it may not enter (the message says
+/// which). For files read when a service starts (TLS keys and certificates).
+pub fn file_problem(key: &str, path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some(format!("{key} = {}: not a file", path.display())),
+        Err(e) => Some(format!("{key} = {}: {e}", path.display())),
+    }
+}
+
 /// Whether listening on both addresses (same port) would collide: the same address, or an
 /// unspecified one (`0.0.0.0`, `::`) of the family of the other; `::` also takes IPv4 (a
 /// dual-stack socket, as the service opens them).

@@ -78,11 +78,6 @@ impl Default for MqttOutConfig {
     }
 }
 
-/// A configured path as shown in a problem.
-fn path_text(path: Option<&std::path::PathBuf>) -> String {
-    path.map_or_else(String::new, |p| p.display().to_string())
-}
-
 impl MqttOutConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -146,12 +141,8 @@ impl MqttOutConfig {
                     t.client_key_file.as_ref(),
                 ),
             ] {
-                match path.map(std::fs::metadata) {
-                    None => {}
-                    Some(Ok(m)) if m.is_file() => {}
-                    Some(Ok(_)) => p.push(format!("{key} = {}: not a file", path_text(path))),
-                    // Missing, or not readable by this account (the message says which).
-                    Some(Err(e)) => p.push(format!("{key} = {}: {e}", path_text(path))),
+                if let Some(path) = path {
+                    p.extend(crate::config::file_problem(key, path));
                 }
             }
         }

@@ -723,20 +723,48 @@ async fn triggered_cameras_are_opened_at_start() {
     assert!(sink.results().is_empty(), "no frame without a trigger");
 }
 
-/// A file of a replayed folder that does not decode is that frame's error, recorded like a
-/// result; the camera is not taken for lost (no reopen, no back-off) and goes on with the next.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
+/// A folder to replay: `name` is a good washer of the synthetic test set, `bad:name` a file
+/// that does not decode. Keep the folder alive while the source reads it.
+fn replay_of(files: &[&str]) -> (tempfile::TempDir, SourceConfig) {
     let dir = tempfile::tempdir().unwrap();
     let good = repo().join("testdata/synthetic/test/good");
-    std::fs::copy(good.join("000.png"), dir.path().join("a.png")).unwrap();
-    std::fs::write(dir.path().join("b.png"), b"not a png").unwrap();
-    std::fs::copy(good.join("001.png"), dir.path().join("c.png")).unwrap();
+    for (i, file) in files.iter().enumerate() {
+        match file.strip_prefix("bad:") {
+            Some(name) => std::fs::write(dir.path().join(name), b"not a png").unwrap(),
+            None => {
+                std::fs::copy(good.join(format!("{i:03}.png")), dir.path().join(file)).unwrap();
+            }
+        }
+    }
     let source = SourceConfig::Folder {
         path: dir.path().into(),
         repeat: false,
         preload_mib: None,
     };
+    (dir, source)
+}
+
+/// The results in frame order (an error is recorded by the camera at once, an inspection
+/// after its inference).
+fn by_frame(sink: &MemorySink) -> Vec<InspectionResult> {
+    let mut results = sink.results();
+    results.sort_by_key(|r| r.sequence);
+    results
+}
+
+/// Each result's file name and status.
+fn files_and_statuses(results: &[InspectionResult]) -> Vec<(&str, &str)> {
+    results
+        .iter()
+        .map(|r| (r.origin.rsplit('/').next().unwrap(), r.status()))
+        .collect()
+}
+
+/// A file of a replayed folder that does not decode is that frame's error, recorded like a
+/// result; the camera is not taken for lost (no reopen, no back-off) and goes on with the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
+    let (_dir, source) = replay_of(&["a.png", "bad:b.png", "c.png"]);
     let (pipeline, sink) = start(
         PipelineConfig {
             // A reopen would show as a pause of this length.
@@ -753,15 +781,9 @@ async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
         "no back-off: {:?}",
         started.elapsed()
     );
-    let mut results = sink.results();
-    // The error is recorded by the camera at once, the inspections after their inference.
-    results.sort_by_key(|r| r.sequence);
-    let origins: Vec<(&str, &str)> = results
-        .iter()
-        .map(|r| (r.origin.rsplit('/').next().unwrap(), r.status()))
-        .collect();
+    let results = by_frame(&sink);
     assert_eq!(
-        origins,
+        files_and_statuses(&results),
         [
             ("a.png", "inspected"),
             ("b.png", "error"),
@@ -781,18 +803,7 @@ async fn a_frame_that_does_not_decode_is_answered_and_the_camera_goes_on() {
 /// after the file it replayed last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_bad_frames_is_a_failing_camera() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = repo().join("testdata/synthetic/test/good");
-    std::fs::copy(good.join("000.png"), dir.path().join("a.png")).unwrap();
-    for name in ["b.png", "c.png", "d.png"] {
-        std::fs::write(dir.path().join(name), b"not a png").unwrap();
-    }
-    std::fs::copy(good.join("001.png"), dir.path().join("e.png")).unwrap();
-    let source = SourceConfig::Folder {
-        path: dir.path().into(),
-        repeat: false,
-        preload_mib: None,
-    };
+    let (_dir, source) = replay_of(&["a.png", "bad:b.png", "bad:c.png", "bad:d.png", "e.png"]);
     let (pipeline, sink) = start(
         PipelineConfig {
             reopen_backoff_initial_ms: 1_500,
@@ -808,14 +819,9 @@ async fn a_run_of_bad_frames_is_a_failing_camera() {
     })
     .await;
     run.await.unwrap();
-    let mut results = sink.results();
-    results.sort_by_key(|r| r.sequence);
-    let origins: Vec<(&str, &str)> = results
-        .iter()
-        .map(|r| (r.origin.rsplit('/').next().unwrap(), r.status()))
-        .collect();
+    let results = by_frame(&sink);
     assert_eq!(
-        origins,
+        files_and_statuses(&results),
         [
             ("a.png", "inspected"),
             ("b.png", "error"),
