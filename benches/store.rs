@@ -277,7 +277,7 @@ fn images(c: &mut Criterion) {
         .collect();
     for bytes in &images {
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        let path = linesight::store::image_path(&folder, &hash);
+        let path = linesight::store::image_path(&folder, &hash).unwrap();
         std::fs::create_dir_all(path.parent().expect("fan-out folder")).expect("folder");
         std::fs::write(path, bytes).expect("image file");
     }

@@ -710,11 +710,10 @@ pub(super) async fn image(
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(ALL, "read images")?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad("hash", "must be 64 hexadecimal digits"));
-    }
     let hash = hash.to_ascii_lowercase();
-    let path = image_path(&state.image_dir, &hash);
+    let Some(path) = image_path(&state.image_dir, &hash) else {
+        return Err(ApiError::bad("hash", "must be 64 hexadecimal digits"));
+    };
     let bytes = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
         // Say why it is not there: never stored, or removed by image retention (the

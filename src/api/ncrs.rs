@@ -15,7 +15,9 @@ use super::{ApiError, ApiState};
 use crate::quality::{
     Disposition, MAX_LABEL_BYTES, MAX_TEXT_BYTES, Meaning, NcrAction, Signature, check_text,
 };
-use crate::store::{Attachment, Credentials, NcrRecord, NcrTransition, NewNcr, image_path};
+use crate::store::{
+    Attachment, Credentials, NcrRecord, NcrTransition, NewNcr, StoreError, image_path,
+};
 
 /// NCR list filter.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -342,7 +344,13 @@ pub(super) async fn attachment(
 ) -> Result<Response, ApiError> {
     caller.require(ALL, "read NCRs")?;
     let a = state.store.attachment(id, attachment_id).await?;
-    let bytes = tokio::fs::read(image_path(&state.attachment_dir, &a.sha256))
+    let path = image_path(&state.attachment_dir, &a.sha256).ok_or_else(|| {
+        ApiError::Store(StoreError::Corrupt {
+            column: "ncr_attachments.sha256",
+            value: a.sha256.clone(),
+        })
+    })?;
+    let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| ApiError::Internal(format!("attachment {} is unreadable: {e}", a.id)))?;
     // Sent as a download, never rendered inline: an uploaded HTML file must not run here.

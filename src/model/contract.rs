@@ -146,6 +146,10 @@ pub enum ContractError {
         dim: &'static str,
         value: i64,
     },
+    #[error(
+        "input {name} has a fixed batch of {value}; supported fixed batches are 1..={MAX_FIXED_BATCH} (export the model with a smaller or a dynamic batch)"
+    )]
+    BatchOutOfRange { name: String, value: i64 },
     #[error("output {name} is {spec}; expected {expected}")]
     OutputShape {
         name: String,
@@ -211,6 +215,11 @@ fn resolve_dim(
     Ok(value as u32)
 }
 
+/// The largest batch a graph may fix: as large as `pipeline.batch_size` may be. Every call of
+/// such a graph holds that many images (padded), so a graph fixing a huge batch would take the
+/// service's memory at its first warm-up.
+pub const MAX_FIXED_BATCH: i64 = 256;
+
 /// Detects the contract of a graph, using the manifest for what the graph leaves open.
 pub fn detect(io: &GraphIo, manifest: Option<&Manifest>) -> Result<ModelContract, ContractError> {
     let [input] = io.inputs.as_slice() else {
@@ -251,6 +260,12 @@ pub fn detect(io: &GraphIo, manifest: Option<&Manifest>) -> Result<ModelContract
     )?;
     let width = resolve_dim(input, "width", *width, manifest_input.and_then(|i| i.width))?;
     let batch = match batch {
+        Some(n) if *n > MAX_FIXED_BATCH => {
+            return Err(ContractError::BatchOutOfRange {
+                name: input.name.clone(),
+                value: *n,
+            });
+        }
         Some(n) if *n >= 1 => BatchSize::Fixed(*n as usize),
         Some(_) | None => BatchSize::Dynamic,
     };
@@ -378,6 +393,31 @@ mod tests {
         let c = detect(&io, None).unwrap();
         assert_eq!(c.batch, BatchSize::Fixed(1));
         assert_eq!(c.kind, ContractKind::Anomalib);
+    }
+
+    #[test]
+    fn a_fixed_batch_past_the_limit_is_refused_with_its_size() {
+        let with_batch = |b: i64| GraphIo {
+            inputs: vec![t("input", ElementType::F32, &[n(b), n(3), n(256), n(256)])],
+            outputs: anomalib_outputs(),
+        };
+        assert_eq!(
+            detect(&with_batch(MAX_FIXED_BATCH), None).unwrap().batch,
+            BatchSize::Fixed(256)
+        );
+        // Every call of such a graph would hold a million padded images.
+        let e = detect(&with_batch(1_000_000), None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ContractError::BatchOutOfRange {
+                    value: 1_000_000,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("1..=256"), "{e}");
     }
 
     #[test]

@@ -390,7 +390,7 @@ impl Uploader {
         if row.kind == "sample.upload" {
             let image = data["image_ref"]
                 .as_str()
-                .map(|h| image_path(&self.image_dir, h));
+                .and_then(|h| image_path(&self.image_dir, h));
             match image {
                 Some(path) if path.is_file() => {
                     // An image that cannot be read or decoded goes up as metadata only, like

@@ -173,9 +173,14 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// `2026-11-23T18:50:35.123Z` for a millisecond timestamp (times before 1970 show as the epoch).
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// `2026-11-23T18:50:35.123Z` for a millisecond timestamp (times before 1970 show as the epoch,
+/// times past the year 9999 as its last millisecond: a stored value never fails to print).
 pub fn format_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let ms = ms.clamp(0, LAST_RFC3339_MS);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -188,6 +193,9 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(format_ms(1_795_459_835_123), "2026-11-23T18:50:35.123Z");
+        // Past what RFC 3339 can write: the last millisecond it can, not a panic.
+        assert_eq!(format_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

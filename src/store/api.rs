@@ -35,6 +35,11 @@ fn sha256_hex(s: &str) -> String {
 /// Bearer tokens start with this, so that a leaked one is easy to recognise and search for.
 pub const TOKEN_PREFIX: &str = "lst_";
 
+/// The furthest a token's expiry may be set: ten years. A token that should outlive that is
+/// made without an expiry (and revoked when it is no longer used).
+pub const MAX_TOKEN_DAYS: i64 = 3650;
+const DAY_MS: i64 = 86_400_000;
+
 /// A signed-in browser session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -295,6 +300,11 @@ impl Store {
             return Err(StoreError::Invalid(
                 "expires_at_ms: the expiry must be in the future".into(),
             ));
+        }
+        if expires_at_ms.is_some_and(|t| t - now > MAX_TOKEN_DAYS * DAY_MS) {
+            return Err(StoreError::Invalid(format!(
+                "expires_at_ms: at most {MAX_TOKEN_DAYS} days ahead; leave it out for a token that does not expire"
+            )));
         }
         let token = format!("{TOKEN_PREFIX}{}", secret());
         let mut tx = self.begin().await?;

@@ -219,8 +219,15 @@ impl ImageKeepingMetrics {
     }
 }
 
-/// Where an image with this hash lives under `dir` (two-level fan-out).
-pub fn image_path(dir: &Path, hash: &str) -> PathBuf {
+/// Where an image with this hash lives under `dir` (two-level fan-out); none when `hash` is
+/// not a SHA-256 in lower-case hexadecimal, as the store names its files. Hashes read back from the database or a request go through
+/// this check: a short or tampered value must neither panic nor name a path outside `dir`.
+pub fn image_path(dir: &Path, hash: &str) -> Option<PathBuf> {
+    is_hash_name(hash).then(|| fanned_out(dir, hash))
+}
+
+/// [`image_path`] of a hash this module has just computed (64 hexadecimal digits).
+fn fanned_out(dir: &Path, hash: &str) -> PathBuf {
     dir.join(&hash[..2]).join(hash)
 }
 
@@ -343,7 +350,7 @@ fn create_dir_durably(folder: &Path) -> std::io::Result<()> {
 /// moment, or it crashed in between), and this caller is about to record the file as stored.
 pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
     let hash = hex::encode(Sha256::digest(bytes));
-    let path = image_path(dir, &hash);
+    let path = fanned_out(dir, &hash);
     let parent = path.parent().unwrap_or(dir).to_path_buf();
     let cannot = |source: std::io::Error| StoreError::Io {
         what: format!("cannot store {}", path.display()),
@@ -412,7 +419,7 @@ pub fn write_image_files<B: AsRef<[u8]>>(
             let bytes = bytes.as_ref();
             let hash = write_content_addressed(dir, bytes)?;
             Ok(ImageFile {
-                path: image_path(dir, &hash),
+                path: fanned_out(dir, &hash),
                 hash,
                 bytes: bytes.len() as u64,
             })
@@ -644,7 +651,14 @@ impl Store {
                 }
                 continue;
             }
-            let freed = match std::fs::remove_file(image_path(dir, hash)) {
+            let Some(path) = image_path(dir, hash) else {
+                // Not a hash: no file of the store has that name. The row stays live (rolled
+                // back with `tx`) and is counted as an error on every pass.
+                tracing::warn!(image = %hash, "An image record's hash is not a SHA-256; its file cannot be found.");
+                report.errors += 1;
+                continue;
+            };
+            let freed = match std::fs::remove_file(path) {
                 Ok(()) => *bytes,
                 // Its record is marked now; no file, so nothing freed.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -838,7 +852,7 @@ mod tests {
             writers.into_iter().map(|w| w.join().unwrap()).collect()
         });
         assert!(hashes.windows(2).all(|w| w[0] == w[1]));
-        let path = image_path(dir.path(), &hashes[0]);
+        let path = image_path(dir.path(), &hashes[0]).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
@@ -947,11 +961,33 @@ mod tests {
     }
 
     #[test]
+    fn only_a_sha256_becomes_a_path() {
+        let dir = Path::new("/images");
+        let hash = "0f".repeat(32);
+        assert_eq!(
+            image_path(dir, &hash),
+            Some(dir.join("0f").join(&hash)),
+            "two-level fan-out"
+        );
+        // Values read back from a damaged or tampered database: no panic, no path.
+        for bad in [
+            "",
+            "a",
+            "é",
+            "../../etc/passwd",
+            &"0F".repeat(32),
+            &"0f".repeat(33),
+        ] {
+            assert_eq!(image_path(dir, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_file_of_the_wrong_size_is_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = vec![42u8; 4096];
         let hash = write_content_addressed(dir.path(), &bytes).unwrap();
-        let path = image_path(dir.path(), &hash);
+        let path = image_path(dir.path(), &hash).unwrap();
         std::fs::write(&path, &bytes[..100]).unwrap();
         assert_eq!(write_content_addressed(dir.path(), &bytes).unwrap(), hash);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);

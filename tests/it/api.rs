@@ -1596,6 +1596,30 @@ async fn sessions_need_their_csrf_token_and_end_on_sign_out_or_idle() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "one's own");
+    // An expiry past the ten-year limit (here past the year 9999, which no timestamp in the
+    // audit trail could show) is refused, naming the field.
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(r#"{"username":"op","name":"far","expires_at_ms":253402300800000}"#),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let problem = json(&b);
+    assert_eq!(problem["field"], "expires_at_ms", "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("3650 days"),
+        "{problem}"
+    );
     let (s, b, _) = send(
         &f,
         call(

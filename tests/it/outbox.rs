@@ -830,7 +830,7 @@ async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
             .unwrap();
         if n == 0 {
             // A regular file to `is_file`, an I/O error to every read.
-            let path = linesight::store::image_path(&images, &image);
+            let path = linesight::store::image_path(&images, &image).unwrap();
             std::fs::remove_file(&path).unwrap();
             std::os::unix::fs::symlink("/proc/self/mem", &path).unwrap();
             assert!(path.is_file() && std::fs::read(&path).is_err());
@@ -882,7 +882,7 @@ async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
     let plain = store.put_image(&images, &png(8, 8, 99), 0).await.unwrap();
     assert_eq!(store.outbox_status().await.unwrap().s3.pending, 3);
     let day = 86_400_000;
-    let path = |h: &str| linesight::store::image_path(&images, h);
+    let path = |h: &str| linesight::store::image_path(&images, h).unwrap();
 
     // Expired, then a quota of nothing: only the unsampled image goes.
     let r = store
@@ -1085,7 +1085,11 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
         .await
         .unwrap();
     assert_eq!((r.expired, r.pinned), (5, 0), "{r:?}");
-    assert!(!linesight::store::image_path(&images, &image).exists());
+    assert!(
+        !linesight::store::image_path(&images, &image)
+            .unwrap()
+            .exists()
+    );
     let state = |id: i64| {
         let pool = store.raw_pool().clone();
         async move {

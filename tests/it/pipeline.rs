@@ -2104,7 +2104,8 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
         if *verdict == Verdict::Defect {
             rejects += 1;
             let hash = i.image_ref.as_deref().expect("a reject keeps its image");
-            let png = std::fs::read(linesight::store::image_path(images.path(), hash)).unwrap();
+            let png =
+                std::fs::read(linesight::store::image_path(images.path(), hash).unwrap()).unwrap();
             let frame = image::load_from_memory(&png).unwrap();
             assert!(frame.width() > 0);
         }

@@ -1362,7 +1362,11 @@ async fn image_rows_are_recorded_with_their_inspection_or_not_at_all(db: &Db) {
     let files = linesight::store::write_images(dir.path(), vec![vec![9u8; 50], vec![8u8; 30]])
         .await
         .unwrap();
-    assert!(linesight::store::image_path(dir.path(), &files[0].hash).is_file());
+    assert!(
+        linesight::store::image_path(dir.path(), &files[0].hash)
+            .unwrap()
+            .is_file()
+    );
     let with_refs = |model_sha256: String| NewInspection {
         image_ref: Some(files[0].hash.clone()),
         overlay_ref: Some(files[1].hash.clone()),
@@ -1415,7 +1419,7 @@ async fn an_image_retention_deletes_while_it_is_recorded_again_is_written_again(
     let day = 86_400_000;
     let bytes = vec![7u8; 64];
     let hash = s.put_image(dir.path(), &bytes, 0).await.unwrap();
-    let path = linesight::store::image_path(dir.path(), &hash);
+    let path = linesight::store::image_path(dir.path(), &hash).unwrap();
     // A second upload of the same bytes finds the file there and does not write it...
     let files = linesight::store::write_images(dir.path(), vec![bytes.clone()])
         .await
@@ -1473,7 +1477,11 @@ async fn an_image_retention_deletes_while_it_is_recorded_again_is_written_again(
         .await
         .unwrap();
     assert_eq!(r.expired, 0, "dated by its newest record");
-    assert!(linesight::store::image_path(dir.path(), &other).is_file());
+    assert!(
+        linesight::store::image_path(dir.path(), &other)
+            .unwrap()
+            .is_file()
+    );
     assert_chain_intact(s).await;
 }
 
@@ -1559,7 +1567,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     // A store without any image record beside a folder of images: the wrong database.
     let err = sweep(later, true).await.unwrap_err();
     assert!(err.to_string().contains("holds no image record"), "{err}");
-    assert!(image_path(dir.path(), &unrecorded).is_file());
+    assert!(image_path(dir.path(), &unrecorded).unwrap().is_file());
 
     let recorded = s.put_image(dir.path(), &[1u8; 100], 0).await.unwrap();
     let left = dir.path().join(TEMPORARY_FOLDER).join("crashed.tmp");
@@ -1592,7 +1600,7 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
     assert_eq!((r.bytes_freed, r.errors), (37, 0));
     assert!(!left.exists() && !legacy.exists());
     assert!(
-        image_path(dir.path(), &unrecorded).is_file(),
+        image_path(dir.path(), &unrecorded).unwrap().is_file(),
         "counted, not removed"
     );
     let r = sweep(later, true).await.unwrap();
@@ -1600,8 +1608,8 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
         (r.unrecorded, r.unrecorded_removed, r.bytes_freed),
         (1, 1, 50)
     );
-    assert!(!image_path(dir.path(), &unrecorded).exists());
-    assert!(image_path(dir.path(), &recorded).is_file());
+    assert!(!image_path(dir.path(), &unrecorded).unwrap().exists());
+    assert!(image_path(dir.path(), &recorded).unwrap().is_file());
     assert!(other.is_file());
 
     // An image whose row retention marked deleted, written again by hand, is unrecorded too.
@@ -1613,8 +1621,8 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
             .expired,
         1
     );
-    std::fs::create_dir_all(image_path(dir.path(), &recorded).parent().unwrap()).unwrap();
-    std::fs::write(image_path(dir.path(), &recorded), [1u8; 100]).unwrap();
+    std::fs::create_dir_all(image_path(dir.path(), &recorded).unwrap().parent().unwrap()).unwrap();
+    std::fs::write(image_path(dir.path(), &recorded).unwrap(), [1u8; 100]).unwrap();
     let r = sweep(later, true).await.unwrap();
     assert_eq!(r.unrecorded_removed, 1);
 
@@ -1637,11 +1645,11 @@ async fn files_no_record_names_are_swept_after_the_grace_period(db: &Db) {
         .unwrap_err();
     assert!(matches!(err, StoreError::ImageGone { .. }), "{err}");
     let rec = write_and_record(s, dir.path(), bytes, &new).await;
-    assert!(image_path(dir.path(), &again[0].hash).is_file());
+    assert!(image_path(dir.path(), &again[0].hash).unwrap().is_file());
     // Recorded now: a later sweep keeps it.
     let r = sweep(later, true).await.unwrap();
     assert_eq!((r.unrecorded, r.unrecorded_removed), (0, 0));
-    assert!(image_path(dir.path(), &again[0].hash).is_file());
+    assert!(image_path(dir.path(), &again[0].hash).unwrap().is_file());
     let stored = s.inspection(rec.inspection_id).await.unwrap();
     assert_eq!(stored.inspection.image_ref, Some(again[0].hash.clone()));
 }
@@ -1672,14 +1680,26 @@ async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db
         .await
         .unwrap();
     assert_eq!((r.expired, r.evicted, r.bytes_freed), (0, 1, 100));
-    assert!(!linesight::store::image_path(dir.path(), &a).exists());
-    assert!(linesight::store::image_path(dir.path(), &b).is_file());
+    assert!(
+        !linesight::store::image_path(dir.path(), &a)
+            .unwrap()
+            .exists()
+    );
+    assert!(
+        linesight::store::image_path(dir.path(), &b)
+            .unwrap()
+            .is_file()
+    );
     let r = s
         .enforce_image_retention(dir.path(), 1, 1 << 30, 2_000 + day + 1)
         .await
         .unwrap();
     assert_eq!((r.expired, r.evicted), (2, 0));
-    assert!(!linesight::store::image_path(dir.path(), &c).exists());
+    assert!(
+        !linesight::store::image_path(dir.path(), &c)
+            .unwrap()
+            .exists()
+    );
     let kept = s.inspection(rec.inspection_id).await.unwrap();
     assert_eq!(kept.inspection.image_ref, Some(a));
 }
@@ -1958,7 +1978,7 @@ async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
             .is_err()
     );
     assert_eq!(
-        std::fs::read(linesight::store::image_path(dir.path(), &a.sha256)).unwrap(),
+        std::fs::read(linesight::store::image_path(dir.path(), &a.sha256).unwrap()).unwrap(),
         b"jpeg bytes"
     );
     assert!(matches!(s.verify_audit().await.unwrap(), Ok(n) if n > 5));
