@@ -43,6 +43,10 @@ pub enum ApiError {
         "all {inspectors} inspectors stayed busy for api.inference_timeout_ms = {ms}: try again later"
     )]
     Busy { inspectors: usize, ms: u64 },
+    /// The work was not started because the same kind of work kept it waiting too long; the
+    /// client may retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(
         "too many failed sign-ins from this address: api.sign_in_failures_per_address = {limit} \
          in api.sign_in_window_minutes = {window_minutes}; try again in {retry_after_s} s"
@@ -100,7 +104,9 @@ impl ApiError {
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoPipeline => StatusCode::CONFLICT,
             ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) | ApiError::Busy { .. } | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Inspect(e) => match e {
                 InspectError::Decode(_) | InspectError::Preprocess(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
@@ -153,7 +159,11 @@ impl IntoResponse for ApiError {
             "title": status.canonical_reason().unwrap_or("error"),
             "status": status.as_u16(),
         });
-        if status.is_server_error() && !matches!(self, ApiError::Timeout(_) | ApiError::Busy { .. })
+        if status.is_server_error()
+            && !matches!(
+                self,
+                ApiError::Timeout(_) | ApiError::Busy { .. } | ApiError::Unavailable(_)
+            )
         {
             tracing::error!(error = %self, "request failed");
         } else {

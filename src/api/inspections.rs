@@ -31,8 +31,16 @@ pub struct InspectorPool {
     /// each holds its decoded image (up to `decode.max_alloc_bytes`), so the images in memory
     /// stay at most two per inspector however many uploads come at once.
     overlays: Arc<tokio::sync::Semaphore>,
+    /// Request bodies that may be read (uploads, NCR attachments): [`BODIES_PER_INSPECTOR`]
+    /// per inspector. A request waits for one before it reads its body, so that the bodies in
+    /// memory (each up to `api.max_body_bytes`) stay bounded however many clients send at once.
+    bodies: Arc<tokio::sync::Semaphore>,
     size: usize,
 }
+
+/// Upload bodies held in memory per inspector: the one being inspected, and enough waiting
+/// for their turn that the inspectors never wait for a client's bytes.
+pub const BODIES_PER_INSPECTOR: usize = 4;
 
 impl InspectorPool {
     /// A pool of `inspectors` (at least one).
@@ -42,6 +50,7 @@ impl InspectorPool {
             idle: Mutex::new(inspectors),
             permits: Arc::new(tokio::sync::Semaphore::new(n)),
             overlays: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            bodies: Arc::new(tokio::sync::Semaphore::new(n.max(1) * BODIES_PER_INSPECTOR)),
             size: n,
         }
     }
@@ -51,6 +60,29 @@ impl InspectorPool {
         self.overlays.clone()
     }
 
+    /// The slots of upload bodies (tests hold them to see uploads wait for one).
+    pub fn body_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.bodies.clone()
+    }
+
+    /// Admits a request's body, waiting up to `wait` for a slot: 503 when none comes free,
+    /// before the body is read.
+    pub async fn admit(
+        &self,
+        wait: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        tokio::time::timeout(wait, self.bodies.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "{} request bodies (uploads, NCR attachments: {BODIES_PER_INSPECTOR} per inspector) were in memory for api.inference_timeout_ms = {} ms: try again later",
+                    self.size.max(1) * BODIES_PER_INSPECTOR,
+                    wait.as_millis()
+                ))
+            })?
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     /// How many inspectors the pool holds.
     pub fn size(&self) -> usize {
         self.size
@@ -58,7 +90,7 @@ impl InspectorPool {
 
     /// Lends an inspector, waiting up to `wait` for one to be free: [`ApiError::Busy`] when
     /// none is, so that a service whose inspectors are all stuck answers 503 rather than
-    /// piling up requests (and their bodies) without end.
+    /// piling up requests without end (their bodies are bounded by [`Self::admit`]).
     pub async fn lend(self: &Arc<Self>, wait: Duration) -> Result<Lent, ApiError> {
         let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
             .await
@@ -390,7 +422,7 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
         (status = 415, description = "not JPEG or PNG"),
         (status = 422, description = "the image cannot be decoded or is too large"),
         (status = 500, description = "the service failed (detail in its log, not in the answer)"),
-        (status = 503, description = "no inspector was free, or the inspection did not end, within api.inference_timeout_ms"),
+        (status = 503, description = "no inspector was free, or the inspection did not end, within api.inference_timeout_ms; or four request bodies per inspector were already in memory that long"),
         (status = 507, description = "the disk that keeps the images is full")))]
 pub(super) async fn upload(
     State(state): State<ApiState>,
@@ -425,6 +457,9 @@ async fn upload_inner(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let timeout = Duration::from_millis(state.config.inference_timeout_ms);
+    // Held until the answer: the body stays in memory until its files are written.
+    let _admitted = state.inspectors.admit(timeout).await?;
     let (params, body, media) = if content_type.starts_with("multipart/form-data") {
         let form = Multipart::from_request(request, state)
             .await
@@ -484,7 +519,6 @@ async fn upload_inner(
             format!("{t} is not a finite number"),
         ));
     }
-    let timeout = Duration::from_millis(state.config.inference_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut inspector = state.inspectors.lend(timeout).await?;
     if let Some(t) = params.threshold {

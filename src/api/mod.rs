@@ -46,8 +46,10 @@ use crate::store::Store;
 pub use auth::{BACKGROUND_HEADER, CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
 pub use error::ApiError;
 pub use forwarded::{Client, ProxyNetwork};
-pub use inspections::{ApiMetrics, InspectionView, InspectorPool, UploadAnswer, UploadParams};
-pub use models::SlotConfig;
+pub use inspections::{
+    ApiMetrics, BODIES_PER_INSPECTOR, InspectionView, InspectorPool, UploadAnswer, UploadParams,
+};
+pub use models::{SlotConfig, model_report_turn};
 pub use tasks::{Decision, TaskQuery};
 pub use throttle::SignInThrottle;
 

@@ -1,6 +1,7 @@
 //! Models in service: what each slot serves, and activation of a new package (admin).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -70,7 +71,8 @@ pub struct ContractQuery {
 /// What linesight sees in the model a slot serves: identity (SHA-256), files, ONNX opsets,
 /// the detected contract (input, score and map tensors, batch), preprocessing, thresholds.
 #[utoipa::path(get, path = "/api/v1/models/contract", tag = "models", params(ContractQuery),
-    responses((status = 200, body = Object), (status = 404, description = "no such slot here")))]
+    responses((status = 200, body = Object), (status = 404, description = "no such slot here"),
+        (status = 503, description = "another report kept this one waiting past api.inference_timeout_ms")))]
 pub(super) async fn contract(
     State(state): State<ApiState>,
     caller: Caller,
@@ -93,6 +95,19 @@ pub(super) async fn contract(
                 .unwrap_or_else(|| config.model.clone())
         }
     };
+    // A report opens an ONNX Runtime session on the package and hashes its files: one at a
+    // time per process, so that many readers at once cannot take the memory and cores the
+    // inspections need. A reader that waits longer than an inspection may is told to retry.
+    let wait = Duration::from_millis(state.config.inference_timeout_ms);
+    let _turn = tokio::time::timeout(wait, REPORTS.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "another model report was being built for api.inference_timeout_ms = {} ms; try again",
+                state.config.inference_timeout_ms
+            ))
+        })?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let v = state.validator.clone();
     let report = tokio::task::spawn_blocking(move || {
         ModelReport::build(v.runtime, &dir, &v.options)
@@ -102,6 +117,14 @@ pub(super) async fn contract(
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(ApiError::Internal)?;
     Ok(Json(report))
+}
+
+/// Model reports being built ([`contract`]): one at a time.
+static REPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// The turn of model reports (tests hold it to see a report wait for it).
+pub fn model_report_turn() -> &'static tokio::sync::Semaphore {
+    &REPORTS
 }
 
 /// The model each slot (a camera's default model or a recipe) serves, as recorded.

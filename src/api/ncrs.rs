@@ -300,6 +300,13 @@ pub(super) async fn attach(
     request: Request,
 ) -> Result<(StatusCode, Json<AttachmentView>), ApiError> {
     let user = caller.require(ALL, "attach files to NCRs")?.clone();
+    // Held until the answer: the file stays in memory until it is written.
+    let _admitted = state
+        .inspectors
+        .admit(std::time::Duration::from_millis(
+            state.config.inference_timeout_ms,
+        ))
+        .await?;
     let mut form = Multipart::from_request(request, &state)
         .await
         .map_err(|e| ApiError::bad("body", e.body_text()))?;

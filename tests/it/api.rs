@@ -635,6 +635,74 @@ async fn a_busy_pool_answers_503_and_a_panic_gives_the_inspector_back() {
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
 }
 
+/// Upload bodies are read four per inspector at a time: an upload that finds every slot taken
+/// for `api.inference_timeout_ms` is answered 503 before its body is read, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_bodies_in_memory_wait_then_get_503() {
+    let f = fixture(ApiConfig {
+        inference_timeout_ms: 300,
+        ..ApiConfig::default()
+    })
+    .await;
+    let slots = f.state.inspectors.body_slots();
+    assert_eq!(
+        slots.available_permits(),
+        f.state.inspectors.size() * linesight::api::BODIES_PER_INSPECTOR
+    );
+    let held = slots
+        .clone()
+        .acquire_many_owned(slots.available_permits() as u32)
+        .await
+        .unwrap();
+    let png = washer("good/000.png");
+    let (s, body, _) = send(
+        &f,
+        upload(Some("op"), "part_id=P&lot=L", "image/png", png.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let detail = json(&body)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("4 request bodies") && detail.contains("300 ms"),
+        "{detail}"
+    );
+    assert_eq!(f.db.store.inspection_count().await.unwrap(), 0);
+    drop(held);
+    let (s, body, _) = send(&f, upload(Some("op"), "part_id=P&lot=L", "image/png", png)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(slots.available_permits(), 4, "the slot is given back");
+}
+
+/// Model reports open a session each: one at a time per process. A reader kept waiting past
+/// `api.inference_timeout_ms` is answered 503 saying why, and served once the turn is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_reports_are_built_one_at_a_time() {
+    let f = fixture(ApiConfig {
+        inference_timeout_ms: 300,
+        ..ApiConfig::default()
+    })
+    .await;
+    let op = basic("op");
+    let turn = linesight::api::model_report_turn();
+    let held = turn.acquire().await.unwrap();
+    let (s, body, _) = send(&f, call("GET", "/api/v1/models/contract", Some(&op), None)).await;
+    drop(held);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let detail = json(&body)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("another model report") && detail.contains("300"),
+        "{detail}"
+    );
+    let (s, body, _) = send(&f, call("GET", "/api/v1/models/contract", Some(&op), None)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
 /// A disk that cannot take the files is the service's fault: 500, logged, its detail (the
 /// path) not sent, and nothing recorded.
 #[tokio::test]
