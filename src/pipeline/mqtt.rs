@@ -114,6 +114,12 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Trigger, Strin
 }
 
 /// Subscribes and fires triggers until `stop` turns true. Reconnects with back-off.
+///
+/// The connection is polled without pause: the triggers are journalled in arrival order by a
+/// task of their own ([`journal_in_order`]), so that a journal slow to take one (a store being
+/// retried) does not starve the connection of its keep-alive, which would make the broker drop
+/// it and deliver the triggers again. At stop, the acknowledgements already given are sent
+/// before the disconnection, so that the next start is not handed triggers journalled here.
 pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch::Receiver<bool>) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options.set_keep_alive(Duration::from_secs(5));
@@ -121,6 +127,16 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
     options.set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(options, 64);
     let filter = format!("{}/+", config.topic_prefix);
+    // The broker holds back what it has not seen acknowledged (at most its in-flight window),
+    // so this queue does not grow past that window.
+    let (arrived, to_journal) = tokio::sync::mpsc::unbounded_channel();
+    let journal = tokio::spawn(journal_in_order(
+        to_journal,
+        client.clone(),
+        triggers,
+        config.topic_prefix.clone(),
+        stop.clone(),
+    ));
     let mut backoff = Duration::from_millis(200);
     loop {
         let event = tokio::select! {
@@ -138,51 +154,8 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                match parse(&config.topic_prefix, &publish.topic, &publish.payload) {
-                    Ok(mut trigger) => {
-                        // Acknowledged only once durable: while the journal cannot take it, keep
-                        // trying (the triggers behind it would fail the same way); at shutdown
-                        // leave it unacknowledged, and the broker redelivers it next time. The
-                        // id is given once, before the tries: a try whose commit went through
-                        // although it reported an error is then recognised as a duplicate by
-                        // the next one instead of being inspected twice.
-                        if trigger.id.is_none() {
-                            trigger.id = Some(triggers.new_id(&trigger.camera));
-                        }
-                        let mut wait = Duration::from_millis(100);
-                        loop {
-                            match triggers.fire(trigger.clone()).await {
-                                Err(e @ TriggerError::Journal(_)) => {
-                                    tracing::warn!(topic = %publish.topic, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT trigger not journalled yet; retrying.");
-                                    tokio::select! {
-                                        () = tokio::time::sleep(wait) => {}
-                                        _ = stop.changed() => {
-                                            let _ = client.try_disconnect();
-                                            return;
-                                        }
-                                    }
-                                    wait = (wait * 2).min(Duration::from_secs(5));
-                                }
-                                Err(TriggerError::ShuttingDown) => {
-                                    // Not taken: unacknowledged, the broker delivers it again
-                                    // to the next start.
-                                    let _ = client.try_disconnect();
-                                    return;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
-                                    break;
-                                }
-                                Ok(_) => break,
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %publish.topic, error = %e, "Bad MQTT trigger ignored.")
-                    }
-                }
-                if let Err(e) = client.try_ack(&publish) {
-                    tracing::warn!(error = %e, "MQTT acknowledgement failed.");
+                if arrived.send(publish).is_err() {
+                    break;
                 }
             }
             Ok(_) => {}
@@ -196,7 +169,91 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             }
         }
     }
-    let _ = client.try_disconnect();
+    // The journal task ends at the stop too: a trigger it was still trying to journal stays
+    // unacknowledged (delivered again to the next start); those it journalled were acknowledged.
+    drop(arrived);
+    let _ = journal.await;
+    // The acknowledgements wait in the client's queue until the connection is polled: poll
+    // until the disconnection queued behind them has gone out (or the connection is gone).
+    if client.try_disconnect().is_ok() {
+        let flushed = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(ACK_FLUSH, flushed).await.is_err() {
+            tracing::warn!(
+                "MQTT trigger acknowledgements not all sent at stop; the broker will deliver those triggers again (answered as duplicates when they carry an id)."
+            );
+        }
+    }
+}
+
+/// How long the stop waits for the acknowledgements to reach the broker.
+const ACK_FLUSH: Duration = Duration::from_secs(2);
+
+/// Journals the triggers in the order they came and acknowledges each once it is durable (or
+/// refused for good: a bad payload, an unknown camera). Returns at `stop`, or when the
+/// connection's loop has ended.
+async fn journal_in_order(
+    mut arrived: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    client: AsyncClient,
+    triggers: Triggers,
+    prefix: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let publish = tokio::select! {
+            p = arrived.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        match parse(&prefix, &publish.topic, &publish.payload) {
+            Ok(mut trigger) => {
+                // Acknowledged only once durable: while the journal cannot take it, keep
+                // trying (the triggers behind it would fail the same way); at shutdown leave
+                // it unacknowledged, and the broker redelivers it next time. The id is given
+                // once, before the tries: a try whose commit went through although it
+                // reported an error is then recognised as a duplicate by the next one instead
+                // of being inspected twice.
+                if trigger.id.is_none() {
+                    trigger.id = Some(triggers.new_id(&trigger.camera));
+                }
+                let mut wait = Duration::from_millis(100);
+                loop {
+                    match triggers.fire(trigger.clone()).await {
+                        Err(e @ TriggerError::Journal(_)) => {
+                            tracing::warn!(topic = %publish.topic, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT trigger not journalled yet; retrying.");
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                _ = stop.changed() => return,
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                        // Not taken: unacknowledged, the broker delivers it again to the next
+                        // start.
+                        Err(TriggerError::ShuttingDown) => return,
+                        Err(e) => {
+                            tracing::warn!(topic = %publish.topic, error = %e, "MQTT trigger refused.");
+                            break;
+                        }
+                        Ok(_) => break,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %publish.topic, error = %e, "Bad MQTT trigger ignored.")
+            }
+        }
+        if let Err(e) = client.ack(&publish).await {
+            tracing::warn!(error = %e, "MQTT acknowledgement failed.");
+        }
+    }
 }
 
 #[cfg(test)]

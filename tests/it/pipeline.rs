@@ -1609,6 +1609,105 @@ async fn mqtt_triggers_from_the_real_broker() {
     );
 }
 
+/// A journal that keeps an MQTT trigger waiting longer than the broker's keep-alive allowance
+/// (1.5 × 5 s: another writer holds the SQLite database for 9 s) does not cost the connection:
+/// the broker does not deliver the trigger again, so a trigger without an id is inspected once,
+/// not a second time under a new id. Its acknowledgement reaches the broker before the stop:
+/// a new session under the same client id is handed nothing. (Debian's Mosquitto 2.0.11 did
+/// not drop a silent client after 9 s here, so on it this test also passes without the
+/// connection being polled meanwhile; brokers that enforce the keep-alive drop it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_by_the_stop() {
+    use linesight::pipeline::mqtt::MqttTriggerConfig;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use sqlx::Connection as _;
+
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let prefix = format!("linesight-test/{unique}/triggers");
+    let client_id = format!("lt-slow-{unique}");
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            mqtt_triggers: Some(MqttTriggerConfig {
+                client_id: client_id.clone(),
+                topic_prefix: prefix.clone(),
+                ..MqttTriggerConfig::default()
+            }),
+            ..PipelineConfig::default()
+        },
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    let (client, mut events) = AsyncClient::new(
+        MqttOptions::new(format!("lt-pub-{unique}"), "127.0.0.1", 1883),
+        16,
+    );
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another writer holds the database: the journal waits (SQLite's busy timeout) for it.
+    let url = db.config.url.clone().unwrap();
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{prefix}/press"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"part_id":"P-1","lot":"L-1"}"#,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    wait_for(&sink, 1).await;
+    // Time for a redelivery to be served, had the broker dropped the connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    poller.abort();
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_eq!(results.len(), 1, "inspected once: {results:?}");
+    assert_eq!(results[0].part_id.as_deref(), Some("P-1"));
+    // The same session again: nothing was left unacknowledged.
+    let mut options = MqttOptions::new(&client_id, "127.0.0.1", 1883);
+    options.set_clean_session(false);
+    let (again, mut events) = AsyncClient::new(options, 16);
+    again
+        .subscribe(format!("{prefix}/+"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let redelivered = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => return Some(p),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        !matches!(redelivered, Ok(Some(_))),
+        "delivered again: {redelivered:?}"
+    );
+}
+
 /// Back-off doubles up to its maximum, in virtual time: 1 s, 2 s, 2 s before the fourth grab.
 #[tokio::test(start_paused = true)]
 async fn reopen_back_off_doubles_up_to_its_maximum() {
