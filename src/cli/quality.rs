@@ -90,8 +90,10 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The quality store with the outbox the settings configure: a change made here (a model
+/// activation, a token revoked) queues its event like the same change made through the API.
 pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(&settings.store).await.with_context(|| {
+    crate::outbox::open_store(settings).await.with_context(|| {
         format!(
             "cannot open the quality store {}",
             redact(&settings.store.effective_url())

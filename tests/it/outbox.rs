@@ -1881,3 +1881,39 @@ async fn mqtt_over_tls_with_a_client_certificate() {
     delivery.stop().await;
     db.finish().await;
 }
+
+/// A change made with the command line (a model activated) queues its event like the same
+/// change made through the API: the service delivering this database's outbox publishes it.
+#[test]
+fn changes_made_with_the_command_line_queue_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("linesight.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{}\"\n\n[outbox.mqtt]\nhost = \"127.0.0.1\"\ntopic_prefix = \"plant1/line3\"\n",
+            dir.path().join("q.db").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::common::linesight()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("USER", "ops")
+            .current_dir(crate::common::repo())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["models", "activate", "--slot", "press", "models/demo"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = run(&["outbox", "status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("mqtt events: 1 pending"), "{out}");
+}
