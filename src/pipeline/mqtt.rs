@@ -9,6 +9,8 @@
 //! a result coming. A bad payload or an unknown camera is logged and acknowledged (resending it
 //! cannot help).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -127,14 +129,17 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
     options.set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(options, 64);
     let filter = format!("{}/+", config.topic_prefix);
-    // The broker holds back what it has not seen acknowledged (at most its in-flight window),
-    // so this queue does not grow past that window.
+    // Unbounded, but not without limit: the broker sends no more than its in-flight window of
+    // unacknowledged triggers per connection, and a reconnection's redeliveries of those
+    // still queued are passed over by the journal (see `Arrived::connection`).
     let (arrived, to_journal) = tokio::sync::mpsc::unbounded_channel();
-    let journal = tokio::spawn(journal_in_order(
+    let connection = Arc::new(AtomicU64::new(0));
+    let mut journal = tokio::spawn(journal_in_order(
         to_journal,
         client.clone(),
         triggers,
         config.topic_prefix.clone(),
+        connection.clone(),
         stop.clone(),
     ));
     let mut backoff = Duration::from_millis(200);
@@ -146,6 +151,7 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
+                connection.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(broker = %format!("{}:{}", config.host, config.port), topic = %filter, "MQTT trigger subscription connected.");
                 // Subscribing again on every connection is harmless and covers a broker that
                 // lost the session.
@@ -154,7 +160,11 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if arrived.send(publish).is_err() {
+                let item = Arrived {
+                    connection: connection.load(Ordering::SeqCst),
+                    publish,
+                };
+                if arrived.send(item).is_err() {
                     break;
                 }
             }
@@ -169,10 +179,29 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             }
         }
     }
-    // The journal task ends at the stop too: a trigger it was still trying to journal stays
-    // unacknowledged (delivered again to the next start); those it journalled were acknowledged.
     drop(arrived);
-    let _ = journal.await;
+    // The journal task ends at the stop too: a trigger it was still trying to journal stays
+    // unacknowledged (delivered again to the next start); those it journalled were
+    // acknowledged. The connection is polled meanwhile, so that an acknowledgement waiting
+    // for room in the client's queue gets it; a journal that does not end is left behind.
+    let ended = async {
+        loop {
+            tokio::select! {
+                _ = &mut journal => return,
+                e = events.poll() => {
+                    if e.is_err() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_WAIT, ended).await.is_err() {
+        journal.abort();
+        tracing::warn!(
+            "MQTT trigger journal still busy at stop; the trigger it held is delivered again to the next start."
+        );
+    }
     // The acknowledgements wait in the client's queue until the connection is polled: poll
     // until the disconnection queued behind them has gone out (or the connection is gone).
     if client.try_disconnect().is_ok() {
@@ -184,7 +213,7 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                 }
             }
         };
-        if tokio::time::timeout(ACK_FLUSH, flushed).await.is_err() {
+        if tokio::time::timeout(STOP_WAIT, flushed).await.is_err() {
             tracing::warn!(
                 "MQTT trigger acknowledgements not all sent at stop; the broker will deliver those triggers again (answered as duplicates when they carry an id)."
             );
@@ -192,21 +221,72 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
     }
 }
 
-/// How long the stop waits for the acknowledgements to reach the broker.
-const ACK_FLUSH: Duration = Duration::from_secs(2);
+/// How long each step of the stop (the journal's last trigger, sending the acknowledgements)
+/// may take.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// A trigger message as it came, with the connection it came on.
+struct Arrived {
+    /// Counts the connections (each accepted CONNECT). A message of an earlier connection
+    /// that was not acknowledged on it is delivered again by the broker on the next one (the
+    /// session is persistent), and its packet id means nothing on the new connection: it is
+    /// not acknowledged there, and a copy delivered again is recognised ([`Redeliveries`]).
+    connection: u64,
+    publish: rumqttc::Publish,
+}
+
+/// The ids given to triggers that came without one, by the message that carried them, for the
+/// broker's redeliveries of those messages: a copy delivered again (the `dup` flag, same packet
+/// id, topic and payload) gets the id its first copy got, and the journal answers it as a
+/// duplicate instead of inspecting the part under the camera a second time.
+#[derive(Default)]
+struct Redeliveries {
+    recent: std::collections::VecDeque<(u16, String, axum::body::Bytes, String)>,
+}
+
+/// Messages remembered for their redeliveries: more than a broker keeps in flight.
+const REMEMBERED: usize = 1024;
+
+impl Redeliveries {
+    fn id_of(&self, p: &rumqttc::Publish) -> Option<&str> {
+        if !p.dup {
+            return None;
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(pkid, topic, payload, _)| {
+                *pkid == p.pkid && *topic == p.topic && *payload == p.payload
+            })
+            .map(|(.., id)| id.as_str())
+    }
+
+    fn remember(&mut self, p: &rumqttc::Publish, id: &str) {
+        if self.recent.len() == REMEMBERED {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back((p.pkid, p.topic.clone(), p.payload.clone(), id.to_owned()));
+    }
+}
 
 /// Journals the triggers in the order they came and acknowledges each once it is durable (or
 /// refused for good: a bad payload, an unknown camera). Returns at `stop`, or when the
 /// connection's loop has ended.
 async fn journal_in_order(
-    mut arrived: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    mut arrived: tokio::sync::mpsc::UnboundedReceiver<Arrived>,
     client: AsyncClient,
     triggers: Triggers,
     prefix: String,
+    connection: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut redeliveries = Redeliveries::default();
     loop {
-        let publish = tokio::select! {
+        let Arrived {
+            connection: came_on,
+            publish,
+        } = tokio::select! {
             p = arrived.recv() => match p {
                 Some(p) => p,
                 None => return,
@@ -220,9 +300,14 @@ async fn journal_in_order(
                 // it unacknowledged, and the broker redelivers it next time. The id is given
                 // once, before the tries: a try whose commit went through although it
                 // reported an error is then recognised as a duplicate by the next one instead
-                // of being inspected twice.
+                // of being inspected twice; so is a copy the broker delivers again.
                 if trigger.id.is_none() {
-                    trigger.id = Some(triggers.new_id(&trigger.camera));
+                    let id = match redeliveries.id_of(&publish) {
+                        Some(id) => id.to_owned(),
+                        None => triggers.new_id(&trigger.camera),
+                    };
+                    redeliveries.remember(&publish, &id);
+                    trigger.id = Some(id);
                 }
                 let mut wait = Duration::from_millis(100);
                 loop {
@@ -250,6 +335,11 @@ async fn journal_in_order(
                 tracing::warn!(topic = %publish.topic, error = %e, "Bad MQTT trigger ignored.")
             }
         }
+        // On a later connection this packet id names another message, or none: the broker
+        // delivers this one again, and its copy is acknowledged.
+        if came_on != connection.load(Ordering::SeqCst) {
+            continue;
+        }
         if let Err(e) = client.ack(&publish).await {
             tracing::warn!(error = %e, "MQTT acknowledgement failed.");
         }
@@ -259,6 +349,38 @@ async fn journal_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_delivered_again_gets_the_id_its_first_copy_got() {
+        let message = |pkid: u16, dup: bool, payload: &str| {
+            let mut p = rumqttc::Publish::new("lt/trig/press", QoS::AtLeastOnce, payload);
+            p.pkid = pkid;
+            p.dup = dup;
+            p
+        };
+        let mut seen = Redeliveries::default();
+        let first = message(7, false, r#"{"part_id":"P-1"}"#);
+        assert_eq!(seen.id_of(&first), None, "a first copy is new");
+        seen.remember(&first, "press-1-0");
+        assert_eq!(
+            seen.id_of(&message(7, true, r#"{"part_id":"P-1"}"#)),
+            Some("press-1-0"),
+            "delivered again"
+        );
+        // Not a redelivery: a new message (no dup flag) under a packet id used again, or
+        // another message.
+        assert_eq!(seen.id_of(&message(7, false, r#"{"part_id":"P-1"}"#)), None);
+        assert_eq!(seen.id_of(&message(7, true, r#"{"part_id":"P-2"}"#)), None);
+        assert_eq!(seen.id_of(&message(8, true, r#"{"part_id":"P-1"}"#)), None);
+        for n in 0..REMEMBERED as u16 {
+            seen.remember(&message(n + 100, false, ""), "x");
+        }
+        assert_eq!(
+            seen.id_of(&message(7, true, r#"{"part_id":"P-1"}"#)),
+            None,
+            "only the recent ones are kept"
+        );
+    }
 
     #[test]
     fn topics_and_payloads_are_checked() {

@@ -1612,10 +1612,12 @@ async fn mqtt_triggers_from_the_real_broker() {
 /// A journal that keeps an MQTT trigger waiting longer than the broker's keep-alive allowance
 /// (1.5 × 5 s: another writer holds the SQLite database for 9 s) does not cost the connection:
 /// the broker does not deliver the trigger again, so a trigger without an id is inspected once,
-/// not a second time under a new id. Its acknowledgement reaches the broker before the stop:
-/// a new session under the same client id is handed nothing. (Debian's Mosquitto 2.0.11 did
-/// not drop a silent client after 9 s here, so on it this test also passes without the
-/// connection being polled meanwhile; brokers that enforce the keep-alive drop it.)
+/// not a second time under a new id. (Debian's Mosquitto 2.0.11 did not drop a silent client
+/// after 9 s here, so on it this part also passes without the connection being polled
+/// meanwhile; brokers that enforce the keep-alive drop it.) Then a stop comes while a second
+/// trigger waits for the journal: it is journalled once the store is free, and its
+/// acknowledgement reaches the broker before the disconnection, so a new session under the
+/// same client id is handed nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_by_the_stop() {
     use linesight::pipeline::mqtt::MqttTriggerConfig;
@@ -1632,6 +1634,23 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
     );
     let prefix = format!("linesight-test/{unique}/triggers");
     let client_id = format!("lt-slow-{unique}");
+    // The session and its subscription exist before the pipeline connects: the broker keeps
+    // what is published meanwhile for it.
+    {
+        let mut options = MqttOptions::new(&client_id, "127.0.0.1", 1883);
+        options.set_clean_session(false);
+        let (session, mut events) = AsyncClient::new(options, 16);
+        session
+            .subscribe(format!("{prefix}/+"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        while !matches!(
+            events.poll().await.unwrap(),
+            Event::Incoming(Packet::SubAck(_))
+        ) {}
+        session.disconnect().await.unwrap();
+        while events.poll().await.is_ok() {}
+    }
     let db = crate::quality::sqlite().await;
     let images = tempfile::tempdir().unwrap();
     let (pipeline, sink) = start_recording(
@@ -1657,7 +1676,6 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
         16,
     );
     let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // Another writer holds the database: the journal waits (SQLite's busy timeout) for it.
     let url = db.config.url.clone().unwrap();
     let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -1679,11 +1697,35 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
     wait_for(&sink, 1).await;
     // Time for a redelivery to be served, had the broker dropped the connection.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    poller.abort();
-    pipeline.shutdown().await;
     let results = sink.results();
     assert_eq!(results.len(), 1, "inspected once: {results:?}");
     assert_eq!(results[0].part_id.as_deref(), Some("P-1"));
+    // A stop while a trigger waits for the journal: the trigger is journalled once the store
+    // is free, and its acknowledgement goes out before the disconnection.
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{prefix}/press"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"part_id":"P-2","lot":"L-1"}"#,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = tokio::spawn(async move { pipeline.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    stopping.await.unwrap();
+    poller.abort();
+    let journalled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM triggers")
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    assert_eq!(journalled, 2, "both triggers journalled");
     // The same session again: nothing was left unacknowledged.
     let mut options = MqttOptions::new(&client_id, "127.0.0.1", 1883);
     options.set_clean_session(false);
