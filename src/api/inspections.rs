@@ -458,8 +458,9 @@ async fn upload_inner(
         .unwrap_or("")
         .to_owned();
     let timeout = Duration::from_millis(state.config.inference_timeout_ms);
-    // Held until the answer: the body stays in memory until its files are written.
-    let _admitted = state.inspectors.admit(timeout).await?;
+    // Held until the answer (the body stays in memory until its files are written), and by
+    // the inspection, which holds the body too, should the answer be a timeout.
+    let admitted = Arc::new(state.inspectors.admit(timeout).await?);
     let (params, body, media) = if content_type.starts_with("multipart/form-data") {
         let form = Multipart::from_request(request, state)
             .await
@@ -533,7 +534,9 @@ async fn upload_inner(
         state.inspectors.overlays.clone(),
         tokio::runtime::Handle::current(),
     );
+    let held = admitted.clone();
     let job = tokio::task::spawn_blocking(move || {
+        let _admitted = held;
         let saved = inspector.thresholds;
         if let Some(t) = threshold {
             inspector.thresholds.image = t;

@@ -99,7 +99,7 @@ pub(super) async fn contract(
     // time per process, so that many readers at once cannot take the memory and cores the
     // inspections need. A reader that waits longer than an inspection may is told to retry.
     let wait = Duration::from_millis(state.config.inference_timeout_ms);
-    let _turn = tokio::time::timeout(wait, REPORTS.acquire())
+    let turn = tokio::time::timeout(wait, REPORTS.acquire())
         .await
         .map_err(|_| {
             ApiError::Unavailable(format!(
@@ -110,6 +110,8 @@ pub(super) async fn contract(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let v = state.validator.clone();
     let report = tokio::task::spawn_blocking(move || {
+        // The turn ends with the build, also when the client has gone away meanwhile.
+        let _turn = turn;
         ModelReport::build(v.runtime, &dir, &v.options)
             .map_err(|e| format!("cannot open {}: {e:#}", dir.display()))
     })

@@ -680,7 +680,7 @@ async fn uploads_past_the_bodies_in_memory_wait_then_get_503() {
 /// `api.inference_timeout_ms` is answered 503 saying why, and served once the turn is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_reports_are_built_one_at_a_time() {
-    let f = fixture(ApiConfig {
+    let mut f = fixture(ApiConfig {
         inference_timeout_ms: 300,
         ..ApiConfig::default()
     })
@@ -699,6 +699,8 @@ async fn model_reports_are_built_one_at_a_time() {
         detail.contains("another model report") && detail.contains("300"),
         "{detail}"
     );
+    // The turn is one per process: other tests' reports may hold it a while.
+    f.state.config.inference_timeout_ms = 60_000;
     let (s, body, _) = send(&f, call("GET", "/api/v1/models/contract", Some(&op), None)).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
 }
