@@ -651,14 +651,17 @@ impl Store {
                 }
                 continue;
             }
-            let Some(path) = image_path(dir, hash) else {
-                // Not a hash: no file of the store has that name. The row stays live (rolled
-                // back with `tx`) and is counted as an error on every pass.
-                tracing::warn!(image = %hash, "An image record's hash is not a SHA-256; its file cannot be found.");
-                report.errors += 1;
-                continue;
+            // A record whose hash is not a SHA-256 (a damaged database) names no file the
+            // store could have written: it is a missing file, marked like one, so that its
+            // claimed bytes stop counting against the quota.
+            let removed = match image_path(dir, hash) {
+                Some(path) => std::fs::remove_file(path),
+                None => {
+                    tracing::warn!(image = %hash, "An image record's hash is not a SHA-256; it names no file.");
+                    Err(std::io::ErrorKind::NotFound.into())
+                }
             };
-            let freed = match std::fs::remove_file(path) {
+            let freed = match removed {
                 Ok(()) => *bytes,
                 // Its record is marked now; no file, so nothing freed.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -901,6 +904,32 @@ mod tests {
         );
         tx.commit().await.unwrap();
         assert_eq!(settled.await.unwrap(), Some(Some(99)));
+    }
+
+    /// A record whose hash is not a SHA-256 (a damaged database) names no file: retention
+    /// marks it like a missing file instead of panicking, and its claimed bytes stop counting
+    /// against the quota (which would otherwise evict good images on every pass).
+    #[tokio::test]
+    async fn a_record_whose_hash_is_not_a_sha256_is_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite_in(dir.path()).await;
+        sqlx::query("INSERT INTO images (hash, bytes, stored_at_ms) VALUES ('../x', 1000000, 1)")
+            .execute(store.raw_pool())
+            .await
+            .unwrap();
+        let report = store
+            .enforce_image_retention(dir.path(), 1, 10, 10 * 86_400_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.expired, report.missing, report.errors),
+            (1, 1, 0),
+            "{report:?}"
+        );
+        assert_eq!(
+            store.image_deleted_at("../x").await.unwrap(),
+            Some(Some(10 * 86_400_000))
+        );
     }
 
     #[test]
