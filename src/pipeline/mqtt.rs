@@ -133,13 +133,13 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
     // unacknowledged triggers per connection, and a reconnection's redeliveries of those
     // still queued are passed over by the journal (see `Arrived::connection`).
     let (arrived, to_journal) = tokio::sync::mpsc::unbounded_channel();
-    let connection = Arc::new(AtomicU64::new(0));
+    let links = Arc::new(Links::default());
     let mut journal = tokio::spawn(journal_in_order(
         to_journal,
         client.clone(),
         triggers,
         config.topic_prefix.clone(),
-        connection.clone(),
+        links.clone(),
         stop.clone(),
     ));
     let mut backoff = Duration::from_millis(200);
@@ -149,9 +149,11 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             _ = stop.changed() => break,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(200);
-                connection.fetch_add(1, Ordering::SeqCst);
+                if !ack.session_present {
+                    links.sessions_lost.fetch_add(1, Ordering::SeqCst);
+                }
                 tracing::info!(broker = %format!("{}:{}", config.host, config.port), topic = %filter, "MQTT trigger subscription connected.");
                 // Subscribing again on every connection is harmless and covers a broker that
                 // lost the session.
@@ -161,7 +163,7 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let item = Arrived {
-                    connection: connection.load(Ordering::SeqCst),
+                    connection: links.connection.load(Ordering::SeqCst),
                     publish,
                 };
                 if arrived.send(item).is_err() {
@@ -170,6 +172,8 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
             }
             Ok(_) => {}
             Err(e) => {
+                // The connection is over: what came on it is acknowledged on it or not at all.
+                links.connection.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT trigger connection failed.");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -190,6 +194,7 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                 _ = &mut journal => return,
                 e = events.poll() => {
                     if e.is_err() {
+                        links.connection.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -204,21 +209,36 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
     }
     // The acknowledgements wait in the client's queue until the connection is polled: poll
     // until the disconnection queued behind them has gone out (or the connection is gone).
-    if client.try_disconnect().is_ok() {
-        let flushed = async {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
+    // A client queue too full to take the disconnection now takes it once polling has
+    // made room.
+    let mut queued = client.try_disconnect().is_ok();
+    let flushed = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
             }
-        };
-        if tokio::time::timeout(STOP_WAIT, flushed).await.is_err() {
-            tracing::warn!(
-                "MQTT trigger acknowledgements not all sent at stop; the broker will deliver those triggers again (answered as duplicates when they carry an id)."
-            );
+            if !queued {
+                queued = client.try_disconnect().is_ok();
+            }
         }
+    };
+    if tokio::time::timeout(STOP_WAIT, flushed).await.is_err() {
+        tracing::warn!(
+            "MQTT trigger acknowledgements not all sent at stop; the broker will deliver those triggers again (answered as duplicates when they carry an id)."
+        );
     }
+}
+
+/// What the journal task needs to know of the connections.
+#[derive(Default)]
+struct Links {
+    /// Counts the connections that ended (an error from the event loop): a message carries
+    /// the count it came under ([`Arrived::connection`]).
+    connection: AtomicU64,
+    /// Counts the connections on which the broker had not kept the session: the packet ids
+    /// of earlier messages then mean nothing, and [`Redeliveries`] forgets them.
+    sessions_lost: AtomicU64,
 }
 
 /// How long each step of the stop (the journal's last trigger, sending the acknowledgements)
@@ -227,9 +247,9 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// A trigger message as it came, with the connection it came on.
 struct Arrived {
-    /// Counts the connections (each accepted CONNECT). A message of an earlier connection
-    /// that was not acknowledged on it is delivered again by the broker on the next one (the
-    /// session is persistent), and its packet id means nothing on the new connection: it is
+    /// [`Links::connection`] when it came. A message of an earlier connection that was not
+    /// acknowledged on it is delivered again by the broker on the next one (the session is
+    /// persistent), and its packet id may name another message on the new connection: it is
     /// not acknowledged there, and a copy delivered again is recognised ([`Redeliveries`]).
     connection: u64,
     publish: rumqttc::Publish,
@@ -242,12 +262,24 @@ struct Arrived {
 #[derive(Default)]
 struct Redeliveries {
     recent: std::collections::VecDeque<(u16, String, axum::body::Bytes, String)>,
+    /// [`Links::sessions_lost`] when last seen.
+    sessions_lost: u64,
 }
 
 /// Messages remembered for their redeliveries: more than a broker keeps in flight.
 const REMEMBERED: usize = 1024;
 
 impl Redeliveries {
+    /// Forgets every message when the broker has lost the session since the last call
+    /// (`sessions_lost` has changed): it numbers its messages afresh, and a packet id
+    /// remembered from before would match an unrelated message.
+    fn follow(&mut self, sessions_lost: u64) {
+        if sessions_lost != self.sessions_lost {
+            self.sessions_lost = sessions_lost;
+            self.recent.clear();
+        }
+    }
+
     fn id_of(&self, p: &rumqttc::Publish) -> Option<&str> {
         if !p.dup {
             return None;
@@ -278,7 +310,7 @@ async fn journal_in_order(
     client: AsyncClient,
     triggers: Triggers,
     prefix: String,
-    connection: Arc<AtomicU64>,
+    links: Arc<Links>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut redeliveries = Redeliveries::default();
@@ -293,6 +325,7 @@ async fn journal_in_order(
             },
             _ = stop.changed() => return,
         };
+        redeliveries.follow(links.sessions_lost.load(Ordering::SeqCst));
         match parse(&prefix, &publish.topic, &publish.payload) {
             Ok(mut trigger) => {
                 // Acknowledged only once durable: while the journal cannot take it, keep
@@ -337,7 +370,7 @@ async fn journal_in_order(
         }
         // On a later connection this packet id names another message, or none: the broker
         // delivers this one again, and its copy is acknowledged.
-        if came_on != connection.load(Ordering::SeqCst) {
+        if came_on != links.connection.load(Ordering::SeqCst) {
             continue;
         }
         if let Err(e) = client.ack(&publish).await {
@@ -372,6 +405,15 @@ mod tests {
         assert_eq!(seen.id_of(&message(7, false, r#"{"part_id":"P-1"}"#)), None);
         assert_eq!(seen.id_of(&message(7, true, r#"{"part_id":"P-2"}"#)), None);
         assert_eq!(seen.id_of(&message(8, true, r#"{"part_id":"P-1"}"#)), None);
+        // The broker lost the session: packet ids start afresh, nothing is matched.
+        seen.follow(0);
+        assert!(
+            seen.id_of(&message(7, true, r#"{"part_id":"P-1"}"#))
+                .is_some()
+        );
+        seen.follow(1);
+        assert_eq!(seen.id_of(&message(7, true, r#"{"part_id":"P-1"}"#)), None);
+        seen.remember(&first, "press-1-0");
         for n in 0..REMEMBERED as u16 {
             seen.remember(&message(n + 100, false, ""), "x");
         }
