@@ -38,8 +38,9 @@ pub struct InspectorPool {
     size: usize,
 }
 
-/// Upload bodies held in memory per inspector: the one being inspected, and enough waiting
-/// for their turn that the inspectors never wait for a client's bytes.
+/// Request bodies (uploads, NCR attachments) held in memory per inspector: the one being
+/// inspected, and enough waiting for their turn that the inspectors never wait for a client's
+/// bytes.
 pub const BODIES_PER_INSPECTOR: usize = 4;
 
 impl InspectorPool {
@@ -60,7 +61,7 @@ impl InspectorPool {
         self.overlays.clone()
     }
 
-    /// The slots of upload bodies (tests hold them to see uploads wait for one).
+    /// The slots of request bodies (tests hold them to see uploads wait for one).
     pub fn body_slots(&self) -> Arc<tokio::sync::Semaphore> {
         self.bodies.clone()
     }

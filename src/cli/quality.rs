@@ -91,7 +91,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The quality store with the outbox the settings configure: a change made here (a model
-/// activation, a token revoked) queues its event like the same change made through the API.
+/// activation) queues its event like the same change made through the API.
 pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Store> {
     crate::outbox::open_store(settings).await.with_context(|| {
         format!(

@@ -1535,12 +1535,9 @@ fn a_second_sigterm_ends_a_hung_start_up_at_once() {
     assert!(log.contains("second stop signal"), "{log}");
 }
 
-/// The real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_triggers_from_the_real_broker() {
-    use linesight::pipeline::mqtt::MqttTriggerConfig;
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
-
+/// A name no other test run uses on the shared broker, for client ids, and the trigger topic
+/// prefix under it.
+fn broker_names() -> (String, String) {
     let unique = format!(
         "{}-{}",
         std::process::id(),
@@ -1550,6 +1547,16 @@ async fn mqtt_triggers_from_the_real_broker() {
             .as_nanos()
     );
     let prefix = format!("linesight-test/{unique}/triggers");
+    (unique, prefix)
+}
+
+/// The real Mosquitto on 127.0.0.1:1883 (scripts/test starts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_triggers_from_the_real_broker() {
+    use linesight::pipeline::mqtt::MqttTriggerConfig;
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let (unique, prefix) = broker_names();
     let config = PipelineConfig {
         mqtt_triggers: Some(MqttTriggerConfig {
             client_id: format!("lt-{unique}"),
@@ -1624,15 +1631,7 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use sqlx::Connection as _;
 
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let prefix = format!("linesight-test/{unique}/triggers");
+    let (unique, prefix) = broker_names();
     let client_id = format!("lt-slow-{unique}");
     // The session and its subscription exist before the pipeline connects: the broker keeps
     // what is published meanwhile for it.
