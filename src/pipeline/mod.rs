@@ -362,6 +362,18 @@ impl Shared {
             .insert(camera.to_string(), health);
     }
 
+    /// `camera` is being reopened after `failures` failed tries, the next in `backoff`.
+    fn set_reopening(&self, camera: &str, error: String, failures: u32, backoff: Duration) {
+        self.set_health(
+            camera,
+            CameraHealth::Reopening {
+                error,
+                failures,
+                retry_in_ms: backoff.as_millis() as u64,
+            },
+        );
+    }
+
     async fn record(&self, result: InspectionResult) {
         self.emit(result, None).await;
     }
@@ -1645,14 +1657,7 @@ async fn run_camera(
                             } else {
                                 tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
                             }
-                            shared.set_health(
-                                &id,
-                                CameraHealth::Reopening {
-                                    error,
-                                    failures,
-                                    retry_in_ms: backoff.as_millis() as u64,
-                                },
-                            );
+                            shared.set_reopening(&id, error, failures, backoff);
                             reopen_first = true;
                             check_at = tokio::time::Instant::now() + backoff;
                             backoff = (backoff * 2).min(max_backoff);
@@ -1965,14 +1970,7 @@ async fn run_camera(
                         .await;
                 }
                 tracing::warn!(camera = %id, %error, failures, retry_in_ms = backoff.as_millis() as u64, "Source failed; reopening.");
-                shared.set_health(
-                    &id,
-                    CameraHealth::Reopening {
-                        error: error.clone(),
-                        failures,
-                        retry_in_ms: backoff.as_millis() as u64,
-                    },
-                );
+                shared.set_reopening(&id, error.clone(), failures, backoff);
                 if triggers.is_some() {
                     // Reopened by the check after the back-off, or before the grab of a
                     // trigger that comes sooner.
@@ -2008,14 +2006,7 @@ async fn run_camera(
                         c.source_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::debug!(camera = %id, %error, failures, "Reopen failed.");
-                    shared.set_health(
-                        &id,
-                        CameraHealth::Reopening {
-                            error,
-                            failures,
-                            retry_in_ms: backoff.as_millis() as u64,
-                        },
-                    );
+                    shared.set_reopening(&id, error, failures, backoff);
                 }
             }
         }

@@ -1675,6 +1675,14 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
         16,
     );
     let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let trigger = |part: &str| {
+        client.publish(
+            format!("{prefix}/press"),
+            QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"part_id":"{part}","lot":"L-1"}}"#),
+        )
+    };
     // Another writer holds the database: the journal waits (SQLite's busy timeout) for it.
     let url = db.config.url.clone().unwrap();
     let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -1682,15 +1690,7 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
         .execute(&mut writer)
         .await
         .unwrap();
-    client
-        .publish(
-            format!("{prefix}/press"),
-            QoS::AtLeastOnce,
-            false,
-            r#"{"part_id":"P-1","lot":"L-1"}"#,
-        )
-        .await
-        .unwrap();
+    trigger("P-1").await.unwrap();
     tokio::time::sleep(Duration::from_secs(9)).await;
     sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
     wait_for(&sink, 1).await;
@@ -1705,15 +1705,7 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
         .execute(&mut writer)
         .await
         .unwrap();
-    client
-        .publish(
-            format!("{prefix}/press"),
-            QoS::AtLeastOnce,
-            false,
-            r#"{"part_id":"P-2","lot":"L-1"}"#,
-        )
-        .await
-        .unwrap();
+    trigger("P-2").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopping = tokio::spawn(async move { pipeline.shutdown().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
