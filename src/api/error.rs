@@ -37,6 +37,10 @@ pub enum ApiError {
     NoPipeline,
     #[error("unsupported media type {0:?}: send image/jpeg or image/png")]
     UnsupportedMedia(String),
+    #[error(
+        "the request body did not arrive within api.body_timeout_ms = {0} ms: send it again, on a faster link or with the setting raised"
+    )]
+    BodyTimeout(u64),
     #[error("inspection took longer than api.inference_timeout_ms = {0}")]
     Timeout(u64),
     #[error(
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoPipeline => StatusCode::CONFLICT,
             ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -117,7 +122,9 @@ impl ApiError {
             },
             ApiError::Store(e) => match e {
                 StoreError::Transition(
-                    TransitionError::Forbidden { .. } | TransitionError::OwnProposal { .. },
+                    TransitionError::Forbidden { .. }
+                    | TransitionError::OwnProposal { .. }
+                    | TransitionError::ProposerCancels { .. },
                 ) => StatusCode::FORBIDDEN,
                 StoreError::Invalid(_) | StoreError::Transition(_) | StoreError::Signature(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY

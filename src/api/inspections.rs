@@ -84,6 +84,17 @@ impl InspectorPool {
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
+    /// Reads an admitted request's body through `read` within `api.body_timeout_ms` (`ms`):
+    /// a client that stalls halfway gets 408, and its body slot goes to the next request then.
+    pub(super) async fn read_body<T>(
+        ms: u64,
+        read: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(Duration::from_millis(ms), read)
+            .await
+            .unwrap_or(Err(ApiError::BodyTimeout(ms)))
+    }
+
     /// How many inspectors the pool holds.
     pub fn size(&self) -> usize {
         self.size
@@ -419,6 +430,7 @@ async fn read_form(mut form: Multipart) -> Result<(UploadParams, Bytes, String),
         (Vec<u8> = "image/png"))),
     responses((status = 201, body = UploadAnswer),
         (status = 400, description = "a field is missing or invalid (named in `field`)"),
+        (status = 408, description = "the body did not arrive within api.body_timeout_ms"),
         (status = 413, description = "body larger than api.max_body_bytes"),
         (status = 415, description = "not JPEG or PNG"),
         (status = 422, description = "the image cannot be decoded or is too large"),
@@ -462,23 +474,29 @@ async fn upload_inner(
     // Held until the answer (the body stays in memory until its files are written), and by
     // the inspection, which holds the body too, should the answer be a timeout.
     let admitted = Arc::new(state.inspectors.admit(timeout).await?);
-    let (params, body, media) = if content_type.starts_with("multipart/form-data") {
-        let form = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::bad("body", e.body_text()))?;
-        read_form(form).await.map_err(|e| match e {
-            ApiError::TooLarge(_) => ApiError::TooLarge(state.config.max_body_bytes),
-            e => e,
-        })?
-    } else {
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.max_body_bytes),
-                _ => ApiError::bad("body", e.body_text()),
-            })?;
-        (query, body, content_type)
+    let read = async {
+        if content_type.starts_with("multipart/form-data") {
+            let form = Multipart::from_request(request, state)
+                .await
+                .map_err(|e| ApiError::bad("body", e.body_text()))?;
+            read_form(form).await.map_err(|e| match e {
+                ApiError::TooLarge(_) => ApiError::TooLarge(state.config.max_body_bytes),
+                e => e,
+            })
+        } else {
+            let body = Bytes::from_request(request, state)
+                .await
+                .map_err(|e| match e.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::TooLarge(state.config.max_body_bytes)
+                    }
+                    _ => ApiError::bad("body", e.body_text()),
+                })?;
+            Ok((query, body, content_type))
+        }
     };
+    let (params, body, media) =
+        InspectorPool::read_body(state.config.body_timeout_ms, read).await?;
     if !matches!(media.as_str(), "image/jpeg" | "image/png") {
         return Err(ApiError::UnsupportedMedia(media));
     }

@@ -71,6 +71,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest a decode plus inference may take before the request fails with 503.
     pub inference_timeout_ms: u64,
+    /// Longest an upload or an NCR attachment may take to send its body once it is admitted;
+    /// past it the request gets 408 and its slot goes to the next one, so a client that
+    /// stalls halfway (a dropped Wi-Fi link, a stopped program) holds no slot for long.
+    pub body_timeout_ms: u64,
     /// Inspectors (one ONNX Runtime session each) serving uploads.
     pub inspectors: usize,
     /// Address the API listens on (`linesight serve`, and `linesight run` beside its cameras),
@@ -105,6 +109,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 32 << 20,
             inference_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
             inspectors: 2,
             listen: None,
             model: None,
@@ -140,6 +145,12 @@ impl ApiConfig {
             p.push(format!(
                 "api.inference_timeout_ms = {}: must be between 100 and 600000",
                 self.inference_timeout_ms
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.body_timeout_ms) {
+            p.push(format!(
+                "api.body_timeout_ms = {}: must be between 100 and 3600000",
+                self.body_timeout_ms
             ));
         }
         if let Some(listen) = &self.listen
@@ -391,6 +402,7 @@ mod tests {
         let bad = ApiConfig {
             max_body_bytes: 10,
             inference_timeout_ms: 5,
+            body_timeout_ms: 3_600_001,
             inspectors: 0,
             listen: Some("port 80".into()),
             model: None,
@@ -407,6 +419,7 @@ mod tests {
         let p = bad.problems().join("\n");
         for key in [
             "api.max_body_bytes = 10",
+            "api.body_timeout_ms = 3600001",
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
             "api.sign_in_failures_per_address = 0",

@@ -292,7 +292,7 @@ struct AttachmentForm {
 /// Attaches a file to an open NCR (audited). Send `multipart/form-data` with a `file`.
 #[utoipa::path(post, path = "/api/v1/ncrs/{id}/attachments", tag = "ncrs", params(("id" = i64, Path)),
     request_body(content((AttachmentForm = "multipart/form-data"))),
-    responses((status = 201, body = AttachmentView), (status = 400), (status = 404), (status = 413), (status = 422)))]
+    responses((status = 201, body = AttachmentView), (status = 400), (status = 404), (status = 408, description = "the body did not arrive within api.body_timeout_ms"), (status = 413), (status = 422), (status = 503)))]
 pub(super) async fn attach(
     State(state): State<ApiState>,
     caller: Caller,
@@ -307,31 +307,35 @@ pub(super) async fn attach(
             state.config.inference_timeout_ms,
         ))
         .await?;
-    let mut form = Multipart::from_request(request, &state)
-        .await
-        .map_err(|e| ApiError::bad("body", e.body_text()))?;
-    let too_large = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(state.config.max_body_bytes)
-        } else {
-            ApiError::bad("file", e.body_text())
+    let read = async {
+        let mut form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::bad("body", e.body_text()))?;
+        let too_large = |e: axum::extract::multipart::MultipartError| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(state.config.max_body_bytes)
+            } else {
+                ApiError::bad("file", e.body_text())
+            }
+        };
+        let mut file: Option<(String, String, Bytes)> = None;
+        while let Some(field) = form.next_field().await.map_err(too_large)? {
+            if field.name() != Some("file") {
+                return Err(ApiError::bad(
+                    "body",
+                    format!("unknown form field {:?}: send a `file`", field.name()),
+                ));
+            }
+            let name = field.file_name().unwrap_or("attachment").to_owned();
+            let media = field
+                .content_type()
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            file = Some((name, media, field.bytes().await.map_err(too_large)?));
         }
+        Ok(file)
     };
-    let mut file: Option<(String, String, Bytes)> = None;
-    while let Some(field) = form.next_field().await.map_err(too_large)? {
-        if field.name() != Some("file") {
-            return Err(ApiError::bad(
-                "body",
-                format!("unknown form field {:?}: send a `file`", field.name()),
-            ));
-        }
-        let name = field.file_name().unwrap_or("attachment").to_owned();
-        let media = field
-            .content_type()
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        file = Some((name, media, field.bytes().await.map_err(too_large)?));
-    }
+    let file = super::InspectorPool::read_body(state.config.body_timeout_ms, read).await?;
     let (name, media, bytes) = file.ok_or_else(|| ApiError::bad("file", "the form has no file"))?;
     let attachment = state
         .store

@@ -676,6 +676,71 @@ async fn uploads_past_the_bodies_in_memory_wait_then_get_503() {
     assert_eq!(slots.available_permits(), 4, "the slot is given back");
 }
 
+/// A body that stalls halfway, an upload's or an NCR attachment's, is answered 408 after
+/// `api.body_timeout_ms`, naming it, and its body slot goes back: a client whose link dropped
+/// does not keep the slot (and in the end every upload) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_gets_408_and_gives_its_slot_back() {
+    use futures::StreamExt as _;
+    let f = fixture(ApiConfig {
+        body_timeout_ms: 300,
+        ..ApiConfig::default()
+    })
+    .await;
+    let slots = f.state.inspectors.body_slots();
+    let all = slots.available_permits();
+    // The first half of the body, then nothing more, and the connection kept open.
+    let stalled = |bytes: &[u8]| {
+        let half = axum::body::Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+        Body::from_stream(
+            futures::stream::iter([Ok::<_, std::io::Error>(half)])
+                .chain(futures::stream::pending()),
+        )
+    };
+    let png = washer("good/000.png");
+    let mut raw = upload(Some("op"), "part_id=P&lot=L", "image/png", Vec::new());
+    *raw.body_mut() = stalled(&png);
+    let (media, form) = multipart(
+        &[("part_id", "P"), ("lot", "L")],
+        Some(("image", "a.png", &png)),
+    );
+    let mut multi = upload(Some("op"), "", &media, Vec::new());
+    *multi.body_mut() = stalled(&form);
+    let (media, form) = multipart(&[], Some(("file", "report.pdf", &[b'%'; 4096])));
+    let attachment = Request::post("/api/v1/ncrs/1/attachments")
+        .header(header::AUTHORIZATION, basic("insp"))
+        .header(header::CONTENT_TYPE, media)
+        .body(stalled(&form))
+        .unwrap();
+    for (what, req) in [
+        ("raw upload", raw),
+        ("multipart upload", multi),
+        ("attachment", attachment),
+    ] {
+        let (s, body, _) = tokio::time::timeout(std::time::Duration::from_secs(20), send(&f, req))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: a stalled body is answered, not awaited for ever"));
+        assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{what}");
+        let detail = json(&body)["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            detail.contains("api.body_timeout_ms = 300 ms"),
+            "{what}: {detail}"
+        );
+        assert_eq!(
+            slots.available_permits(),
+            all,
+            "{what}: the slot is given back"
+        );
+    }
+    assert_eq!(f.db.store.inspection_count().await.unwrap(), 0);
+    // A body sent whole is served as before.
+    let (s, body, _) = send(&f, upload(Some("op"), "part_id=P&lot=L", "image/png", png)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+}
+
 /// Model reports open a session each: one at a time per process. A reader kept waiting past
 /// `api.inference_timeout_ms` is answered 503 saying why, and served once the turn is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
