@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Every change and its audit entries commit in one transaction: a record never exists
 //!   without its audit trail, and an acknowledged write is on disk (SQLite: WAL with
-//!   `synchronous=FULL`; PostgreSQL: its own commit durability).
+//!   `synchronous=FULL`; PostgreSQL: its commit durability, with `synchronous_commit` turned
+//!   on for linesight's connections where the server's default is off).
 //! - SQLite has exactly one writer connection; concurrent writers queue for it in the pool
 //!   (first come, first served), so "database is locked" cannot happen inside one process.
 //!   Readers use separate read-only connections and never block the writer (WAL).
@@ -512,6 +513,17 @@ impl Store {
                                 conn.execute(format!("SET search_path TO {s}").as_str())
                                     .await?;
                             }
+                            // An acknowledged record is on disk: a server, database or role
+                            // default of synchronous_commit = off would answer commits before
+                            // their WAL is flushed, and a crash would lose them. The other
+                            // levels (local, on, remote_write, remote_apply) are kept.
+                            let level: String =
+                                sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+                                    .fetch_one(&mut *conn)
+                                    .await?;
+                            if level == "off" {
+                                conn.execute("SET synchronous_commit TO on").await?;
+                            }
                             Ok(())
                         })
                     })
@@ -531,7 +543,32 @@ impl Store {
         // Several instances may start together on PostgreSQL: sqlx takes an advisory lock.
         migrator.set_locking(backend == Backend::Postgres);
         migrator.run(&store.writer).await?;
+        if backend == Backend::Postgres {
+            store.warn_of_postgres_durability().await;
+        }
         Ok(store)
+    }
+
+    /// Says at start-up when the PostgreSQL server is set up to lose acknowledged commits:
+    /// `synchronous_commit = off` as its default (this store's connections turn it on), or
+    /// `fsync = off` (which no connection can change: the server must).
+    async fn warn_of_postgres_durability(&self) {
+        let read = |sql| sqlx::query_scalar::<_, String>(sql).fetch_one(&self.writer);
+        if let Ok(level) =
+            read("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'").await
+            && level == "off"
+        {
+            tracing::warn!(
+                "PostgreSQL's default is synchronous_commit = off; linesight turns it on for its own connections, so that a record is on disk before it is acknowledged"
+            );
+        }
+        if let Ok(fsync) = read("SELECT current_setting('fsync')").await
+            && fsync == "off"
+        {
+            tracing::warn!(
+                "PostgreSQL runs with fsync = off: a power loss or an operating system crash can lose or corrupt acknowledged quality records; set fsync = on in postgresql.conf"
+            );
+        }
     }
 
     /// The pool writes go through, for tests and tooling that must reach the database

@@ -1873,6 +1873,43 @@ async fn sqlite_store_is_wal_with_full_sync_and_survives_reopening() {
     again.close().await;
 }
 
+/// A PostgreSQL server (or database, or role) whose default is `synchronous_commit = off`
+/// would acknowledge commits before they are on disk: the store's connections turn it back on.
+#[tokio::test]
+async fn postgres_commits_are_flushed_even_where_the_default_is_off() {
+    let db = postgres().await;
+    let url = db.config.effective_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let off = format!("{url}{sep}options=-c%20synchronous_commit%3Doff");
+    // The option takes effect on a plain connection: the server's default here is off.
+    let plain = sqlx::AnyPool::connect(&off).await.unwrap();
+    let level: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&plain)
+        .await
+        .unwrap();
+    assert_eq!(level, "off");
+    plain.close().await;
+    let config = StoreConfig {
+        url: Some(off),
+        ..db.config.clone()
+    };
+    let store = Store::open(&config).await.unwrap();
+    // Every connection of the pool, held at once so that each is a different one.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = store.raw_pool().acquire().await.unwrap();
+        let level: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(level, "on");
+        held.push(conn);
+    }
+    drop(held);
+    store.close().await;
+    db.finish().await;
+}
+
 /// What the HTTP API keeps: sessions and tokens (only their hashes stored), filtered listings
 /// paged by id, per-camera summaries, lot holds lifted by release, NCR attachments.
 async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
