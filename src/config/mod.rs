@@ -60,6 +60,15 @@ impl Provider for EnvText {
             let value = match parsed {
                 // Decimals stay the f64 figment parsed (read back from text they would pass
                 // through f32: 0.05 would become 0.05000000074505806).
+                // A secret is text whatever it looks like ("1234.5678" too).
+                _ if key
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(crate::store::names_a_secret) =>
+                {
+                    Value::from(text)
+                }
                 Value::Num(_, Num::F32(_) | Num::F64(_)) => parsed,
                 Value::Num(..) | Value::Bool(..) => Value::from(text),
                 parsed => parsed,
@@ -70,6 +79,21 @@ impl Provider for EnvText {
         }
         Ok(Profile::Default.collect(dict))
     }
+}
+
+/// `e` with the value it quotes hidden when its key holds a secret: a password written as a
+/// number in the file (`password = 12345678`) is a type error that would print it.
+fn hide_secret(mut e: figment::Error) -> figment::Error {
+    use figment::error::{Actual, Kind};
+    if e.path.iter().any(|p| crate::store::names_a_secret(p)) {
+        let hidden = || Actual::Other("a value (not shown: the key holds a secret)".into());
+        e.kind = match e.kind {
+            Kind::InvalidType(_, expected) => Kind::InvalidType(hidden(), expected),
+            Kind::InvalidValue(_, expected) => Kind::InvalidValue(hidden(), expected),
+            kind => kind,
+        };
+    }
+    e
 }
 
 /// `incoming` merged into `dict`, tables key by key (two variables of one section both count).
@@ -187,7 +211,7 @@ impl Settings {
                         problems.extend(e.into_iter().map(|mut e| {
                             e.path.retain(|p| p != stringify!($field));
                             e.path.insert(0, stringify!($field).to_string());
-                            e.to_string()
+                            hide_secret(e).to_string()
                         }));
                     }
                 }
@@ -209,7 +233,7 @@ impl Settings {
         }
         // Anything else the whole read found (it stops at its first mistake).
         if problems.is_empty() {
-            problems.extend(first.into_iter().map(|e| e.to_string()));
+            problems.extend(first.into_iter().map(|e| hide_secret(e).to_string()));
         }
         // The checks of the sections that did read; those about a section that did not would
         // judge its defaults.
@@ -449,8 +473,15 @@ mod tests {
             assert_eq!(s.pipeline.batch_size, 4, "numbers still read as numbers");
             assert!(!s.inference.intra_op_spinning);
             jail.set_env("LINESIGHT__QUALITY__REJECT_RATE_ALERT", "0.05");
+            jail.set_env("LINESIGHT__OUTBOX__MQTT__PASSWORD", "1234.5678");
             let s = Settings::load(None).unwrap();
             assert_eq!(s.quality.reject_rate_alert, 0.05, "decimals exactly");
+            let mqtt = s.outbox.mqtt.as_ref().unwrap();
+            assert_eq!(
+                mqtt.password.as_deref(),
+                Some("1234.5678"),
+                "a secret is text"
+            );
             jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "four");
             let err = Settings::load(None).unwrap_err();
             let text = err.to_string();
@@ -460,6 +491,15 @@ mod tests {
             jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "4");
             let err = Settings::load(Some(Path::new("strict.toml"))).unwrap_err();
             assert!(err.to_string().contains("record"), "{err}");
+            // A secret of the wrong type in the file is named, never printed.
+            jail.clear_env();
+            jail.create_file("typed.toml", "[outbox.mqtt]\npassword = 98765432\n")?;
+            let err = Settings::load(Some(Path::new("typed.toml"))).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("outbox.mqtt.password") && !text.contains("98765432"),
+                "{text}"
+            );
             Ok(())
         });
     }

@@ -148,7 +148,10 @@ fn valid_identifier(s: &str) -> bool {
 /// `token`, …; PostgreSQL and RTSP servers take them there too). A connection string in
 /// PostgreSQL's `key=value` form has its secret values hidden the same way. The credentials
 /// end at the last `@` before the query: a password typed with an unescaped `@` is hidden
-/// whole (a path holding `@` is hidden with it, which errs on the safe side).
+/// whole (a path holding `@` is hidden with it, which errs on the safe side). A password typed
+/// with an unescaped `?` would look like the start of a query: where a `:` comes before the
+/// first `?`, no `@` before it, and what follows the last `@` names a host (no `=` or `&`
+/// before its path), the credentials end at that `@`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         if url.contains('=') && !url.starts_with("sqlite:") {
@@ -156,8 +159,25 @@ pub fn redact(url: &str) -> String {
         }
         return url.to_owned();
     };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
+    let query_at = match rest.split_once('?') {
+        Some((before, after))
+            if !before.contains('@')
+                && before.contains(':')
+                && after.rsplit_once('@').is_some_and(|(_, host)| {
+                    !host
+                        .split(['/', '?'])
+                        .next()
+                        .unwrap_or_default()
+                        .contains(['=', '&'])
+                }) =>
+        {
+            let at = rest.rfind('@').unwrap_or_default();
+            rest[at..].find('?').map(|q| at + q)
+        }
+        _ => rest.find('?'),
+    };
+    let (before_query, query) = match query_at {
+        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
         None => (rest, None),
     };
     let (credentials, location) = match before_query.rsplit_once('@') {
@@ -224,7 +244,7 @@ fn redact_conninfo(conninfo: &str) -> String {
 
 /// Whether a parameter of this name holds a secret (`password`, `sslpassword`, `passwd`,
 /// `pwd`, `secret`, `token`, `access_token`, `auth`, `api_key`, …).
-fn names_a_secret(key: &str) -> bool {
+pub(crate) fn names_a_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["pass", "pwd", "secret", "token", "auth", "key"]
         .iter()
@@ -822,6 +842,23 @@ mod tests {
             "host=db password=*** user='app'"
         );
         assert_eq!(redact(r"password='a b\'c' host=db"), "password=*** host=db");
+        // A `?` or `#` typed into a password, unescaped.
+        assert_eq!(
+            redact("postgres://app:s3cr?t@db:5432/quality"),
+            "postgres://app:***@db:5432/quality"
+        );
+        assert_eq!(
+            redact("rtsp://admin:pa?ss@10.0.0.7/s1?channel=1&pwd=x"),
+            "rtsp://admin:***@10.0.0.7/s1?channel=1&pwd=***"
+        );
+        assert_eq!(
+            redact("rtsp://admin:p#w@10.0.0.7/s1"),
+            "rtsp://admin:***@10.0.0.7/s1"
+        );
+        assert_eq!(
+            redact("postgres://db:5432/q?user=qc@line3&password=hunter22"),
+            "postgres://db:5432/q?user=qc@line3&password=***"
+        );
         // An `@` in the query does not move the credentials' end.
         assert_eq!(
             redact("postgres://app:pw@db/q?application_name=qc@line3&password=hunter22"),
