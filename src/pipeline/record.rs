@@ -171,7 +171,13 @@ impl Recorder {
         }
         // The frame's image row, the inspection and the trigger's answer: one transaction.
         self.store
-            .record_inspection_for_trigger(&new, &self.quality, "system", trigger, &files)
+            .record_inspection_for_trigger(
+                &new,
+                &self.quality,
+                crate::store::SYSTEM_ACTOR,
+                trigger,
+                &files,
+            )
             .await?;
         Ok(true)
     }

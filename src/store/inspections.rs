@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
 
 use super::images::ImageFile;
-use super::{Backend, Store, StoreError, db};
+use super::{Backend, SYSTEM_ACTOR, Store, StoreError, db};
 use crate::quality::audit::NewAuditEntry;
 use crate::quality::rules::{OpeningReason, opening_reason, reject_rate_exceeded};
 use crate::quality::task::{self, TaskContext};
@@ -285,7 +285,7 @@ impl Store {
                 .map_err(db("open a secondary inspection"))?;
                 let t = task_row(&row)?;
                 audit.push(NewAuditEntry {
-                    actor: "system".into(),
+                    actor: SYSTEM_ACTOR.into(),
                     action: "task.open".into(),
                     entity: "task".into(),
                     entity_id: t.id.to_string(),
@@ -311,7 +311,7 @@ impl Store {
                     )
                 };
                 audit.push(NewAuditEntry {
-                    actor: "system".into(),
+                    actor: SYSTEM_ACTOR.into(),
                     action: "task.refused".into(),
                     entity: "inspection".into(),
                     entity_id: id.to_string(),
@@ -359,7 +359,7 @@ impl Store {
                         ),
                     };
                     let (ncr_id, entries) =
-                        Self::insert_ncr(&mut tx, &ncr, NcrSource::RejectRate, "system", now)
+                        Self::insert_ncr(&mut tx, &ncr, NcrSource::RejectRate, SYSTEM_ACTOR, now)
                             .await?;
                     audit.extend(entries);
                     recorded.raised_ncr = Some(ncr_id);
@@ -436,7 +436,7 @@ impl Store {
                     ),
                 };
                 let (ncr_id, entries) =
-                    Self::insert_ncr(tx, &ncr, NcrSource::Retest, "system", now).await?;
+                    Self::insert_ncr(tx, &ncr, NcrSource::Retest, SYSTEM_ACTOR, now).await?;
                 audit.extend(entries);
                 (format!("NCR {ncr_id} raised"), Some(ncr_id))
             }

@@ -27,6 +27,8 @@ mod ncrs;
 mod triggers;
 mod users;
 
+pub(crate) use users::SYSTEM_ACTOR;
+
 use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;

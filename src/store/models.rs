@@ -7,7 +7,7 @@
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, db};
+use super::{SYSTEM_ACTOR, Store, StoreError, db};
 use crate::quality::audit::NewAuditEntry;
 use crate::quality::now_ms;
 
@@ -181,7 +181,7 @@ impl Store {
             &mut tx,
             now,
             vec![NewAuditEntry {
-                actor: "system".into(),
+                actor: SYSTEM_ACTOR.into(),
                 action: "model.load_failed".into(),
                 entity: "model_slot".into(),
                 entity_id: slot.to_owned(),

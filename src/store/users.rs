@@ -93,6 +93,10 @@ fn user_row(row: &AnyRow) -> Result<(User, String, i64), StoreError> {
     Ok((user, hash, failed))
 }
 
+/// The actor of the audit entries linesight writes on its own (results of the live pipeline,
+/// NCRs it raises, accounts it locks).
+pub(crate) const SYSTEM_ACTOR: &str = "system";
+
 const USER_COLUMNS: &str =
     "id, username, full_name, role, locked_until_ms, password_hash, failed_attempts";
 
@@ -108,6 +112,13 @@ impl Store {
         {
             return Err(StoreError::Invalid(format!(
                 "username {username:?}: 1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-'"
+            )));
+        }
+        // The audit trail names linesight's own actions "system" (and the command line's
+        // "cli:…"): no person may appear as the machine.
+        if username.eq_ignore_ascii_case(SYSTEM_ACTOR) {
+            return Err(StoreError::Invalid(format!(
+                "username {username:?}: reserved for linesight's own entries in the audit trail"
             )));
         }
         if new.full_name.trim().is_empty() || new.full_name.len() > 200 {
@@ -328,7 +339,7 @@ impl Store {
             .map_err(db("end a locked user's sessions"))?
             .rows_affected();
         Ok(NewAuditEntry {
-            actor: "system".into(),
+            actor: SYSTEM_ACTOR.into(),
             action: "user.locked".into(),
             entity: "user".into(),
             entity_id: username.to_owned(),

@@ -811,6 +811,20 @@ async fn repeated_wrong_passwords_lock_the_account(db: &Db) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::UserExists(_)));
+    // Nobody signs in as the machine that writes the automatic entries.
+    let err = s
+        .add_user(
+            NewUser {
+                username: "System".into(),
+                full_name: "Sys Admin".into(),
+                role: Role::Admin,
+                password: PASSWORD.into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
 }
 
 async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
