@@ -49,6 +49,12 @@ pub enum TransitionError {
     /// Four eyes: whoever proposed a disposition does not approve it.
     #[error("{user} proposed this disposition; another QA approver must approve it")]
     OwnProposal { user: String },
+    /// Four eyes: whoever proposed a disposition of an NCR does not cancel it either, which
+    /// would release its lot in place of the approval they may not give.
+    #[error(
+        "{user} proposed a disposition of this NCR; another QA approver or an administrator must cancel it"
+    )]
+    ProposerCancels { user: String },
 }
 
 /// Verdict of one inspection: the same type the inspection stage decides with, so a record can

@@ -152,6 +152,31 @@ async fn not_own_proposal(
     Ok(())
 }
 
+/// In `tx`: refuses (`ProposerCancels`) when `user` ever proposed a disposition of NCR `id`,
+/// withdrawn since or not: cancelling would stand in for the approval they may not give.
+async fn not_a_proposer(
+    tx: &mut Transaction<'static, Any>,
+    id: i64,
+    user: &User,
+) -> Result<(), StoreError> {
+    let proposed = sqlx::query(
+        "SELECT id FROM ncr_transitions WHERE ncr_id = $1 AND action = 'propose' AND actor_id = $2 \
+         LIMIT 1",
+    )
+    .bind(id)
+    .bind(user.id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read an NCR's history"))?;
+    if proposed.is_some() {
+        return Err(crate::quality::TransitionError::ProposerCancels {
+            user: user.username.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn signature_row(row: &AnyRow) -> Result<Signature, StoreError> {
     let d = || db("decode a signature");
     let meaning: String = row.try_get("meaning").map_err(d())?;
@@ -612,8 +637,10 @@ impl Store {
             signed = true;
             manifestation = Some(sig.manifestation());
         }
-        if action == NcrAction::Approve {
-            not_own_proposal(&mut tx, id, user).await?;
+        match action {
+            NcrAction::Approve => not_own_proposal(&mut tx, id, user).await?,
+            NcrAction::Cancel => not_a_proposer(&mut tx, id, user).await?,
+            _ => {}
         }
         let to = ncr::apply(
             before.state,

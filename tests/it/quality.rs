@@ -449,6 +449,45 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
         s.ncr_signatures(own.id).await.unwrap().is_empty(),
         "nothing signed"
     );
+    // Nor do they cancel it, which would release its lot without the approval; withdrawing
+    // their proposal first changes nothing. Another QA approver may.
+    for pending in [true, false] {
+        if !pending {
+            s.transition_ncr(
+                own.id,
+                &qa,
+                NcrAction::RejectDisposition,
+                Some("withdrawn"),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let err = s
+            .transition_ncr(own.id, &qa, NcrAction::Cancel, Some("raised twice"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Transition(TransitionError::ProposerCancels { .. })
+            ),
+            "{err}"
+        );
+    }
+    assert!(
+        s.release_lot("LOT-Q", &qa).await.is_err(),
+        "the lot stays held"
+    );
+    s.transition_ncr(
+        own.id,
+        &qa,
+        NcrAction::Propose(Disposition::Rework),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let sig = s
         .sign_ncr(own.id, &approve("quade"), Meaning::Approved, policy())
         .await
