@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use image::RgbImage;
 
 use super::{Captured, FrameSource, SourceError};
-use crate::preprocess::{DecodeLimits, decode};
+use crate::preprocess::{DecodeError, DecodeLimits, decode};
 
 const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "tif", "tiff"];
 
@@ -138,9 +138,9 @@ impl FolderSource {
                 Some((was, image)) if was.is_some() && was == stamp => Some(image),
                 _ => {
                     decoded += 1;
-                    std::fs::read(path)
+                    read_image_file(path, &self.limits)
                         .ok()
-                        .and_then(|data| decode(&data, &self.limits).ok())
+                        .and_then(|data| decode(&data.ok()?, &self.limits).ok())
                 }
             };
             let Some(image) = image else {
@@ -176,6 +176,34 @@ impl FolderSource {
     }
 }
 
+/// Reads an image file whole, unless it is larger than `decode.max_alloc_bytes`: such a file
+/// cannot be decoded within that limit, and reading it would first hold all of it in memory (a
+/// video or a disk image dropped into the folder by mistake). The outer error is the file's
+/// (gone, unreadable); the inner one makes it a bad frame, like a file that does not decode.
+fn read_image_file(
+    path: &Path,
+    limits: &DecodeLimits,
+) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let too_large = |needed| DecodeError::AllocationLimit {
+        needed,
+        limit: limits.max_alloc_bytes,
+    };
+    if size > limits.max_alloc_bytes {
+        return Ok(Err(too_large(size)));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // Bounded again while reading: the file may grow after its size was taken.
+    file.take(limits.max_alloc_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limits.max_alloc_bytes {
+        return Ok(Err(too_large(bytes.len() as u64)));
+    }
+    Ok(Ok(bytes))
+}
+
 impl FrameSource for FolderSource {
     fn describe(&self) -> String {
         format!("folder {}", self.root.display())
@@ -209,14 +237,16 @@ impl FrameSource for FolderSource {
             }));
         }
         let path = self.files[index].clone();
-        let bytes = std::fs::read(&path).map_err(|source| SourceError::Read {
+        let bytes = read_image_file(&path, &self.limits).map_err(|source| SourceError::Read {
             path: path.clone(),
             source,
         })?;
-        let image = decode(&bytes, &self.limits).map_err(|source| SourceError::Decode {
-            path: path.clone(),
-            source,
-        })?;
+        let image = bytes
+            .and_then(|bytes| decode(&bytes, &self.limits))
+            .map_err(|source| SourceError::Decode {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Some(Captured {
             image,
             captured_at: SystemTime::now(),
@@ -314,6 +344,44 @@ mod tests {
         assert!(err.to_string().contains("a.png"), "{err}");
         // The bad file fails alone; the next grab moves on.
         assert!(source.next_frame().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_file_larger_than_the_decoder_may_allocate_is_a_bad_frame_and_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a.png"), 3);
+        // 4 GiB that take no disk space (sparse): read whole, they would take the memory.
+        let huge = std::fs::File::create(dir.path().join("b.png")).unwrap();
+        huge.set_len(4 << 30).unwrap();
+        drop(huge);
+        png(&dir.path().join("c.png"), 5);
+        let limits = DecodeLimits {
+            max_alloc_bytes: 1 << 20,
+            ..DecodeLimits::default()
+        };
+        let mut source = FolderSource::open(dir.path().into(), false, limits).unwrap();
+        assert_eq!(source.next_frame().unwrap().unwrap().image[(0, 0)][0], 3);
+        let err = source.next_frame().unwrap_err();
+        assert!(
+            matches!(err, SourceError::Decode { .. }),
+            "a bad frame, not a camera failure: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("b.png")
+                && message.contains("4294967296 bytes")
+                && message.contains("decode.max_alloc_bytes"),
+            "{message}"
+        );
+        assert_eq!(source.next_frame().unwrap().unwrap().image[(0, 0)][0], 5);
+        // Held in memory: the file is left out like one that does not decode.
+        let mut held = FolderSource::open(dir.path().into(), true, limits)
+            .unwrap()
+            .preload(1)
+            .unwrap();
+        assert_eq!(held.next_frame().unwrap().unwrap().image[(0, 0)][0], 3);
+        assert!(held.next_frame().is_err());
+        assert_eq!(held.next_frame().unwrap().unwrap().image[(0, 0)][0], 5);
     }
 
     #[test]
