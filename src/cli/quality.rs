@@ -273,6 +273,12 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
                     r.pinned, r.pinned_bytes
                 );
             }
+            if r.held_for_tasks > 0 {
+                println!(
+                    "kept {} images ({} bytes) due for removal: open secondary-inspection tasks show them",
+                    r.held_for_tasks, r.held_for_tasks_bytes
+                );
+            }
             if s.temporary > 0 {
                 println!("removed {} left-over temporary files", s.temporary);
             }

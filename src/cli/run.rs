@@ -572,7 +572,7 @@ pub(super) fn start_image_keeping(
                     retention: r,
                     sweep: s,
                 }) => {
-                    if r.expired + r.evicted + s.temporary + r.pinned > 0 {
+                    if r.expired + r.evicted + s.temporary + r.pinned + r.held_for_tasks > 0 {
                         tracing::info!(
                             expired = r.expired,
                             over_quota = r.evicted,
@@ -580,6 +580,8 @@ pub(super) fn start_image_keeping(
                             bytes_freed = r.bytes_freed + s.bytes_freed,
                             kept_for_samples = r.pinned,
                             kept_for_samples_bytes = r.pinned_bytes,
+                            kept_for_tasks = r.held_for_tasks,
+                            kept_for_tasks_bytes = r.held_for_tasks_bytes,
                             "Image keeping pass."
                         );
                     }

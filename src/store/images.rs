@@ -53,6 +53,11 @@ pub struct RetentionReport {
     /// once the sample is in the bucket. They count against the quota meanwhile.
     pub pinned: u64,
     pub pinned_bytes: u64,
+    /// Images and overlays due for removal but kept because a secondary-inspection task still
+    /// open (pending, claimed, escalated) shows them: the inspector decides on that evidence.
+    /// They go once the task is decided, and count against the quota meanwhile.
+    pub held_for_tasks: u64,
+    pub held_for_tasks_bytes: u64,
     /// Images whose file could not be deleted (logged); their rows stay live for the next pass.
     pub errors: u64,
 }
@@ -64,6 +69,16 @@ fn pending_samples_of(param: &str) -> String {
         "SELECT 1 FROM inspections i JOIN sample_manifest m ON m.inspection_id = i.id \
          WHERE i.image_ref = {param} AND m.uploaded = {}",
         crate::outbox::sample_state::WAITING
+    )
+}
+
+/// Open secondary-inspection tasks whose inspection shows the image `$N`, as its image or its
+/// overlay (found from the few open tasks, by the `tasks_state` index).
+fn open_tasks_of(param: &str) -> String {
+    format!(
+        "SELECT 1 FROM tasks t JOIN inspections i ON i.id = t.inspection_id \
+         WHERE t.state IN ('pending', 'claimed', 'escalated') \
+         AND (i.image_ref = {param} OR i.overlay_ref = {param})"
     )
 }
 
@@ -108,6 +123,8 @@ pub struct ImageKeepingMetrics {
     errors: AtomicU64,
     pinned: AtomicU64,
     pinned_bytes: AtomicU64,
+    held_for_tasks: AtomicU64,
+    held_for_tasks_bytes: AtomicU64,
     unrecorded: AtomicU64,
     unrecorded_bytes: AtomicU64,
 }
@@ -136,6 +153,9 @@ impl ImageKeepingMetrics {
         self.errors.fetch_add(r.errors + s.errors, Relaxed);
         self.pinned.store(r.pinned, Relaxed);
         self.pinned_bytes.store(r.pinned_bytes, Relaxed);
+        self.held_for_tasks.store(r.held_for_tasks, Relaxed);
+        self.held_for_tasks_bytes
+            .store(r.held_for_tasks_bytes, Relaxed);
         self.unrecorded.store(s.unrecorded, Relaxed);
         self.unrecorded_bytes.store(s.unrecorded_bytes, Relaxed);
     }
@@ -202,6 +222,18 @@ impl ImageKeepingMetrics {
             "gauge",
             "Bytes of those images (last pass).",
             &[("", &self.pinned_bytes)],
+        );
+        metric(
+            "linesight_images_kept_for_tasks",
+            "gauge",
+            "Images and overlays due for removal kept because open secondary-inspection tasks show them (last pass).",
+            &[("", &self.held_for_tasks)],
+        );
+        metric(
+            "linesight_images_kept_for_tasks_bytes",
+            "gauge",
+            "Bytes of those images (last pass).",
+            &[("", &self.held_for_tasks_bytes)],
         );
         metric(
             "linesight_images_unrecorded",
@@ -616,7 +648,11 @@ impl Store {
         }
         let mut total: u64 = live.iter().map(|l| l.1).sum();
         let mut report = RetentionReport::default();
-        let not_pinned = format!("NOT EXISTS ({})", pending_samples_of("$2"));
+        let not_pinned = format!(
+            "NOT EXISTS ({}) AND NOT EXISTS ({})",
+            pending_samples_of("$2"),
+            open_tasks_of("$2")
+        );
         for (hash, bytes, at) in &live {
             let expired = *at < cutoff;
             if !(expired || total > quota_bytes) {
@@ -624,7 +660,8 @@ impl Store {
             }
             // The row is marked and its file deleted in one write transaction, and only if it
             // is still the row listed above (an image recorded again since is dated by that
-            // record and kept) and no sample waiting for its upload names it. A writer checks
+            // record and kept), no sample waiting for its upload names it and no open task
+            // shows it. A writer checks
             // for its file under the same lock.
             let mut tx = self.begin().await?;
             let marked = sqlx::query(&format!(
@@ -648,6 +685,15 @@ impl Store {
                 if pinned {
                     report.pinned += 1;
                     report.pinned_bytes += bytes;
+                } else if sqlx::query(&open_tasks_of("$1"))
+                    .bind(hash)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("look up open tasks"))?
+                    .is_some()
+                {
+                    report.held_for_tasks += 1;
+                    report.held_for_tasks_bytes += bytes;
                 }
                 continue;
             }
@@ -960,6 +1006,7 @@ mod tests {
         let mut report = PruneReport::default();
         report.retention.expired = 3;
         report.retention.pinned = 2;
+        report.retention.held_for_tasks = 4;
         report.sweep.unrecorded = 5;
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         m.observe(Some(&report), at);
@@ -973,6 +1020,7 @@ mod tests {
             "linesight_image_keeping_last_pass_timestamp_seconds 1700000000",
             "linesight_images_removed_total{reason=\"expired\"} 6",
             "linesight_images_kept_for_samples 2",
+            "linesight_images_kept_for_tasks 4",
             "linesight_images_unrecorded 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

@@ -495,6 +495,17 @@ async fn ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed(
     s.transition_ncr(own.id, &qa2, NcrAction::Approve, None, Some(sig.id))
         .await
         .unwrap();
+    let other = s.create_ncr(&new_ncr("LOT-C"), &qa).await.unwrap();
+    to_proposed(s, other.id, &qa).await;
+    s.transition_ncr(
+        other.id,
+        &qa2,
+        NcrAction::Cancel,
+        Some("raised twice"),
+        None,
+    )
+    .await
+    .unwrap();
 
     // Closing and releasing, then reopening: held again.
     s.transition_ncr(ncr.id, &qa, NcrAction::Close, None, None)
@@ -1755,6 +1766,73 @@ async fn images_expire_by_age_and_quota_but_records_keep_their_reference(db: &Db
     );
     let kept = s.inspection(rec.inspection_id).await.unwrap();
     assert_eq!(kept.inspection.image_ref, Some(a));
+
+    // An open secondary-inspection task shows its image and overlay: however old, and over
+    // the quota, they stay until the task is decided.
+    let image = s.put_image(dir.path(), &[4u8; 100], 3_000).await.unwrap();
+    let overlay = s.put_image(dir.path(), &[5u8; 100], 3_000).await.unwrap();
+    let reject = s
+        .record_inspection(
+            &NewInspection {
+                image_ref: Some(image.clone()),
+                overlay_ref: Some(overlay.clone()),
+                ..inspection("P2", "L", 0.9)
+            },
+            &no_sampling(),
+            "system",
+        )
+        .await
+        .unwrap();
+    let task = reject.task.expect("a reject opens a task");
+    let on_disk = |hash: &str| {
+        linesight::store::image_path(dir.path(), hash)
+            .unwrap()
+            .is_file()
+    };
+    let ins = user(s, "ina", Role::Inspector).await;
+    for step in 0..3 {
+        match step {
+            1 => assert_eq!(s.claim_task(task.id, &ins).await.unwrap().id, task.id),
+            2 => {
+                s.act_on_task(
+                    task.id,
+                    &ins,
+                    TaskAction::Escalate,
+                    Some("unsure"),
+                    &no_sampling(),
+                )
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+        let r = s
+            .enforce_image_retention(dir.path(), 1, 0, 3_000 + 2 * day)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.held_for_tasks, r.held_for_tasks_bytes, r.expired),
+            (2, 200, 0),
+            "step {step}"
+        );
+        assert!(on_disk(&image) && on_disk(&overlay), "step {step}");
+    }
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    s.act_on_task(
+        task.id,
+        &qa,
+        TaskAction::ConfirmDefect,
+        None,
+        &no_sampling(),
+    )
+    .await
+    .unwrap();
+    let r = s
+        .enforce_image_retention(dir.path(), 1, 0, 3_000 + 2 * day)
+        .await
+        .unwrap();
+    assert_eq!((r.held_for_tasks, r.expired), (0, 2));
+    assert!(!on_disk(&image) && !on_disk(&overlay));
 }
 
 #[test]
