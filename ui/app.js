@@ -19,6 +19,7 @@ import * as tasks from './tasks.js';
 import * as ncrs from './ncrs.js';
 import * as line from './line.js';
 import * as inspect from './inspect.js';
+import { passwordDialog } from './password.js';
 
 const VIEWS = [
   { name: 'tasks', label: 'Tasks', pattern: /^#\/tasks(?:\/(\d+))?$/, allowed: can.inspectTasks, module: tasks },
@@ -35,6 +36,17 @@ const who = document.getElementById('who');
 let session = null;
 let active = null;
 let returnTo = null;
+
+// Changing the password ends every session of the user: back to the sign-in form.
+const passwords = passwordDialog({
+  onChanged: () => {
+    session = null;
+    setCsrfToken(null);
+    returnTo = location.hash;
+    showSignIn('Your password has been changed. Sign in with the new one.');
+  },
+});
+document.body.append(passwords.element);
 
 function navigate(hash, { replace = false } = {}) {
   if (location.hash === hash) {
@@ -56,11 +68,13 @@ function renderHeader() {
   nav.replaceChildren(...VIEWS.filter((v) => v.allowed(session.role)).map((v) => h('li', {},
     h('a', { href: `#/${v.name}`, 'data-testid': `nav-${v.name}`, 'data-view': v.name }, v.label))));
   const signOut = h('button', { type: 'button', 'data-testid': 'sign-out', onClick: onSignOut }, 'Sign out');
+  const password = h('button', { type: 'button', 'data-testid': 'change-password', onClick: () => passwords.open() }, 'Change password');
   who.replaceChildren(
     h('span', { class: 'user' },
       h('span', { class: 'name', 'data-testid': 'header-user' }, session.full_name),
       h('span', { class: 'username' }, session.username)),
     h('span', { class: 'role', 'data-testid': 'header-role', 'data-role': session.role }, ROLE_LABELS[session.role] ?? session.role),
+    password,
     signOut);
 }
 

@@ -139,7 +139,10 @@ async fn check_password(state: &ApiState, creds: &Credentials) -> Result<User, A
         .store
         .authenticate(creds, state.quality.lockout())
         .await;
-    if let Err(StoreError::InvalidCredentials | StoreError::Locked { .. }) = &checked {
+    if let Err(
+        StoreError::InvalidCredentials | StoreError::Locked { .. } | StoreError::Disabled { .. },
+    ) = &checked
+    {
         attempt.failed();
     }
     Ok(checked?)
@@ -265,7 +268,7 @@ pub struct SessionInfo {
 /// terminals); the server ends the session itself after `api.session_idle_minutes` idle. It
 /// is `Secure` when the browser reached the service over HTTPS: linesight's own TLS, or a
 /// trusted proxy's (`X-Forwarded-Proto: https`).
-fn session_cookie(state: &ApiState, client: &Client, value: String) -> Cookie<'static> {
+pub(super) fn session_cookie(state: &ApiState, client: &Client, value: String) -> Cookie<'static> {
     Cookie::build((SESSION_COOKIE, value))
         .http_only(true)
         .same_site(SameSite::Strict)

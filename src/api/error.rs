@@ -131,7 +131,7 @@ impl ApiError {
                 }
                 StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
                 StoreError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-                StoreError::Locked { .. } => StatusCode::FORBIDDEN,
+                StoreError::Locked { .. } | StoreError::Disabled { .. } => StatusCode::FORBIDDEN,
                 StoreError::UserExists(_)
                 | StoreError::LotHasOpenNcr { .. }
                 | StoreError::Stale { .. }

@@ -25,6 +25,7 @@ mod ncrs;
 mod tasks;
 mod throttle;
 mod ui;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -286,6 +287,11 @@ fn v1() -> OpenApiRouter<ApiState> {
         .routes(routes!(auth::sign_in, auth::whoami, auth::sign_out))
         .routes(routes!(auth::issue_token, auth::tokens))
         .routes(routes!(auth::revoke_token))
+        .routes(routes!(users::change_password))
+        .routes(routes!(users::users))
+        .routes(routes!(users::disable))
+        .routes(routes!(users::enable))
+        .routes(routes!(users::reset_password))
         .routes(routes!(inspections::upload, inspections::list))
         .routes(routes!(inspections::inspection))
         .routes(routes!(inspections::image))

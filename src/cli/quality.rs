@@ -22,6 +22,31 @@ pub enum UsersCommand {
     /// Create a user. The password is read from the terminal (asked twice) or, when stdin is
     /// not a terminal, from the first line of stdin — never from the command line.
     Add(AddUserArgs),
+    /// List the accounts with their role and state (never their passwords).
+    List,
+    /// Set a new password for a user who forgot theirs (audited with the reason; their web UI
+    /// sessions end). Read as for `add`. Users change their own in the web UI.
+    Passwd {
+        username: String,
+        /// Why the password is reset (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Withdraw an account: sign-ins and signatures are refused, its web UI sessions end and
+    /// its tokens stop working. Its records and signatures stay; `enable` gives it back.
+    Disable {
+        username: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Give a disabled account back.
+    Enable {
+        username: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
     /// Lift a lockout after repeated failed sign-ins.
     Unlock {
         username: String,
@@ -218,6 +243,49 @@ pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> 
             println!("revoked token {id}");
             Ok(0)
         }),
+        UsersCommand::List => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let users = store.users().await;
+            store.close().await;
+            let now = crate::quality::now_ms();
+            for u in users? {
+                let state = match (u.disabled_at_ms, u.locked_until_ms) {
+                    (Some(at), _) => format!("disabled {}", format_ms(at)),
+                    (None, Some(until)) if until > now => {
+                        format!("locked until {}", format_ms(until))
+                    }
+                    _ => "active".into(),
+                };
+                println!(
+                    "{:<16} {:<12} {:<30} {}  password set {}",
+                    u.username,
+                    u.role.as_str(),
+                    u.full_name,
+                    state,
+                    u.password_set_at_ms.map_or("unknown".into(), format_ms)
+                );
+            }
+            Ok(0)
+        }),
+        UsersCommand::Passwd { username, reason } => {
+            let password = read_password()?;
+            runtime()?.block_on(async {
+                let store = open(settings).await?;
+                let reset = store
+                    .reset_password(&username, &password, &cli_actor(), &reason)
+                    .await;
+                store.close().await;
+                reset?;
+                println!("new password set for {username}; their web UI sessions ended");
+                Ok(0)
+            })
+        }
+        UsersCommand::Disable { username, reason } => {
+            set_disabled(settings, &username, true, &reason)
+        }
+        UsersCommand::Enable { username, reason } => {
+            set_disabled(settings, &username, false, &reason)
+        }
         UsersCommand::Unlock { username, reason } => runtime()?.block_on(async {
             let store = open(settings).await?;
             store.unlock_user(&username, &cli_actor(), &reason).await?;
@@ -229,6 +297,28 @@ pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> 
             Ok(0)
         }),
     }
+}
+
+fn set_disabled(
+    settings: &Settings,
+    username: &str,
+    disabled: bool,
+    reason: &str,
+) -> anyhow::Result<i32> {
+    runtime()?.block_on(async {
+        let store = open(settings).await?;
+        let done = store
+            .set_user_disabled(username, disabled, &cli_actor(), reason)
+            .await;
+        store.close().await;
+        done?;
+        if disabled {
+            println!("disabled {username}: sign-ins refused, sessions ended, tokens void");
+        } else {
+            println!("enabled {username}");
+        }
+        Ok(0)
+    })
 }
 
 fn read_password() -> anyhow::Result<String> {

@@ -295,6 +295,17 @@ impl Store {
             entity: "user",
             id: username.into(),
         })?;
+        let disabled: Option<i64> =
+            sqlx::query_scalar("SELECT disabled_at_ms FROM users WHERE id = $1")
+                .bind(user.id)
+                .fetch_one(self.reader())
+                .await
+                .map_err(db("look up a user"))?;
+        if disabled.is_some() {
+            return Err(StoreError::Disabled {
+                username: user.username,
+            });
+        }
         let now = now_ms();
         if expires_at_ms.is_some_and(|t| t <= now) {
             return Err(StoreError::Invalid(
@@ -358,7 +369,8 @@ impl Store {
     async fn session_row(&self, hash: &str) -> Result<Option<AnyRow>, StoreError> {
         sqlx::query(&format!(
             "SELECT {SESSION_USER_COLUMNS}, s.csrf_token, s.expires_at_ms, s.last_seen_ms \
-             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 = $1"
+             FROM api_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.secret_sha256 = $1 AND u.disabled_at_ms IS NULL"
         ))
         .bind(hash)
         .fetch_optional(self.reader())
@@ -391,7 +403,8 @@ impl Store {
         let hash = sha256_hex(token);
         let row = sqlx::query(&format!(
             "SELECT {SESSION_USER_COLUMNS}, t.id AS token_id, t.expires_at_ms, t.revoked_at_ms, t.last_used_ms \
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_sha256 = $1"
+             FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.secret_sha256 = $1 AND u.disabled_at_ms IS NULL"
         ))
         .bind(&hash)
         .fetch_optional(self.reader())

@@ -56,7 +56,7 @@ pub use inspections::{InspectionRecord, RecordedInspection, Task};
 pub use models::{ActivationState, ModelActivation, NewModelActivation};
 pub use ncrs::{NcrRecord, NcrTransition, NewNcr};
 pub use triggers::{Journalled, JournalledTrigger, MAX_TRIGGER_FIELD_BYTES, TriggerAnswer};
-pub use users::{Credentials, NewUser, User};
+pub use users::{Credentials, NewUser, User, UserAccount};
 
 /// `[store]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,6 +303,8 @@ pub enum StoreError {
     InvalidCredentials,
     #[error("account {username} is locked until {until} after repeated failed sign-ins")]
     Locked { username: String, until: String },
+    #[error("account {username} is disabled: an administrator withdrew it")]
+    Disabled { username: String },
     #[error("user {0} already exists")]
     UserExists(String),
     #[error("lot {lot} cannot be released: {} still open", open_list(.ncrs))]
@@ -435,6 +437,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 "discarded_samples",
                 include_str!("../../migrations/sqlite/0010_discarded_samples.sql"),
                 include_str!("../../migrations/postgres/0010_discarded_samples.sql"),
+            ),
+            (
+                11,
+                "user_access",
+                include_str!("../../migrations/sqlite/0011_user_access.sql"),
+                include_str!("../../migrations/postgres/0011_user_access.sql"),
             ),
         ];
         let backend = self.0;

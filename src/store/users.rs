@@ -1,4 +1,6 @@
-//! Users: creation, sign-in with lockout, unlock.
+//! Users: creation, sign-in with lockout, unlock, passwords set by their owner or reset by an
+//! administrator, accounts disabled and enabled again. An account is never deleted: records
+//! and signatures name it.
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -93,12 +95,41 @@ fn user_row(row: &AnyRow) -> Result<(User, String, i64), StoreError> {
     Ok((user, hash, failed))
 }
 
+/// An account as `users` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct UserAccount {
+    pub username: String,
+    /// Printed on the user's signatures.
+    pub full_name: String,
+    pub role: Role,
+    /// Locked after failed sign-ins until then (`users unlock` lifts it).
+    pub locked_until_ms: Option<i64>,
+    /// Wrong passwords since the last right one.
+    pub failed_attempts: i64,
+    pub disabled_at_ms: Option<i64>,
+    pub password_set_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+/// Ends every web UI session of user `id` in `tx`; how many there were.
+async fn end_sessions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM api_sessions WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("end a user's sessions"))?
+        .rows_affected())
+}
+
 /// The actor of the audit entries linesight writes on its own (results of the live pipeline,
 /// NCRs it raises, accounts it locks).
 pub(crate) const SYSTEM_ACTOR: &str = "system";
 
-const USER_COLUMNS: &str =
-    "id, username, full_name, role, locked_until_ms, password_hash, failed_attempts";
+const USER_COLUMNS: &str = "id, username, full_name, role, locked_until_ms, password_hash, \
+     failed_attempts, disabled_at_ms, password_set_at_ms";
 
 impl Store {
     /// Creates a user; `actor` is who does it (audited).
@@ -144,8 +175,8 @@ impl Store {
             return Err(StoreError::UserExists(username));
         }
         let id: i64 = sqlx::query(
-            "INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5) RETURNING id",
+            "INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms, password_set_at_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5) RETURNING id",
         )
         .bind(&username)
         .bind(new.full_name.trim())
@@ -233,6 +264,16 @@ impl Store {
         };
         let (user, hash, _) = user_row(&row)?;
         let now = now_ms();
+        let disabled: Option<i64> = row.try_get("disabled_at_ms").map_err(db("decode a user"))?;
+        if disabled.is_some() {
+            // The same hashing as a wrong password: the answer's time tells nothing more.
+            verify_password_limited(creds.password.clone(), None)
+                .await
+                .ok_or_else(password_checks_busy)?;
+            return Err(StoreError::Disabled {
+                username: user.username,
+            });
+        }
         if let Some(until) = user.locked_until_ms
             && until > now
         {
@@ -332,12 +373,7 @@ impl Store {
             .map_err(db("lock an account"))?;
         // The user's web UI sessions end, not pause: unlocked (by the clock or an
         // administrator), the user signs in again, and a cookie left on a terminal is no use.
-        let ended = sqlx::query("DELETE FROM api_sessions WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(db("end a locked user's sessions"))?
-            .rows_affected();
+        let ended = end_sessions(tx, id).await?;
         Ok(NewAuditEntry {
             actor: SYSTEM_ACTOR.into(),
             action: "user.locked".into(),
@@ -350,6 +386,223 @@ impl Store {
             )),
             reason: Some(reason),
         })
+    }
+
+    /// The accounts, by name, with their state (never their password hashes).
+    pub async fn users(&self) -> Result<Vec<UserAccount>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, created_at_ms FROM users ORDER BY username"
+        ))
+        .fetch_all(self.reader())
+        .await
+        .map_err(db("list users"))?;
+        rows.iter()
+            .map(|row| {
+                let d = || db("decode a user");
+                let (user, _, failed_attempts) = user_row(row)?;
+                Ok(UserAccount {
+                    username: user.username,
+                    full_name: user.full_name,
+                    role: user.role,
+                    locked_until_ms: user.locked_until_ms,
+                    failed_attempts,
+                    disabled_at_ms: row.try_get("disabled_at_ms").map_err(d())?,
+                    password_set_at_ms: row.try_get("password_set_at_ms").map_err(d())?,
+                    created_at_ms: row.try_get("created_at_ms").map_err(d())?,
+                })
+            })
+            .collect()
+    }
+
+    /// Changes a user's own password: the current one is checked as at sign-in (a wrong one
+    /// counts towards the lockout), the new one must pass the password rules and differ from
+    /// it. The user's web UI sessions end: they sign in again with the new password.
+    pub async fn change_password(
+        &self,
+        creds: &Credentials,
+        new_password: &str,
+        policy: LockoutPolicy,
+    ) -> Result<User, StoreError> {
+        check_new_password(new_password)
+            .map_err(|m| StoreError::Invalid(format!("new_password: {m}")))?;
+        if new_password == creds.password {
+            return Err(StoreError::Invalid(
+                "new_password: the same as the current password".into(),
+            ));
+        }
+        let user = self.authenticate(creds, policy).await?;
+        self.set_password_of(
+            &user.username,
+            new_password,
+            &user.username,
+            "user.password_change",
+            None,
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// Sets a new password for `username` on an administrator's word (a forgotten password),
+    /// audited with `reason` as `user.password_reset`. The user's web UI sessions end.
+    pub async fn reset_password(
+        &self,
+        username: &str,
+        new_password: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "reason: resetting a password needs a reason".into(),
+            ));
+        }
+        check_new_password(new_password)
+            .map_err(|m| StoreError::Invalid(format!("new_password: {m}")))?;
+        self.set_password_of(
+            username,
+            new_password,
+            actor,
+            "user.password_reset",
+            Some(reason),
+        )
+        .await
+    }
+
+    /// Stores a new password hash for `username` and ends its sessions, with the audit entry
+    /// `action` (never the hash). A lockout stays: a reset is not an unlock.
+    async fn set_password_of(
+        &self,
+        username: &str,
+        password: &str,
+        actor: &str,
+        action: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let password = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?
+            .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let id: Option<i64> = sqlx::query(
+            "UPDATE users SET password_hash = $1, password_set_at_ms = $2 WHERE username = $3 \
+             RETURNING id",
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("set a password"))?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(db("set a password"))?;
+        let Some(id) = id else {
+            return Err(StoreError::NotFound {
+                entity: "user",
+                id: username.into(),
+            });
+        };
+        let ended = end_sessions(&mut tx, id).await?;
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![NewAuditEntry {
+                actor: actor.into(),
+                action: action.into(),
+                entity: "user".into(),
+                entity_id: username.into(),
+                old_value: None,
+                new_value: Some(format!("password set; sessions_ended={ended}")),
+                reason: reason.map(str::to_owned),
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db("set a password"))?;
+        Ok(())
+    }
+
+    /// Withdraws an account (`disabled`) or gives it back, audited with `reason`. A disabled
+    /// account is refused at sign-in and for signatures, its web UI sessions end and its
+    /// bearer tokens stop working; its records and signatures stay. The last enabled
+    /// administrator is not disabled: somebody must be able to give accounts back.
+    pub async fn set_user_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "reason: {} an account needs a reason",
+                if disabled { "disabling" } else { "enabling" }
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("look up a user"))?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "user",
+            id: username.into(),
+        })?;
+        let (user, _, _) = user_row(&row)?;
+        let was: Option<i64> = row.try_get("disabled_at_ms").map_err(db("decode a user"))?;
+        if was.is_some() == disabled {
+            return Err(StoreError::Invalid(format!(
+                "username: {username} is already {}",
+                if disabled { "disabled" } else { "enabled" }
+            )));
+        }
+        if disabled && user.role == Role::Admin {
+            let admins: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at_ms IS NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("count administrators"))?;
+            if admins <= 1 {
+                return Err(StoreError::Invalid(format!(
+                    "username: {username} is the last enabled administrator; enable or add another first"
+                )));
+            }
+        }
+        sqlx::query("UPDATE users SET disabled_at_ms = $1 WHERE id = $2")
+            .bind(disabled.then_some(now))
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("disable an account"))?;
+        let (action, new_value) = if disabled {
+            let ended = end_sessions(&mut tx, user.id).await?;
+            ("user.disable", format!("disabled; sessions_ended={ended}"))
+        } else {
+            ("user.enable", "enabled".to_owned())
+        };
+        self.append_audit(
+            &mut tx,
+            now,
+            vec![NewAuditEntry {
+                actor: actor.into(),
+                action: action.into(),
+                entity: "user".into(),
+                entity_id: username.into(),
+                old_value: Some(if disabled { "enabled" } else { "disabled" }.into()),
+                new_value: Some(new_value),
+                reason: Some(reason.into()),
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db("disable an account"))?;
+        Ok(())
     }
 
     /// Lifts a lockout (an administrator's action, audited with its reason).

@@ -479,3 +479,36 @@ scenario('(i) an image removed by image retention says so in the server\'s words
     await portraitFits(page, 'i-01b-image-removed-portrait');
   });
 });
+
+scenario('(j) an operator changes their password: a wrong current one changes nothing, the session ends, the new one signs in', async () => {
+  const operator = users.operator;
+  const changed = `${operator.password}-2`;
+  await withPage(browser, 'j', async (page) => {
+    await signIn(page, operator, '#/line');
+    await page.locator(tid('change-password')).click();
+    await page.locator(tid('password-dialog')).waitFor();
+    await page.locator(tid('password-current')).fill('not-my-password');
+    await page.locator(tid('password-new')).fill(changed);
+    await page.locator(tid('password-again')).fill(changed);
+    await page.locator(tid('password-submit')).click();
+    await page.locator(tid('password-error')).filter({ hasText: 'Wrong current password' }).waitFor();
+    await snap(page, 'j-01-wrong-current-password');
+    await Api.signIn(operator); // The old password still signs in: nothing was changed.
+
+    await page.locator(tid('password-current')).fill(operator.password);
+    await page.locator(tid('password-submit')).click();
+    await page.locator(tid('login-notice')).filter({ hasText: /password has been changed/ }).waitFor();
+    await snap(page, 'j-02-changed-sign-in-again');
+    await assert.rejects(Api.signIn(operator), (e) => e.status === 401, 'the old password is refused');
+
+    // The new one signs in; changed back for the scenarios that follow.
+    await signIn(page, { ...operator, password: changed }, '#/line');
+    await page.locator(tid('change-password')).click();
+    await page.locator(tid('password-current')).fill(changed);
+    await page.locator(tid('password-new')).fill(operator.password);
+    await page.locator(tid('password-again')).fill(operator.password);
+    await page.locator(tid('password-submit')).click();
+    await page.locator(tid('login-notice')).filter({ hasText: /password has been changed/ }).waitFor();
+  });
+  await Api.signIn(operator);
+});

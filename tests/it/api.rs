@@ -1167,6 +1167,11 @@ async fn role_by_route_matrix() {
         ("POST", "/api/v1/tokens", ADMIN),
         ("GET", "/api/v1/tokens", ADMIN),
         ("POST", "/api/v1/tokens/{id}/revoke", ADMIN),
+        ("POST", "/api/v1/session/password", ALL),
+        ("GET", "/api/v1/users", ADMIN),
+        ("POST", "/api/v1/users/{username}/disable", ADMIN),
+        ("POST", "/api/v1/users/{username}/enable", ADMIN),
+        ("POST", "/api/v1/users/{username}/password", ADMIN),
         ("POST", "/api/v1/inspections", ALL),
         ("GET", "/api/v1/inspections", ALL),
         ("GET", "/api/v1/inspections/{id}", ALL),
@@ -1230,6 +1235,7 @@ async fn role_by_route_matrix() {
             .replace("{id}", "1")
             .replace("{attachment_id}", "1")
             .replace("{lot}", "L1")
+            .replace("{username}", "op")
             .replace("{hash}", &"0".repeat(64));
         let body = (*method == "POST").then_some("{}");
         let (s, b, _) = send(&f, call(method, &uri, None, body)).await;
@@ -1267,6 +1273,165 @@ async fn role_by_route_matrix() {
             }
         }
     }
+}
+
+/// Over the API: a user changes their own password (their session ends with it), and an
+/// administrator lists accounts, resets a password and withdraws an account, whose token is
+/// refused from then on.
+#[tokio::test]
+async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
+    let f = fixture(ApiConfig::default()).await;
+    let res = app(f.state.clone())
+        .oneshot(call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(r#"{"username":"insp","password":"insp-secret-pw"}"#),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = cookie_of(&res);
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let csrf = json(&body)["csrf_token"].as_str().unwrap().to_owned();
+    let with_cookie = |path: &str, body: &str| {
+        let mut req = call("POST", path, None, Some(body));
+        req.headers_mut()
+            .insert(header::COOKIE, cookie.parse().unwrap());
+        req.headers_mut()
+            .insert("x-csrf-token", csrf.parse().unwrap());
+        req
+    };
+    let (s, b, _) = send(
+        &f,
+        with_cookie(
+            "/api/v1/session/password",
+            r#"{"current_password":"wrong","new_password":"an0ther-secret"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(problem_field(&b).as_deref(), Some("current_password"));
+    let (s, b, _) = send(
+        &f,
+        with_cookie(
+            "/api/v1/session/password",
+            r#"{"current_password":"insp-secret-pw","new_password":"x"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem_field(&b).as_deref(), Some("new_password"));
+    let res = app(f.state.clone())
+        .oneshot(with_cookie(
+            "/api/v1/session/password",
+            r#"{"current_password":"insp-secret-pw","new_password":"an0ther-secret"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("Max-Age=0"), "the cookie is cleared: {set}");
+    let mut whoami = call("GET", "/api/v1/session", None, None);
+    whoami
+        .headers_mut()
+        .insert(header::COOKIE, cookie.parse().unwrap());
+    let (s, _, _) = send(&f, whoami).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the session ended with the change"
+    );
+    let new_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("insp:an0ther-secret")
+    );
+    let (s, _, _) = send(&f, call("GET", "/api/v1/session", Some(&new_basic), None)).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let admin = basic("admin");
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/users/admin/password",
+            Some(&admin),
+            Some(r#"{"new_password":"s0me-new-secret","reason":"mine"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/users/insp/password",
+            Some(&admin),
+            Some(r#"{"new_password":"s0me-new-secret","reason":"forgotten"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+
+    let (_, token) =
+        f.db.store
+            .create_token("op", "line 3", None, "test")
+            .await
+            .unwrap();
+    let bearer = format!("Bearer {token}");
+    let (s, _, _) = send(&f, call("GET", "/api/v1/lots", Some(&bearer), None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/users/op/disable",
+            Some(&admin),
+            Some(r#"{"reason":"station retired"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    let (s, _, _) = send(&f, call("GET", "/api/v1/lots", Some(&bearer), None)).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a withdrawn account's token is void"
+    );
+    let (s, b, _) = send(&f, call("GET", "/api/v1/lots", Some(&basic("op")), None)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["detail"].as_str().unwrap().contains("disabled"));
+    let (s, b, _) = send(&f, call("GET", "/api/v1/users", Some(&admin), None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let listed = json(&b);
+    let op = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "op")
+        .unwrap();
+    assert!(op["disabled_at_ms"].is_i64(), "{op}");
+    assert!(op.get("password_hash").is_none());
+    let (s, _, _) = send(
+        &f,
+        call(
+            "POST",
+            "/api/v1/users/op/enable",
+            Some(&admin),
+            Some(r#"{"reason":"back in use"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = send(&f, call("GET", "/api/v1/lots", Some(&bearer), None)).await;
+    assert_eq!(s, StatusCode::OK);
 }
 
 fn cookie_of(res: &axum::response::Response) -> String {

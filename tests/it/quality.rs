@@ -149,6 +149,7 @@ on_both_databases!(
     images_recorded_again_concurrently_with_retention_never_lose_their_file,
     files_no_record_names_are_swept_after_the_grace_period,
     api_sessions_tokens_listings_holds_and_attachments,
+    accounts_change_passwords_and_are_disabled_and_enabled,
 );
 
 const PASSWORD: &str = "s3cret-pass";
@@ -1907,6 +1908,27 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     );
     assert_eq!(code, Some(2));
     assert!(err.contains("at least 8"), "{err}");
+    // A forgotten password reset, the account withdrawn and given back, each with a reason.
+    let (code, out, err) = run(
+        &["users", "passwd", "ana", "--reason", "forgotten"],
+        "an0ther-long-pw\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = run(&["users", "disable", "ana", "--reason", "left"], "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = run(&["users", "list"], "");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("ana              qa_approver  Ana Lopez                      disabled "),
+        "{out}"
+    );
+    let (code, _, err) = run(&["users", "disable", "ana", "--reason", "again"], "");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("already disabled"), "{err}");
+    let (code, out, err) = run(&["users", "enable", "ana", "--reason", "back"], "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, out, _) = run(&["users", "list"], "");
+    assert!(out.contains(" active  password set "), "{out}");
 
     // A temporary file a crash left and an image never recorded, both two hours old.
     let images = dir.path().join("images");
@@ -1949,7 +1971,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), "audit trail intact: 1 entries verified");
+    assert_eq!(out.trim(), "audit trail intact: 4 entries verified");
 
     // Tamper with the file directly, as someone with access to it could.
     tokio::runtime::Builder::new_current_thread()
@@ -2150,4 +2172,152 @@ async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
         b"jpeg bytes"
     );
     assert!(matches!(s.verify_audit().await.unwrap(), Ok(n) if n > 5));
+}
+
+/// Part 11 account control: users change their own password (the current one checked), an
+/// administrator resets a forgotten one and withdraws an account; every step is audited
+/// without a password or hash in it, and a withdrawn account can neither sign in, sign, nor act
+/// through its sessions or tokens.
+async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
+    let s = &db.store;
+    let ada = user(s, "ada", Role::Admin).await;
+    let qa = user(s, "quinn", Role::QaApprover).await;
+    let ins = user(s, "ina", Role::Inspector).await;
+    let (secret, _) = s.create_session(&qa, 60_000, None).await.unwrap();
+    let (_, token) = s.create_token("quinn", "bench", None, "ada").await.unwrap();
+    let ncr = s.create_ncr(&new_ncr("LOT-U"), &ins).await.unwrap();
+
+    // Their own password: the current one is checked, the new one must pass the rules.
+    let change = |current: &str, new: &str| {
+        let creds = creds("quinn", current);
+        let new = new.to_owned();
+        async move { s.change_password(&creds, &new, policy()).await }
+    };
+    let err = change("wrong-password", "n3w-secret-pass")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidCredentials), "{err}");
+    let err = change(PASSWORD, PASSWORD).await.unwrap_err();
+    assert!(err.to_string().contains("new_password"), "{err}");
+    let err = change(PASSWORD, "short").await.unwrap_err();
+    assert!(err.to_string().starts_with("new_password"), "{err}");
+    assert!(s.session(&secret, 60_000, false).await.unwrap().is_some());
+    change(PASSWORD, "n3w-secret-pass").await.unwrap();
+    assert!(
+        s.authenticate(&creds("quinn", PASSWORD), policy())
+            .await
+            .is_err()
+    );
+    s.authenticate(&creds("quinn", "n3w-secret-pass"), policy())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session(&secret, 60_000, false).await.unwrap(),
+        None,
+        "their sessions ended"
+    );
+    assert!(s.token_user(&token).await.unwrap().is_some(), "tokens stay");
+
+    // A forgotten one, reset by an administrator with a reason.
+    let err = s
+        .reset_password("quinn", "r3set-secret-pass", "ada", " ")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("reason"), "{err}");
+    s.reset_password(
+        "quinn",
+        "r3set-secret-pass",
+        "ada",
+        "forgotten, ticket 4711",
+    )
+    .await
+    .unwrap();
+    s.authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+        .await
+        .unwrap();
+
+    // Withdrawn: no sign-in, no signature, no session, no token, no new token.
+    let (secret, _) = s.create_session(&qa, 60_000, None).await.unwrap();
+    s.set_user_disabled("quinn", true, "ada", "left the company")
+        .await
+        .unwrap();
+    let err = s
+        .authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Disabled { .. }), "{err}");
+    let err = s
+        .sign_ncr(
+            ncr.id,
+            &creds("quinn", "r3set-secret-pass"),
+            Meaning::Reviewed,
+            policy(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Disabled { .. }), "{err}");
+    assert_eq!(s.session(&secret, 60_000, false).await.unwrap(), None);
+    assert_eq!(s.token_user(&token).await.unwrap(), None);
+    let err = s
+        .create_token("quinn", "again", None, "ada")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Disabled { .. }), "{err}");
+    let err = s
+        .set_user_disabled("quinn", true, "ada", "twice")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already disabled"), "{err}");
+    // Somebody must be able to give accounts back.
+    let err = s
+        .set_user_disabled("ada", true, "ada", "holiday")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("last enabled administrator"),
+        "{err}"
+    );
+    let listed = s.users().await.unwrap();
+    let quinn = listed.iter().find(|u| u.username == "quinn").unwrap();
+    assert!(quinn.disabled_at_ms.is_some() && quinn.password_set_at_ms.is_some());
+    assert!(listed.iter().filter(|u| u.disabled_at_ms.is_none()).count() == 2);
+
+    // Given back: signs in again, and the token not revoked works again.
+    s.set_user_disabled("quinn", false, "ada", "rehired")
+        .await
+        .unwrap();
+    s.authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+        .await
+        .unwrap();
+    assert!(s.token_user(&token).await.unwrap().is_some());
+    let err = s
+        .set_user_disabled("nobody", true, "ada", "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+
+    let trail = s.audit_for("user", "quinn").await.unwrap();
+    let actions: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .filter(|(a, _)| a.starts_with("user.password") || a.ends_with("able"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("user.password_change", "quinn"),
+            ("user.password_reset", "ada"),
+            ("user.disable", "ada"),
+            ("user.enable", "ada"),
+        ]
+    );
+    for e in &trail {
+        let text = format!("{e:?}");
+        assert!(
+            !text.contains("argon2") && !text.contains("secret-pass"),
+            "no password or hash in the trail: {text}"
+        );
+    }
+    let _ = (ada, qa);
+    assert_chain_intact(s).await;
 }

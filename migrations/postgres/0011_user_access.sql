@@ -1,0 +1,6 @@
+-- Accounts withdrawn by an administrator (`users disable`): kept for the records and
+-- signatures that name them, refused at sign-in, their sessions ended and tokens void.
+ALTER TABLE users ADD COLUMN disabled_at_ms BIGINT;
+-- When the password was last set (at creation, by its owner, or reset by an administrator).
+ALTER TABLE users ADD COLUMN password_set_at_ms BIGINT;
+UPDATE users SET password_set_at_ms = created_at_ms;
