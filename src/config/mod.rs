@@ -96,6 +96,34 @@ fn hide_secret(mut e: figment::Error) -> figment::Error {
     e
 }
 
+/// A parse error with the value hidden on each quoted source line (`2 | password = hunter2`)
+/// whose key holds a secret: an unquoted password is the likeliest mistake of all.
+fn hide_quoted_secrets(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| {
+            let Some((gutter, source)) = line.split_once(" | ") else {
+                return line.to_owned();
+            };
+            match source.split_once('=') {
+                Some((key, _))
+                    if gutter.trim().chars().all(|c| c.is_ascii_digit())
+                        && key
+                            .trim()
+                            .trim_matches('"')
+                            .rsplit('.')
+                            .next()
+                            .is_some_and(crate::store::names_a_secret) =>
+                {
+                    format!("{gutter} | {key}= (not shown: the key holds a secret)")
+                }
+                _ => line.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `incoming` merged into `dict`, tables key by key (two variables of one section both count).
 fn merge_into(dict: &mut Dict, incoming: Dict) {
     for (key, value) in incoming {
@@ -168,7 +196,7 @@ impl Settings {
             return Err(ConfigError {
                 problems: unreadable
                     .into_iter()
-                    .map(|e| format!("{file}{e}"))
+                    .map(|e| hide_quoted_secrets(&format!("{file}{e}")))
                     .collect(),
             });
         }
@@ -491,8 +519,18 @@ mod tests {
             jail.set_env("LINESIGHT__PIPELINE__BATCH_SIZE", "4");
             let err = Settings::load(Some(Path::new("strict.toml"))).unwrap_err();
             assert!(err.to_string().contains("record"), "{err}");
-            // A secret of the wrong type in the file is named, never printed.
+            // A secret of the wrong type in the file is named, never printed; nor is one that
+            // does not parse (no quotes).
             jail.clear_env();
+            jail.create_file("bare.toml", "[outbox.mqtt]\npassword = hunter22\n")?;
+            let err = Settings::load(Some(Path::new("bare.toml"))).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("bare.toml")
+                    && text.contains("password")
+                    && !text.contains("hunter22"),
+                "{text}"
+            );
             jail.create_file("typed.toml", "[outbox.mqtt]\npassword = 98765432\n")?;
             let err = Settings::load(Some(Path::new("typed.toml"))).unwrap_err();
             let text = err.to_string();

@@ -165,9 +165,9 @@ pub fn redact(url: &str) -> String {
         Some((before, after))
             if !before.contains('@')
                 && before.contains(':')
-                && after.rsplit_once('@').is_some_and(|(_, host)| {
-                    !host
-                        .split(['/', '?'])
+                && after.rsplit_once('@').is_some_and(|(_, location)| {
+                    !location
+                        .split('?')
                         .next()
                         .unwrap_or_default()
                         .contains(['=', '&'])
