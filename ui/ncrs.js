@@ -128,7 +128,7 @@ export function mount(root, { session, params, navigate }) {
       h('p', { class: 'description' }, ncr.description),
       actionsPanel(ncr, proposerOf(history)),
       historyTable(history),
-      signatureList(signatures),
+      signatureList(signatures, history),
       attachmentsPanel(ncr, attachments));
   }
 
@@ -221,16 +221,24 @@ export function mount(root, { session, params, navigate }) {
             h('td', {}, t.signature_id !== null ? `#${t.signature_id}` : '')))))));
   }
 
-  function signatureList(signatures) {
+  // An "approved" signature counts only where a history step used it: one made for an approval
+  // that was then refused (the NCR changed, another approver was first) is shown as not applied,
+  // so that the record never reads as approved by it.
+  function signatureList(signatures, history) {
+    const applied = new Set(history.map((t) => t.signature_id).filter((id) => id !== null));
     return h('section', { class: 'panel', 'aria-labelledby': 'ncr-signatures-title' },
       h('h3', { id: 'ncr-signatures-title' }, 'Electronic signatures'),
       signatures.length === 0 ? h('p', { class: 'muted' }, 'Not signed.')
-        : h('ul', { class: 'signatures', 'data-testid': 'ncr-signatures' }, signatures.map((s) => h('li', {
-          'data-testid': 'ncr-signature', 'data-signature-id': s.id, 'data-meaning': s.meaning,
-        },
-        h('strong', { class: 'signer' }, s.full_name), ` (${s.username}) · `,
-        h('span', { class: 'meaning' }, MEANINGS[s.meaning] ?? s.meaning), ' · ', timeEl(s.signed_at_ms),
-        h('span', { class: 'hash' }, `Signature #${s.id}, record hash `, h('code', { title: s.record_hash }, s.record_hash.slice(0, 16)))))));
+        : h('ul', { class: 'signatures', 'data-testid': 'ncr-signatures' }, signatures.map((s) => {
+          const unused = s.meaning === 'approved' && !applied.has(s.id);
+          return h('li', {
+            'data-testid': 'ncr-signature', 'data-signature-id': s.id, 'data-meaning': s.meaning, 'data-applied': String(!unused),
+          },
+          h('strong', { class: 'signer' }, s.full_name), ` (${s.username}) · `,
+          h('span', { class: 'meaning' }, MEANINGS[s.meaning] ?? s.meaning), ' · ', timeEl(s.signed_at_ms),
+          unused ? h('span', { class: 'muted', 'data-testid': 'ncr-signature-unused' }, ' · not applied: no approval took place with it') : null,
+          h('span', { class: 'hash' }, `Signature #${s.id}, record hash `, h('code', { title: s.record_hash }, s.record_hash.slice(0, 16))));
+        })));
   }
 
   function attachmentsPanel(ncr, attachments) {

@@ -190,28 +190,35 @@ scenario('(b) QA approves a proposed disposition with an electronic signature; a
     const refused = await qa.get(`/ncrs/${ncr.id}`);
     assert.equal(refused.ncr.state, 'disposition_proposed');
     assert.equal(refused.signatures.length, 0, 'a wrong password makes no signature');
+    // A signature made for an approval that then did not take place with it (another client,
+    // a refused request) stays on the record: the page marks it as not applied.
+    const stray = await qa.post(`/ncrs/${ncr.id}/signatures`, { password: users.qa.password, meaning: 'approved', version: refused.ncr.version });
 
     await page.locator(tid('sign-password')).fill(users.qa.password);
     await page.locator(tid('sign-submit')).click();
     await dialog.waitFor({ state: 'hidden' });
     await attributeIs(page, tid('ncr-state'), 'data-state', 'approved');
-    const shown = page.locator(tid('ncr-signature', { 'data-meaning': 'approved' }));
+    const shown = page.locator(tid('ncr-signature', { 'data-meaning': 'approved', 'data-applied': 'true' }));
     await shown.waitFor();
     assert.ok((await shown.textContent()).includes(users.qa.fullName));
+    const unused = page.locator(tid('ncr-signature', { 'data-signature-id': stray.id }));
+    assert.equal(await unused.getAttribute('data-applied'), 'false');
+    assert.match(await unused.textContent(), /not applied/);
     await snap(page, 'b-04-approved');
     await portraitFits(page, 'b-04b-approved-portrait');
 
     const approved = await qa.get(`/ncrs/${ncr.id}`);
     assert.equal(approved.ncr.state, 'approved');
     assert.equal(approved.ncr.disposition, 'rework');
-    assert.equal(approved.signatures.length, 1);
-    const [signature] = approved.signatures;
+    assert.equal(approved.signatures.length, 2);
+    const approval = approved.history.at(-1);
+    const signature = approved.signatures.find((sig) => sig.id === approval.signature_id);
+    assert.notEqual(signature.id, stray.id);
     assert.equal(signature.full_name, users.qa.fullName);
     assert.equal(signature.username, users.qa.username);
     assert.equal(signature.meaning, 'approved');
     assert.equal(signature.record_type, 'ncr');
     assert.equal(signature.record_id, String(ncr.id));
-    const approval = approved.history.at(-1);
     assert.equal(approval.action, 'approve');
     assert.equal(approval.to, 'approved');
     assert.equal(approval.signature_id, signature.id);
