@@ -19,6 +19,8 @@ export class ApiError extends Error {
     this.title = problem?.title ?? null;
     this.detail = problem?.detail ?? null;
     this.field = problem?.field ?? null;
+    /** A condition the UI acts on (`password_change_due`: choose a new password first). */
+    this.code = problem?.code ?? null;
   }
 }
 

@@ -161,6 +161,12 @@ function showSignIn(notice) {
         returnTo = null;
         navigate(target, { replace: true });
       } catch (err) {
+        if (err.code === 'password_change_due') {
+          // An administrator reset the password: it only serves to choose a new one.
+          passwords.open({ username: username.value.trim(), password: password.value, notice: 'Your password was reset by an administrator. Choose a new one that only you know.' });
+          password.value = '';
+          return;
+        }
         password.value = '';
         say(error, describeError(err));
         password.focus();

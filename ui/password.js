@@ -1,4 +1,6 @@
-// The dialog in which signed-in users change their own password. The server checks the current
+// The dialog in which users change their own password: signed in (Change password in the
+// header), or at sign-in when an administrator reset it (the reset password signs nobody in; it
+// only serves to choose a new one, sent with the user name). The server checks the current
 // password as at sign-in (a wrong one counts towards the lockout) and the new one against the
 // password rules, then ends every session of the user, this one included: the UI goes back to
 // the sign-in form. The fields are emptied whenever the dialog closes.
@@ -13,11 +15,15 @@ export function passwordDialog({ onChanged }) {
   const fresh = input('password-new', 'new-password');
   const again = input('password-again', 'new-password');
   const problem = errorLine('password-error');
+  const reason = h('p', { class: 'status', 'data-testid': 'password-reason' });
+  let username = null; // Set when changing a reset password at sign-in (no session).
+  const intro = h('p', {}, 'Your password is also your electronic signature: choose one only you know. After the change, sign in again with the new password.');
   const cancel = h('button', { type: 'button', 'data-testid': 'password-cancel', onClick: () => element.close() }, 'Cancel');
   const submit = h('button', { type: 'submit', class: 'primary', 'data-testid': 'password-submit' }, 'Change password');
   const form = h('form', { novalidate: true },
     h('h2', { id: 'password-title' }, 'Change your password'),
-    h('p', {}, 'Your password is also your electronic signature: choose one only you know. After the change, sign in again with the new password.'),
+    reason,
+    intro,
     field('Current password', current),
     field('New password', fresh, 'At least 8 characters.'),
     field('New password again', again),
@@ -28,6 +34,8 @@ export function passwordDialog({ onChanged }) {
   element.addEventListener('close', () => {
     for (const f of [current, fresh, again]) f.value = '';
     say(problem);
+    say(reason);
+    username = null;
   });
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -46,7 +54,9 @@ export function passwordDialog({ onChanged }) {
     }
     await busy(form, async () => {
       try {
-        await api.post('/session/password', { current_password: current.value, new_password: fresh.value }, { unauthorizedIsError: true });
+        const change = { current_password: current.value, new_password: fresh.value };
+        if (username) change.username = username;
+        await api.post('/session/password', change, { unauthorizedIsError: true });
         element.close();
         onChanged();
       } catch (err) {
@@ -64,9 +74,20 @@ export function passwordDialog({ onChanged }) {
   });
   return {
     element,
-    open() {
+    /**
+     * Opens the dialog: for the signed-in user, or with `due` ({ username, password, notice })
+     * for a reset password typed at sign-in, which it fills in.
+     */
+    open(due) {
       element.showModal();
-      current.focus();
+      if (due) {
+        username = due.username;
+        current.value = due.password;
+        say(reason, due.notice);
+        fresh.focus();
+      } else {
+        current.focus();
+      }
     },
   };
 }

@@ -43,15 +43,12 @@ pub const BACKGROUND_HEADER: &str = "x-linesight-background";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
     /// A bearer token (the token, to check it is still valid during a long request).
-    Bearer {
-        token: String,
-    },
-    Basic,
+    Bearer { token: String },
+    /// HTTP Basic credentials, checked at `checked_at_ms`: a password set since ends a
+    /// lasting request.
+    Basic { checked_at_ms: i64 },
     /// The web UI's session cookie (its secret, to end it on sign-out).
-    Session {
-        secret: String,
-        csrf_token: String,
-    },
+    Session { secret: String, csrf_token: String },
 }
 
 /// An authenticated caller.
@@ -186,7 +183,9 @@ async fn authenticate(
         let user = check_password(state, &creds).await?;
         return Ok(Caller {
             user,
-            via: Via::Basic,
+            via: Via::Basic {
+                checked_at_ms: crate::quality::now_ms(),
+            },
         });
     }
     let jar = CookieJar::from_headers(headers);
@@ -223,18 +222,21 @@ async fn authenticate(
 impl Caller {
     /// Whether the caller's credentials still hold, for a request that lasts (the live-event
     /// stream): the session not ended or idle past its limit, the token not revoked or expired,
-    /// a Basic user not locked since. Checking does not extend a session.
+    /// a Basic user not locked, disabled or given a new password since. Checking does not
+    /// extend a session.
     pub(super) async fn still_valid(&self, state: &ApiState) -> Result<bool, ApiError> {
         Ok(match &self.via {
             Via::Session { secret, .. } => state.store.session_alive(secret).await?,
             Via::Bearer { token } => state.store.token_user(token).await?.is_some(),
-            Via::Basic => state
+            Via::Basic { checked_at_ms } => state
                 .store
-                .user(&self.user.username)
+                .account(&self.user.username)
                 .await?
-                .is_some_and(|u| {
-                    u.locked_until_ms
-                        .is_none_or(|t| t <= crate::quality::now_ms())
+                .is_some_and(|a| {
+                    a.disabled_at_ms.is_none()
+                        && a.locked_until_ms
+                            .is_none_or(|t| t <= crate::quality::now_ms())
+                        && a.password_set_at_ms.is_none_or(|t| t <= *checked_at_ms)
                 }),
         })
     }

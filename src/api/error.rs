@@ -131,7 +131,9 @@ impl ApiError {
                 }
                 StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
                 StoreError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-                StoreError::Locked { .. } | StoreError::Disabled { .. } => StatusCode::FORBIDDEN,
+                StoreError::Locked { .. }
+                | StoreError::Disabled { .. }
+                | StoreError::PasswordChangeDue { .. } => StatusCode::FORBIDDEN,
                 StoreError::UserExists(_)
                 | StoreError::LotHasOpenNcr { .. }
                 | StoreError::Stale { .. }
@@ -178,6 +180,11 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::BadRequest { field, .. } = &self {
             body["field"] = (*field).into();
+        }
+        // What the web UI (and a client program) acts on: the sign-in turns into choosing a
+        // new password.
+        if let ApiError::Store(StoreError::PasswordChangeDue { .. }) = &self {
+            body["code"] = "password_change_due".into();
         }
         // The store's refusals start with the field they are about ("reason: a cancellation
         // needs a reason"): the answer names it as a BadRequest does.

@@ -20,41 +20,80 @@ use crate::store::{Credentials, StoreError, UserAccount};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    /// Whose password, when the request carries no credentials: a password an administrator
+    /// reset signs nobody in, and serves only here.
+    pub username: Option<String>,
     pub current_password: String,
     pub new_password: String,
 }
 
-/// Changes the caller's own password (any role). The current password is checked as at
-/// sign-in: a wrong one counts towards the lockout. Every web UI session of the user ends, this
-/// one included: sign in again with the new password.
+/// Changes a user's own password: the caller's, or, without credentials, that of `username`
+/// (a password an administrator reset must be changed this way before it signs in). The
+/// current password is checked as at sign-in: a wrong one counts towards the lockout and, sent
+/// without credentials, towards the client's allowance of failed sign-ins. Every web UI session
+/// of the user ends, the caller's included: sign in again with the new password.
 #[utoipa::path(post, path = "/api/v1/session/password", tag = "session", request_body = PasswordChange,
-    responses((status = 204), (status = 400, description = "wrong current password, or the new one breaks the password rules"),
-        (status = 403, description = "the account is locked or disabled")))]
+    responses((status = 204), (status = 400, description = "wrong current password, or a username that is not the caller's"),
+        (status = 401, description = "no credentials and no username"),
+        (status = 403, description = "the account is locked or disabled"),
+        (status = 422, description = "the new password breaks the password rules")))]
 pub(super) async fn change_password(
     State(state): State<ApiState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     client: Client,
     jar: CookieJar,
     body: Result<Json<PasswordChange>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let user = caller.require(ALL, "change their password")?;
-    let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
+    let (username, form, attempt) = match (caller, body) {
+        (Ok(caller), body) => {
+            let user = caller.require(ALL, "change their password")?;
+            let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
+            if form.username.as_ref().is_some_and(|u| *u != user.username) {
+                return Err(ApiError::bad(
+                    "username",
+                    "only your own password: leave username out, or sign out first",
+                ));
+            }
+            (user.username.clone(), form, None)
+        }
+        (Err(_), Ok(Json(form))) if form.username.is_some() => {
+            // As a sign-in: within the client's allowance of failures.
+            let attempt = state.sign_in_throttle.admit(client.address)?;
+            (
+                form.username.clone().unwrap_or_default(),
+                form,
+                Some(attempt),
+            )
+        }
+        (Err(unauthenticated), _) => return Err(unauthenticated),
+    };
     let creds = Credentials {
-        username: user.username.clone(),
+        username,
         password: form.current_password,
         client: client.address,
     };
-    state
+    let changed = state
         .store
         .change_password(&creds, &form.new_password, state.quality.lockout())
-        .await
-        .map_err(|e| match e {
-            StoreError::InvalidCredentials => ApiError::bad(
-                "current_password",
-                "wrong password: the password was not changed",
-            ),
-            e => e.into(),
-        })?;
+        .await;
+    if let (
+        Some(attempt),
+        Err(
+            StoreError::InvalidCredentials
+            | StoreError::Locked { .. }
+            | StoreError::Disabled { .. },
+        ),
+    ) = (attempt, &changed)
+    {
+        attempt.failed();
+    }
+    changed.map_err(|e| match e {
+        StoreError::InvalidCredentials => ApiError::bad(
+            "current_password",
+            "wrong user name or password: the password was not changed",
+        ),
+        e => e.into(),
+    })?;
     let gone = super::auth::session_cookie(&state, &client, String::new());
     Ok((jar.remove(gone), StatusCode::NO_CONTENT).into_response())
 }

@@ -152,8 +152,8 @@ fn valid_identifier(s: &str) -> bool {
 /// end at the last `@` before the query: a password typed with an unescaped `@` is hidden
 /// whole (a path holding `@` is hidden with it, which errs on the safe side). A password typed
 /// with an unescaped `?` would look like the start of a query: where a `:` comes before the
-/// first `?`, no `@` before it, and what follows the last `@` names a host (no `=` or `&`
-/// before its path), the credentials end at that `@`.
+/// first `?`, no `@` before it, and what follows the last `@` reads as a host and path (no
+/// `=` or `&` before its own `?`), the credentials end at that `@`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         if url.contains('=') && !url.starts_with("sqlite:") {
@@ -305,6 +305,10 @@ pub enum StoreError {
     Locked { username: String, until: String },
     #[error("account {username} is disabled: an administrator withdrew it")]
     Disabled { username: String },
+    #[error(
+        "the password of {username} was reset by an administrator: choose a new one first (the web UI asks for it; POST /api/v1/session/password)"
+    )]
+    PasswordChangeDue { username: String },
     #[error("user {0} already exists")]
     UserExists(String),
     #[error("lot {lot} cannot be released: {} still open", open_list(.ncrs))]
@@ -868,6 +872,14 @@ mod tests {
         assert_eq!(
             redact("postgres://db:5432/q?user=qc@line3&password=hunter22"),
             "postgres://db:5432/q?user=qc@line3&password=***"
+        );
+        assert_eq!(
+            redact("postgres://db:5432/q?cb=http://u@h/x&token=abc"),
+            "postgres://db:5432/q?cb=http://u@h/x&token=***"
+        );
+        assert_eq!(
+            redact("rtsp://10.0.0.7:554/s?user=cam@site/1&pwd=secret"),
+            "rtsp://10.0.0.7:554/s?user=cam@site/1&pwd=***"
         );
         // An `@` in the query does not move the credentials' end.
         assert_eq!(

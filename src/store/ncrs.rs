@@ -444,6 +444,19 @@ impl Store {
         let user = self.authenticate(creds, policy).await?;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        // Checked again under the write lock: an account disabled while its password was
+        // being checked signs nothing.
+        let disabled: Option<i64> =
+            sqlx::query_scalar("SELECT disabled_at_ms FROM users WHERE id = $1")
+                .bind(user.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("look up a user"))?;
+        if disabled.is_some() {
+            return Err(StoreError::Disabled {
+                username: user.username,
+            });
+        }
         let row = sqlx::query(&format!("SELECT {NCR_COLUMNS} FROM ncrs WHERE id = $1"))
             .bind(ncr_id)
             .fetch_optional(&mut *tx)

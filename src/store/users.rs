@@ -108,7 +108,25 @@ pub struct UserAccount {
     pub failed_attempts: i64,
     pub disabled_at_ms: Option<i64>,
     pub password_set_at_ms: Option<i64>,
+    /// Reset by an administrator: the user chooses a new one before anything else.
+    pub password_change_due: bool,
     pub created_at_ms: i64,
+}
+
+fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
+    let d = || db("decode a user");
+    let (user, _, failed_attempts) = user_row(row)?;
+    Ok(UserAccount {
+        username: user.username,
+        full_name: user.full_name,
+        role: user.role,
+        locked_until_ms: user.locked_until_ms,
+        failed_attempts,
+        disabled_at_ms: row.try_get("disabled_at_ms").map_err(d())?,
+        password_set_at_ms: row.try_get("password_set_at_ms").map_err(d())?,
+        password_change_due: row.try_get::<i64, _>("password_change_due").map_err(d())? != 0,
+        created_at_ms: row.try_get("created_at_ms").map_err(d())?,
+    })
 }
 
 /// Ends every web UI session of user `id` in `tx`; how many there were.
@@ -129,7 +147,7 @@ async fn end_sessions(
 pub(crate) const SYSTEM_ACTOR: &str = "system";
 
 const USER_COLUMNS: &str = "id, username, full_name, role, locked_until_ms, password_hash, \
-     failed_attempts, disabled_at_ms, password_set_at_ms";
+     failed_attempts, disabled_at_ms, password_set_at_ms, password_change_due";
 
 impl Store {
     /// Creates a user; `actor` is who does it (audited).
@@ -241,10 +259,23 @@ impl Store {
     /// requests with the right password all pass. Instances sharing a PostgreSQL store count
     /// failures together, each checks up to the limit before it sees the lock, and a right
     /// password never lifts a lock set meanwhile.
+    ///
+    /// A password an administrator reset only serves to choose a new one
+    /// ([`Self::change_password`]): anything else gets [`StoreError::PasswordChangeDue`].
     pub async fn authenticate(
         &self,
         creds: &Credentials,
         policy: LockoutPolicy,
+    ) -> Result<User, StoreError> {
+        self.check_credentials(creds, policy, false).await
+    }
+
+    /// [`Self::authenticate`], passing a password due for change when `changing` it.
+    async fn check_credentials(
+        &self,
+        creds: &Credentials,
+        policy: LockoutPolicy,
+        changing: bool,
     ) -> Result<User, StoreError> {
         let _turn = sign_in_turn(&creds.username).lock().await;
         let row = sqlx::query(&format!(
@@ -265,13 +296,21 @@ impl Store {
         let (user, hash, _) = user_row(&row)?;
         let now = now_ms();
         let disabled: Option<i64> = row.try_get("disabled_at_ms").map_err(db("decode a user"))?;
+        let change_due: i64 = row
+            .try_get("password_change_due")
+            .map_err(db("decode a user"))?;
         if disabled.is_some() {
-            // The same hashing as a wrong password: the answer's time tells nothing more.
-            verify_password_limited(creds.password.clone(), None)
+            // Only whoever knows the password learns that the account is withdrawn; a wrong
+            // one is answered as for any account (not counted: the account is closed anyway).
+            let ok = verify_password_limited(creds.password.clone(), Some(hash))
                 .await
                 .ok_or_else(password_checks_busy)?;
-            return Err(StoreError::Disabled {
-                username: user.username,
+            return Err(if ok {
+                StoreError::Disabled {
+                    username: user.username,
+                }
+            } else {
+                StoreError::InvalidCredentials
             });
         }
         if let Some(until) = user.locked_until_ms
@@ -291,7 +330,8 @@ impl Store {
             // process's only).
             let reset = sqlx::query(
                 "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL \
-                 WHERE id = $1 AND (locked_until_ms IS NULL OR locked_until_ms <= $2)",
+                 WHERE id = $1 AND (locked_until_ms IS NULL OR locked_until_ms <= $2) \
+                 AND disabled_at_ms IS NULL",
             )
             .bind(user.id)
             .bind(now_ms())
@@ -300,19 +340,31 @@ impl Store {
             .map_err(db("reset failed sign-ins"))?
             .rows_affected();
             if reset == 0 {
-                let until: Option<i64> =
-                    sqlx::query("SELECT locked_until_ms FROM users WHERE id = $1")
+                // Locked or disabled by someone else while the password was checked.
+                let row =
+                    sqlx::query("SELECT locked_until_ms, disabled_at_ms FROM users WHERE id = $1")
                         .bind(user.id)
                         .fetch_one(&mut *tx)
                         .await
-                        .and_then(|r| r.try_get(0))
                         .map_err(db("look up a user"))?;
+                let until: Option<i64> = row.try_get(0).map_err(db("look up a user"))?;
+                let disabled: Option<i64> = row.try_get(1).map_err(db("look up a user"))?;
+                if disabled.is_some() {
+                    return Err(StoreError::Disabled {
+                        username: user.username,
+                    });
+                }
                 return Err(StoreError::Locked {
                     username: user.username,
                     until: format_ms(until.unwrap_or_default()),
                 });
             }
             tx.commit().await.map_err(db("reset failed sign-ins"))?;
+            if change_due != 0 && !changing {
+                return Err(StoreError::PasswordChangeDue {
+                    username: user.username,
+                });
+            }
             return Ok(User {
                 locked_until_ms: None,
                 ..user
@@ -396,22 +448,21 @@ impl Store {
         .fetch_all(self.reader())
         .await
         .map_err(db("list users"))?;
-        rows.iter()
-            .map(|row| {
-                let d = || db("decode a user");
-                let (user, _, failed_attempts) = user_row(row)?;
-                Ok(UserAccount {
-                    username: user.username,
-                    full_name: user.full_name,
-                    role: user.role,
-                    locked_until_ms: user.locked_until_ms,
-                    failed_attempts,
-                    disabled_at_ms: row.try_get("disabled_at_ms").map_err(d())?,
-                    password_set_at_ms: row.try_get("password_set_at_ms").map_err(d())?,
-                    created_at_ms: row.try_get("created_at_ms").map_err(d())?,
-                })
-            })
-            .collect()
+        rows.iter().map(account_row).collect()
+    }
+
+    /// One account with its state, read from the writer (what was just changed counts).
+    pub async fn account(&self, username: &str) -> Result<Option<UserAccount>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, created_at_ms FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db("look up a user"))?
+        .as_ref()
+        .map(account_row)
+        .transpose()
     }
 
     /// Changes a user's own password: the current one is checked as at sign-in (a wrong one
@@ -430,7 +481,7 @@ impl Store {
                 "new_password: the same as the current password".into(),
             ));
         }
-        let user = self.authenticate(creds, policy).await?;
+        let user = self.check_credentials(creds, policy, true).await?;
         self.set_password_of(
             &user.username,
             new_password,
@@ -443,7 +494,9 @@ impl Store {
     }
 
     /// Sets a new password for `username` on an administrator's word (a forgotten password),
-    /// audited with `reason` as `user.password_reset`. The user's web UI sessions end.
+    /// audited with `reason` as `user.password_reset`. The user's web UI sessions end, and the
+    /// password only serves to choose a new one: the administrator knows it, and a password is
+    /// also its owner's electronic signature.
     pub async fn reset_password(
         &self,
         username: &str,
@@ -485,12 +538,14 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))?;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        let due = i64::from(action == "user.password_reset");
         let id: Option<i64> = sqlx::query(
-            "UPDATE users SET password_hash = $1, password_set_at_ms = $2 WHERE username = $3 \
-             RETURNING id",
+            "UPDATE users SET password_hash = $1, password_set_at_ms = $2, password_change_due = $3 \
+             WHERE username = $4 RETURNING id",
         )
         .bind(hash)
         .bind(now)
+        .bind(due)
         .bind(username)
         .fetch_optional(&mut *tx)
         .await

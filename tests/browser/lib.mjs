@@ -41,6 +41,7 @@ export const users = {
   inspector: user('inspector'),
   qa: user('qa'),
   operator: user('operator'),
+  admin: user('admin'),
 };
 
 /** playwright-core, installed by `run` into the cache outside the clone. */

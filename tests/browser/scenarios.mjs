@@ -1,5 +1,5 @@
 // Browser scenarios of the linesight web UI against a real `linesight serve` (started by
-// ./run with a fresh database and three users). Each scenario prepares its records through
+// ./run with a fresh database and one user per role). Each scenario prepares its records through
 // the API, works through the UI as the person in that role would, checks what the page shows,
 // and then checks through the API that the UI really changed the records. Screenshots of each
 // step go to the artifacts folder.
@@ -518,4 +518,36 @@ scenario('(j) an operator changes their password: a wrong current one changes no
     await page.locator(tid('login-notice')).filter({ hasText: /password has been changed/ }).waitFor();
   });
   await Api.signIn(operator);
+});
+
+scenario('(k) a password an administrator reset signs nobody in: at sign-in the user chooses a new one', async () => {
+  const operator = users.operator;
+  const admin = await Api.signIn(users.admin);
+  const temporary = `reset-${unique('pw')}`;
+  await admin.post(`/users/${operator.username}/password`, { new_password: temporary, reason: 'forgotten; identity checked at the gate' });
+  await assert.rejects(Api.signIn({ ...operator, password: temporary }), (e) => e.status === 403 && e.body?.code === 'password_change_due');
+  const chosen = `${operator.password}-k`;
+  await withPage(browser, 'k', async (page) => {
+    await page.goto(`${settings.url}/ui/`);
+    await page.locator(tid('login-username')).fill(operator.username);
+    await page.locator(tid('login-password')).fill(temporary);
+    await page.locator(tid('login-submit')).click();
+    await page.locator(tid('password-reason')).filter({ hasText: /reset by an administrator/ }).waitFor();
+    assert.equal(await page.locator(tid('app-header')).isVisible(), false, 'not signed in');
+    await page.locator(tid('password-new')).fill(chosen);
+    await page.locator(tid('password-again')).fill(chosen);
+    await snap(page, 'k-01-reset-password-must-change');
+    await page.locator(tid('password-submit')).click();
+    await page.locator(tid('login-notice')).filter({ hasText: /password has been changed/ }).waitFor();
+    await signIn(page, { ...operator, password: chosen }, '#/line');
+    await snap(page, 'k-02-signed-in-with-own-password');
+  });
+  await assert.rejects(Api.signIn({ ...operator, password: temporary }), (e) => e.status === 401, 'the reset password is gone');
+  const trail = await admin.get(`/audit?entity=user&entity_id=${encodeURIComponent(operator.username)}`);
+  const actions = trail.map((e) => e.action);
+  const reset = actions.lastIndexOf('user.password_reset');
+  assert.ok(reset >= 0 && actions.indexOf('user.password_change', reset) > reset, actions.join(', '));
+  // Back to the password the other scenarios use.
+  const again = await Api.signIn({ ...operator, password: chosen });
+  await again.post('/session/password', { current_password: chosen, new_password: operator.password });
 });

@@ -1380,6 +1380,40 @@ async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
 
+    // The reset password signs nobody in: it serves to choose a new one, sent without
+    // credentials but with the user name.
+    let reset = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("insp:s0me-new-secret")
+    );
+    let (s, b, _) = send(&f, call("GET", "/api/v1/session", Some(&reset), None)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(json(&b)["code"], "password_change_due");
+    let change = r#"{"current_password":"s0me-new-secret","new_password":"my-0wn-secret"}"#;
+    let (s, _, _) = send(
+        &f,
+        call("POST", "/api/v1/session/password", None, Some(change)),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "whose password: no credentials, no username"
+    );
+    let change = r#"{"username":"insp","current_password":"s0me-new-secret","new_password":"my-0wn-secret"}"#;
+    let (s, b, _) = send(
+        &f,
+        call("POST", "/api/v1/session/password", None, Some(change)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    let own = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("insp:my-0wn-secret")
+    );
+    let (s, _, _) = send(&f, call("GET", "/api/v1/session", Some(&own), None)).await;
+    assert_eq!(s, StatusCode::OK);
+
     let (_, token) =
         f.db.store
             .create_token("op", "line 3", None, "test")

@@ -2232,9 +2232,47 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
     )
     .await
     .unwrap();
-    s.authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+    // The administrator knows it: it signs nobody in and signs nothing, it only serves to
+    // choose a new one.
+    let err = s
+        .authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PasswordChangeDue { .. }), "{err}");
+    let err = s
+        .sign_ncr(
+            ncr.id,
+            &creds("quinn", "r3set-secret-pass"),
+            Meaning::Reviewed,
+            policy(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PasswordChangeDue { .. }), "{err}");
+    assert!(
+        s.account("quinn")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_change_due
+    );
+    s.change_password(
+        &creds("quinn", "r3set-secret-pass"),
+        "ch0sen-secret-pass",
+        policy(),
+    )
+    .await
+    .unwrap();
+    s.authenticate(&creds("quinn", "ch0sen-secret-pass"), policy())
         .await
         .unwrap();
+    assert!(
+        !s.account("quinn")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_change_due
+    );
 
     // Withdrawn: no sign-in, no signature, no session, no token, no new token.
     let (secret, _) = s.create_session(&qa, 60_000, None).await.unwrap();
@@ -2242,14 +2280,14 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
         .await
         .unwrap();
     let err = s
-        .authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+        .authenticate(&creds("quinn", "ch0sen-secret-pass"), policy())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Disabled { .. }), "{err}");
     let err = s
         .sign_ncr(
             ncr.id,
-            &creds("quinn", "r3set-secret-pass"),
+            &creds("quinn", "ch0sen-secret-pass"),
             Meaning::Reviewed,
             policy(),
         )
@@ -2286,7 +2324,7 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
     s.set_user_disabled("quinn", false, "ada", "rehired")
         .await
         .unwrap();
-    s.authenticate(&creds("quinn", "r3set-secret-pass"), policy())
+    s.authenticate(&creds("quinn", "ch0sen-secret-pass"), policy())
         .await
         .unwrap();
     assert!(s.token_user(&token).await.unwrap().is_some());
@@ -2307,6 +2345,7 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
         [
             ("user.password_change", "quinn"),
             ("user.password_reset", "ada"),
+            ("user.password_change", "quinn"),
             ("user.disable", "ada"),
             ("user.enable", "ada"),
         ]
