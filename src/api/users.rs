@@ -56,7 +56,9 @@ pub(super) async fn change_password(
             }
             (user.username.clone(), form, None)
         }
-        (Err(_), Ok(Json(form))) if form.username.is_some() => {
+        // No credentials at all (not wrong ones, not a session without its CSRF token): a
+        // password an administrator reset, which signs nobody in, is changed by name.
+        (Err(ApiError::Unauthenticated), Ok(Json(form))) if form.username.is_some() => {
             // As a sign-in: within the client's allowance of failures.
             let attempt = state.sign_in_throttle.admit(client.address)?;
             (
@@ -76,6 +78,7 @@ pub(super) async fn change_password(
         .store
         .change_password(&creds, &form.new_password, state.quality.lockout())
         .await;
+    let attempt_was_signed_in = attempt.is_none();
     if let (
         Some(attempt),
         Err(
@@ -94,8 +97,12 @@ pub(super) async fn change_password(
         ),
         e => e.into(),
     })?;
-    let gone = super::auth::session_cookie(&state, &client, String::new());
-    Ok((jar.remove(gone), StatusCode::NO_CONTENT).into_response())
+    if attempt_was_signed_in {
+        // The session ended with the change: its cookie goes too.
+        let gone = super::auth::session_cookie(&state, &client, String::new());
+        return Ok((jar.remove(gone), StatusCode::NO_CONTENT).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The accounts, by name, with their state (admin).

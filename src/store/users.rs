@@ -129,6 +129,15 @@ fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
     })
 }
 
+/// How [`Store::set_password_of`] writes: over which hash, from where, why.
+struct PasswordWrite<'a> {
+    /// The hash a change was checked against; none for a reset.
+    replacing: Option<&'a str>,
+    /// The client's address, recorded with a change.
+    client: Option<std::net::IpAddr>,
+    reason: Option<&'a str>,
+}
+
 /// Ends every web UI session of user `id` in `tx`; how many there were.
 async fn end_sessions(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -267,16 +276,19 @@ impl Store {
         creds: &Credentials,
         policy: LockoutPolicy,
     ) -> Result<User, StoreError> {
-        self.check_credentials(creds, policy, false).await
+        self.check_credentials(creds, policy, false)
+            .await
+            .map(|(user, _)| user)
     }
 
-    /// [`Self::authenticate`], passing a password due for change when `changing` it.
-    async fn check_credentials(
+    /// [`Self::authenticate`], passing a password due for change when `changing` it; with the
+    /// password hash that was verified, for writes that must still find it.
+    pub(super) async fn check_credentials(
         &self,
         creds: &Credentials,
         policy: LockoutPolicy,
         changing: bool,
-    ) -> Result<User, StoreError> {
+    ) -> Result<(User, String), StoreError> {
         let _turn = sign_in_turn(&creds.username).lock().await;
         let row = sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
@@ -295,24 +307,6 @@ impl Store {
         };
         let (user, hash, _) = user_row(&row)?;
         let now = now_ms();
-        let disabled: Option<i64> = row.try_get("disabled_at_ms").map_err(db("decode a user"))?;
-        let change_due: i64 = row
-            .try_get("password_change_due")
-            .map_err(db("decode a user"))?;
-        if disabled.is_some() {
-            // Only whoever knows the password learns that the account is withdrawn; a wrong
-            // one is answered as for any account (not counted: the account is closed anyway).
-            let ok = verify_password_limited(creds.password.clone(), Some(hash))
-                .await
-                .ok_or_else(password_checks_busy)?;
-            return Err(if ok {
-                StoreError::Disabled {
-                    username: user.username,
-                }
-            } else {
-                StoreError::InvalidCredentials
-            });
-        }
         if let Some(until) = user.locked_until_ms
             && until > now
         {
@@ -321,54 +315,68 @@ impl Store {
                 until: format_ms(until),
             });
         }
-        let ok = verify_password_limited(creds.password.clone(), Some(hash))
+        let ok = verify_password_limited(creds.password.clone(), Some(hash.clone()))
             .await
             .ok_or_else(password_checks_busy)?;
         let mut tx = self.begin().await?;
         if ok {
-            // Not over a lock another instance set meanwhile (the turns above are this
-            // process's only).
-            let reset = sqlx::query(
+            // Only if the account is as it was read: not locked by another instance, disabled
+            // or given another password (a reset, a change) while the password was checked.
+            // A wrong password on a disabled account counts like any other (below); only the
+            // right one learns that the account is withdrawn.
+            let due: Option<i64> = sqlx::query(
                 "UPDATE users SET failed_attempts = 0, locked_until_ms = NULL \
                  WHERE id = $1 AND (locked_until_ms IS NULL OR locked_until_ms <= $2) \
-                 AND disabled_at_ms IS NULL",
+                 AND disabled_at_ms IS NULL AND password_hash = $3 \
+                 RETURNING password_change_due",
             )
             .bind(user.id)
             .bind(now_ms())
-            .execute(&mut *tx)
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db("reset failed sign-ins"))?
-            .rows_affected();
-            if reset == 0 {
-                // Locked or disabled by someone else while the password was checked.
-                let row =
-                    sqlx::query("SELECT locked_until_ms, disabled_at_ms FROM users WHERE id = $1")
-                        .bind(user.id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db("look up a user"))?;
-                let until: Option<i64> = row.try_get(0).map_err(db("look up a user"))?;
-                let disabled: Option<i64> = row.try_get(1).map_err(db("look up a user"))?;
-                if disabled.is_some() {
-                    return Err(StoreError::Disabled {
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(db("reset failed sign-ins"))?;
+            let Some(due) = due else {
+                let row = sqlx::query(
+                    "SELECT locked_until_ms, disabled_at_ms, password_hash FROM users WHERE id = $1",
+                )
+                .bind(user.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("look up a user"))?;
+                let d = || db("look up a user");
+                let until: Option<i64> = row.try_get(0).map_err(d())?;
+                let disabled: Option<i64> = row.try_get(1).map_err(d())?;
+                let now_hash: String = row.try_get(2).map_err(d())?;
+                return Err(if now_hash != hash {
+                    StoreError::InvalidCredentials
+                } else if disabled.is_some() {
+                    StoreError::Disabled {
                         username: user.username,
-                    });
-                }
-                return Err(StoreError::Locked {
-                    username: user.username,
-                    until: format_ms(until.unwrap_or_default()),
+                    }
+                } else {
+                    StoreError::Locked {
+                        username: user.username,
+                        until: format_ms(until.unwrap_or_default()),
+                    }
                 });
-            }
+            };
             tx.commit().await.map_err(db("reset failed sign-ins"))?;
-            if change_due != 0 && !changing {
+            if due != 0 && !changing {
                 return Err(StoreError::PasswordChangeDue {
                     username: user.username,
                 });
             }
-            return Ok(User {
-                locked_until_ms: None,
-                ..user
-            });
+            return Ok((
+                User {
+                    locked_until_ms: None,
+                    ..user
+                },
+                hash,
+            ));
         }
         let failed: i64 = sqlx::query(
             "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE id = $1 RETURNING failed_attempts",
@@ -481,13 +489,17 @@ impl Store {
                 "new_password: the same as the current password".into(),
             ));
         }
-        let user = self.check_credentials(creds, policy, true).await?;
+        let (user, verified) = self.check_credentials(creds, policy, true).await?;
         self.set_password_of(
             &user.username,
             new_password,
             &user.username,
             "user.password_change",
-            None,
+            PasswordWrite {
+                replacing: Some(&verified),
+                client: creds.client,
+                reason: None,
+            },
         )
         .await?;
         Ok(user)
@@ -516,20 +528,26 @@ impl Store {
             new_password,
             actor,
             "user.password_reset",
-            Some(reason),
+            PasswordWrite {
+                replacing: None,
+                client: None,
+                reason: Some(reason),
+            },
         )
         .await
     }
 
     /// Stores a new password hash for `username` and ends its sessions, with the audit entry
-    /// `action` (never the hash). A lockout stays: a reset is not an unlock.
+    /// `action` (never the hash). A lockout stays: a reset is not an unlock. A change replaces
+    /// only the hash its owner's password was checked against: should a reset have landed
+    /// meanwhile, the change is refused ([`StoreError::InvalidCredentials`]).
     async fn set_password_of(
         &self,
         username: &str,
         password: &str,
         actor: &str,
         action: &str,
-        reason: Option<&str>,
+        write: PasswordWrite<'_>,
     ) -> Result<(), StoreError> {
         let password = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
@@ -539,21 +557,34 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let due = i64::from(action == "user.password_reset");
-        let id: Option<i64> = sqlx::query(
+        let guard = if write.replacing.is_some() {
+            " AND password_hash = $5"
+        } else {
+            ""
+        };
+        let sql = format!(
             "UPDATE users SET password_hash = $1, password_set_at_ms = $2, password_change_due = $3 \
-             WHERE username = $4 RETURNING id",
-        )
-        .bind(hash)
-        .bind(now)
-        .bind(due)
-        .bind(username)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("set a password"))?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(db("set a password"))?;
+             WHERE username = $4{guard} RETURNING id"
+        );
+        let mut update = sqlx::query(&sql)
+            .bind(hash)
+            .bind(now)
+            .bind(due)
+            .bind(username);
+        if let Some(replacing) = write.replacing {
+            update = update.bind(replacing);
+        }
+        let id: Option<i64> = update
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("set a password"))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(db("set a password"))?;
         let Some(id) = id else {
+            if write.replacing.is_some() {
+                return Err(StoreError::InvalidCredentials);
+            }
             return Err(StoreError::NotFound {
                 entity: "user",
                 id: username.into(),
@@ -569,8 +600,11 @@ impl Store {
                 entity: "user".into(),
                 entity_id: username.into(),
                 old_value: None,
-                new_value: Some(format!("password set; sessions_ended={ended}")),
-                reason: reason.map(str::to_owned),
+                new_value: Some(format!(
+                    "password set; sessions_ended={ended}{}",
+                    from_suffix(write.client)
+                )),
+                reason: write.reason.map(str::to_owned),
             }],
         )
         .await?;

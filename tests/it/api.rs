@@ -1324,6 +1324,21 @@ async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem_field(&b).as_deref(), Some("new_password"));
+    // A session without its CSRF token is refused as such, not taken for a change by name.
+    let mut forged = call(
+        "POST",
+        "/api/v1/session/password",
+        None,
+        Some(
+            r#"{"username":"insp","current_password":"insp-secret-pw","new_password":"an0ther-secret"}"#,
+        ),
+    );
+    forged
+        .headers_mut()
+        .insert(header::COOKIE, cookie.parse().unwrap());
+    let (s, b, _) = send(&f, forged).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["detail"].as_str().unwrap().contains("CSRF"));
     let res = app(f.state.clone())
         .oneshot(with_cookie(
             "/api/v1/session/password",

@@ -2284,6 +2284,17 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Disabled { .. }), "{err}");
+    // A wrong password learns nothing, and counts (and is audited) like any other.
+    let before = s.account("quinn").await.unwrap().unwrap().failed_attempts;
+    let err = s
+        .authenticate(&creds("quinn", "a-guess-at-it"), policy())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidCredentials), "{err}");
+    assert_eq!(
+        s.account("quinn").await.unwrap().unwrap().failed_attempts,
+        before + 1
+    );
     let err = s
         .sign_ncr(
             ncr.id,
