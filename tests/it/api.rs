@@ -87,10 +87,14 @@ async fn fixture(config: ApiConfig) -> Fixture {
 }
 
 fn basic(user: &str) -> String {
-    let raw = format!("{user}:{user}-secret-pw");
+    basic_with(user, &format!("{user}-secret-pw"))
+}
+
+/// An HTTP Basic `Authorization` value.
+fn basic_with(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
 
@@ -1359,10 +1363,7 @@ async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
         StatusCode::UNAUTHORIZED,
         "the session ended with the change"
     );
-    let new_basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("insp:an0ther-secret")
-    );
+    let new_basic = basic_with("insp", "an0ther-secret");
     let (s, _, _) = send(&f, call("GET", "/api/v1/session", Some(&new_basic), None)).await;
     assert_eq!(s, StatusCode::OK);
 
@@ -1397,10 +1398,7 @@ async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
 
     // The reset password signs nobody in: it serves to choose a new one, sent without
     // credentials but with the user name.
-    let reset = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("insp:s0me-new-secret")
-    );
+    let reset = basic_with("insp", "s0me-new-secret");
     let (s, b, _) = send(&f, call("GET", "/api/v1/session", Some(&reset), None)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(json(&b)["code"], "password_change_due");
@@ -1422,10 +1420,7 @@ async fn passwords_are_changed_and_accounts_withdrawn_over_the_api() {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
-    let own = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("insp:my-0wn-secret")
-    );
+    let own = basic_with("insp", "my-0wn-secret");
     let (s, _, _) = send(&f, call("GET", "/api/v1/session", Some(&own), None)).await;
     assert_eq!(s, StatusCode::OK);
 
