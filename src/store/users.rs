@@ -129,6 +129,17 @@ fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
     })
 }
 
+/// The reason an administrator's change to an account must give (recorded in the audit
+/// trail): not blank, and within [`crate::quality::MAX_TEXT_BYTES`] like every reason.
+fn check_reason(change: &str, reason: &str) -> Result<(), StoreError> {
+    if reason.trim().is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "reason: {change} needs a reason"
+        )));
+    }
+    crate::quality::check_text("reason", reason).map_err(StoreError::Invalid)
+}
+
 /// How [`Store::set_password_of`] writes: over which hash, from where, why.
 struct PasswordWrite<'a> {
     /// The hash a change was checked against; none for a reset.
@@ -516,11 +527,7 @@ impl Store {
         actor: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        if reason.trim().is_empty() {
-            return Err(StoreError::Invalid(
-                "reason: resetting a password needs a reason".into(),
-            ));
-        }
+        check_reason("resetting a password", reason)?;
         check_new_password(new_password)
             .map_err(|m| StoreError::Invalid(format!("new_password: {m}")))?;
         self.set_password_of(
@@ -623,12 +630,14 @@ impl Store {
         actor: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        if reason.trim().is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "reason: {} an account needs a reason",
-                if disabled { "disabling" } else { "enabling" }
-            )));
-        }
+        check_reason(
+            if disabled {
+                "disabling an account"
+            } else {
+                "enabling an account"
+            },
+            reason,
+        )?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
@@ -701,11 +710,7 @@ impl Store {
         actor: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        if reason.trim().is_empty() {
-            return Err(StoreError::Invalid(
-                "unlocking an account needs a reason".into(),
-            ));
-        }
+        check_reason("unlocking an account", reason)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         let n = sqlx::query(

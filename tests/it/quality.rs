@@ -2224,6 +2224,12 @@ async fn accounts_change_passwords_and_are_disabled_and_enabled(db: &Db) {
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("reason"), "{err}");
+    // Bounded like every reason: it is kept whole in the audit trail.
+    let err = s
+        .set_user_disabled("quinn", true, "ada", &"x".repeat(10_001))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 10000"), "{err}");
     s.reset_password(
         "quinn",
         "r3set-secret-pass",
