@@ -131,11 +131,23 @@ impl FromRequestParts<ApiState> for Client {
 /// Checks a user name and password (the sign-in form, HTTP Basic) within the client's
 /// allowance of failures ([`super::SignInThrottle`]); a failure counts against it.
 async fn check_password(state: &ApiState, creds: &Credentials) -> Result<User, ApiError> {
-    let attempt = state.sign_in_throttle.admit(creds.client)?;
-    let checked = state
-        .store
-        .authenticate(creds, state.quality.lockout())
-        .await;
+    counted(
+        state,
+        creds.client,
+        state.store.authenticate(creds, state.quality.lockout()),
+    )
+    .await
+}
+
+/// Runs the password check `check` within the client's allowance of failures; a wrong
+/// password, or one for a locked or disabled account, counts against it.
+async fn counted<T>(
+    state: &ApiState,
+    client: Option<IpAddr>,
+    check: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
+    let attempt = state.sign_in_throttle.admit(client)?;
+    let checked = check.await;
     if let Err(
         StoreError::InvalidCredentials | StoreError::Locked { .. } | StoreError::Disabled { .. },
     ) = &checked
@@ -291,19 +303,19 @@ pub(super) async fn sign_in(
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(CookieJar, Json<SessionInfo>), ApiError> {
     let Json(form) = body.map_err(|r| json_rejection(r, &state))?;
-    let user = check_password(
+    let creds = Credentials {
+        username: form.username,
+        password: form.password,
+        client: client.address,
+    };
+    let (user, secret, session) = counted(
         &state,
-        &Credentials {
-            username: form.username,
-            password: form.password,
-            client: client.address,
-        },
+        client.address,
+        state
+            .store
+            .sign_in(&creds, state.quality.lockout(), idle_ms(&state)),
     )
     .await?;
-    let (secret, session) = state
-        .store
-        .create_session(&user, idle_ms(&state), client.address)
-        .await?;
     Ok((
         jar.add(session_cookie(&state, &client, secret)),
         Json(SessionInfo {

@@ -144,19 +144,48 @@ enum Bind {
 }
 
 impl Store {
-    /// Opens a session for a user who has just signed in; returns the secret for the cookie.
-    /// Sign-ins are audited (§11.10(e): who did what and when starts with who signed in), with
-    /// the `client` address where it is known.
+    /// Signs `creds` in and opens a web UI session; returns the secret for the cookie. The
+    /// password is checked as by [`Self::authenticate`] (failures counted, locks honoured), and
+    /// the account checked again under the write lock as the session is opened: a reset, a
+    /// change, a disable or a lock that lands while the password is being checked opens
+    /// nothing. Sign-ins are audited (§11.10(e): who did what and when starts with who signed
+    /// in), with the client's address where it is known.
+    pub async fn sign_in(
+        &self,
+        creds: &super::users::Credentials,
+        policy: crate::quality::LockoutPolicy,
+        idle_ms: i64,
+    ) -> Result<(User, String, Session), StoreError> {
+        let (user, verified) = self.check_credentials(creds, policy, false).await?;
+        let (secret, session) = self
+            .open_session(&user, idle_ms, creds.client, Some(&verified))
+            .await?;
+        Ok((user, secret, session))
+    }
+
+    /// Opens a session for `user` without a password (tools and tests that vouch for the user
+    /// themselves); a disabled or locked account gets none. Audited like a sign-in.
     pub async fn create_session(
         &self,
         user: &User,
         idle_ms: i64,
         client: Option<std::net::IpAddr>,
     ) -> Result<(String, Session), StoreError> {
+        self.open_session(user, idle_ms, client, None).await
+    }
+
+    pub(super) async fn open_session(
+        &self,
+        user: &User,
+        idle_ms: i64,
+        client: Option<std::net::IpAddr>,
+        verified: Option<&str>,
+    ) -> Result<(String, Session), StoreError> {
         let now = now_ms();
         let cookie = secret();
         let csrf = secret();
         let mut tx = self.begin().await?;
+        super::users::still_as_checked(&mut tx, user, verified, now).await?;
         sqlx::query(
             "INSERT INTO api_sessions (secret_sha256, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) \
              VALUES ($1, $2, $3, $4, $4, $5)",

@@ -444,23 +444,9 @@ impl Store {
         let (user, verified) = self.check_credentials(creds, policy, false).await?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        // Checked again under the write lock: an account disabled, or a password reset or
-        // changed, while the password was being checked signs nothing.
-        let row = sqlx::query("SELECT disabled_at_ms, password_hash FROM users WHERE id = $1")
-            .bind(user.id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("look up a user"))?;
-        let disabled: Option<i64> = row.try_get(0).map_err(db("look up a user"))?;
-        let hash: String = row.try_get(1).map_err(db("look up a user"))?;
-        if disabled.is_some() {
-            return Err(StoreError::Disabled {
-                username: user.username,
-            });
-        }
-        if hash != verified {
-            return Err(StoreError::InvalidCredentials);
-        }
+        // Checked again under the write lock: an account disabled, locked, or given another
+        // password while the password was being checked signs nothing.
+        super::users::still_as_checked(&mut tx, &user, Some(&verified), now).await?;
         let row = sqlx::query(&format!("SELECT {NCR_COLUMNS} FROM ncrs WHERE id = $1"))
             .bind(ncr_id)
             .fetch_optional(&mut *tx)

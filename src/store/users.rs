@@ -162,6 +162,47 @@ async fn end_sessions(
         .rows_affected())
 }
 
+/// Checks, inside a write transaction (so under the write lock every writer takes), that
+/// `user`'s account is still as it was when their password was checked: not disabled, not
+/// locked, and, where `verified` gives the hash the password was checked against, not given
+/// another password since (a reset or a change in between answers as a wrong password would).
+pub(super) async fn still_as_checked(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user: &User,
+    verified: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let d = || db("look up a user");
+    let row = sqlx::query(
+        "SELECT disabled_at_ms, password_hash, locked_until_ms FROM users WHERE id = $1",
+    )
+    .bind(user.id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(d())?
+    .ok_or(StoreError::InvalidCredentials)?;
+    let disabled: Option<i64> = row.try_get(0).map_err(d())?;
+    let hash: String = row.try_get(1).map_err(d())?;
+    let until: Option<i64> = row.try_get(2).map_err(d())?;
+    if verified.is_some_and(|verified| verified != hash) {
+        return Err(StoreError::InvalidCredentials);
+    }
+    if disabled.is_some() {
+        return Err(StoreError::Disabled {
+            username: user.username.clone(),
+        });
+    }
+    if let Some(until) = until
+        && until > now
+    {
+        return Err(StoreError::Locked {
+            username: user.username.clone(),
+            until: format_ms(until),
+        });
+    }
+    Ok(())
+}
+
 /// The actor of the audit entries linesight writes on its own (results of the live pipeline,
 /// NCRs it raises, accounts it locks).
 pub(crate) const SYSTEM_ACTOR: &str = "system";
@@ -743,5 +784,112 @@ impl Store {
         .await?;
         tx.commit().await.map_err(db("unlock an account"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "correct-horse-battery";
+
+    fn creds(username: &str, password: &str) -> Credentials {
+        Credentials {
+            username: username.into(),
+            password: password.into(),
+            client: None,
+        }
+    }
+
+    const POLICY: LockoutPolicy = LockoutPolicy {
+        max_failures: 5,
+        lockout_ms: 60_000,
+    };
+
+    /// The step between checking a password and acting on it: whatever an administrator did to
+    /// the account in that gap (here done in the gap, deterministically) stops the act.
+    #[tokio::test]
+    async fn an_account_changed_while_its_password_was_checked_gets_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::store::sqlite_in(dir.path()).await;
+        for (name, role) in [("ada", Role::Admin), ("quinn", Role::QaApprover)] {
+            s.add_user(
+                NewUser {
+                    username: name.into(),
+                    full_name: name.into(),
+                    role,
+                    password: PASSWORD.into(),
+                },
+                "ada",
+            )
+            .await
+            .unwrap();
+        }
+        let sessions = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM api_sessions")
+                .fetch_one(s.raw_pool())
+                .await
+                .unwrap()
+        };
+
+        // Reset in the gap: the checked password is no longer the account's.
+        let (user, verified) = s
+            .check_credentials(&creds("quinn", PASSWORD), POLICY, false)
+            .await
+            .unwrap();
+        s.reset_password("quinn", "r3set-secret-pass", "ada", "forgotten")
+            .await
+            .unwrap();
+        let err = s
+            .open_session(&user, 60_000, None, Some(&verified))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidCredentials), "{err:?}");
+        assert_eq!(sessions().await, 0);
+
+        // Disabled in the gap.
+        let (user, verified) = s
+            .check_credentials(&creds("ada", PASSWORD), POLICY, false)
+            .await
+            .unwrap();
+        s.add_user(
+            NewUser {
+                username: "amir".into(),
+                full_name: "Amir".into(),
+                role: Role::Admin,
+                password: PASSWORD.into(),
+            },
+            "ada",
+        )
+        .await
+        .unwrap();
+        s.set_user_disabled("ada", true, "amir", "left the company")
+            .await
+            .unwrap();
+        let err = s
+            .open_session(&user, 60_000, None, Some(&verified))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Disabled { .. }), "{err:?}");
+        // Nor can a tool open one for a disabled account without a password.
+        let err = s.create_session(&user, 60_000, None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Disabled { .. }), "{err:?}");
+        assert_eq!(sessions().await, 0);
+
+        // Left alone, the same steps open the session.
+        let (user, verified) = s
+            .check_credentials(&creds("amir", PASSWORD), POLICY, false)
+            .await
+            .unwrap();
+        s.open_session(&user, 60_000, None, Some(&verified))
+            .await
+            .unwrap();
+        let (_, _, session) = s
+            .sign_in(&creds("amir", PASSWORD), POLICY, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(session.user.username, "amir");
+        assert_eq!(sessions().await, 2);
+        s.close().await;
     }
 }
