@@ -491,11 +491,7 @@ impl Store {
 
     /// Revokes a token for good, audited with the reason.
     pub async fn revoke_token(&self, id: i64, actor: &str, reason: &str) -> Result<(), StoreError> {
-        if reason.trim().is_empty() {
-            return Err(StoreError::Invalid(
-                "reason: say why the token is revoked".into(),
-            ));
-        }
+        super::users::check_reason("revoking a token", reason)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         let done = sqlx::query(

@@ -131,7 +131,7 @@ fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
 
 /// The reason an administrator's change to an account must give (recorded in the audit
 /// trail): not blank, and within [`crate::quality::MAX_TEXT_BYTES`] like every reason.
-fn check_reason(change: &str, reason: &str) -> Result<(), StoreError> {
+pub(super) fn check_reason(change: &str, reason: &str) -> Result<(), StoreError> {
     if reason.trim().is_empty() {
         return Err(StoreError::Invalid(format!(
             "reason: {change} needs a reason"

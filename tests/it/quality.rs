@@ -2089,6 +2089,23 @@ async fn api_sessions_tokens_listings_holds_and_attachments(db: &Db) {
         "quinn"
     );
     assert!(s.tokens().await.unwrap()[0].last_used_ms.is_some());
+    // The reason goes to the audit trail: required, and bounded like every other.
+    for (reason, says) in [
+        (
+            " ".to_owned(),
+            "reason: revoking a token needs a reason".to_owned(),
+        ),
+        (
+            "x".repeat(10_001),
+            "reason is 10001 bytes long: at most 10000".to_owned(),
+        ),
+    ] {
+        match s.revoke_token(listed.id, "admin", &reason).await {
+            Err(StoreError::Invalid(m)) => assert!(m.contains(&says), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(s.token_user(&token).await.unwrap().is_some());
     s.revoke_token(listed.id, "admin", "rotated").await.unwrap();
     assert_eq!(s.token_user(&token).await.unwrap(), None);
     assert!(s.revoke_token(listed.id, "admin", "again").await.is_err());
