@@ -639,8 +639,9 @@ async fn a_busy_pool_answers_503_and_a_panic_gives_the_inspector_back() {
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
 }
 
-/// Upload bodies are read four per inspector at a time: an upload that finds every slot taken
-/// for `api.inference_timeout_ms` is answered 503 before its body is read, saying why.
+/// Upload bodies are read four per inspector at a time: an upload (or an NCR attachment) that
+/// finds every slot taken for `api.inference_timeout_ms` is answered 503 before its body is
+/// read, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_past_the_bodies_in_memory_wait_then_get_503() {
     let f = fixture(ApiConfig {
@@ -674,6 +675,20 @@ async fn uploads_past_the_bodies_in_memory_wait_then_get_503() {
         "{detail}"
     );
     assert_eq!(f.db.store.inspection_count().await.unwrap(), 0);
+    // An NCR attachment takes a body slot the same way.
+    let (media, form) = multipart(&[], Some(("file", "report.pdf", &[b'%'; 4096])));
+    let attachment = Request::post("/api/v1/ncrs/1/attachments")
+        .header(header::AUTHORIZATION, basic("insp"))
+        .header(header::CONTENT_TYPE, media)
+        .body(Body::from(form))
+        .unwrap();
+    let (s, body, _) = send(&f, attachment).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let detail = json(&body)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("4 request bodies"), "{detail}");
     drop(held);
     let (s, body, _) = send(&f, upload(Some("op"), "part_id=P&lot=L", "image/png", png)).await;
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
