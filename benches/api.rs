@@ -195,8 +195,18 @@ async fn start_server(model: &Path) -> Server {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    // The server `linesight serve` runs, with its default header timeout.
+    let server = linesight::cli::serve::http_server(
+        listener,
+        std::time::Duration::from_millis(ApiConfig::default().header_timeout_ms),
+        false,
+    )
+    .expect("server");
     tokio::spawn(async move {
-        axum::serve(listener, app(state)).await.expect("serve");
+        server
+            .serve(app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+            .expect("serve");
     });
     Server {
         port,

@@ -76,6 +76,12 @@ pub struct ApiConfig {
     /// past it the request gets 408 and its slot goes to the next one, so a client that
     /// stalls halfway (a dropped Wi-Fi link, a stopped program) holds no slot for long.
     pub body_timeout_ms: u64,
+    /// Longest a client may take to send a request's headers, counted from the connection's
+    /// start or, on a kept-alive connection, from the previous response (so also how long an
+    /// idle connection stays open); over HTTPS, also the TLS handshake's limit. Past it the
+    /// connection is closed: clients that trickle headers (slowloris) or sit idle hold no
+    /// connection for long. Applies to `pipeline.listen` as well.
+    pub header_timeout_ms: u64,
     /// Inspectors (one ONNX Runtime session each) serving uploads.
     pub inspectors: usize,
     /// Address the API listens on (`linesight serve`, and `linesight run` beside its cameras),
@@ -111,6 +117,7 @@ impl Default for ApiConfig {
             max_body_bytes: 32 << 20,
             inference_timeout_ms: 30_000,
             body_timeout_ms: 60_000,
+            header_timeout_ms: 30_000,
             inspectors: 2,
             listen: None,
             model: None,
@@ -152,6 +159,12 @@ impl ApiConfig {
             p.push(format!(
                 "api.body_timeout_ms = {}: must be between 100 and 3600000",
                 self.body_timeout_ms
+            ));
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            p.push(format!(
+                "api.header_timeout_ms = {}: must be between 100 and 600000",
+                self.header_timeout_ms
             ));
         }
         if let Some(listen) = &self.listen
@@ -409,6 +422,7 @@ mod tests {
             max_body_bytes: 10,
             inference_timeout_ms: 5,
             body_timeout_ms: 3_600_001,
+            header_timeout_ms: 99,
             inspectors: 0,
             listen: Some("port 80".into()),
             model: None,
@@ -426,6 +440,7 @@ mod tests {
         for key in [
             "api.max_body_bytes = 10",
             "api.body_timeout_ms = 3600001",
+            "api.header_timeout_ms = 99",
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
             "api.sign_in_failures_per_address = 0",

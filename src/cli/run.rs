@@ -325,6 +325,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 let listener = super::serve::bind(addr, "api.listen").await?;
                 let router = crate::api::app(state);
                 let tls = settings.api.tls.clone();
+                let header_timeout = Duration::from_millis(settings.api.header_timeout_ms);
                 let mut stop_rx = api_stop_rx.clone();
                 Some(tokio::spawn(async move {
                     let stop = async move {
@@ -337,6 +338,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                         stop,
                         stopping_tx,
                         Duration::from_secs(5),
+                        header_timeout,
                     )
                     .await;
                     if let Err(e) = served {
@@ -358,8 +360,14 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                     status: pipeline.status(),
                     store: store.clone(),
                 });
+                // Headers within api.header_timeout_ms, as on the API's listener.
+                let server = super::serve::http_server(
+                    listener,
+                    Duration::from_millis(settings.api.header_timeout_ms),
+                    false,
+                )?;
                 Some(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
+                    if let Err(e) = server.serve(router.into_make_service()).await {
                         tracing::error!(error = %e, "HTTP endpoint failed.");
                     }
                 }))

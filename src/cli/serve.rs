@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::TokioExecutor;
 
 use crate::api::{ApiState, InspectorPool, PipelineHandle, SlotConfig, TlsConfig};
 use crate::config::Settings;
@@ -123,7 +124,10 @@ pub async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListen
 
 /// Serves `router` on `listener` (HTTPS when `tls` is given) until `stop` completes: the
 /// API's live streams are told to end through `stopping`, requests in progress finish (at most
-/// `drain` more), then it returns.
+/// `drain` more), then it returns. A client must complete its TLS handshake and send each
+/// request's headers within `header_timeout` (`api.header_timeout_ms`) of starting, or of the
+/// previous response on a kept-alive connection; past it the connection is closed, so
+/// connections that trickle their headers or sit idle hold nothing for long.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -131,22 +135,23 @@ pub async fn serve_api(
     stop: impl Future<Output = ()> + Send + 'static,
     stopping: tokio::sync::watch::Sender<bool>,
     drain: Duration,
+    header_timeout: Duration,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stopping.send(true);
+        stopper.graceful_shutdown(Some(drain));
+    });
+    // With each connection's peer address: failed sign-ins count per client.
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = http_server(listener, header_timeout, tls.is_some())?.handle(handle);
     match tls {
         None => {
             tracing::info!(address = %local, "Serving the HTTP API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
-            // With each connection's peer address: failed sign-ins count per client.
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                stop.await;
-                let _ = stopping.send(true);
-            })
-            .await
-            .context("the HTTP API failed")
+            server.serve(app).await.context("the HTTP API failed")
         }
         Some(tls) => {
             // ring, as for every other TLS connection of the binary; a second install is a no-op.
@@ -160,21 +165,36 @@ pub async fn serve_api(
                         tls.key.display()
                     )
                 })?;
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                stop.await;
-                let _ = stopping.send(true);
-                stopper.graceful_shutdown(Some(drain));
-            });
             tracing::info!(address = %local, "Serving the HTTPS API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
-            axum_server::from_tcp_rustls(listener.into_std()?, config)
-                .handle(handle)
-                .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            server
+                .acceptor(RustlsAcceptor::new(config).handshake_timeout(header_timeout))
+                .serve(app)
                 .await
                 .context("the HTTPS API failed")
         }
     }
+}
+
+/// An HTTP server on `listener` that closes a connection whose request headers have not all
+/// arrived `header_timeout` after it began waiting for them. Only HTTP/1.1 unless `alpn` (a
+/// TLS acceptor that offers HTTP/2 will be set): no cleartext HTTP/2, whose requests the
+/// timeout would not cover.
+pub fn http_server(
+    listener: tokio::net::TcpListener,
+    header_timeout: Duration,
+    alpn: bool,
+) -> anyhow::Result<axum_server::Server> {
+    let mut server = axum_server::from_tcp(listener.into_std()?);
+    let builder = server.http_builder();
+    if !alpn {
+        let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        *builder = std::mem::replace(builder, auto).http1_only();
+    }
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    Ok(server)
 }
 
 /// Serves the API until SIGTERM or SIGINT.
@@ -224,6 +244,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
             stop,
             stopping_tx,
             Duration::from_secs(30),
+            Duration::from_millis(settings.api.header_timeout_ms),
         )
         .await?;
         if let Some(keeping) = keeping {

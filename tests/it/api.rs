@@ -956,6 +956,18 @@ impl ServeChild {
         ServeChild { child, port, env }
     }
 
+    /// Waits until it accepts connections (a minute at most).
+    fn wait_listening(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "linesight serve never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// `linesight ARGS` against the same store.
     fn cli(&self, args: &[&str]) -> std::process::Output {
         crate::common::linesight()
@@ -1001,14 +1013,7 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
         )],
     );
     let port = server.port;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "linesight serve never listened"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    server.wait_listening();
     assert_eq!(http(port, "GET /healthz HTTP/1.1", b""), (200, "ok".into()));
 
     let image = std::fs::read(repo().join("testdata/synthetic/test/chip/000.png")).unwrap();
@@ -1093,6 +1098,103 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
         "{body}"
     );
 
+    server.stop();
+}
+
+/// `api.header_timeout_ms`: a connection that trickles its request headers, or sits idle after
+/// a response, is closed once the limit passes, while a complete request is served and a live
+/// event stream (its headers long sent) stays open past it.
+#[cfg(unix)]
+#[test]
+fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
+    use std::io::{Read as _, Write as _};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeChild::start(
+        dir.path(),
+        ("ana", "inspector", "ana-long-password"),
+        &[(
+            "LINESIGHT__API__HEADER_TIMEOUT_MS",
+            std::path::Path::new("700"),
+        )],
+    );
+    let port = server.port;
+    server.wait_listening();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    // How long until the server closes `stream` (all it sends is read), with what it sent.
+    let until_closed = |stream: &mut std::net::TcpStream, since: Instant| {
+        let mut got = Vec::new();
+        match stream.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+        (since.elapsed(), String::from_utf8_lossy(&got).into_owned())
+    };
+
+    // Headers that stop halfway: closed at the limit, having answered nothing.
+    let mut stalled = connect();
+    let since = Instant::now();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let (after, sent) = until_closed(&mut stalled, since);
+    assert!(
+        (Duration::from_millis(600)..Duration::from_secs(10)).contains(&after),
+        "closed after {after:?}"
+    );
+    assert!(!sent.contains("200 OK"), "{sent}");
+
+    // A kept-alive connection is answered, then closed once idle for the limit.
+    let mut idle = connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let since = Instant::now();
+    let (after, sent) = until_closed(&mut idle, since);
+    assert!(sent.starts_with("HTTP/1.1 200 OK"), "{sent}");
+    assert!(sent.ends_with("\r\n\r\nok"), "{sent}");
+    assert!(
+        (Duration::from_millis(600)..Duration::from_secs(10)).contains(&after),
+        "closed after {after:?}"
+    );
+
+    // The live event stream outlasts the limit: its headers came in time.
+    let auth = base64::engine::general_purpose::STANDARD.encode("ana:ana-long-password");
+    let mut events = connect();
+    events
+        .write_all(
+            format!(
+                "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = events.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    std::thread::sleep(Duration::from_millis(2_000));
+    events
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut more = [0u8; 512];
+    match events.read(&mut more) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Ok(n) if n > 0 => {}
+        other => panic!("the event stream ended: {other:?}"),
+    }
+    drop(events);
     server.stop();
 }
 
