@@ -181,10 +181,11 @@ impl Store {
         client: Option<std::net::IpAddr>,
         verified: Option<&str>,
     ) -> Result<(String, Session), StoreError> {
-        let now = now_ms();
         let cookie = secret();
         let csrf = secret();
         let mut tx = self.begin().await?;
+        // Read under the write lock: a lock that expired while this waited for it is over.
+        let now = now_ms();
         super::users::still_as_checked(&mut tx, user, verified, now).await?;
         sqlx::query(
             "INSERT INTO api_sessions (secret_sha256, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) \

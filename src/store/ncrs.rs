@@ -442,8 +442,8 @@ impl Store {
         seen_version: Option<i64>,
     ) -> Result<Signature, StoreError> {
         let (user, verified) = self.check_credentials(creds, policy, false).await?;
-        let now = now_ms();
         let mut tx = self.begin().await?;
+        let now = now_ms();
         // Checked again under the write lock: an account disabled, locked, or given another
         // password while the password was being checked signs nothing.
         super::users::still_as_checked(&mut tx, &user, Some(&verified), now).await?;
