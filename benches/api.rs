@@ -196,18 +196,17 @@ async fn start_server(model: &Path) -> Server {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     // The server `linesight serve` runs, with its default header timeout.
-    let server = linesight::cli::serve::http_server(
+    let options = linesight::api::server::ServerOptions::from_config(
+        &ApiConfig::default(),
+        None,
+        std::time::Duration::ZERO,
+    );
+    tokio::spawn(linesight::api::server::serve(
         listener,
-        std::time::Duration::from_millis(ApiConfig::default().header_timeout_ms),
-        false,
-    )
-    .expect("server");
-    tokio::spawn(async move {
-        server
-            .serve(app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .await
-            .expect("serve");
-    });
+        app(state),
+        options,
+        std::future::pending(),
+    ));
     Server {
         port,
         token,

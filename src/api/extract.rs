@@ -64,10 +64,19 @@ pub fn json_rejection(
 ) -> ApiError {
     if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(state.config.max_body_bytes)
+    } else if body_stalled(&r) {
+        ApiError::BodyTimeout(state.config.body_timeout_ms)
     } else {
         ApiError::BadRequest {
             field: "body",
             message: r.body_text(),
         }
     }
+}
+
+/// Whether `e` comes from a request body that sent nothing for `api.body_timeout_ms` (the
+/// server times bodies out: [`super::server`]).
+pub(super) fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source())
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>())
 }

@@ -22,6 +22,7 @@ mod inspections;
 mod lots;
 mod models;
 mod ncrs;
+pub mod server;
 mod tasks;
 mod throttle;
 mod ui;
@@ -82,6 +83,10 @@ pub struct ApiConfig {
     /// connection is closed: clients that trickle headers (slowloris) or sit idle hold no
     /// connection for long. Applies to `pipeline.listen` as well.
     pub header_timeout_ms: u64,
+    /// Connections served at once; more wait in the kernel's backlog until one closes (a
+    /// bound on the file descriptors and memory clients can hold). Applies to
+    /// `pipeline.listen` as well.
+    pub max_connections: usize,
     /// Inspectors (one ONNX Runtime session each) serving uploads.
     pub inspectors: usize,
     /// Address the API listens on (`linesight serve`, and `linesight run` beside its cameras),
@@ -118,6 +123,7 @@ impl Default for ApiConfig {
             inference_timeout_ms: 30_000,
             body_timeout_ms: 60_000,
             header_timeout_ms: 30_000,
+            max_connections: 512,
             inspectors: 2,
             listen: None,
             model: None,
@@ -165,6 +171,12 @@ impl ApiConfig {
             p.push(format!(
                 "api.header_timeout_ms = {}: must be between 100 and 600000",
                 self.header_timeout_ms
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            p.push(format!(
+                "api.max_connections = {}: must be between 1 and 65536",
+                self.max_connections
             ));
         }
         if let Some(listen) = &self.listen
@@ -423,6 +435,7 @@ mod tests {
             inference_timeout_ms: 5,
             body_timeout_ms: 3_600_001,
             header_timeout_ms: 99,
+            max_connections: 0,
             inspectors: 0,
             listen: Some("port 80".into()),
             model: None,
@@ -441,6 +454,7 @@ mod tests {
             "api.max_body_bytes = 10",
             "api.body_timeout_ms = 3600001",
             "api.header_timeout_ms = 99",
+            "api.max_connections = 0",
             "api.inference_timeout_ms = 5",
             "api.inspectors = 0",
             "api.sign_in_failures_per_address = 0",

@@ -324,23 +324,25 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 keeping_metrics = Some(state.metrics.image_keeping.clone());
                 let listener = super::serve::bind(addr, "api.listen").await?;
                 let router = crate::api::app(state);
-                let tls = settings.api.tls.clone();
-                let header_timeout = Duration::from_millis(settings.api.header_timeout_ms);
+                let tls = settings
+                    .api
+                    .tls
+                    .as_ref()
+                    .map(crate::api::server::tls_config)
+                    .transpose()?;
+                let options = crate::api::server::ServerOptions::from_config(
+                    &settings.api,
+                    tls,
+                    Duration::from_secs(5),
+                );
                 let mut stop_rx = api_stop_rx.clone();
                 Some(tokio::spawn(async move {
                     let stop = async move {
                         let _ = stop_rx.wait_for(|stop| *stop).await;
                     };
-                    let served = super::serve::serve_api(
-                        listener,
-                        router,
-                        tls.as_ref(),
-                        stop,
-                        stopping_tx,
-                        Duration::from_secs(5),
-                        header_timeout,
-                    )
-                    .await;
+                    let served =
+                        super::serve::serve_api(listener, router, options, stop, stopping_tx)
+                            .await;
                     if let Err(e) = served {
                         tracing::error!(error = %format!("{e:#}"), "HTTP API failed.");
                     }
@@ -360,17 +362,22 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                     status: pipeline.status(),
                     store: store.clone(),
                 });
-                // Headers within api.header_timeout_ms, as on the API's listener.
-                let server = super::serve::http_server(
+                // The same server as the API's listener (HTTP/1.1, api.header_timeout_ms, ...);
+                // it stops with the API, once the cameras are done.
+                let options = crate::api::server::ServerOptions::from_config(
+                    &settings.api,
+                    None,
+                    Duration::from_secs(2),
+                );
+                let mut stop_rx = api_stop_rx.clone();
+                Some(tokio::spawn(crate::api::server::serve(
                     listener,
-                    Duration::from_millis(settings.api.header_timeout_ms),
-                    false,
-                )?;
-                Some(tokio::spawn(async move {
-                    if let Err(e) = server.serve(router.into_make_service()).await {
-                        tracing::error!(error = %e, "HTTP endpoint failed.");
-                    }
-                }))
+                    router,
+                    options,
+                    async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    },
+                )))
             }
             None => None,
         };
@@ -389,11 +396,16 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         if let Some(follower) = follower {
             let _ = follower.await;
         }
-        if let Some(server) = server {
+        // The API and the trigger endpoint finish the requests in progress (a few seconds at
+        // most), then stop.
+        let _ = api_stop.send(true);
+        if let Some(mut server) = server
+            && tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+        {
             server.abort();
         }
-        // The API finishes the requests in progress (a few seconds at most), then stops.
-        let _ = api_stop.send(true);
         if let Some(mut api) = api_server
             && tokio::time::timeout(Duration::from_secs(10), &mut api)
                 .await

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use hyper_util::rt::TokioExecutor;
-
-use crate::api::{ApiState, InspectorPool, PipelineHandle, SlotConfig, TlsConfig};
+use crate::api::server::{self, ServerOptions};
+use crate::api::{ApiState, InspectorPool, PipelineHandle, SlotConfig};
 use crate::config::Settings;
 use crate::inspect::Inspector;
 use crate::model::registry::Validator;
@@ -122,79 +120,31 @@ pub async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListen
         .with_context(|| format!("cannot listen on {key} = {addr}"))
 }
 
-/// Serves `router` on `listener` (HTTPS when `tls` is given) until `stop` completes: the
-/// API's live streams are told to end through `stopping`, requests in progress finish (at most
-/// `drain` more), then it returns. A client must complete its TLS handshake and send each
-/// request's headers within `header_timeout` (`api.header_timeout_ms`) of starting, or of the
-/// previous response on a kept-alive connection; past it the connection is closed, so
-/// connections that trickle their headers or sit idle hold nothing for long.
+/// Serves `router` on `listener` until `stop` completes: the API's live streams are told to
+/// end through `stopping`, requests in progress finish (at most `options.drain` more), then it
+/// returns. Connections follow [`crate::api::server`]: HTTP/1.1 (HTTPS with `options.tls`,
+/// made by [`server::tls_config`] before anything is served so that a bad certificate stops
+/// the start), headers within `api.header_timeout_ms`.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    tls: Option<&TlsConfig>,
+    options: ServerOptions,
     stop: impl Future<Output = ()> + Send + 'static,
     stopping: tokio::sync::watch::Sender<bool>,
-    drain: Duration,
-    header_timeout: Duration,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
+    let scheme = if options.tls.is_some() {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
+    tracing::info!(address = %local, "Serving the {scheme} API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
+    server::serve(listener, router, options, async move {
         stop.await;
         let _ = stopping.send(true);
-        stopper.graceful_shutdown(Some(drain));
-    });
-    // With each connection's peer address: failed sign-ins count per client.
-    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = http_server(listener, header_timeout, tls.is_some())?.handle(handle);
-    match tls {
-        None => {
-            tracing::info!(address = %local, "Serving the HTTP API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
-            server.serve(app).await.context("the HTTP API failed")
-        }
-        Some(tls) => {
-            // ring, as for every other TLS connection of the binary; a second install is a no-op.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot load api.tls.cert = {} / api.tls.key = {}",
-                        tls.cert.display(),
-                        tls.key.display()
-                    )
-                })?;
-            tracing::info!(address = %local, "Serving the HTTPS API (/api/v1, /ui/, /healthz, /readyz, /metrics).");
-            server
-                .acceptor(RustlsAcceptor::new(config).handshake_timeout(header_timeout))
-                .serve(app)
-                .await
-                .context("the HTTPS API failed")
-        }
-    }
-}
-
-/// An HTTP server on `listener` that closes a connection whose request headers have not all
-/// arrived `header_timeout` after it began waiting for them. Only HTTP/1.1 unless `alpn` (a
-/// TLS acceptor that offers HTTP/2 will be set): no cleartext HTTP/2, whose requests the
-/// timeout would not cover.
-pub fn http_server(
-    listener: tokio::net::TcpListener,
-    header_timeout: Duration,
-    alpn: bool,
-) -> anyhow::Result<axum_server::Server> {
-    let mut server = axum_server::from_tcp(listener.into_std()?);
-    let builder = server.http_builder();
-    if !alpn {
-        let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        *builder = std::mem::replace(builder, auto).http1_only();
-    }
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    Ok(server)
+    })
+    .await;
+    Ok(())
 }
 
 /// Serves the API until SIGTERM or SIGINT.
@@ -209,6 +159,12 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
             "api.listen is not set: give an address with --listen 127.0.0.1:8080 or in the config file ([api] listen)"
         );
     };
+    let tls = settings
+        .api
+        .tls
+        .as_ref()
+        .map(server::tls_config)
+        .transpose()?;
     let runtime = super::runtime(&settings, ort_lib)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -240,11 +196,9 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
         serve_api(
             listener,
             crate::api::app(state),
-            settings.api.tls.as_ref(),
+            ServerOptions::from_config(&settings.api, tls, Duration::from_secs(30)),
             stop,
             stopping_tx,
-            Duration::from_secs(30),
-            Duration::from_millis(settings.api.header_timeout_ms),
         )
         .await?;
         if let Some(keeping) = keeping {

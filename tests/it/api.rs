@@ -1101,9 +1101,11 @@ fn serve_inspects_uploads_over_http_and_stops_on_sigterm() {
     server.stop();
 }
 
-/// `api.header_timeout_ms`: a connection that trickles its request headers, or sits idle after
-/// a response, is closed once the limit passes, while a complete request is served and a live
-/// event stream (its headers long sent) stays open past it.
+/// `api.header_timeout_ms`: a connection that sends nothing, trickles its request headers, or
+/// sits idle after a response, is closed once the limit passes, and cleartext HTTP/2 is not
+/// spoken, while a complete request is served and a live event stream (its headers long sent)
+/// stays open past it. A body that stops arriving fails its request after
+/// `api.body_timeout_ms`; past `api.max_connections`, connections wait for one to close.
 #[cfg(unix)]
 #[test]
 fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
@@ -1113,10 +1115,17 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
     let server = ServeChild::start(
         dir.path(),
         ("ana", "inspector", "ana-long-password"),
-        &[(
-            "LINESIGHT__API__HEADER_TIMEOUT_MS",
-            std::path::Path::new("700"),
-        )],
+        &[
+            (
+                "LINESIGHT__API__HEADER_TIMEOUT_MS",
+                std::path::Path::new("700"),
+            ),
+            (
+                "LINESIGHT__API__BODY_TIMEOUT_MS",
+                std::path::Path::new("900"),
+            ),
+            ("LINESIGHT__API__MAX_CONNECTIONS", std::path::Path::new("2")),
+        ],
     );
     let port = server.port;
     server.wait_listening();
@@ -1137,6 +1146,25 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
         }
         (since.elapsed(), String::from_utf8_lossy(&got).into_owned())
     };
+
+    // A connection that sends nothing at all, and one that starts HTTP/2's preface (cleartext
+    // HTTP/2 is not spoken): closed at the limit, or at once, with no HTTP/2 answer.
+    let mut silent = connect();
+    let since = Instant::now();
+    let (after, sent) = until_closed(&mut silent, since);
+    assert!(
+        (Duration::from_millis(600)..Duration::from_secs(10)).contains(&after),
+        "closed after {after:?}"
+    );
+    assert!(sent.is_empty(), "{sent}");
+    for preface in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], b"PRI * HT"] {
+        let mut h2 = connect();
+        let since = Instant::now();
+        h2.write_all(preface).unwrap();
+        let (after, sent) = until_closed(&mut h2, since);
+        assert!(after < Duration::from_secs(10), "closed after {after:?}");
+        assert!(sent.is_empty() || sent.starts_with("HTTP/1.1 4"), "{sent}");
+    }
 
     // Headers that stop halfway: closed at the limit, having answered nothing.
     let mut stalled = connect();
@@ -1164,6 +1192,43 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
         "closed after {after:?}"
     );
 
+    // A body that stops arriving: the request is answered 408 after api.body_timeout_ms
+    // (0.9 s here) rather than wait for the rest.
+    let mut half = connect();
+    half.write_all(
+        b"POST /api/v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"username\":",
+    )
+    .unwrap();
+    let since = Instant::now();
+    let mut answer = [0u8; 64];
+    let n = half.read(&mut answer).unwrap();
+    let after = since.elapsed();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        (Duration::from_millis(800)..Duration::from_secs(10)).contains(&after),
+        "answered after {after:?}"
+    );
+    drop(half);
+
+    // api.max_connections = 2: with two connections held (silent), a third is served only
+    // once the header timeout has closed one of them.
+    let held = [connect(), connect()];
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = connect();
+    let since = Instant::now();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (after, sent) = until_closed(&mut third, since);
+    assert!(sent.starts_with("HTTP/1.1 200 OK"), "{sent}");
+    assert!(
+        (Duration::from_millis(500)..Duration::from_secs(10)).contains(&after),
+        "served after {after:?}"
+    );
+    drop(held);
+
     // The live event stream outlasts the limit: its headers came in time.
     let auth = base64::engine::general_purpose::STANDARD.encode("ana:ana-long-password");
     let mut events = connect();
@@ -1175,9 +1240,14 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
             .as_bytes(),
         )
         .unwrap();
-    let mut head = [0u8; 512];
-    let n = events.read(&mut head).unwrap();
-    let head = String::from_utf8_lossy(&head[..n]);
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 512];
+        let n = events.read(&mut chunk).unwrap();
+        assert!(n > 0, "the event stream closed before its headers");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.contains("text/event-stream"), "{head}");
     std::thread::sleep(Duration::from_millis(2_000));
@@ -2952,7 +3022,9 @@ async fn web_ui_is_served_with_a_strict_content_security_policy() {
 }
 
 /// `api.tls`: `linesight serve` answers over HTTPS with the configured certificate (checked by
-/// curl against it), refuses plain HTTP on that port, and marks the session cookie `Secure`.
+/// curl against it), in HTTP/1.1 even to a client offering HTTP/2, refuses plain HTTP on that
+/// port, marks the session cookie `Secure`, and closes a connection whose TLS handshake does
+/// not start within `api.header_timeout_ms`.
 #[cfg(unix)]
 #[test]
 fn serve_speaks_https_with_the_configured_certificate() {
@@ -2987,6 +3059,10 @@ fn serve_speaks_https_with_the_configured_certificate() {
                 "LINESIGHT__API__SIGN_IN_FAILURES_PER_ADDRESS",
                 std::path::Path::new("1"),
             ),
+            (
+                "LINESIGHT__API__HEADER_TIMEOUT_MS",
+                std::path::Path::new("3000"),
+            ),
         ],
     );
     let port = server.port;
@@ -3014,15 +3090,17 @@ fn serve_speaks_https_with_the_configured_certificate() {
     }
     let signed_in = curl(&[
         "-i",
+        "--http2",
         "-H",
         "content-type: application/json",
         "-d",
         r#"{"username":"quinn","password":"quinn-long-password"}"#,
         &format!("{base}/api/v1/session"),
     ]);
+    assert!(signed_in.status.success(), "{signed_in:?}");
     let head = String::from_utf8_lossy(&signed_in.stdout).to_lowercase();
-    // HTTP/2 when the client offers it (ALPN), else HTTP/1.1.
-    assert_eq!(head.split_whitespace().nth(1), Some("200"), "{head}");
+    // HTTP/1.1 even to a client that offers HTTP/2 (ALPN): the header timeout covers it.
+    assert!(head.starts_with("http/1.1 200"), "{head}");
     let cookie = head
         .lines()
         .find(|l| l.starts_with("set-cookie: linesight_session="))
@@ -3062,6 +3140,29 @@ fn serve_speaks_https_with_the_configured_certificate() {
     };
     assert_eq!(code("wrong"), "401");
     assert_eq!(code("quinn-long-password"), "429");
+    // A client that connects and never starts its TLS handshake is closed at
+    // api.header_timeout_ms (3 s here).
+    {
+        use std::io::Read as _;
+        let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        silent
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let since = std::time::Instant::now();
+        let mut got = Vec::new();
+        let read = silent.read_to_end(&mut got);
+        let after = since.elapsed();
+        assert!(
+            read.is_ok()
+                || read.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+            "not closed: {read:?}"
+        );
+        assert!(
+            (std::time::Duration::from_millis(2_500)..std::time::Duration::from_secs(15))
+                .contains(&after),
+            "closed after {after:?}"
+        );
+    }
 
     server.stop();
 }
