@@ -100,6 +100,11 @@ pub struct AddUserArgs {
     /// operator, inspector, qa_approver or admin.
     #[arg(long, value_parser = parse_role)]
     pub role: Role,
+    /// The password typed here only serves the user to choose their own at their first
+    /// sign-in (the web UI asks; the API answers 403 `password_change_due` until then): their
+    /// password is also their electronic signature, which the administrator should not know.
+    #[arg(long)]
+    pub temporary_password: bool,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -169,21 +174,30 @@ pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> 
             let password = read_password()?;
             runtime()?.block_on(async {
                 let store = open(settings).await?;
-                let user = store
-                    .add_user(
-                        NewUser {
-                            username: args.username,
-                            full_name: args.full_name,
-                            role: args.role,
-                            password,
-                        },
-                        &cli_actor(),
-                    )
-                    .await?;
+                let new = NewUser {
+                    username: args.username,
+                    full_name: args.full_name,
+                    role: args.role,
+                    password,
+                };
+                let user = if args.temporary_password {
+                    store
+                        .add_user_with_temporary_password(new, &cli_actor())
+                        .await?
+                } else {
+                    store.add_user(new, &cli_actor()).await?
+                };
                 store.close().await;
                 println!(
-                    "created user {} ({}), role {}",
-                    user.username, user.full_name, user.role
+                    "created user {} ({}), role {}{}",
+                    user.username,
+                    user.full_name,
+                    user.role,
+                    if args.temporary_password {
+                        "; the password is temporary: they choose their own at first sign-in"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(0)
             })
@@ -257,12 +271,17 @@ pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> 
                     _ => "active".into(),
                 };
                 println!(
-                    "{:<16} {:<12} {:<30} {}  password set {}",
+                    "{:<16} {:<12} {:<30} {}  password set {}{}",
                     u.username,
                     u.role.as_str(),
                     u.full_name,
                     state,
-                    u.password_set_at_ms.map_or("unknown".into(), format_ms)
+                    u.password_set_at_ms.map_or("unknown".into(), format_ms),
+                    if u.password_change_due {
+                        ", to be changed at the next sign-in"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(0)

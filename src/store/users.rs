@@ -213,6 +213,26 @@ const USER_COLUMNS: &str = "id, username, full_name, role, locked_until_ms, pass
 impl Store {
     /// Creates a user; `actor` is who does it (audited).
     pub async fn add_user(&self, new: NewUser, actor: &str) -> Result<User, StoreError> {
+        self.create_user(new, actor, false).await
+    }
+
+    /// Creates a user whose password, chosen by the administrator, only serves to choose
+    /// their own at their first sign-in (as after [`Self::reset_password`]): the password is
+    /// also its owner's electronic signature, which nobody else should know.
+    pub async fn add_user_with_temporary_password(
+        &self,
+        new: NewUser,
+        actor: &str,
+    ) -> Result<User, StoreError> {
+        self.create_user(new, actor, true).await
+    }
+
+    async fn create_user(
+        &self,
+        new: NewUser,
+        actor: &str,
+        temporary: bool,
+    ) -> Result<User, StoreError> {
         let username = new.username.trim().to_owned();
         if username.is_empty()
             || username.len() > 64
@@ -254,14 +274,15 @@ impl Store {
             return Err(StoreError::UserExists(username));
         }
         let id: i64 = sqlx::query(
-            "INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms, password_set_at_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $5) RETURNING id",
+            "INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms, password_set_at_ms, password_change_due) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5, $6) RETURNING id",
         )
         .bind(&username)
         .bind(new.full_name.trim())
         .bind(new.role.as_str())
         .bind(hash)
         .bind(now)
+        .bind(i64::from(temporary))
         .fetch_one(&mut *tx)
         .await
         .map_err(db("create a user"))?
@@ -284,9 +305,14 @@ impl Store {
                 entity_id: user.username.clone(),
                 old_value: None,
                 new_value: Some(format!(
-                    "full_name={}; role={}",
+                    "full_name={}; role={}{}",
                     user.full_name,
-                    user.role.as_str()
+                    user.role.as_str(),
+                    if temporary {
+                        "; temporary password (to be changed at first sign-in)"
+                    } else {
+                        ""
+                    }
                 )),
                 reason: None,
             }],

@@ -1929,6 +1929,48 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(0), "{out}{err}");
     let (_, out, _) = run(&["users", "list"], "");
     assert!(out.contains(" active  password set "), "{out}");
+    // A new account whose password the administrator chose only until its owner chooses one.
+    let (code, out, err) = run(
+        &[
+            "users",
+            "add",
+            "ivo",
+            "--full-name",
+            "Ivo Petrov",
+            "--role",
+            "inspector",
+            "--temporary-password",
+        ],
+        "t3mporary-pass\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("the password is temporary"), "{out}");
+    let (_, out, _) = run(&["users", "list"], "");
+    let ivo = out.lines().find(|l| l.starts_with("ivo ")).unwrap();
+    assert!(
+        ivo.ends_with(", to be changed at the next sign-in"),
+        "{ivo}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(Store::open(&StoreConfig {
+            url: Some(url.clone()),
+            ..StoreConfig::default()
+        }))
+        .unwrap();
+    let first = creds("ivo", "t3mporary-pass");
+    match rt.block_on(store.authenticate(&first, policy())) {
+        Err(StoreError::PasswordChangeDue { username }) => assert_eq!(username, "ivo"),
+        other => panic!("{other:?}"),
+    }
+    rt.block_on(store.change_password(&first, "ivo-s-0wn-pass", policy()))
+        .unwrap();
+    rt.block_on(store.authenticate(&creds("ivo", "ivo-s-0wn-pass"), policy()))
+        .unwrap();
+    rt.block_on(store.close());
 
     // A temporary file a crash left and an image never recorded, both two hours old.
     let images = dir.path().join("images");
@@ -1971,7 +2013,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), "audit trail intact: 4 entries verified");
+    assert_eq!(out.trim(), "audit trail intact: 6 entries verified");
 
     // Tamper with the file directly, as someone with access to it could.
     tokio::runtime::Builder::new_current_thread()
