@@ -76,7 +76,7 @@ pub fn json_rejection(
 
 /// Whether `e` comes from a request body that sent nothing for `api.body_timeout_ms` (the
 /// server times bodies out: [`super::server`]).
-pub(super) fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(e), |e| e.source())
         .any(|e| e.is::<tower_http::timeout::TimeoutError>())
 }

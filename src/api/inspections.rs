@@ -360,6 +360,9 @@ fn multipart_error(field: &'static str, e: axum::extract::multipart::MultipartEr
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         // The limit is the router's; the rejection does not carry it.
         ApiError::TooLarge(0)
+    } else if super::extract::body_stalled(&e) {
+        // Nor does it carry the time limit: the caller fills both in.
+        ApiError::BodyTimeout(0)
     } else {
         ApiError::bad(field, e.body_text())
     }
@@ -481,6 +484,7 @@ async fn upload_inner(
                 .map_err(|e| ApiError::bad("body", e.body_text()))?;
             read_form(form).await.map_err(|e| match e {
                 ApiError::TooLarge(_) => ApiError::TooLarge(state.config.max_body_bytes),
+                ApiError::BodyTimeout(_) => ApiError::BodyTimeout(state.config.body_timeout_ms),
                 e => e,
             })
         } else {
@@ -489,6 +493,9 @@ async fn upload_inner(
                 .map_err(|e| match e.status() {
                     StatusCode::PAYLOAD_TOO_LARGE => {
                         ApiError::TooLarge(state.config.max_body_bytes)
+                    }
+                    _ if super::extract::body_stalled(&e) => {
+                        ApiError::BodyTimeout(state.config.body_timeout_ms)
                     }
                     _ => ApiError::bad("body", e.body_text()),
                 })?;

@@ -47,6 +47,7 @@ use crate::store::Store;
 
 pub use auth::{BACKGROUND_HEADER, CSRF_HEADER, Caller, SESSION_COOKIE, SessionInfo, Via};
 pub use error::ApiError;
+pub(crate) use extract::body_stalled;
 pub use forwarded::{Client, ProxyNetwork};
 pub use inspections::{
     ApiMetrics, BODIES_PER_INSPECTOR, InspectionView, InspectorPool, UploadAnswer, UploadParams,

@@ -314,6 +314,8 @@ pub(super) async fn attach(
         let too_large = |e: axum::extract::multipart::MultipartError| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(state.config.max_body_bytes)
+            } else if super::extract::body_stalled(&e) {
+                ApiError::BodyTimeout(state.config.body_timeout_ms)
             } else {
                 ApiError::bad("file", e.body_text())
             }

@@ -136,17 +136,29 @@ pub async fn serve(
             let slot = slots.clone().acquire_owned().await;
             (slot, listener.accept().await)
         };
-        if slots.available_permits() == 0 && !at_limit {
+        // Said once when the limit is reached, and once when a tenth of it is free again.
+        let free = slots.available_permits();
+        if free == 0 && !at_limit {
+            at_limit = true;
             tracing::warn!(
                 max_connections = options.max_connections,
                 "HTTP connections at api.max_connections: new ones wait until one closes."
             );
+        } else if at_limit && free >= (options.max_connections / 10).max(1) {
+            at_limit = false;
+            tracing::info!(free, "HTTP connections back under api.max_connections.");
         }
-        at_limit = slots.available_permits() == 0;
         let (slot, tcp, peer) = tokio::select! {
             biased;
             () = &mut stop => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "An HTTP connection's task panicked; the connection is closed.");
+                }
+                continue;
+            }
             (slot, accepted) = accept => match (slot, accepted) {
                 (Ok(slot), Ok((tcp, peer))) => (slot, tcp, peer),
                 (_, Err(e)) => {

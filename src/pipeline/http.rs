@@ -51,6 +51,15 @@ async fn fire(
 ) -> Response {
     let Json(trigger) = match body {
         Ok(body) => body,
+        Err(rejection) if crate::api::body_stalled(&rejection) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "trigger not received",
+                "the request body stopped arriving for api.body_timeout_ms: send the trigger \
+                 again (with its id, a repeat that got through is answered as a duplicate)"
+                    .into(),
+            );
+        }
         Err(rejection) => {
             return problem(
                 StatusCode::BAD_REQUEST,

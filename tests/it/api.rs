@@ -1211,6 +1211,37 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
         "answered after {after:?}"
     );
     drop(half);
+    // The same for an upload, raw and multipart.
+    let auth = base64::engine::general_purpose::STANDARD.encode("ana:ana-long-password");
+    for (media, start) in [
+        ("image/png", &b"\x89PNG\r\n\x1a\n"[..]),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\
+              Content-Type: image/png\r\n\r\n\x89PNG",
+        ),
+    ] {
+        let mut half = connect();
+        half.write_all(
+            format!(
+                "POST /api/v1/inspections?part_id=P&lot=L HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Authorization: Basic {auth}\r\nContent-Type: {media}\r\nContent-Length: 5000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        half.write_all(start).unwrap();
+        let since = Instant::now();
+        let mut answer = [0u8; 64];
+        let n = half.read(&mut answer).unwrap();
+        let after = since.elapsed();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{media}: {answer}");
+        assert!(
+            after < Duration::from_secs(10),
+            "{media}: answered after {after:?}"
+        );
+    }
 
     // api.max_connections = 2: with two connections held (silent), a third is served only
     // once the header timeout has closed one of them.
