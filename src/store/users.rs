@@ -832,6 +832,21 @@ mod tests {
         lockout_ms: 60_000,
     };
 
+    /// Checks `username`'s password, runs `meanwhile`, then opens a session on the check.
+    async fn opened_after(
+        s: &Store,
+        username: &str,
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> (User, Result<(String, crate::store::Session), StoreError>) {
+        let (user, verified) = s
+            .check_credentials(&creds(username, PASSWORD), POLICY, false)
+            .await
+            .unwrap();
+        meanwhile.await;
+        let opened = s.open_session(&user, 60_000, None, Some(&verified)).await;
+        (user, opened)
+    }
+
     /// The step between checking a password and acting on it: whatever an administrator did to
     /// the account in that gap (here done in the gap, deterministically) stops the act.
     #[tokio::test]
@@ -859,25 +874,17 @@ mod tests {
         };
 
         // Reset in the gap: the checked password is no longer the account's.
-        let (user, verified) = s
-            .check_credentials(&creds("quinn", PASSWORD), POLICY, false)
-            .await
-            .unwrap();
-        s.reset_password("quinn", "r3set-secret-pass", "ada", "forgotten")
-            .await
-            .unwrap();
-        let err = s
-            .open_session(&user, 60_000, None, Some(&verified))
-            .await
-            .unwrap_err();
+        let (_, opened) = opened_after(&s, "quinn", async {
+            s.reset_password("quinn", "r3set-secret-pass", "ada", "forgotten")
+                .await
+                .unwrap();
+        })
+        .await;
+        let err = opened.unwrap_err();
         assert!(matches!(err, StoreError::InvalidCredentials), "{err:?}");
         assert_eq!(sessions().await, 0);
 
         // Disabled in the gap.
-        let (user, verified) = s
-            .check_credentials(&creds("ada", PASSWORD), POLICY, false)
-            .await
-            .unwrap();
         s.add_user(
             NewUser {
                 username: "amir".into(),
@@ -889,13 +896,13 @@ mod tests {
         )
         .await
         .unwrap();
-        s.set_user_disabled("ada", true, "amir", "left the company")
-            .await
-            .unwrap();
-        let err = s
-            .open_session(&user, 60_000, None, Some(&verified))
-            .await
-            .unwrap_err();
+        let (user, opened) = opened_after(&s, "ada", async {
+            s.set_user_disabled("ada", true, "amir", "left the company")
+                .await
+                .unwrap();
+        })
+        .await;
+        let err = opened.unwrap_err();
         assert!(matches!(err, StoreError::Disabled { .. }), "{err:?}");
         // Nor can a tool open one for a disabled account without a password.
         let err = s.create_session(&user, 60_000, None).await.unwrap_err();
@@ -903,13 +910,7 @@ mod tests {
         assert_eq!(sessions().await, 0);
 
         // Left alone, the same steps open the session.
-        let (user, verified) = s
-            .check_credentials(&creds("amir", PASSWORD), POLICY, false)
-            .await
-            .unwrap();
-        s.open_session(&user, 60_000, None, Some(&verified))
-            .await
-            .unwrap();
+        opened_after(&s, "amir", async {}).await.1.unwrap();
         let (_, _, session) = s
             .sign_in(&creds("amir", PASSWORD), POLICY, 60_000)
             .await
