@@ -10,7 +10,8 @@
 //! the connection's start and from each response until the next request's headers are in, so
 //! an idle kept-alive connection closes after the same limit. A response being streamed (the
 //! live event stream) is not a wait for headers and is not cut. A request body that stops
-//! arriving fails its request after `api.body_timeout_ms`, and at most `api.max_connections`
+//! arriving fails its request after `api.body_timeout_ms`, a response that a client stops
+//! reading closes its connection after the same time, and at most `api.max_connections`
 //! connections are served at once.
 
 use std::future::Future;
@@ -36,8 +37,9 @@ pub struct ServerOptions {
     /// Longest a client may take to finish its TLS handshake, and to send a request's headers
     /// from the connection's start or from the previous response (`api.header_timeout_ms`).
     pub header_timeout: Duration,
-    /// Longest a request body may go without sending anything once the handler reads it
-    /// (`api.body_timeout_ms`): the request fails rather than wait for ever.
+    /// Longest a request body may go without sending anything once the handler reads it, and
+    /// a response may wait on a client that reads nothing (`api.body_timeout_ms`): the request
+    /// fails, or the connection is closed, rather than wait for ever.
     pub body_idle_timeout: Duration,
     /// Connections served at once (`api.max_connections`); more wait in the kernel's backlog
     /// until one closes.
@@ -170,6 +172,11 @@ pub async fn serve(
         };
         // Answers are small and written whole: no reason to wait for more to send.
         let _ = tcp.set_nodelay(true);
+        // A client that stops reading (a tab left on a stalled stream, a half-read export)
+        // would hold the connection for as long as the response lasts.
+        let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(options.body_idle_timeout));
+        let tcp = Box::pin(tcp);
         let watcher = graceful.watcher();
         let router = router.clone();
         let http = http.clone();

@@ -1223,6 +1223,57 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
         );
     }
 
+    // A client that stops reading a response larger than the sockets can buffer (an image of
+    // about 20 MB): the server's write waits for it, and after api.body_timeout_ms the
+    // connection is closed; the client that reads again later finds the response cut short.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let noise = image::RgbImage::from_fn(2600, 2600, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let (status, body) = http(
+        port,
+        &format!(
+            "POST /api/v1/inspections?part_id=P-big&lot=L HTTP/1.1\r\nContent-Type: image/png\r\n\
+             Authorization: Basic {auth}"
+        ),
+        &png,
+    );
+    assert_eq!(status, 201, "{body}");
+    let stored: UploadAnswer = serde_json::from_str(&body).unwrap();
+    let mut reader = connect();
+    reader
+        .write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n",
+                stored.image
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = reader.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    std::thread::sleep(Duration::from_secs(4));
+    let mut rest = Vec::new();
+    let read = reader.read_to_end(&mut rest);
+    assert!(
+        read.is_ok() || read.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+        "{read:?}"
+    );
+    assert!(
+        n + rest.len() < png.len(),
+        "{} of {} bytes arrived: the connection was kept",
+        n + rest.len(),
+        png.len()
+    );
+
     // api.max_connections = 2: with two connections held (silent), a third is served only
     // once the header timeout has closed one of them.
     let held = [connect(), connect()];
