@@ -1226,16 +1226,7 @@ fn serve_closes_connections_whose_headers_do_not_arrive_in_time() {
     // A client that stops reading a response larger than the sockets can buffer (an image of
     // about 20 MB): the server's write waits for it, and after api.body_timeout_ms the
     // connection is closed; the client that reads again later finds the response cut short.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let noise = image::RgbImage::from_fn(2600, 2600, |_, _| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
-    });
-    let mut png = std::io::Cursor::new(Vec::new());
-    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let png = png.into_inner();
+    let png = crate::common::noise_png(2600, 2600, 7);
     let (status, body) = http(
         port,
         &format!(

@@ -76,3 +76,19 @@ pub fn sigterm(child: &std::process::Child) {
         .unwrap();
     assert!(sent.success(), "kill -TERM {}", child.id());
 }
+
+/// A PNG of `width`×`height` noise from `seed`: incompressible, so the file is as large as
+/// its pixels.
+pub fn noise_png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    let img = image::RgbImage::from_fn(width, height, |_, _| {
+        // xorshift noise: incompressible, so the PNG is as large as the pixels.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}

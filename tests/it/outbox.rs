@@ -679,20 +679,6 @@ async fn mqtt_events_survive_broker_restarts_duplicates_only_by_id() {
 // ---------------------------------------------------------------------------------------------
 // Sample upload.
 
-fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    let img = image::RgbImage::from_fn(width, height, |_, _| {
-        // xorshift noise: incompressible, so the PNG is as large as the pixels.
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 fn sample_outbox(destination: String) -> UploadConfig {
     UploadConfig {
         destination,
@@ -746,7 +732,7 @@ async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
     let mut ids = Vec::new();
     for n in 0..3 {
         let image = store
-            .put_image(&images, &png(16, 16, n as u32 + 1), 0)
+            .put_image(&images, &crate::common::noise_png(16, 16, n as u32 + 1), 0)
             .await
             .unwrap();
         let score = if n == 0 { 0.9 } else { 0.1 };
@@ -825,7 +811,7 @@ async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
     let mut ids = Vec::new();
     for n in 0..3 {
         let image = store
-            .put_image(&images, &png(16, 16, n as u32 + 11), 0)
+            .put_image(&images, &crate::common::noise_png(16, 16, n as u32 + 11), 0)
             .await
             .unwrap();
         if n == 0 {
@@ -866,7 +852,7 @@ async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
     let mut sampled = Vec::new();
     for n in 0..3 {
         let image = store
-            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .put_image(&images, &crate::common::noise_png(8, 8, n as u32 + 1), 0)
             .await
             .unwrap();
         // Good parts (all sampled here): no secondary-inspection task holds their images.
@@ -880,7 +866,10 @@ async fn images_of_samples_waiting_for_their_upload_outlive_retention(db: &Db) {
             .unwrap();
         sampled.push(image);
     }
-    let plain = store.put_image(&images, &png(8, 8, 99), 0).await.unwrap();
+    let plain = store
+        .put_image(&images, &crate::common::noise_png(8, 8, 99), 0)
+        .await
+        .unwrap();
     assert_eq!(store.outbox_status().await.unwrap().s3.pending, 3);
     let day = 86_400_000;
     let path = |h: &str| linesight::store::image_path(&images, h).unwrap();
@@ -936,7 +925,7 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let image = store
-            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .put_image(&images, &crate::common::noise_png(8, 8, n as u32 + 1), 0)
             .await
             .unwrap();
         store
@@ -1053,7 +1042,10 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
 
     // Where events are delivered, a discard of samples is itself an event.
     let store = db.store.clone().with_outbox(both.clone());
-    let image = store.put_image(&images, &png(8, 8, 9), 0).await.unwrap();
+    let image = store
+        .put_image(&images, &crate::common::noise_png(8, 8, 9), 0)
+        .await
+        .unwrap();
     let discarded = store
         .record_inspection(&inspection(9, 0.2, Some(image.clone())), &cfg, "system")
         .await
@@ -1114,7 +1106,7 @@ async fn rows_left_for_a_removed_sink_are_reported_skipped_by_the_drain_and_disc
     let mut ids = Vec::new();
     for n in [10, 11] {
         let image = store
-            .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+            .put_image(&images, &crate::common::noise_png(8, 8, n as u32 + 1), 0)
             .await
             .unwrap();
         let recorded = store
@@ -1168,7 +1160,7 @@ async fn one_instance_delivers_at_a_time_and_another_takes_over(db: &Db) {
         let (store, images) = (store.clone(), images.clone());
         async move {
             let image = store
-                .put_image(&images, &png(8, 8, n as u32 + 1), 0)
+                .put_image(&images, &crate::common::noise_png(8, 8, n as u32 + 1), 0)
                 .await
                 .unwrap();
             store
@@ -1275,7 +1267,7 @@ fn outbox_status_and_discard_from_the_command_line() {
             let store = reopen(&config, &outbox).await;
             for n in 0..2 {
                 let image = store
-                    .put_image(&images, &png(8, 8, n + 1), 0)
+                    .put_image(&images, &crate::common::noise_png(8, 8, n + 1), 0)
                     .await
                     .unwrap();
                 store
@@ -1512,9 +1504,9 @@ async fn samples_reach_s3_exactly_once_through_an_outage_with_a_complete_manifes
     let t0 = Instant::now();
     let mut ids = Vec::new();
     // One large image (about 6.9 MB of noise) goes up in parts.
-    ids.push(record(0, png(1200, 1900, 7)).await);
+    ids.push(record(0, crate::common::noise_png(1200, 1900, 7)).await);
     for n in 1..30 {
-        ids.push(record(n, png(24, 24, n as u32 + 11)).await);
+        ids.push(record(n, crate::common::noise_png(24, 24, n as u32 + 11)).await);
     }
     let delivery = Delivery::start(&store, &outbox, images.clone(), dir.path().into());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1525,7 +1517,7 @@ async fn samples_reach_s3_exactly_once_through_an_outage_with_a_complete_manifes
     relay.cut();
     let before = store.outbox_status().await.unwrap();
     for n in 30..50 {
-        ids.push(record(n, png(24, 24, n as u32 + 11)).await);
+        ids.push(record(n, crate::common::noise_png(24, 24, n as u32 + 11)).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = store.outbox_status().await.unwrap();
