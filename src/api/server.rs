@@ -52,6 +52,13 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// The options of the API's listener: `[api]`'s, HTTPS when `api.tls` is set (its files
+    /// read now, so that a bad certificate stops the start).
+    pub fn for_api(api: &super::ApiConfig, drain: Duration) -> anyhow::Result<ServerOptions> {
+        let tls = api.tls.as_ref().map(tls_config).transpose()?;
+        Ok(ServerOptions::from_config(api, tls, drain))
+    }
+
     /// The options `[api]` asks for, with `drain` and `tls` given.
     pub fn from_config(
         api: &super::ApiConfig,

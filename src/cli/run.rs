@@ -324,17 +324,8 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
                 keeping_metrics = Some(state.metrics.image_keeping.clone());
                 let listener = super::serve::bind(addr, "api.listen").await?;
                 let router = crate::api::app(state);
-                let tls = settings
-                    .api
-                    .tls
-                    .as_ref()
-                    .map(crate::api::server::tls_config)
-                    .transpose()?;
-                let options = crate::api::server::ServerOptions::from_config(
-                    &settings.api,
-                    tls,
-                    Duration::from_secs(5),
-                );
+                let options =
+                    crate::api::server::ServerOptions::for_api(&settings.api, Duration::from_secs(5))?;
                 let mut stop_rx = api_stop_rx.clone();
                 Some(tokio::spawn(async move {
                     let stop = async move {

@@ -123,8 +123,7 @@ pub async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListen
 /// Serves `router` on `listener` until `stop` completes: the API's live streams are told to
 /// end through `stopping`, requests in progress finish (at most `options.drain` more), then it
 /// returns. Connections follow [`crate::api::server`]: HTTP/1.1 (HTTPS with `options.tls`,
-/// made by [`server::tls_config`] before anything is served so that a bad certificate stops
-/// the start), headers within `api.header_timeout_ms`.
+/// see [`ServerOptions::for_api`]), headers within `api.header_timeout_ms`.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -159,12 +158,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
             "api.listen is not set: give an address with --listen 127.0.0.1:8080 or in the config file ([api] listen)"
         );
     };
-    let tls = settings
-        .api
-        .tls
-        .as_ref()
-        .map(server::tls_config)
-        .transpose()?;
+    let options = ServerOptions::for_api(&settings.api, Duration::from_secs(30))?;
     let runtime = super::runtime(&settings, ort_lib)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -193,14 +187,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: ServeArgs) -> anyh
         );
         let listener = bind(&listen, "api.listen").await?;
         let outbox = super::run::start_outbox(&settings).await?;
-        serve_api(
-            listener,
-            crate::api::app(state),
-            ServerOptions::from_config(&settings.api, tls, Duration::from_secs(30)),
-            stop,
-            stopping_tx,
-        )
-        .await?;
+        serve_api(listener, crate::api::app(state), options, stop, stopping_tx).await?;
         if let Some(keeping) = keeping {
             keeping.stop(Duration::from_secs(5)).await;
         }
