@@ -8,13 +8,22 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use crate::config::Settings;
+use crate::quality::audit::{Anchor, AuditCheck, RecordCheck, Verified};
 use crate::quality::{Role, format_ms};
 use crate::store::{NewUser, Store, redact};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain of the audit trail; exit 1 and name the first broken link if any.
-    Verify,
+    /// Prints the newest entry's sequence number and hash: recorded outside the store (a batch
+    /// record, the cloud; every MQTT health message carries it too), it lets a later check see
+    /// entries removed from the end or a trail rewritten and re-hashed.
+    Verify {
+        /// An entry's sequence number and hash recorded outside the store; the trail must
+        /// still hold it with that hash. Repeatable.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect: Vec<Anchor>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,7 +151,7 @@ pub(crate) fn cli_actor() -> String {
 
 pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
-        AuditCommand::Verify => runtime()?.block_on(async {
+        AuditCommand::Verify { expect } => runtime()?.block_on(async {
             // Opening a store creates an empty database: a mistyped path would "verify".
             if let Some(path) = settings.store.sqlite_path() {
                 anyhow::ensure!(
@@ -152,20 +161,96 @@ pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> 
                 );
             }
             let store = open(settings).await?;
-            let result = store.verify_audit().await?;
+            let AuditCheck { chain, records } = store.verify_audit_against(&expect).await?;
             store.close().await;
-            match result {
-                Ok(n) => {
-                    println!("audit trail intact: {n} entries verified");
-                    Ok(0)
-                }
+            let mut code = 0;
+            match chain {
+                Ok(v) => print!("{}", describe_verified(&v, expect.len())),
                 Err(b) => {
                     println!("audit trail BROKEN at entry {}: {}", b.seq, b.problem);
-                    Ok(1)
+                    code = 1;
                 }
             }
+            print!("{}", describe_records(&records));
+            if records.mismatches_total > 0 {
+                code = 1;
+            }
+            Ok(code)
         }),
     }
+}
+
+/// What `audit verify` prints of the records compared with the trail.
+fn describe_records(r: &RecordCheck) -> String {
+    use std::fmt::Write as _;
+    if r.inspections + r.signatures + r.mismatches_total == 0 {
+        return "records: no inspections or electronic signatures yet\n".into();
+    }
+    let records = format!(
+        "{} inspections and {} electronic signatures",
+        r.inspections, r.signatures
+    );
+    if r.mismatches_total == 0 {
+        return format!("records: all {records} agree with the audit trail\n");
+    }
+    let mut out = format!(
+        "records: {} of {records} DIFFER from the audit trail\n",
+        r.mismatches_total
+    );
+    for m in &r.mismatches {
+        let entry = m
+            .seq
+            .map(|s| format!(" (audit entry {s})"))
+            .unwrap_or_default();
+        let record = m.id.map(|id| format!("{} {id}", m.entity));
+        let _ = writeln!(
+            out,
+            "  {}{entry}: {}",
+            record.as_deref().unwrap_or(&m.entity),
+            m.problem
+        );
+    }
+    let unlisted = r.mismatches_total - r.mismatches.len() as u64;
+    if unlisted > 0 {
+        let _ = writeln!(out, "  and {unlisted} more");
+    }
+    out
+}
+
+/// What `audit verify` prints for an intact trail.
+fn describe_verified(v: &Verified, anchors: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("audit trail intact: {} entries verified\n", v.checked);
+    if let Some(h) = &v.head {
+        let _ = writeln!(
+            out,
+            "newest entry: {} at {}, hash {}\nrecord it outside the store; `linesight audit verify --expect {}:{}` shows later whether entries were removed or rewritten",
+            h.seq,
+            format_ms(h.at_ms),
+            h.hash,
+            h.seq,
+            h.hash
+        );
+    }
+    if anchors > 0 {
+        let _ = writeln!(
+            out,
+            "anchors: all {anchors} found with the hash recorded outside the store"
+        );
+    }
+    for step in &v.clock_steps_back {
+        let _ = writeln!(
+            out,
+            "note: entry {} is dated {} before the entry before it: a clock was set back (or replicas' clocks disagree)",
+            step.seq,
+            humantime::format_duration(std::time::Duration::from_millis(step.back_ms as u64))
+        );
+    }
+    let unlisted = v.clock_steps_back_total - v.clock_steps_back.len() as u64;
+    if unlisted > 0 {
+        let _ = writeln!(out, "note: {unlisted} more entries dated back in time");
+    }
+    out
 }
 
 pub fn run_users(settings: &Settings, cmd: UsersCommand) -> anyhow::Result<i32> {

@@ -215,6 +215,7 @@ fn message(payload: &str, max: usize) -> Vec<u8> {
             "entity": v["data"]["entity"],
             "entity_id": v["data"]["entity_id"],
             "audit_seq": v["data"]["audit_seq"],
+            "audit_hash": v["data"]["audit_hash"],
         },
         "data_bytes": payload.len(),
     })
@@ -340,13 +341,16 @@ pub async fn run_mqtt(
             _ = stop.changed() => break,
             _ = idle.tick() => continue,
             _ = health.tick(), if connected && m.health_interval_s > 0 => {
+                // The audit trail's newest entry goes out with it: kept by a subscriber, it
+                // is an anchor for `audit verify --expect` that the site cannot take back.
+                let head = store.audit_head().await.ok().flatten();
                 if let Ok(status) = store.outbox_status().await
                     && client
                         .try_publish(
                             format!("{}/health", m.topic_prefix),
                             QoS::AtLeastOnce,
                             false,
-                            serde_json::json!({"schema": SCHEMA_VERSION, "client_id": m.client_id, "outbox": status}).to_string(),
+                            serde_json::json!({"schema": SCHEMA_VERSION, "client_id": m.client_id, "outbox": status, "audit_head": head}).to_string(),
                         )
                         .is_ok()
                 {
@@ -442,7 +446,7 @@ mod tests {
     fn large_events_are_sent_as_references() {
         let big = serde_json::json!({
             "schema": 1, "event_id": "e1", "kind": "inspection.create", "key": "k", "at_ms": 5,
-            "data": {"entity": "inspection", "entity_id": "42", "audit_seq": 7, "new_value": "x".repeat(200_000)},
+            "data": {"entity": "inspection", "entity_id": "42", "audit_seq": 7, "audit_hash": "ab", "new_value": "x".repeat(200_000)},
         })
         .to_string();
         let m = message(&big, 128_000);
@@ -450,6 +454,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
         assert_eq!(v["event_id"], "e1");
         assert_eq!(v["data_ref"]["entity_id"], "42");
+        assert_eq!(
+            v["data_ref"]["audit_hash"], "ab",
+            "an anchor for `audit verify --expect`"
+        );
         assert_eq!(message("{}", 10), b"{}");
         assert_eq!(topic_for("inspection.reject"), "rejects");
         assert_eq!(topic_for("ncr.approve"), "ncrs");

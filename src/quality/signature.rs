@@ -143,6 +143,17 @@ impl Signature {
         Ok(())
     }
 
+    /// What the audit trail records of it (`signature.create`): its id, manifestation and the
+    /// version of the record signed.
+    pub fn audit_text(&self) -> String {
+        format!(
+            "signature {}: {}; record_hash={}",
+            self.id,
+            self.manifestation(),
+            self.record_hash
+        )
+    }
+
     /// The manifestation shown with the record (§11.50).
     pub fn manifestation(&self) -> String {
         format!(

@@ -911,16 +911,6 @@ impl Store {
             .collect()
     }
 
-    /// The sequence number of the latest audit entry (0 for an empty trail).
-    pub async fn audit_head_seq(&self) -> Result<i64, StoreError> {
-        let seq: Option<i64> = sqlx::query("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(self.reader())
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(db("read the audit trail's head"))?;
-        Ok(seq.unwrap_or(0))
-    }
-
     /// Records that someone exported audit entries (who, and `what`: the range and format).
     pub async fn record_export(&self, actor: &str, what: &str) -> Result<(), StoreError> {
         let now = now_ms();

@@ -97,7 +97,7 @@ pub struct NcrTransition {
 }
 
 const NCR_COLUMNS: &str = "id, lot, line, title, description, source, state, disposition, version, created_by, created_at_ms";
-const SIG_COLUMNS: &str = "id, signer_id, username, full_name, meaning, signed_at_ms, record_type, record_id, record_hash, signature_hash";
+pub(crate) const SIG_COLUMNS: &str = "id, signer_id, username, full_name, meaning, signed_at_ms, record_type, record_id, record_hash, signature_hash";
 
 fn corrupt(column: &'static str, value: String) -> StoreError {
     StoreError::Corrupt { column, value }
@@ -177,7 +177,7 @@ async fn not_a_proposer(
     Ok(())
 }
 
-fn signature_row(row: &AnyRow) -> Result<Signature, StoreError> {
+pub(crate) fn signature_row(row: &AnyRow) -> Result<Signature, StoreError> {
     let d = || db("decode a signature");
     let meaning: String = row.try_get("meaning").map_err(d())?;
     Ok(Signature {
@@ -537,12 +537,7 @@ impl Store {
                 entity: "ncr".into(),
                 entity_id: ncr_id.to_string(),
                 old_value: None,
-                new_value: Some(format!(
-                    "signature {}: {}; record_hash={}",
-                    sig.id,
-                    sig.manifestation(),
-                    sig.record_hash
-                )),
+                new_value: Some(sig.audit_text()),
                 reason: None,
             }],
         )

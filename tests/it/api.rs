@@ -309,6 +309,13 @@ async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     );
     let (s, _, _) = send(&f, get(&format!("/api/v1/images/{}", "0".repeat(64)), "op")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // What `audit verify` compares: the upload's record and the entry that recorded it agree.
+    let check = f.db.store.verify_records().await.unwrap();
+    assert_eq!(
+        (check.inspections, check.mismatches_total),
+        (1, 0),
+        "{check:?}"
+    );
 }
 
 #[tokio::test]
@@ -2319,6 +2326,12 @@ async fn multipart_upload_inspects_and_names_missing_fields() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(json(&b)["field"], "threshold");
     assert_eq!(f.db.store.inspection_count().await.unwrap(), 1);
+    let check = f.db.store.verify_records().await.unwrap();
+    assert_eq!(
+        (check.inspections, check.mismatches_total),
+        (1, 0),
+        "{check:?}"
+    );
 }
 
 fn recorded(i: usize, camera: &str, verdict: linesight::quality::Verdict) -> NewInspection {
@@ -2775,6 +2788,71 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     let v = json(&b);
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["checked"].as_u64().unwrap() > 10);
+    assert_eq!(v["records"]["mismatches_total"], 0, "{v}");
+    // The newest entry, to keep outside the store, and checked against later.
+    let seq = v["head"]["seq"].as_i64().unwrap();
+    assert_eq!(seq, v["checked"].as_i64().unwrap());
+    let anchor = format!("{seq}:{}", v["head"]["hash"].as_str().unwrap());
+    let verify = |expect: String| {
+        let f = &f;
+        let qa = &qa;
+        async move {
+            let uri = format!("/api/v1/audit/verify?expect={expect}");
+            let (s, b, _) = send(f, call("GET", &uri, Some(qa), None)).await;
+            (s, json(&b))
+        }
+    };
+    let (_, v) = verify(format!("{anchor},{anchor}")).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["anchors_matched"], 2, "{v}");
+    // An entry recorded outside that the trail no longer holds, or holds with another hash.
+    let (_, v) = verify(format!("{}:{}", seq + 1, "a".repeat(64))).await;
+    assert_eq!(
+        (v["ok"].clone(), v["break"]["seq"].clone()),
+        (false.into(), (seq + 1).into()),
+        "{v}"
+    );
+    assert!(
+        v["break"]["problem"].as_str().unwrap().contains("removed"),
+        "{v}"
+    );
+    let (_, v) = verify(format!("{seq}:{}", "a".repeat(64))).await;
+    assert_eq!(v["break"]["seq"], seq, "{v}");
+    assert!(
+        v["break"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("rewritten"),
+        "{v}"
+    );
+    let (s, v) = verify("12".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "expect", "{v}");
+    // A record changed in the database rather than through linesight: the check fails.
+    let id =
+        f.db.store
+            .record_inspection(
+                &recorded(1, "cam0", linesight::quality::Verdict::Defect),
+                &QualityConfig::default(),
+                "system",
+            )
+            .await
+            .unwrap()
+            .inspection_id;
+    sqlx::query(&format!(
+        "UPDATE inspections SET verdict = 'good' WHERE id = {id}"
+    ))
+    .execute(f.db.store.raw_pool())
+    .await
+    .unwrap();
+    let (_, v) = verify(String::new()).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["records"]["mismatches"][0]["id"], id, "{v}");
+    assert_eq!(
+        v["break"],
+        serde_json::Value::Null,
+        "the chain itself holds: {v}"
+    );
     let export = f.db.store.audit_for("audit", "trail").await.unwrap();
     assert_eq!(export.len(), 1, "the export itself is audited");
 }
@@ -2787,7 +2865,7 @@ async fn the_audit_export_holds_the_whole_trail_and_audits_its_range() {
     let qa = basic("qa");
     // A long trail: 2,345 entries more than the fixture's, written in one statement (their
     // hashes are not a chain; the export does not check it).
-    let head = f.db.store.audit_head_seq().await.unwrap();
+    let head = f.db.store.audit_head().await.unwrap().map_or(0, |h| h.seq);
     let bulk = 2_345;
     sqlx::query(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {bulk}) \

@@ -676,6 +676,84 @@ async fn mqtt_events_survive_broker_restarts_duplicates_only_by_id() {
     db.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_messages_carry_the_audit_head_that_later_reveals_removed_entries() {
+    let Some(bin) = peer(
+        Path::new("/usr/sbin/mosquitto"),
+        "scripts/test installs mosquitto",
+    ) else {
+        return;
+    };
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, broker_dir.path());
+    let prefix = format!("lt-test/{}", broker.port);
+    let got = subscribe(broker.port, &prefix, "lt-test-health");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let db = sqlite().await;
+    let mut outbox = mqtt_outbox(broker.port, &prefix);
+    outbox.mqtt.as_mut().unwrap().health_interval_s = 1;
+    let store = db.store.clone().with_outbox(outbox.clone());
+    let delivery = Delivery::start(&store, &outbox, PathBuf::new(), PathBuf::new());
+    for i in 0..3 {
+        store
+            .record_inspection(&inspection(i, 0.8, None), &quiet_quality(), "system")
+            .await
+            .unwrap();
+    }
+    let head = store
+        .audit_head()
+        .await
+        .unwrap()
+        .expect("entries were written");
+    // What a subscriber off the site keeps: the newest head it heard of.
+    let heard = || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.ends_with("/health"))
+            .filter_map(|(_, v)| {
+                Some(linesight::quality::audit::Anchor {
+                    seq: v["audit_head"]["seq"].as_i64()?,
+                    hash: v["audit_head"]["hash"].as_str()?.to_owned(),
+                })
+            })
+            .next_back()
+    };
+    eventually(20, "a health message with the newest audit entry", || {
+        heard().is_some_and(|a| a.seq == head.seq)
+    })
+    .await;
+    delivery.stop().await;
+    let anchor = heard().unwrap();
+    assert_eq!(anchor.hash, head.hash);
+    let v = store
+        .verify_audit_against(std::slice::from_ref(&anchor))
+        .await
+        .unwrap()
+        .chain
+        .unwrap();
+    assert_eq!((v.anchors_matched, v.head), (1, Some(head.clone())));
+
+    // Someone with the database file removes the newest entry; the chain alone still holds.
+    for q in [
+        "DROP TRIGGER audit_log_no_delete".to_owned(),
+        format!("DELETE FROM audit_log WHERE seq = {}", head.seq),
+    ] {
+        sqlx::query(&q).execute(store.raw_pool()).await.unwrap();
+    }
+    assert!(store.verify_audit().await.unwrap().is_ok());
+    let b = store
+        .verify_audit_against(&[anchor])
+        .await
+        .unwrap()
+        .chain
+        .unwrap_err();
+    assert_eq!(b.seq, head.seq);
+    assert!(b.problem.contains("newest entries were removed"), "{b}");
+    db.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sample upload.
 

@@ -2244,6 +2244,13 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     }
     assert!(rejects > 0, "the synthetic camera makes defective parts");
     assert_eq!(db.store.inspection_count().await.unwrap(), 7);
+    // What `audit verify` compares: each result and the entry that recorded it agree.
+    let check = db.store.verify_records().await.unwrap();
+    assert_eq!(
+        (check.inspections, check.mismatches_total),
+        (7, 0),
+        "{check:?}"
+    );
     db.finish().await;
 }
 

@@ -136,6 +136,7 @@ on_both_databases!(
     ncrs_hold_their_lot_and_approval_takes_four_eyes_on_the_version_signed,
     a_trigger_gets_one_inspection_and_a_late_answer_keeps_its_verdict,
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
+    records_changed_added_or_removed_outside_linesight_are_found,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     a_part_found_defective_is_not_re_tested_into_acceptance,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -225,9 +226,13 @@ fn no_sampling() -> QualityConfig {
     }
 }
 
+/// The chain holds, and every inspection and signature agrees with the entry that recorded it
+/// (what `audit verify` checks): the entries verified.
 async fn assert_chain_intact(store: &Store) -> u64 {
-    match store.verify_audit().await.unwrap() {
-        Ok(n) => n,
+    let check = store.verify_audit_against(&[]).await.unwrap();
+    assert_eq!(check.records.mismatches_total, 0, "{:?}", check.records);
+    match check.chain {
+        Ok(v) => v.checked,
         Err(b) => panic!("audit chain broken: {b}"),
     }
 }
@@ -737,7 +742,21 @@ async fn signatures_need_the_password_and_bind_to_one_record_version(db: &Db) {
         s.signature(good.id).await.unwrap().record_hash,
         sig_hash_of_previous_version(s, b.id).await
     );
-    assert_chain_intact(s).await;
+    // The trail holds; `audit verify` names the copied signature row, and only it.
+    let check = s.verify_audit_against(&[]).await.unwrap();
+    assert!(check.chain.is_ok(), "{:?}", check.chain);
+    let found: Vec<_> = check
+        .records
+        .mismatches
+        .iter()
+        .map(|m| (m.entity.as_str(), m.id))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("signature", Some(sig_a.id))],
+        "{:?}",
+        check.records
+    );
 }
 
 /// The content hash the approval signature was bound to: the version before approval.
@@ -916,6 +935,12 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
                 .unwrap();
         }
     }
+    // The newest entry as an MQTT health message carried it off the site.
+    let head = s.audit_head().await.unwrap().expect("entries were written");
+    let anchor = linesight::quality::audit::Anchor {
+        seq: head.seq,
+        hash: head.hash,
+    };
     sqlx::query("UPDATE audit_log SET new_value = 'state=closed' WHERE seq = 3")
         .execute(s.raw_pool())
         .await
@@ -923,6 +948,222 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
     let b = s.verify_audit().await.unwrap().unwrap_err();
     assert_eq!(b.seq, 3, "{b}");
     assert!(b.problem.contains("altered"), "{b}");
+
+    // Whoever knows how the hashes are made computes the chain again from the altered entry
+    // on: a chain that holds, which only the anchor contradicts.
+    let mut prev = s.audit_entries(2, 1).await.unwrap().remove(0).hash;
+    for mut e in s.audit_entries(3, 100).await.unwrap() {
+        e.prev_hash = prev;
+        e.hash = e.compute_hash();
+        sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .bind(e.seq)
+            .execute(s.raw_pool())
+            .await
+            .unwrap();
+        prev = e.hash;
+    }
+    assert_eq!(assert_chain_intact(s).await, 7);
+    let b = s
+        .verify_audit_against(std::slice::from_ref(&anchor))
+        .await
+        .unwrap()
+        .chain
+        .unwrap_err();
+    assert_eq!(b.seq, 7, "{b}");
+    assert!(b.problem.contains("rewritten"), "{b}");
+
+    // The newest entries removed instead.
+    sqlx::query("DELETE FROM audit_log WHERE seq >= 6")
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    assert_eq!(assert_chain_intact(s).await, 5);
+    let b = s
+        .verify_audit_against(&[anchor])
+        .await
+        .unwrap()
+        .chain
+        .unwrap_err();
+    assert_eq!(b.seq, 7, "{b}");
+    assert!(b.problem.contains("ends at entry 5"), "{b}");
+}
+
+async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
+    let s = &db.store;
+    let mut ids = Vec::new();
+    // Scores whose text form is long, as a model gives them.
+    for (i, score) in [
+        0.1234567890123457,
+        0.9876543210987654,
+        0.3333333333333333,
+        0.7,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s
+            .record_inspection(
+                &inspection(&format!("P{i}"), "L1", score),
+                &no_sampling(),
+                "system",
+            )
+            .await
+            .unwrap();
+        ids.push(r.inspection_id);
+    }
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.inspections, check.mismatches_total),
+        (4, 0),
+        "{check:?}"
+    );
+
+    // A reject turned into a pass, an inspection nobody made, and one that disappears: the
+    // records are not chained, and the audit trail itself stays intact.
+    let raw = |sql: String| async move {
+        sqlx::query(&sql).execute(s.raw_pool()).await.unwrap();
+    };
+    raw(format!(
+        "UPDATE inspections SET verdict = 'good', score = 0.2 WHERE id = {}",
+        ids[1]
+    ))
+    .await;
+    raw(format!(
+        "INSERT INTO inspections (part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
+         regions_json, timings_json, source, at_ms) \
+         SELECT part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, 0.01, 'good', regions_json, \
+         timings_json, source, at_ms FROM inspections WHERE id = {}",
+        ids[0]
+    ))
+    .await;
+    raw(format!("DELETE FROM inspections WHERE id = {}", ids[2])).await;
+    assert!(s.verify_audit().await.unwrap().is_ok(), "the chain holds");
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.inspections, check.mismatches_total),
+        (5, 3),
+        "{check:?}"
+    );
+    let problem = |id: i64| {
+        check
+            .mismatches
+            .iter()
+            .find(|m| m.id == Some(id))
+            .unwrap_or_else(|| panic!("inspection {id} not reported: {check:?}"))
+            .problem
+            .clone()
+    };
+    let altered = problem(ids[1]);
+    assert!(
+        altered.contains("score 0.2 in the record, 0.9876543210987654 in the trail")
+            && altered.contains("verdict \"good\" in the record, \"defect\" in the trail")
+            && altered.ends_with("altered outside linesight"),
+        "{altered}"
+    );
+    assert!(problem(ids[2]).contains("removed outside linesight"));
+    let added = *ids.last().unwrap() + 1;
+    assert!(problem(added).contains("added outside linesight"));
+    assert!(
+        check
+            .mismatches
+            .iter()
+            .all(|m| m.id != Some(ids[0]) && m.id != Some(ids[3])),
+        "{check:?}"
+    );
+
+    // Electronic signatures: one given to another person with its own hash made again, one
+    // moved to another NCR, one handed to another account (its hash made again), one left
+    // alone.
+    let ins = user(s, "ina", Role::Inspector).await;
+    user(s, "quinn", Role::QaApprover).await;
+    let mut sigs = Vec::new();
+    for lot in ["LOT-A", "LOT-B", "LOT-C", "LOT-D"] {
+        let ncr = s.create_ncr(&new_ncr(lot), &ins).await.unwrap();
+        to_proposed(s, ncr.id, &ins).await;
+        let quinn = creds("quinn", PASSWORD);
+        sigs.push(
+            s.sign_ncr(ncr.id, &quinn, Meaning::Approved, policy())
+                .await
+                .unwrap(),
+        );
+    }
+    let before = s.verify_records().await.unwrap();
+    assert_eq!(
+        (before.signatures, before.mismatches_total),
+        (4, 3),
+        "{before:?}"
+    );
+    let mut forged = sigs[0].clone();
+    forged.username = "ina".into();
+    forged.full_name = "ina Fullname".into();
+    forged.signature_hash = forged.compute_hash();
+    let mut handed = sigs[2].clone();
+    handed.signer_id = ins.id;
+    handed.signature_hash = handed.compute_hash();
+    for sig in [&forged, &handed] {
+        sqlx::query(
+            "UPDATE signatures SET signer_id = $1, username = $2, full_name = $3, signature_hash = $4 \
+             WHERE id = $5",
+        )
+        .bind(sig.signer_id)
+        .bind(&sig.username)
+        .bind(&sig.full_name)
+        .bind(&sig.signature_hash)
+        .bind(sig.id)
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE signatures SET record_id = $1 WHERE id = $2")
+        .bind(sigs[2].record_id.clone())
+        .bind(sigs[1].id)
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.signatures, check.mismatches_total),
+        (4, 6),
+        "{check:?}"
+    );
+    let signature = |id: i64| {
+        check
+            .mismatches
+            .iter()
+            .find(|m| m.entity == "signature" && m.id == Some(id))
+            .unwrap_or_else(|| panic!("signature {id} not reported: {check:?}"))
+            .problem
+            .clone()
+    };
+    let given = signature(sigs[0].id);
+    assert!(
+        given.contains("signer ina in the record, quinn in the trail")
+            && !given.contains("own hash"),
+        "{given}"
+    );
+    let moved = signature(sigs[1].id);
+    assert!(
+        moved.contains("its content does not match its own hash")
+            && moved.contains(&format!("signs ncr {} in the record", sigs[2].record_id)),
+        "{moved}"
+    );
+    let other_account = signature(sigs[2].id);
+    assert!(
+        other_account.contains(&format!(
+            "it names quinn but belongs to account {} (ina)",
+            ins.id
+        )) && !other_account.contains("own hash"),
+        "{other_account}"
+    );
+    assert!(
+        check
+            .mismatches
+            .iter()
+            .all(|m| m.id != Some(sigs[3].id) || m.entity != "signature"),
+        "{check:?}"
+    );
 }
 
 async fn inspections_open_tasks_by_the_rules_and_cap_reinspection(db: &Db) {
@@ -2013,30 +2254,103 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), "audit trail intact: 6 entries verified");
+    assert!(
+        out.starts_with("audit trail intact: 6 entries verified\nnewest entry: 6 at "),
+        "{out}"
+    );
+    // The newest entry, as a batch record or a subscriber to the health messages keeps it.
+    let anchor = out
+        .split("--expect ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|word| word.trim_end_matches('`'))
+        .unwrap_or_else(|| panic!("no anchor offered: {out}"))
+        .to_owned();
+    let (code, out, err) = run(&["audit", "verify", "--expect", &anchor], "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("anchors: all 1 found"), "{out}");
+    assert!(
+        out.ends_with("records: no inspections or electronic signatures yet\n"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["audit", "verify", "--expect", "6"], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("SEQ:HASH"), "{err}");
 
-    // Tamper with the file directly, as someone with access to it could.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-            sqlx::query("DROP TRIGGER audit_log_no_update")
-                .execute(&pool)
-                .await
-                .unwrap();
-            sqlx::query("UPDATE audit_log SET new_value = 'full_name=Ana Lopez; role=admin'")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        });
+    // Tamper with the file directly, as someone with access to it could: first the newest
+    // entry removed, which leaves a chain that holds.
+    let tamper = |sql: &[&str]| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                sqlx::any::install_default_drivers();
+                let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+                for q in sql {
+                    sqlx::query(q).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            })
+    };
+    tamper(&[
+        "DROP TRIGGER audit_log_no_delete",
+        "DELETE FROM audit_log WHERE seq = 6",
+    ]);
+    let (code, out, _) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("audit trail intact: 5 entries"), "{out}");
+    let (code, out, _) = run(&["audit", "verify", "--expect", &anchor], "");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("audit trail BROKEN at entry 6: recorded outside the store with hash"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the trail ends at entry 5: its newest entries were removed"),
+        "{out}"
+    );
+
+    tamper(&[
+        "DROP TRIGGER audit_log_no_update",
+        "UPDATE audit_log SET new_value = 'full_name=Ana Lopez; role=admin'",
+    ]);
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.starts_with("audit trail BROKEN at entry 1: content does not match"),
+        "{out}"
+    );
+
+    // An inspection recorded, then its verdict changed in the file.
+    let store = rt
+        .block_on(Store::open(&StoreConfig {
+            url: Some(url.clone()),
+            ..StoreConfig::default()
+        }))
+        .unwrap();
+    let id = rt
+        .block_on(store.record_inspection(&inspection("P1", "L1", 0.9), &no_sampling(), "system"))
+        .unwrap()
+        .inspection_id;
+    rt.block_on(store.close());
+    let (code, out, _) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(1), "the chain is still broken: {out}");
+    assert!(
+        out.ends_with(
+            "records: all 1 inspections and 0 electronic signatures agree with the audit trail\n"
+        ),
+        "{out}"
+    );
+    tamper(&[&format!(
+        "UPDATE inspections SET verdict = 'good' WHERE id = {id}"
+    )]);
+    let (code, out, _) = run(&["audit", "verify"], "");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "records: 1 of 1 inspections and 0 electronic signatures DIFFER from the audit trail\n  inspection {id} (audit entry "
+        )) && out.contains("verdict \"good\" in the record, \"defect\" in the trail: the record was altered outside linesight"),
         "{out}"
     );
 }
