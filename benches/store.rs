@@ -14,6 +14,9 @@
 //! every `quality.image_prune_interval_minutes`) over a folder of recorded images with nothing
 //! to remove: the steady cost of keeping the quota.
 //!
+//! `audit/verify` measures `linesight audit verify` on a store of recorded inspections: the
+//! hash chain and every record against the entry that recorded it, in one snapshot.
+//!
 //! `cargo bench --bench store` to measure; `cargo bench -- --test` runs each once (CI).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -359,10 +362,49 @@ fn outbox_scrape(c: &mut Criterion) {
     group.finish();
 }
 
+/// `audit verify` over a store of inspections recorded as the pipeline records them (10,000;
+/// 500 in test mode), with their tasks and audit entries.
+fn audit_verify(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = rt
+        .block_on(Store::open(&StoreConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("v.db").display())),
+            ..StoreConfig::default()
+        }))
+        .expect("store opens");
+    let n = setup_size().min(10_000);
+    let quality = QualityConfig::default();
+    rt.block_on(async {
+        for i in 0..n as u64 {
+            store
+                .record_inspection(&inspection(i), &quality, "system")
+                .await
+                .expect("recorded");
+        }
+    });
+    let mut group = c.benchmark_group("audit");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.bench_function(
+        BenchmarkId::new("verify", format!("sqlite/{n}inspections")),
+        |b| {
+            b.iter(|| {
+                let check = rt
+                    .block_on(store.verify_audit_against(&[]))
+                    .expect("verified");
+                assert!(check.chain.is_ok() && check.records.mismatches_total == 0);
+                assert_eq!(check.records.inspections, n as u64);
+            });
+        },
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Each write is a synced transaction: a handful of samples says enough.
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
-    targets = record, outbox, outbox_scrape, images
+    targets = record, outbox, outbox_scrape, images, audit_verify
 }
 criterion_main!(benches);

@@ -647,24 +647,10 @@ mod tests {
 
     #[test]
     fn an_inspection_record_is_compared_field_by_field_with_its_entry() {
-        let record = crate::quality::NewInspection {
-            part_id: "P1".into(),
-            lot: "L1".into(),
-            line: "line-1".into(),
-            recipe: "washer".into(),
-            camera: "cam0".into(),
-            model_name: "padim".into(),
-            model_sha256: "ab".repeat(32),
-            threshold: 0.5,
-            score: 0.9876543210987654,
-            verdict: crate::quality::Verdict::Defect,
-            regions_json: "[]".into(),
-            image_ref: None,
-            overlay_ref: None,
-            timings_json: "{}".into(),
-            source: "automatic".into(),
-            defect_class: None,
-        };
+        let record = crate::quality::rules::tests::inspection(
+            0.9876543210987654,
+            crate::quality::Verdict::Defect,
+        );
         let entry = |value: &crate::quality::NewInspection| {
             AuditEntry::chain(
                 NewAuditEntry {

@@ -485,6 +485,18 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A broker of the test's own in a temporary folder, or `None` (said on stderr) when Mosquitto
+/// is not installed.
+fn own_broker() -> Option<(tempfile::TempDir, Mosquitto)> {
+    let bin = peer(
+        Path::new("/usr/sbin/mosquitto"),
+        "scripts/test installs mosquitto",
+    )?;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    Some((dir, broker))
+}
+
 /// An independent subscriber with a persistent session: collects every message under `prefix`.
 fn subscribe(
     port: u16,
@@ -526,14 +538,9 @@ fn subscribe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mqtt_events_survive_broker_restarts_duplicates_only_by_id() {
-    let Some(bin) = peer(
-        Path::new("/usr/sbin/mosquitto"),
-        "scripts/test installs mosquitto",
-    ) else {
+    let Some((_broker_dir, mut broker)) = own_broker() else {
         return;
     };
-    let broker_dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(bin, broker_dir.path());
     let prefix = format!("lt-test/{}", broker.port);
     let got = subscribe(broker.port, &prefix, "lt-test-sub");
     // Let the subscriber's session exist before anything is published.
@@ -678,14 +685,9 @@ async fn mqtt_events_survive_broker_restarts_duplicates_only_by_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_messages_carry_the_audit_head_that_later_reveals_removed_entries() {
-    let Some(bin) = peer(
-        Path::new("/usr/sbin/mosquitto"),
-        "scripts/test installs mosquitto",
-    ) else {
+    let Some((_broker_dir, broker)) = own_broker() else {
         return;
     };
-    let broker_dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(bin, broker_dir.path());
     let prefix = format!("lt-test/{}", broker.port);
     let got = subscribe(broker.port, &prefix, "lt-test-health");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1728,14 +1730,9 @@ async fn kill9_child_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_resumes_after_kill_9() {
     use std::io::BufRead as _;
-    let Some(bin) = peer(
-        Path::new("/usr/sbin/mosquitto"),
-        "scripts/test installs mosquitto",
-    ) else {
+    let Some((_broker_dir, broker)) = own_broker() else {
         return;
     };
-    let broker_dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(bin, broker_dir.path());
     let got = subscribe(broker.port, "lt-kill9", "lt-kill9-sub");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dir = tempfile::tempdir().unwrap();

@@ -990,6 +990,17 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
     assert!(b.problem.contains("ends at entry 5"), "{b}");
 }
 
+/// What the records check says of `entity` `id`; fails when it says nothing.
+fn reported(check: &linesight::quality::audit::RecordCheck, entity: &str, id: i64) -> String {
+    check
+        .mismatches
+        .iter()
+        .find(|m| m.entity == entity && m.id == Some(id))
+        .unwrap_or_else(|| panic!("{entity} {id} not reported: {check:?}"))
+        .problem
+        .clone()
+}
+
 async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
     let s = &db.store;
     let mut ids = Vec::new();
@@ -1046,15 +1057,7 @@ async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
         (5, 3),
         "{check:?}"
     );
-    let problem = |id: i64| {
-        check
-            .mismatches
-            .iter()
-            .find(|m| m.id == Some(id))
-            .unwrap_or_else(|| panic!("inspection {id} not reported: {check:?}"))
-            .problem
-            .clone()
-    };
+    let problem = |id: i64| reported(&check, "inspection", id);
     let altered = problem(ids[1]);
     assert!(
         altered.contains("score 0.2 in the record, 0.9876543210987654 in the trail")
@@ -1128,15 +1131,7 @@ async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
         (4, 6),
         "{check:?}"
     );
-    let signature = |id: i64| {
-        check
-            .mismatches
-            .iter()
-            .find(|m| m.entity == "signature" && m.id == Some(id))
-            .unwrap_or_else(|| panic!("signature {id} not reported: {check:?}"))
-            .problem
-            .clone()
-    };
+    let signature = |id: i64| reported(&check, "signature", id);
     let given = signature(sigs[0].id);
     assert!(
         given.contains("signer ina in the record, quinn in the trail")
