@@ -14,7 +14,8 @@ use crate::store::{NewUser, Store, redact};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the audit trail; exit 1 and name the first broken link if any.
+    /// Check the hash chain of the audit trail, and every inspection record and electronic
+    /// signature against the entry that recorded it; exit 1 and name what does not hold.
     /// Prints the newest entry's sequence number and hash: recorded outside the store (a batch
     /// record, the cloud; every MQTT health message carries it too), it lets a later check see
     /// entries removed from the end or a trail rewritten and re-hashed.
