@@ -14,8 +14,10 @@ use crate::store::{NewUser, Store, redact};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the audit trail, and every inspection record and electronic
-    /// signature against the entry that recorded it; exit 1 and name what does not hold.
+    /// Check the hash chain of the audit trail, and the records against the entries that made
+    /// and changed them (inspections, electronic signatures, NCR attachments, secondary-
+    /// inspection tasks, NCRs with their transitions, lot holds and releases); exit 1 and
+    /// name what does not hold.
     /// Prints the newest entry's sequence number and hash: recorded outside the store (a batch
     /// record, the cloud; every MQTT health message carries it too), it lets a later check see
     /// entries removed from the end or a trail rewritten and re-hashed.
@@ -184,26 +186,61 @@ pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> 
 /// What `audit verify` prints of the records compared with the trail.
 fn describe_records(r: &RecordCheck) -> String {
     use std::fmt::Write as _;
-    if r.inspections + r.signatures + r.mismatches_total == 0 {
-        return "records: no inspections or electronic signatures yet\n".into();
+    let counts = [
+        (r.inspections, "inspection", "inspections"),
+        (
+            r.signatures,
+            "electronic signature",
+            "electronic signatures",
+        ),
+        (
+            r.tasks,
+            "secondary-inspection task",
+            "secondary-inspection tasks",
+        ),
+        (
+            r.ncrs,
+            "NCR with its transitions",
+            "NCRs with their transitions",
+        ),
+        (r.attachments, "NCR attachment", "NCR attachments"),
+        (r.lots, "lot", "lots"),
+    ];
+    let named: Vec<String> = counts
+        .iter()
+        .filter(|(n, ..)| *n > 0)
+        .map(|&(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
+        .collect();
+    if named.is_empty() && r.mismatches_total == 0 {
+        return "records: no inspections, tasks, NCRs, signatures or lots yet\n".into();
     }
-    let records = format!(
-        "{} inspections and {} electronic signatures",
-        r.inspections, r.signatures
-    );
+    let records = match named.as_slice() {
+        [] => "0 records".to_owned(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    };
     if r.mismatches_total == 0 {
-        return format!("records: all {records} agree with the audit trail\n");
+        return format!("records: all agree with the audit trail ({records})\n");
     }
     let mut out = format!(
-        "records: {} of {records} DIFFER from the audit trail\n",
-        r.mismatches_total
+        "records: {} {} from the audit trail (checked: {records})\n",
+        r.mismatches_total,
+        if r.mismatches_total == 1 {
+            "DIFFERENCE"
+        } else {
+            "DIFFERENCES"
+        }
     );
     for m in &r.mismatches {
         let entry = m
             .seq
             .map(|s| format!(" (audit entry {s})"))
             .unwrap_or_default();
-        let record = m.id.map(|id| format!("{} {id}", m.entity));
+        let record =
+            m.id.map(|id| id.to_string())
+                // A lot's name as it is, quotes and control characters shown.
+                .or_else(|| m.name.as_ref().map(|n| format!("{n:?}")))
+                .map(|key| format!("{} {key}", m.entity));
         let _ = writeln!(
             out,
             "  {}{entry}: {}",

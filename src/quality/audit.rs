@@ -320,10 +320,13 @@ impl ChainCheck {
 /// outside linesight (the chain cannot show this; the records are not chained).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RecordMismatch {
-    /// `inspection` or `signature`.
+    /// `inspection`, `signature`, `attachment`, `task`, `ncr` or `lot`.
     pub entity: String,
-    /// The record's id; none when its audit entry names no id.
+    /// The record's id; none for a lot, and when its audit entry names no id.
     pub id: Option<i64>,
+    /// A lot's name (lots are known by name, not by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The audit entry that made it, if there is one.
     pub seq: Option<i64>,
     pub problem: String,
@@ -343,6 +346,20 @@ pub struct RecordCheck {
     pub inspections: u64,
     /// Electronic signatures and `signature.create` entries compared.
     pub signatures: u64,
+    /// NCR attachments and `ncr.attach` entries compared.
+    #[serde(default)]
+    pub attachments: u64,
+    /// Secondary-inspection tasks compared with their entries (opening, state, claim,
+    /// decision and its reason, number of changes, the inspection they belong to).
+    #[serde(default)]
+    pub tasks: u64,
+    /// NCRs compared with their entries (what they were raised with, state, disposition,
+    /// number of changes, and each recorded transition with its actor, reason and signature).
+    #[serde(default)]
+    pub ncrs: u64,
+    /// Lots compared with their newest `lot.hold` or `lot.release` entry.
+    #[serde(default)]
+    pub lots: u64,
     /// The first 20 records that disagree with the trail.
     pub mismatches: Vec<RecordMismatch>,
     /// How many disagree in all.

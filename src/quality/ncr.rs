@@ -102,6 +102,19 @@ impl Disposition {
     }
 }
 
+/// How an NCR's `ncr.create` audit entry describes it (the description is the entry's
+/// reason); the records check compares the NCR with the same text.
+pub fn creation_text(lot: &str, line: &str, source: &str, title: &str) -> String {
+    format!("state=open; lot={lot}; line={line}; source={source}; title={title}")
+}
+
+/// How an NCR's transition entries describe its state (a signed transition adds
+/// `; signed: …`); the records check compares the NCR with the same text. Strings, so that a
+/// record's columns are compared as they are, whatever they hold.
+pub fn state_text(state: &str, disposition: Option<&str>) -> String {
+    format!("state={state}; disposition={}", disposition.unwrap_or("-"))
+}
+
 /// A request to move an NCR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -56,6 +56,22 @@ impl TaskState {
     }
 }
 
+/// How a task's `task.open` audit entry describes it; the records check compares the task with
+/// the same text.
+pub fn opening_text(inspection_id: i64, part_id: &str) -> String {
+    format!("state=pending; inspection={inspection_id}; part={part_id}")
+}
+
+/// How a task's audit entries describe its state after a change; the records check compares
+/// the task with the same text.
+pub fn state_text(state: TaskState, claimed_by: Option<i64>) -> String {
+    format!(
+        "state={}; claimed_by={}",
+        state.as_str(),
+        claimed_by.map_or("-".into(), |u| u.to_string())
+    )
+}
+
 /// A request to move a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

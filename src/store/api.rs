@@ -821,9 +821,12 @@ impl Store {
                 entity: "ncr".into(),
                 entity_id: ncr_id.to_string(),
                 old_value: None,
-                new_value: Some(format!(
-                    "attachment {id}: {name} ({media_type}, {} bytes, sha256={sha256})",
-                    bytes.len()
+                new_value: Some(attachment_text(
+                    id,
+                    name,
+                    media_type,
+                    bytes.len() as i64,
+                    &sha256,
                 )),
                 reason: None,
             }],
@@ -993,4 +996,16 @@ fn attachment_row(row: &AnyRow) -> Result<Attachment, StoreError> {
         added_by: row.try_get("added_by").map_err(d())?,
         added_at_ms: row.try_get("added_at_ms").map_err(d())?,
     })
+}
+
+/// How an attachment's `ncr.attach` audit entry describes it; the records check compares the
+/// attachment with the same text.
+pub(crate) fn attachment_text(
+    id: i64,
+    name: &str,
+    media_type: &str,
+    size: i64,
+    sha256: &str,
+) -> String {
+    format!("attachment {id}: {name} ({media_type}, {size} bytes, sha256={sha256})")
 }

@@ -51,7 +51,7 @@ pub struct Task {
 
 const TASK_COLUMNS: &str = "id, inspection_id, part_id, lot, opening_reason, state, claimed_by, decided_by, decision_reason, version";
 
-fn task_row(row: &AnyRow) -> Result<Task, StoreError> {
+pub(super) fn task_row(row: &AnyRow) -> Result<Task, StoreError> {
     let d = || db("decode a task");
     let state: String = row.try_get("state").map_err(d())?;
     Ok(Task {
@@ -290,10 +290,7 @@ impl Store {
                     entity: "task".into(),
                     entity_id: t.id.to_string(),
                     old_value: None,
-                    new_value: Some(format!(
-                        "state=pending; inspection={id}; part={}",
-                        new.part_id
-                    )),
+                    new_value: Some(crate::quality::task::opening_text(id, &new.part_id)),
                     reason: Some(reason.as_str().into()),
                 });
                 recorded.task = Some(t);
@@ -757,10 +754,9 @@ fn task_audit(
         entity: "task".into(),
         entity_id: before.id.to_string(),
         old_value: Some(format!("state={}", before.state.as_str())),
-        new_value: Some(format!(
-            "state={}; claimed_by={}",
-            after.state.as_str(),
-            after.claimed_by.map_or("-".into(), |u| u.to_string())
+        new_value: Some(crate::quality::task::state_text(
+            after.state,
+            after.claimed_by,
         )),
         reason: reason.map(str::to_owned),
     }

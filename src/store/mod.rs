@@ -26,6 +26,7 @@ mod models;
 mod ncrs;
 mod triggers;
 mod users;
+mod verify;
 
 pub(crate) use users::SYSTEM_ACTOR;
 
@@ -448,6 +449,12 @@ impl<'s> MigrationSource<'s> for Embedded {
                 include_str!("../../migrations/sqlite/0011_user_access.sql"),
                 include_str!("../../migrations/postgres/0011_user_access.sql"),
             ),
+            (
+                12,
+                "audit_entity",
+                include_str!("../../migrations/sqlite/0012_audit_entity.sql"),
+                include_str!("../../migrations/postgres/0012_audit_entity.sql"),
+            ),
         ];
         let backend = self.0;
         Box::pin(async move {
@@ -754,8 +761,8 @@ impl Store {
             .map(|v| v.checked))
     }
 
-    /// Compares every inspection record and electronic signature with the entry that recorded
-    /// it (see [`Store::verify_audit_against`]).
+    /// Compares the records with the entries that made and changed them (see
+    /// [`Store::verify_audit_against`]).
     pub async fn verify_records(&self) -> Result<audit::RecordCheck, StoreError> {
         Ok(self.verify_audit_against(&[]).await?.records)
     }
@@ -765,9 +772,11 @@ impl Store {
     /// its entry are always seen together):
     /// - the hash chain, page by page, and that it holds each anchor (an entry's hash
     ///   recorded outside the store) with the same hash;
-    /// - every inspection record and electronic signature against the entry that recorded
-    ///   it: a record changed, added or removed outside linesight shows here (records are not
-    ///   chained).
+    /// - every record against the entries that made and changed it (`store::verify`):
+    ///   inspections, electronic signatures and NCR attachments against the entry that
+    ///   recorded them; tasks, NCRs (with their transitions and the signatures these name) and
+    ///   lots against their state as their entries leave it. A record changed, added or
+    ///   removed outside linesight shows here (records are not chained).
     pub async fn verify_audit_against(
         &self,
         anchors: &[audit::Anchor],
@@ -792,8 +801,8 @@ impl Store {
             }
         }
         .map_err(db("begin reading the audit trail"))?;
-        let chain = check_chain(&mut tx, anchors, chain_page).await?;
-        let records = check_all_records(&mut tx, record_page).await?;
+        let chain = verify::check_chain(&mut tx, anchors, chain_page).await?;
+        let records = verify::check_all_records(&mut tx, record_page).await?;
         // Nothing was written; ending it releases the snapshot.
         tx.rollback()
             .await
@@ -835,218 +844,6 @@ async fn audit_page<'e>(
     .await
     .map_err(db("read the audit trail"))?;
     rows.iter().map(audit_row).collect()
-}
-
-/// The hash chain and the anchors, page by page: what was found, or the first broken link.
-async fn check_chain(
-    tx: &mut Transaction<'static, Any>,
-    anchors: &[audit::Anchor],
-    page_size: i64,
-) -> Result<Result<audit::Verified, ChainBreak>, StoreError> {
-    let mut check = audit::ChainCheck::new(anchors);
-    loop {
-        let from = check.next_seq();
-        let page = audit_page(&mut **tx, from, page_size).await?;
-        // A gap before the first entry of the trail (entry 1 deleted) shows as a wrong seq.
-        if from == 1
-            && page.is_empty()
-            && let Some(first) = audit_page(&mut **tx, i64::MIN, 1).await?.first()
-        {
-            return Ok(Err(ChainBreak {
-                seq: first.seq,
-                problem: "expected sequence number 1: entries are missing".into(),
-            }));
-        }
-        if let Err(b) = check.page(&page) {
-            return Ok(Err(b));
-        }
-        if (page.len() as i64) < page_size {
-            return Ok(check.finish());
-        }
-    }
-}
-
-/// A kind of record that one audit entry creates, for [`check_records`].
-struct RecordKind<R> {
-    entity: &'static str,
-    /// Its rows with an id above `$1`, at most `$2`, by id.
-    rows: String,
-    /// The action of the entry that creates one.
-    action: &'static str,
-    decode: fn(&AnyRow) -> Result<R, StoreError>,
-    /// The id of the record an entry created.
-    created: fn(&AuditEntry) -> Option<i64>,
-    /// What differs (empty: they agree), or `Err` when the entry cannot be what made it.
-    differences: fn(&R, &AuditEntry) -> Result<Vec<String>, String>,
-}
-
-/// The records of one kind against the entries that created them. A record and its entry are
-/// written in one transaction under the write lock, so both come in the same order: they are
-/// walked side by side, a page of each at a time. Returns how many were compared.
-async fn check_records<R>(
-    tx: &mut Transaction<'static, Any>,
-    page_size: i64,
-    kind: &RecordKind<R>,
-    check: &mut audit::RecordCheck,
-) -> Result<u64, StoreError> {
-    use std::collections::VecDeque;
-    let mut compared = 0u64;
-    let (mut rows, mut entries) = (VecDeque::new(), VecDeque::new());
-    let (mut after_id, mut after_seq) = (0i64, 0i64);
-    let (mut rows_done, mut entries_done) = (false, false);
-    let mismatch = |id: Option<i64>, seq: Option<i64>, problem: String| audit::RecordMismatch {
-        entity: kind.entity.into(),
-        id,
-        seq,
-        problem,
-    };
-    loop {
-        if rows.is_empty() && !rows_done {
-            let page = sqlx::query(&kind.rows)
-                .bind(after_id)
-                .bind(page_size)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db("read the records"))?;
-            rows_done = (page.len() as i64) < page_size;
-            for row in &page {
-                let id: i64 = row.try_get("id").map_err(db("read a record's id"))?;
-                after_id = id;
-                rows.push_back((id, (kind.decode)(row)));
-            }
-        }
-        if entries.is_empty() && !entries_done {
-            let page = sqlx::query(
-                "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
-                 FROM audit_log WHERE action = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(kind.action)
-            .bind(after_seq)
-            .bind(page_size)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read the audit trail"))?;
-            entries_done = (page.len() as i64) < page_size;
-            for row in &page {
-                let e = audit_row(row)?;
-                after_seq = e.seq;
-                entries.push_back(((kind.created)(&e), e));
-            }
-        }
-        // An entry that names no record is reported as it is.
-        if let Some((None, _)) = entries.front() {
-            let (_, e) = entries.pop_front().expect("just seen");
-            check.push(mismatch(
-                None,
-                Some(e.seq),
-                format!(
-                    "audit entry {} ({}) names no {} id: the trail was written outside linesight",
-                    e.seq, e.action, kind.entity
-                ),
-            ));
-            continue;
-        }
-        let entry_id = entries.front().and_then(|(id, _)| *id);
-        let row_first = match (rows.front().map(|r| r.0), entry_id) {
-            (None, None) => return Ok(compared),
-            (Some(id), Some(eid)) if id == eid => {
-                let (_, record) = rows.pop_front().expect("just seen");
-                let (_, e) = entries.pop_front().expect("just seen");
-                compared += 1;
-                let problem = match record.map(|r| (kind.differences)(&r, &e)) {
-                    Ok(Ok(d)) if d.is_empty() => None,
-                    Ok(Ok(d)) => Some(format!(
-                        "{}: the record was altered outside linesight",
-                        d.join("; ")
-                    )),
-                    Ok(Err(entry)) => {
-                        Some(format!("{entry}: the trail was written outside linesight"))
-                    }
-                    Err(err) => Some(format!(
-                        "the record cannot be read ({err}): it was altered outside linesight"
-                    )),
-                };
-                if let Some(problem) = problem {
-                    check.push(mismatch(Some(id), Some(e.seq), problem));
-                }
-                continue;
-            }
-            (Some(id), Some(eid)) => id < eid,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-        };
-        compared += 1;
-        if row_first {
-            let (id, _) = rows.pop_front().expect("just seen");
-            check.push(mismatch(
-                Some(id),
-                None,
-                "no audit entry records it: it was added outside linesight, or its audit entry \
-                 was removed (entries removed from the end of the trail show against an anchor, \
-                 `audit verify --expect`)"
-                    .into(),
-            ));
-        } else {
-            let (_, e) = entries.pop_front().expect("just seen");
-            check.push(mismatch(
-                entry_id,
-                Some(e.seq),
-                format!(
-                    "recorded by audit entry {} but not among the records: it was removed outside linesight",
-                    e.seq
-                ),
-            ));
-        }
-    }
-}
-
-/// Inspection records and electronic signatures against the entries that created them: a
-/// record changed, added or removed outside linesight shows here (records are not chained).
-async fn check_all_records(
-    tx: &mut Transaction<'static, Any>,
-    page_size: i64,
-) -> Result<audit::RecordCheck, StoreError> {
-    let mut check = audit::RecordCheck::default();
-    let inspections = RecordKind {
-        entity: "inspection",
-        rows: "SELECT id, at_ms, part_id, lot, line, recipe, camera, model_name, model_sha256, threshold, score, verdict, \
-               regions_json, image_ref, overlay_ref, timings_json, source, defect_class FROM inspections \
-               WHERE id > $1 ORDER BY id LIMIT $2"
-            .into(),
-        action: "inspection.create",
-        decode: |row| {
-            let at: i64 = row.try_get("at_ms").map_err(db("decode an inspection"))?;
-            Ok((at, inspections::inspection_row(row)?))
-        },
-        created: |e| e.entity_id.parse().ok(),
-        differences: |(at, record), e| audit::inspection_differences(record, *at, e),
-    };
-    check.inspections = check_records(tx, page_size, &inspections, &mut check).await?;
-    // With the user name of the account the signature's signer_id names: the hash of a
-    // signature can be made again by anyone, the account it belongs to decides who may use it.
-    let columns: Vec<String> = ncrs::SIG_COLUMNS
-        .split(", ")
-        .map(|c| format!("s.{c}"))
-        .collect();
-    let signatures = RecordKind {
-        entity: "signature",
-        rows: format!(
-            "SELECT {}, u.username AS signer_account FROM signatures s \
-             LEFT JOIN users u ON u.id = s.signer_id WHERE s.id > $1 ORDER BY s.id LIMIT $2",
-            columns.join(", ")
-        ),
-        action: "signature.create",
-        decode: |row| {
-            let account: Option<String> = row
-                .try_get("signer_account")
-                .map_err(db("decode a signature"))?;
-            Ok((ncrs::signature_row(row)?, account))
-        },
-        created: audit::signature_id_of,
-        differences: |(sig, account), e| audit::signature_differences(sig, account.as_deref(), e),
-    };
-    check.signatures = check_records(tx, page_size, &signatures, &mut check).await?;
-    Ok(check)
 }
 
 fn audit_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {

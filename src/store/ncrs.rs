@@ -233,12 +233,11 @@ impl Store {
             entity: "ncr".into(),
             entity_id: id.to_string(),
             old_value: None,
-            new_value: Some(format!(
-                "state=open; lot={}; line={}; source={}; title={}",
-                new.lot,
-                new.line,
+            new_value: Some(crate::quality::ncr::creation_text(
+                &new.lot,
+                &new.line,
                 source.as_str(),
-                new.title
+                &new.title,
             )),
             reason: Some(new.description.clone()),
         }];
@@ -687,11 +686,7 @@ impl Store {
         .await
         .map_err(db("record an NCR transition"))?;
         let describe = |s: NcrState, d: Option<Disposition>| {
-            format!(
-                "state={}; disposition={}",
-                s.as_str(),
-                d.map_or("-", Disposition::as_str)
-            )
+            crate::quality::ncr::state_text(s.as_str(), d.map(Disposition::as_str))
         };
         let mut new_value = describe(to, disposition);
         if let Some(m) = manifestation {

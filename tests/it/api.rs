@@ -309,11 +309,12 @@ async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     );
     let (s, _, _) = send(&f, get(&format!("/api/v1/images/{}", "0".repeat(64)), "op")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    // What `audit verify` compares: the upload's record and the entry that recorded it agree.
+    // What `audit verify` compares: the upload's record and its task, claimed and decided
+    // over HTTP, agree with the entries that recorded them.
     let check = f.db.store.verify_records().await.unwrap();
     assert_eq!(
-        (check.inspections, check.mismatches_total),
-        (1, 0),
+        (check.inspections, check.tasks, check.mismatches_total),
+        (1, 1, 0),
         "{check:?}"
     );
 }
@@ -2789,6 +2790,14 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["checked"].as_u64().unwrap() > 10);
     assert_eq!(v["records"]["mismatches_total"], 0, "{v}");
+    // The NCR worked, signed and attached to over HTTP, and its lot's hold, agree with the
+    // trail.
+    for counted in ["ncrs", "attachments", "lots", "signatures"] {
+        assert!(
+            v["records"][counted].as_u64().unwrap() > 0,
+            "{counted}: {v}"
+        );
+    }
     // The newest entry, to keep outside the store, and checked against later.
     let seq = v["head"]["seq"].as_i64().unwrap();
     assert_eq!(seq, v["checked"].as_i64().unwrap());

@@ -137,6 +137,7 @@ on_both_databases!(
     a_trigger_gets_one_inspection_and_a_late_answer_keeps_its_verdict,
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
     records_changed_added_or_removed_outside_linesight_are_found,
+    task_ncr_and_lot_states_changed_outside_linesight_are_found,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     a_part_found_defective_is_not_re_tested_into_acceptance,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -979,7 +980,21 @@ async fn audit_trail_refuses_update_and_delete_and_reveals_tampering(db: &Db) {
         .execute(s.raw_pool())
         .await
         .unwrap();
-    assert_eq!(assert_chain_intact(s).await, 5);
+    let check = s.verify_audit_against(&[]).await.unwrap();
+    assert_eq!(check.chain.map(|v| v.checked), Ok(5));
+    // The chain that is left holds; the records whose entries went with the tail do not: the
+    // third NCR and the hold of its lot.
+    assert_eq!(check.records.mismatches_total, 2, "{:?}", check.records);
+    assert!(reported(&check.records, "ncr", 3).contains("its audit entries were removed"));
+    assert!(
+        check
+            .records
+            .mismatches
+            .iter()
+            .any(|m| m.entity == "lot" && m.name.as_deref() == Some("L3")),
+        "{:?}",
+        check.records
+    );
     let b = s
         .verify_audit_against(&[anchor])
         .await
@@ -999,6 +1014,233 @@ fn reported(check: &linesight::quality::audit::RecordCheck, entity: &str, id: i6
         .unwrap_or_else(|| panic!("{entity} {id} not reported: {check:?}"))
         .problem
         .clone()
+}
+
+/// What the records check says of lot `name`; fails when it says nothing.
+fn reported_lot(check: &linesight::quality::audit::RecordCheck, name: &str) -> String {
+    check
+        .mismatches
+        .iter()
+        .find(|m| m.entity == "lot" && m.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("lot {name} not reported: {check:?}"))
+        .problem
+        .clone()
+}
+
+async fn task_ncr_and_lot_states_changed_outside_linesight_are_found(db: &Db) {
+    let s = &db.store;
+    let cfg = no_sampling();
+    let ina = user(s, "ina", Role::Inspector).await;
+    let quinn = user(s, "quinn", Role::QaApprover).await;
+    // Three rejects, three tasks: one confirmed, one overridden, one left pending.
+    for part in ["P1", "P2", "P3"] {
+        s.record_inspection(&inspection(part, "L1", 0.9), &cfg, "system")
+            .await
+            .unwrap();
+    }
+    let confirmed = s.claim_next_task(&ina).await.unwrap().unwrap();
+    s.act_on_task(confirmed.id, &ina, TaskAction::ConfirmDefect, None, &cfg)
+        .await
+        .unwrap();
+    let overridden = s.claim_next_task(&ina).await.unwrap().unwrap();
+    s.act_on_task(
+        overridden.id,
+        &ina,
+        TaskAction::OverrideGood,
+        Some("dust on the lens"),
+        &cfg,
+    )
+    .await
+    .unwrap();
+    let pending = overridden.id + 1;
+    // NCRs: one worked to a proposed disposition, one with an attachment, one to be deleted.
+    let worked = s.create_ncr(&new_ncr("LOT-A"), &ina).await.unwrap();
+    to_proposed(s, worked.id, &ina).await;
+    let attached = s.create_ncr(&new_ncr("LOT-B"), &ina).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = s
+        .add_attachment(
+            dir.path(),
+            attached.id,
+            "photo.jpg",
+            "image/jpeg",
+            b"jpeg",
+            &ina,
+        )
+        .await
+        .unwrap();
+    let deleted = s.create_ncr(&new_ncr("LOT-C"), &ina).await.unwrap();
+    // One approved with QA's signature, and a signature of QA's on another NCR.
+    let approved = s.create_ncr(&new_ncr("LOT-D"), &ina).await.unwrap();
+    to_proposed(s, approved.id, &ina).await;
+    let signature = s
+        .sign_ncr(
+            approved.id,
+            &creds("quinn", PASSWORD),
+            Meaning::Approved,
+            policy(),
+        )
+        .await
+        .unwrap();
+    s.transition_ncr(
+        approved.id,
+        &quinn,
+        NcrAction::Approve,
+        None,
+        Some(signature.id),
+    )
+    .await
+    .unwrap();
+    let other = s
+        .sign_ncr(
+            worked.id,
+            &creds("quinn", PASSWORD),
+            Meaning::Approved,
+            policy(),
+        )
+        .await
+        .unwrap();
+    // Lots: one held by hand, one held and released.
+    s.hold_lot("LOT-H", &quinn, "seal suspect").await.unwrap();
+    s.hold_lot("LOT-R", &quinn, "label check").await.unwrap();
+    s.release_lot("LOT-R", &quinn).await.unwrap();
+
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (
+            check.tasks,
+            check.ncrs,
+            check.attachments,
+            check.lots,
+            check.mismatches_total
+        ),
+        (3, 4, 1, 6, 0),
+        "{check:?}"
+    );
+
+    // Changed in the tables, as someone with the database's password could; the audit trail
+    // itself stays intact.
+    let raw = |sql: String| async move {
+        sqlx::query(&sql).execute(s.raw_pool()).await.unwrap();
+    };
+    raw(format!(
+        "UPDATE tasks SET state = 'overridden_good', decision_reason = 'fine' WHERE id = {}",
+        confirmed.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE tasks SET decided_by = {} WHERE id = {}",
+        quinn.id, overridden.id
+    ))
+    .await;
+    raw(format!(
+        "INSERT INTO tasks (inspection_id, part_id, lot, opening_reason, state, version, created_at_ms, updated_at_ms) \
+         SELECT inspection_id, part_id, lot, opening_reason, 'pending', 0, created_at_ms, updated_at_ms \
+         FROM tasks WHERE id = {}",
+        confirmed.id
+    ))
+    .await;
+    raw(format!("DELETE FROM tasks WHERE id = {pending}")).await;
+    raw(format!(
+        "UPDATE ncrs SET state = 'closed', disposition = 'use_as_is' WHERE id = {}",
+        worked.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE ncr_transitions SET reason = 'agreed by phone', actor_id = {} \
+         WHERE ncr_id = {} AND action = 'contain'",
+        quinn.id, worked.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE ncrs SET title = 'Cosmetic only' WHERE id = {}",
+        attached.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE ncr_attachments SET sha256 = '{}' WHERE id = {}",
+        "0".repeat(64),
+        file.id
+    ))
+    .await;
+    raw(format!("DELETE FROM ncrs WHERE id = {}", deleted.id)).await;
+    // The approval made to rest on the signature given to the other NCR.
+    raw(format!(
+        "UPDATE ncr_transitions SET signature_id = {} WHERE ncr_id = {} AND action = 'approve'",
+        other.id, approved.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE lots SET held_at_ms = NULL, held_by = NULL, hold_reason = NULL, released_at_ms = 1, \
+         released_by = {} WHERE lot = 'LOT-H'",
+        quinn.id
+    ))
+    .await;
+    raw("DELETE FROM lots WHERE lot = 'LOT-R'".into()).await;
+    raw(format!(
+        "INSERT INTO lots (lot, released_at_ms, released_by) VALUES ('LOT-X', 1, {})",
+        quinn.id
+    ))
+    .await;
+    assert!(s.verify_audit().await.unwrap().is_ok(), "the chain holds");
+
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.tasks, check.ncrs, check.lots, check.mismatches_total),
+        (4, 4, 7, 12),
+        "{check:?}"
+    );
+    let task = |id: i64| reported(&check, "task", id);
+    let changed = task(confirmed.id);
+    assert!(
+        changed.contains(&format!(
+            "\"state=overridden_good; claimed_by={}\" in the record, \"state=confirmed; claimed_by={}\" in the trail",
+            ina.id, ina.id
+        )) && changed.contains("decision reason \"fine\" in the record, nothing in the trail")
+            && changed.ends_with("altered outside linesight"),
+        "{changed}"
+    );
+    assert!(
+        task(overridden.id).contains("decided by \"quinn\" in the record, \"ina\" in the trail"),
+        "{check:?}"
+    );
+    assert!(task(pending).contains("removed outside linesight"));
+    let added = confirmed.id.max(pending) + 1;
+    assert!(task(added).contains("added outside linesight"), "{check:?}");
+
+    let ncr = |id: i64| reported(&check, "ncr", id);
+    let closed = ncr(worked.id);
+    assert!(
+        closed.contains(
+            "\"state=closed; disposition=use_as_is\" in the record, \"state=disposition_proposed; disposition=rework\" in the trail"
+        ) && closed.contains("reason \"agreed by phone\" in the record, nothing in the trail")
+            && closed.contains("by \"quinn\" in the record, \"ina\" in the trail"),
+        "{closed}"
+    );
+    assert!(
+        ncr(attached.id).contains("title=Cosmetic only"),
+        "{check:?}"
+    );
+    assert!(ncr(deleted.id).contains("removed outside linesight"));
+    let resigned = ncr(approved.id);
+    assert!(
+        resigned.contains(&format!(
+            "signature {} signs ncr {}, not this NCR",
+            other.id, worked.id
+        )),
+        "{resigned}"
+    );
+    assert!(
+        reported(&check, "attachment", file.id).contains(&format!("sha256={}", "0".repeat(64))),
+        "{check:?}"
+    );
+    assert!(
+        reported_lot(&check, "LOT-H")
+            .starts_with("\"released\" in the record, \"held\" in the trail"),
+        "{check:?}"
+    );
+    assert!(reported_lot(&check, "LOT-R").contains("removed outside linesight"));
+    assert!(reported_lot(&check, "LOT-X").contains("added outside linesight"));
 }
 
 async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
@@ -2265,7 +2507,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("anchors: all 1 found"), "{out}");
     assert!(
-        out.ends_with("records: no inspections or electronic signatures yet\n"),
+        out.ends_with("records: no inspections, tasks, NCRs, signatures or lots yet\n"),
         "{out}"
     );
     let (code, _, err) = run(&["audit", "verify", "--expect", "6"], "");
@@ -2333,7 +2575,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(1), "the chain is still broken: {out}");
     assert!(
         out.ends_with(
-            "records: all 1 inspections and 0 electronic signatures agree with the audit trail\n"
+            "records: all agree with the audit trail (1 inspection and 1 secondary-inspection task)\n"
         ),
         "{out}"
     );
@@ -2344,7 +2586,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(&format!(
-            "records: 1 of 1 inspections and 0 electronic signatures DIFFER from the audit trail\n  inspection {id} (audit entry "
+            "records: 1 DIFFERENCE from the audit trail (checked: 1 inspection and 1 secondary-inspection task)\n  inspection {id} (audit entry "
         )) && out.contains("verdict \"good\" in the record, \"defect\" in the trail: the record was altered outside linesight"),
         "{out}"
     );
