@@ -360,9 +360,10 @@ pub struct RecordCheck {
     /// Lots compared with their newest `lot.hold` or `lot.release` entry.
     #[serde(default)]
     pub lots: u64,
-    /// The first 20 records that disagree with the trail.
+    /// The first 20 differences found (a record may show more than one: its creation and
+    /// its state, or an NCR and its transitions).
     pub mismatches: Vec<RecordMismatch>,
-    /// How many disagree in all.
+    /// How many differences were found in all.
     pub mismatches_total: u64,
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Memory stays within a page of records and their entries, and one entry per lot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
@@ -26,19 +26,23 @@ pub(super) async fn check_chain(
     page_size: i64,
 ) -> Result<Result<audit::Verified, ChainBreak>, StoreError> {
     let mut check = audit::ChainCheck::new(anchors);
+    // The trail starts at entry 1: an entry numbered below it was inserted outside linesight
+    // (nothing would check its hash), and a first entry above it means the first ones are gone.
+    if let Some(first) = audit_page(&mut **tx, i64::MIN, 1).await?.first()
+        && first.seq != 1
+    {
+        return Ok(Err(ChainBreak {
+            seq: first.seq,
+            problem: if first.seq < 1 {
+                "sequence numbers start at 1: this entry was inserted outside linesight".into()
+            } else {
+                "expected sequence number 1: entries are missing".into()
+            },
+        }));
+    }
     loop {
         let from = check.next_seq();
         let page = audit_page(&mut **tx, from, page_size).await?;
-        // A gap before the first entry of the trail (entry 1 deleted) shows as a wrong seq.
-        if from == 1
-            && page.is_empty()
-            && let Some(first) = audit_page(&mut **tx, i64::MIN, 1).await?.first()
-        {
-            return Ok(Err(ChainBreak {
-                seq: first.seq,
-                problem: "expected sequence number 1: entries are missing".into(),
-            }));
-        }
         if let Err(b) = check.page(&page) {
             return Ok(Err(b));
         }
@@ -409,7 +413,7 @@ async fn entries_of(
     let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
         "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
-         FROM audit_log WHERE entity = $1 AND entity_id IN ({}) ORDER BY seq",
+         FROM audit_log WHERE entity = $1 AND entity_id IN ({}) AND seq > 0 ORDER BY seq",
         marks.join(", ")
     );
     let mut query = sqlx::query(&sql).bind(entity);
@@ -696,6 +700,12 @@ fn manifestation(text: Option<&str>) -> Option<&str> {
     text?.split_once(SIGNED).map(|(_, m)| m)
 }
 
+/// The signatures a page's transitions name, by id, and the ids of those that cannot be read.
+struct Signatures<'a> {
+    readable: &'a HashMap<i64, crate::quality::Signature>,
+    unreadable: &'a HashSet<i64>,
+}
+
 /// How an NCR's state and its transition rows differ from what the entries that changed it
 /// say (`entries`: all of the NCR's entries, oldest first). `signatures`: the signatures its
 /// transitions name, by id.
@@ -704,7 +714,7 @@ fn ncr_state_differences(
     n: &NcrRow,
     transitions: &[TransitionRow],
     entries: &[Seen],
-    signatures: &HashMap<i64, crate::quality::Signature>,
+    signatures: &Signatures<'_>,
 ) -> Vec<String> {
     use crate::quality::ncr;
     let mut out = Vec::new();
@@ -792,7 +802,10 @@ fn ncr_state_differences(
         let signed_in_trail = manifestation(seen.new_value.as_deref());
         match (t.signature_id, signed_in_trail) {
             (None, None) => {}
-            (Some(sid), trail) => match signatures.get(&sid) {
+            (Some(sid), trail) => match signatures.readable.get(&sid) {
+                None if signatures.unreadable.contains(&sid) => d.push(format!(
+                    "signed with signature {sid} in the record, which cannot be read (see the signatures)"
+                )),
                 None => d.push(format!(
                     "signed with signature {sid} in the record, which does not exist"
                 )),
@@ -867,7 +880,24 @@ async fn check_ncr_states(
         .map_err(db("read the NCR transitions"))?
         .iter()
         {
-            let t = transition_row(row)?;
+            let t = match transition_row(row) {
+                Ok(t) => t,
+                Err(e) => {
+                    let ncr: Option<i64> = row.try_get("ncr_id").ok();
+                    let tid: Option<i64> = row.try_get("id").ok();
+                    check.push(audit::RecordMismatch {
+                        entity: "ncr".into(),
+                        id: ncr,
+                        name: None,
+                        seq: None,
+                        problem: format!(
+                            "its transition {} cannot be read ({e}): it was altered outside linesight",
+                            tid.map_or("?".into(), |t| t.to_string())
+                        ),
+                    });
+                    continue;
+                }
+            };
             if ids.binary_search(&t.ncr_id).is_ok() {
                 transitions.entry(t.ncr_id).or_default().push(t);
             } else {
@@ -879,6 +909,7 @@ async fn check_ncr_states(
             .map(|c| format!("s.{c}"))
             .collect();
         let mut signatures = HashMap::new();
+        let mut unreadable = HashSet::new();
         for row in sqlx::query(&format!(
             "SELECT {} FROM signatures s WHERE s.id IN (SELECT signature_id FROM ncr_transitions \
              WHERE ncr_id > $1 AND ncr_id <= $2)",
@@ -892,8 +923,15 @@ async fn check_ncr_states(
         .iter()
         {
             // One that cannot be read is reported by the walk of the signatures.
-            if let Ok(sig) = ncrs::signature_row(row) {
-                signatures.insert(sig.id, sig);
+            match ncrs::signature_row(row) {
+                Ok(sig) => {
+                    signatures.insert(sig.id, sig);
+                }
+                Err(_) => {
+                    if let Ok(id) = row.try_get::<i64, _>("id") {
+                        unreadable.insert(id);
+                    }
+                }
             }
         }
         for (row, &id) in rows.iter().zip(&ids) {
@@ -908,7 +946,10 @@ async fn check_ncr_states(
                     &n,
                     transitions.get(&id).map_or(&[][..], Vec::as_slice),
                     entries,
-                    &signatures,
+                    &Signatures {
+                        readable: &signatures,
+                        unreadable: &unreadable,
+                    },
                 )),
                 // Reported by the walk of the creations.
                 Err(_) => None,
@@ -981,7 +1022,15 @@ fn lot_differences(l: &LotRow, latest: &Seen) -> Vec<String> {
             out.push("both held and released in the record".into());
             return out;
         }
-        _ => {
+        (true, false, None, _) => {
+            out.push("held in the record without the time of the hold".into());
+            return out;
+        }
+        (false, true, _, None) => {
+            out.push("released in the record without the time of the release".into());
+            return out;
+        }
+        (false, false, ..) => {
             out.push("neither held nor released in the record".into());
             return out;
         }
@@ -1017,21 +1066,32 @@ async fn check_lots(
         seq,
         problem,
     };
+    // In the order of the `audit_log_entity` index: the last entry seen of a lot is its
+    // newest. Entries numbered below 1 are not the trail's (the chain check names them).
     let mut newest: HashMap<String, Seen> = HashMap::new();
-    let mut after_seq = 0i64;
+    let mut after: Option<(String, i64)> = None;
     loop {
-        let rows = sqlx::query(
+        let (first, next) = (
             "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
-             FROM audit_log WHERE entity = 'lot' AND seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after_seq)
-        .bind(page_size)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db("read the audit trail"))?;
+             FROM audit_log WHERE entity = 'lot' AND seq > 0 ORDER BY entity_id, seq LIMIT $1",
+            "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
+             FROM audit_log WHERE entity = 'lot' AND seq > 0 \
+             AND (entity_id > $1 OR (entity_id = $1 AND seq > $2)) ORDER BY entity_id, seq LIMIT $3",
+        );
+        let query = match &after {
+            None => sqlx::query(first).bind(page_size),
+            Some((lot, seq)) => sqlx::query(next)
+                .bind(lot.clone())
+                .bind(*seq)
+                .bind(page_size),
+        };
+        let rows = query
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("read the audit trail"))?;
         for row in &rows {
             let e = audit_row(row)?;
-            after_seq = e.seq;
+            after = Some((e.entity_id.clone(), e.seq));
             newest.insert(e.entity_id.clone(), e.into());
         }
         if (rows.len() as i64) < page_size {
@@ -1039,11 +1099,27 @@ async fn check_lots(
         }
     }
     let mut compared = 0u64;
+    // SQLite lets a key of text be NULL; linesight never writes one.
+    let nameless: i64 = sqlx::query("SELECT COUNT(*) FROM lots WHERE lot IS NULL")
+        .fetch_one(&mut **tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(db("read the lots"))?;
+    for _ in 0..nameless {
+        compared += 1;
+        check.push(audit::RecordMismatch {
+            entity: "lot".into(),
+            id: None,
+            name: None,
+            seq: None,
+            problem: "a lot without a name: it was added outside linesight".into(),
+        });
+    }
     let mut after: Option<String> = None;
     loop {
-        // Every name, the empty one included.
+        // Every name, the empty one included (NULL ones are counted above).
         let (first, next) = (
-            format!("{LOT_ROWS} ORDER BY l.lot LIMIT $1"),
+            format!("{LOT_ROWS} WHERE l.lot IS NOT NULL ORDER BY l.lot LIMIT $1"),
             format!("{LOT_ROWS} WHERE l.lot > $1 ORDER BY l.lot LIMIT $2"),
         );
         let query = match &after {
@@ -1054,8 +1130,24 @@ async fn check_lots(
             .fetch_all(&mut **tx)
             .await
             .map_err(db("read the lots"))?;
+        let before = after.clone();
         for row in &rows {
-            let lot: String = row.try_get("lot").map_err(db("read a lot's name"))?;
+            let lot: String = match row.try_get("lot") {
+                Ok(lot) => lot,
+                // Not text (SQLite keeps what it is given): named as it reads, and the walk
+                // goes on from the last name read.
+                Err(e) => {
+                    compared += 1;
+                    check.push(lot_mismatch(
+                        "?",
+                        None,
+                        format!(
+                            "a lot whose name cannot be read ({e}): it was added outside linesight"
+                        ),
+                    ));
+                    continue;
+                }
+            };
             compared += 1;
             match newest.remove(&lot) {
                 None => check.push(lot_mismatch(&lot, None, ADDED.into())),
@@ -1073,7 +1165,8 @@ async fn check_lots(
             }
             after = Some(lot);
         }
-        if (rows.len() as i64) < page_size {
+        // A full page of names that cannot be read would be read again: stop there.
+        if (rows.len() as i64) < page_size || after == before {
             break;
         }
     }
@@ -1109,7 +1202,8 @@ mod tests {
     use crate::quality::{NcrAction, QualityConfig, Role, TaskAction, Verdict};
     use crate::store::{NewNcr, NewUser, Store, sqlite_in};
 
-    /// Seven tasks (two decided), five NCRs (each holding its own lot, one with transitions).
+    /// Seven tasks (one confirmed, one escalated), five NCRs (each holding its own lot, one
+    /// with transitions).
     async fn some_states(store: &Store) {
         let cfg = QualityConfig {
             accept_sampling: false,
@@ -1186,6 +1280,7 @@ mod tests {
             "UPDATE tasks SET state = 'pending', claimed_by = NULL WHERE id = 2",
             "DELETE FROM ncr_transitions WHERE ncr_id = 3 AND action = 'investigate'",
             "UPDATE lots SET hold_reason = 'none' WHERE lot = 'LOT-4'",
+            "UPDATE ncrs SET version = 9 WHERE id = 5",
             // The writer is one connection: its foreign keys off, as someone editing the file
             // could have them.
             "PRAGMA foreign_keys = OFF",
@@ -1211,6 +1306,7 @@ mod tests {
                 [
                     ("task", Some(2), None),
                     ("ncr", Some(3), None),
+                    ("ncr", Some(5), None),
                     ("ncr", Some(99), None),
                     ("lot", None, Some("LOT-4")),
                 ],
@@ -1230,16 +1326,50 @@ mod tests {
                 text(1)
             );
             assert!(
-                text(2).contains("names NCR 99, which is not among the records"),
+                text(2).starts_with("changed 9 times by its version, 0 times in the trail"),
                 "{}",
                 text(2)
             );
             assert!(
-                text(3).contains("reason \"none\" in the record"),
+                text(3).contains("names NCR 99, which is not among the records"),
                 "{}",
                 text(3)
             );
+            assert!(
+                text(4).contains("reason \"none\" in the record"),
+                "{}",
+                text(4)
+            );
         }
+
+        // An entry numbered below the trail's first, inserted to give task 3 a history that
+        // matches a changed row: the chain names it, and the records check does not take it
+        // as the task's.
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at_ms, actor, action, entity, entity_id, old_value, new_value, \
+             reason, prev_hash, hash) VALUES (0, 0, 'ina', 'task.claim', 'task', '3', 'state=pending', \
+             'state=claimed; claimed_by=1', NULL, '', '')",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE tasks SET state = 'claimed', claimed_by = 1, version = 1 WHERE id = 3")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let check = store.verify_with_pages(&[], 2, 2).await.unwrap();
+        let b = check.chain.unwrap_err();
+        assert_eq!(b.seq, 0, "{b}");
+        assert!(b.problem.contains("inserted outside linesight"), "{b}");
+        assert!(
+            check
+                .records
+                .mismatches
+                .iter()
+                .any(|m| m.id == Some(3) && m.entity == "task"),
+            "{:?}",
+            check.records
+        );
     }
 
     #[test]
