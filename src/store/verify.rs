@@ -433,11 +433,44 @@ async fn entries_of(
     Ok(by_id)
 }
 
-/// The ids of a page of rows.
-fn ids_of(rows: &[AnyRow], what: &'static str) -> Result<Vec<i64>, StoreError> {
-    rows.iter()
-        .map(|row| row.try_get::<i64, _>("id").map_err(db(what)))
-        .collect()
+/// A page of a table's rows (ids above `after`, by id), their ids, and the entries about them.
+struct Page {
+    rows: Vec<AnyRow>,
+    ids: Vec<i64>,
+    entries: HashMap<i64, Vec<Seen>>,
+    /// Fewer rows than asked for: nothing comes after.
+    last: bool,
+}
+
+/// The page of `rows` (a query of ids above `$1`, at most `$2`, by id) after `after`, with the
+/// entries of `entity` about them.
+async fn page_with_entries(
+    tx: &mut Transaction<'static, Any>,
+    rows: &str,
+    entity: &str,
+    after: i64,
+    page_size: i64,
+) -> Result<Page, StoreError> {
+    let rows = sqlx::query(rows)
+        .bind(after)
+        .bind(page_size)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read the records"))?;
+    let ids = rows
+        .iter()
+        .map(|row| {
+            row.try_get::<i64, _>("id")
+                .map_err(db("read a record's id"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries = entries_of(tx, entity, &ids).await?;
+    Ok(Page {
+        last: (rows.len() as i64) < page_size,
+        rows,
+        ids,
+        entries,
+    })
 }
 
 /// Tasks with their inspection's part and lot and the account that decided them, from an id
@@ -561,17 +594,10 @@ async fn check_task_states(
 ) -> Result<(), StoreError> {
     let mut after = i64::MIN;
     loop {
-        let rows = sqlx::query(TASK_ROWS)
-            .bind(after)
-            .bind(page_size)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read the tasks"))?;
-        let ids = ids_of(&rows, "read a task's id")?;
-        let entries = entries_of(tx, "task", &ids).await?;
-        for (row, &id) in rows.iter().zip(&ids) {
+        let page = page_with_entries(tx, TASK_ROWS, "task", after, page_size).await?;
+        for (row, &id) in page.rows.iter().zip(&page.ids) {
             after = id;
-            let Some(entries) = entries.get(&id) else {
+            let Some(entries) = page.entries.get(&id) else {
                 // No entry at all: reported by the walk of the openings.
                 continue;
             };
@@ -586,7 +612,7 @@ async fn check_task_states(
                 check.push(mismatch("task", id, seq, problem));
             }
         }
-        if (rows.len() as i64) < page_size {
+        if page.last {
             return Ok(());
         }
     }
@@ -851,15 +877,8 @@ async fn check_ncr_states(
 ) -> Result<(), StoreError> {
     let mut after = i64::MIN;
     loop {
-        let rows = sqlx::query(NCR_ROWS)
-            .bind(after)
-            .bind(page_size)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read the NCRs"))?;
-        let last_page = (rows.len() as i64) < page_size;
-        let ids = ids_of(&rows, "read an NCR's id")?;
-        let entries = entries_of(tx, "ncr", &ids).await?;
+        let page = page_with_entries(tx, NCR_ROWS, "ncr", after, page_size).await?;
+        let (last_page, ids) = (page.last, &page.ids);
         // The transitions of this page's NCRs, and on the last page any beyond them.
         let upto = match ids.last() {
             Some(&last) if !last_page => last,
@@ -934,9 +953,9 @@ async fn check_ncr_states(
                 }
             }
         }
-        for (row, &id) in rows.iter().zip(&ids) {
+        for (row, &id) in page.rows.iter().zip(ids) {
             after = id;
-            let Some(entries) = entries.get(&id) else {
+            let Some(entries) = page.entries.get(&id) else {
                 // No entry at all: reported by the walk of the creations.
                 continue;
             };
