@@ -142,11 +142,7 @@ async fn check_records<R>(
                 let (_, e) = entries.pop_front().expect("just seen");
                 compared += 1;
                 let problem = match record.map(|r| (kind.differences)(&r, &e)) {
-                    Ok(Ok(d)) if d.is_empty() => None,
-                    Ok(Ok(d)) => Some(format!(
-                        "{}: the record was altered outside linesight",
-                        d.join("; ")
-                    )),
+                    Ok(Ok(d)) => altered(d),
                     Ok(Err(entry)) => {
                         Some(format!("{entry}: the trail was written outside linesight"))
                     }
@@ -351,32 +347,6 @@ fn differ_time(out: &mut Vec<String>, record: i64, trail: i64) {
     }
 }
 
-/// What the check keeps of one audit entry about a task, an NCR or a lot.
-#[derive(Debug, Clone)]
-struct Seen {
-    seq: i64,
-    at_ms: i64,
-    actor: String,
-    action: String,
-    old_value: Option<String>,
-    new_value: Option<String>,
-    reason: Option<String>,
-}
-
-impl From<AuditEntry> for Seen {
-    fn from(e: AuditEntry) -> Self {
-        Seen {
-            seq: e.seq,
-            at_ms: e.at_ms,
-            actor: e.actor,
-            action: e.action,
-            old_value: e.old_value,
-            new_value: e.new_value,
-            reason: e.reason,
-        }
-    }
-}
-
 /// The suffix a signed NCR transition's entry adds to the state text.
 const SIGNED: &str = "; signed: ";
 
@@ -405,8 +375,8 @@ async fn entries_of(
     tx: &mut Transaction<'static, Any>,
     entity: &str,
     ids: &[i64],
-) -> Result<HashMap<i64, Vec<Seen>>, StoreError> {
-    let mut by_id: HashMap<i64, Vec<Seen>> = HashMap::new();
+) -> Result<HashMap<i64, Vec<AuditEntry>>, StoreError> {
+    let mut by_id: HashMap<i64, Vec<AuditEntry>> = HashMap::new();
     if ids.is_empty() {
         return Ok(by_id);
     }
@@ -427,7 +397,7 @@ async fn entries_of(
     {
         let e = audit_row(&row)?;
         if let Ok(id) = e.entity_id.parse() {
-            by_id.entry(id).or_default().push(e.into());
+            by_id.entry(id).or_default().push(e);
         }
     }
     Ok(by_id)
@@ -437,7 +407,7 @@ async fn entries_of(
 struct Page {
     rows: Vec<AnyRow>,
     ids: Vec<i64>,
-    entries: HashMap<i64, Vec<Seen>>,
+    entries: HashMap<i64, Vec<AuditEntry>>,
     /// Fewer rows than asked for: nothing comes after.
     last: bool,
 }
@@ -540,7 +510,7 @@ fn task_opening_differences(r: &TaskRow, opened: &AuditEntry) -> Vec<String> {
 
 /// How a task's state differs from what the entries that changed it say (`changes`: its
 /// entries after the opening, oldest first).
-fn task_state_differences(r: &TaskRow, changes: &[&Seen]) -> Vec<String> {
+fn task_state_differences(r: &TaskRow, changes: &[&AuditEntry]) -> Vec<String> {
     use crate::quality::task;
     let t = &r.task;
     let mut out = Vec::new();
@@ -601,7 +571,8 @@ async fn check_task_states(
                 // No entry at all: reported by the walk of the openings.
                 continue;
             };
-            let changes: Vec<&Seen> = entries.iter().filter(|e| e.action != "task.open").collect();
+            let changes: Vec<&AuditEntry> =
+                entries.iter().filter(|e| e.action != "task.open").collect();
             let problem = match task_row(row) {
                 Ok(r) => altered(task_state_differences(&r, &changes)),
                 // Reported by the walk of the openings.
@@ -739,7 +710,7 @@ fn ncr_state_differences(
     id: i64,
     n: &NcrRow,
     transitions: &[TransitionRow],
-    entries: &[Seen],
+    entries: &[AuditEntry],
     signatures: &Signatures<'_>,
 ) -> Vec<String> {
     use crate::quality::ncr;
@@ -749,11 +720,11 @@ fn ncr_state_differences(
         .find(|e| e.action == "ncr.create")
         .map(|e| e.at_ms);
     // Transitions and attachments move its version on; signatures change nothing in it.
-    let changes: Vec<&Seen> = entries
+    let changes: Vec<&AuditEntry> = entries
         .iter()
         .filter(|e| !matches!(e.action.as_str(), "ncr.create" | "signature.create"))
         .collect();
-    let moves: Vec<&Seen> = changes
+    let moves: Vec<&AuditEntry> = changes
         .iter()
         .copied()
         .filter(|e| e.action != "ncr.attach")
@@ -1024,7 +995,7 @@ fn lot_row(row: &AnyRow) -> Result<LotRow, StoreError> {
 
 /// How a lot differs from its newest `lot.hold` or `lot.release` entry. A hold clears the
 /// release and a release the hold: the other side is empty.
-fn lot_differences(l: &LotRow, latest: &Seen) -> Vec<String> {
+fn lot_differences(l: &LotRow, latest: &AuditEntry) -> Vec<String> {
     let account = |id: Option<i64>, name: &Option<String>| match (id, name) {
         (Some(_), Some(name)) => name.clone(),
         (Some(id), None) => format!("account {id}, which does not exist"),
@@ -1087,7 +1058,7 @@ async fn check_lots(
     };
     // In the order of the `audit_log_entity` index: the last entry seen of a lot is its
     // newest. Entries numbered below 1 are not the trail's (the chain check names them).
-    let mut newest: HashMap<String, Seen> = HashMap::new();
+    let mut newest: HashMap<String, AuditEntry> = HashMap::new();
     let mut after: Option<(String, i64)> = None;
     loop {
         let (first, next) = (
@@ -1111,7 +1082,7 @@ async fn check_lots(
         for row in &rows {
             let e = audit_row(row)?;
             after = Some((e.entity_id.clone(), e.seq));
-            newest.insert(e.entity_id.clone(), e.into());
+            newest.insert(e.entity_id.clone(), e);
         }
         if (rows.len() as i64) < page_size {
             break;
@@ -1393,14 +1364,18 @@ mod tests {
 
     #[test]
     fn a_lot_is_held_or_released_never_both_and_a_system_hold_names_no_account() {
-        let hold = Seen {
+        let hold = AuditEntry {
             seq: 3,
             at_ms: 30,
             actor: crate::store::SYSTEM_ACTOR.into(),
             action: "lot.hold".into(),
+            entity: "lot".into(),
+            entity_id: "L1".into(),
             old_value: None,
             new_value: Some("held".into()),
             reason: Some("NCR 1 raised".into()),
+            prev_hash: String::new(),
+            hash: String::new(),
         };
         let mut lot = LotRow {
             held_at_ms: Some(30),
