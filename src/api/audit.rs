@@ -319,7 +319,8 @@ fn anchors(q: &VerifyQuery) -> Result<Vec<Anchor>, ApiError> {
 }
 
 /// Checks the whole hash chain: every entry's hash and its link to the one before, and the
-/// anchors given in `expect`.
+/// anchors given in `expect`; then every record (inspections, signatures, attachments, tasks,
+/// NCRs, lots, accounts, bearer tokens, model activations) against its entries.
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", params(VerifyQuery),
     responses((status = 200, body = Verification), (status = 400), (status = 403)))]
 pub(super) async fn verify(

@@ -16,8 +16,8 @@ use crate::store::{NewUser, Store, redact};
 pub enum AuditCommand {
     /// Check the hash chain of the audit trail, and the records against the entries that made
     /// and changed them (inspections, electronic signatures, NCR attachments, secondary-
-    /// inspection tasks, NCRs with their transitions, lot holds and releases); exit 1 and
-    /// name what does not hold.
+    /// inspection tasks, NCRs with their transitions, lot holds and releases, accounts,
+    /// bearer tokens, model activations); exit 1 and name what does not hold.
     /// Prints the newest entry's sequence number and hash: recorded outside the store (a batch
     /// record, the cloud; every MQTT health message carries it too), it lets a later check see
     /// entries removed from the end or a trail rewritten and re-hashed.
@@ -205,6 +205,9 @@ fn describe_records(r: &RecordCheck) -> String {
         ),
         (r.attachments, "NCR attachment", "NCR attachments"),
         (r.lots, "lot", "lots"),
+        (r.users, "account", "accounts"),
+        (r.tokens, "bearer token", "bearer tokens"),
+        (r.model_activations, "model activation", "model activations"),
     ];
     let named: Vec<String> = counts
         .iter()
@@ -212,7 +215,7 @@ fn describe_records(r: &RecordCheck) -> String {
         .map(|&(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
         .collect();
     if named.is_empty() && r.mismatches_total == 0 {
-        return "records: no inspections, tasks, NCRs, signatures or lots yet\n".into();
+        return "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, tokens or model activations)\n".into();
     }
     let records = match named.as_slice() {
         [] => "0 records".to_owned(),
@@ -238,7 +241,7 @@ fn describe_records(r: &RecordCheck) -> String {
             .unwrap_or_default();
         let record =
             m.id.map(|id| id.to_string())
-                // A lot's name as it is, quotes and control characters shown.
+                // A lot's or an account's name as it is, quotes and control characters shown.
                 .or_else(|| m.name.as_ref().map(|n| format!("{n:?}")))
                 .map(|key| format!("{} {key}", m.entity));
         let _ = writeln!(
@@ -540,5 +543,47 @@ pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32
             }
             Ok(0)
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quality::audit::RecordMismatch;
+
+    #[test]
+    fn records_are_counted_by_kind_and_differences_named_by_id_or_name() {
+        assert_eq!(
+            describe_records(&RecordCheck::default()),
+            "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, tokens or model activations)\n"
+        );
+        let mut r = RecordCheck {
+            users: 1,
+            ..RecordCheck::default()
+        };
+        assert_eq!(
+            describe_records(&r),
+            "records: all agree with the audit trail (1 account)\n"
+        );
+        r.tokens = 2;
+        r.model_activations = 3;
+        r.push(RecordMismatch {
+            entity: "user".into(),
+            id: None,
+            name: Some("ana\"x".into()),
+            seq: Some(4),
+            problem: "added".into(),
+        });
+        r.push(RecordMismatch {
+            entity: "model activation".into(),
+            id: None,
+            name: None,
+            seq: Some(9),
+            problem: "removed".into(),
+        });
+        assert_eq!(
+            describe_records(&r),
+            "records: 2 DIFFERENCES from the audit trail (checked: 1 account, 2 bearer tokens and 3 model activations)\n  user \"ana\\\"x\" (audit entry 4): added\n  model activation (audit entry 9): removed\n"
+        );
     }
 }

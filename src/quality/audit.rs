@@ -360,6 +360,17 @@ pub struct RecordCheck {
     /// Lots compared with their newest `lot.hold` or `lot.release` entry.
     #[serde(default)]
     pub lots: u64,
+    /// Accounts compared with their entries (name and role as created, when and how the
+    /// password was last set and the fingerprint of its hash, withdrawal).
+    #[serde(default)]
+    pub users: u64,
+    /// Bearer tokens compared with their entries (name, account, expiry, who made them and
+    /// when, the fingerprint of their digest, revocation).
+    #[serde(default)]
+    pub tokens: u64,
+    /// Model activations and refusals compared with their entries.
+    #[serde(default)]
+    pub model_activations: u64,
     /// The first 20 differences found (a record may show more than one: its creation and
     /// its state, or an NCR and its transitions).
     pub mismatches: Vec<RecordMismatch>,

@@ -32,6 +32,15 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// The text of a `token.create` entry before its credential; `audit verify` compares each
+/// token with it.
+pub(super) fn token_text(id: i64, name: &str, expires_at_ms: Option<i64>) -> String {
+    format!(
+        "token {id} ({name}); expires {}",
+        expires_at_ms.map_or("never".into(), crate::quality::format_ms)
+    )
+}
+
 /// Bearer tokens start with this, so that a leaked one is easy to recognise and search for.
 pub const TOKEN_PREFIX: &str = "lst_";
 
@@ -348,13 +357,14 @@ impl Store {
             )));
         }
         let token = format!("{TOKEN_PREFIX}{}", secret());
+        let secret_sha256 = sha256_hex(&token);
         let mut tx = self.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO api_tokens (name, secret_sha256, user_id, created_by, created_at_ms, expires_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(name)
-        .bind(sha256_hex(&token))
+        .bind(&secret_sha256)
         .bind(user.id)
         .bind(actor)
         .bind(now)
@@ -373,9 +383,9 @@ impl Store {
                 entity: "user".into(),
                 entity_id: username.into(),
                 old_value: None,
-                new_value: Some(format!(
-                    "token {id} ({name}); expires {}",
-                    expires_at_ms.map_or("never".into(), crate::quality::format_ms)
+                new_value: Some(super::users::with_credential(
+                    token_text(id, name, expires_at_ms),
+                    &secret_sha256,
                 )),
                 reason: None,
             }],

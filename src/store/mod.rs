@@ -775,8 +775,9 @@ impl Store {
     /// - every record against the entries that made and changed it (`store::verify`):
     ///   inspections, electronic signatures and NCR attachments against the entry that
     ///   recorded them; tasks, NCRs (with their transitions and the signatures these name) and
-    ///   lots against their state as their entries leave it. A record changed, added or
-    ///   removed outside linesight shows here (records are not chained).
+    ///   lots, accounts, bearer tokens and model activations against their state as their
+    ///   entries leave it. A record changed, added or removed outside linesight shows here
+    ///   (records are not chained).
     pub async fn verify_audit_against(
         &self,
         anchors: &[audit::Anchor],

@@ -27,6 +27,14 @@ impl ActivationState {
         }
     }
 
+    /// The action of the audit entry that records it.
+    pub(super) fn action(self) -> &'static str {
+        match self {
+            ActivationState::Active => "model.activate",
+            ActivationState::Refused => "model.refuse",
+        }
+    }
+
     fn parse(s: &str) -> Option<ActivationState> {
         match s {
             "active" => Some(ActivationState::Active),
@@ -65,9 +73,15 @@ pub struct ModelActivation {
     pub at_ms: i64,
 }
 
-const COLUMNS: &str = "id, slot, package_path, sha256, state, reason, actor, at_ms";
+/// The model a `model.activate` or `model.refuse` entry names; `audit verify` compares each
+/// activation with it.
+pub(super) fn activation_text(sha256: &str, package_path: &str) -> String {
+    format!("{sha256} {package_path}")
+}
 
-fn activation_row(row: &AnyRow) -> Result<ModelActivation, StoreError> {
+pub(super) const COLUMNS: &str = "id, slot, package_path, sha256, state, reason, actor, at_ms";
+
+pub(super) fn activation_row(row: &AnyRow) -> Result<ModelActivation, StoreError> {
     let e = || db("decode a model activation");
     let state: String = row.try_get("state").map_err(e())?;
     Ok(ModelActivation {
@@ -129,10 +143,7 @@ impl Store {
         .map_err(db("record a model activation"))?
         .try_get(0)
         .map_err(db("record a model activation"))?;
-        let action = match new.state {
-            ActivationState::Active => "model.activate",
-            ActivationState::Refused => "model.refuse",
-        };
+        let action = new.state.action();
         self.append_audit(
             &mut tx,
             now,
@@ -142,7 +153,7 @@ impl Store {
                 entity: "model_slot".into(),
                 entity_id: new.slot.clone(),
                 old_value: previous,
-                new_value: Some(format!("{} {}", new.sha256, new.package_path)),
+                new_value: Some(activation_text(&new.sha256, &new.package_path)),
                 reason: new.reason.clone(),
             }],
         )

@@ -66,6 +66,48 @@ pub(super) fn from_suffix(client: Option<std::net::IpAddr>) -> String {
     client.map(|ip| format!("; from={ip}")).unwrap_or_default()
 }
 
+/// The text of a `user.create` entry before its credential (see [`with_credential`]);
+/// `audit verify` compares each account with it.
+pub(super) fn creation_text(full_name: &str, role: Role, temporary: bool) -> String {
+    format!(
+        "full_name={full_name}; role={}{}",
+        role.as_str(),
+        if temporary { TEMPORARY } else { "" }
+    )
+}
+
+/// What a `user.create` entry's text ends with when the password is temporary.
+pub(super) const TEMPORARY: &str = "; temporary password (to be changed at first sign-in)";
+
+/// What separates an entry's text from the credential it set.
+const CREDENTIAL: &str = "; credential=";
+
+/// `text` followed by the fingerprint of the stored secret an entry set: the SHA-256 of a
+/// password's salted hash (or of a token's digest). It tells nothing of the secret, and lets
+/// `audit verify` see a password hash or a token digest replaced in its table: somebody who
+/// could sign as another person. All of it: a shortened one could be matched by trying
+/// secrets (argon2 leaves some parameters of the hash's text out of what it computes).
+pub(super) fn with_credential(text: String, stored: &str) -> String {
+    format!("{text}{CREDENTIAL}{}", credential_fingerprint(stored))
+}
+
+/// The fingerprint [`with_credential`] records of a stored secret.
+pub(super) fn credential_fingerprint(stored: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(stored.as_bytes()))
+}
+
+/// An entry's text and the credential fingerprint it ends with, if any (entries written
+/// before linesight recorded fingerprints have none).
+pub(super) fn split_credential(text: &str) -> (&str, Option<&str>) {
+    match text.rsplit_once(CREDENTIAL) {
+        Some((text, fp)) if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (text, Some(fp))
+        }
+        _ => (text, None),
+    }
+}
+
 fn password_checks_busy() -> StoreError {
     StoreError::Busy(format!(
         "password checks are queued beyond {} s; try again shortly",
@@ -113,7 +155,7 @@ pub struct UserAccount {
     pub created_at_ms: i64,
 }
 
-fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
+pub(super) fn account_row(row: &AnyRow) -> Result<UserAccount, StoreError> {
     let d = || db("decode a user");
     let (user, _, failed_attempts) = user_row(row)?;
     Ok(UserAccount {
@@ -207,7 +249,7 @@ pub(super) async fn still_as_checked(
 /// NCRs it raises, accounts it locks).
 pub(crate) const SYSTEM_ACTOR: &str = "system";
 
-const USER_COLUMNS: &str = "id, username, full_name, role, locked_until_ms, password_hash, \
+pub(super) const USER_COLUMNS: &str = "id, username, full_name, role, locked_until_ms, password_hash, \
      failed_attempts, disabled_at_ms, password_set_at_ms, password_change_due";
 
 impl Store {
@@ -280,7 +322,7 @@ impl Store {
         .bind(&username)
         .bind(new.full_name.trim())
         .bind(new.role.as_str())
-        .bind(hash)
+        .bind(&hash)
         .bind(now)
         .bind(i64::from(temporary))
         .fetch_one(&mut *tx)
@@ -304,15 +346,9 @@ impl Store {
                 entity: "user".into(),
                 entity_id: user.username.clone(),
                 old_value: None,
-                new_value: Some(format!(
-                    "full_name={}; role={}{}",
-                    user.full_name,
-                    user.role.as_str(),
-                    if temporary {
-                        "; temporary password (to be changed at first sign-in)"
-                    } else {
-                        ""
-                    }
+                new_value: Some(with_credential(
+                    creation_text(&user.full_name, user.role, temporary),
+                    &hash,
                 )),
                 reason: None,
             }],
@@ -612,9 +648,10 @@ impl Store {
     }
 
     /// Stores a new password hash for `username` and ends its sessions, with the audit entry
-    /// `action` (never the hash). A lockout stays: a reset is not an unlock. A change replaces
-    /// only the hash its owner's password was checked against: should a reset have landed
-    /// meanwhile, the change is refused ([`StoreError::InvalidCredentials`]).
+    /// `action` (never the hash: a fingerprint of it, [`with_credential`]). A lockout stays: a
+    /// reset is not an unlock. A change replaces only the hash its owner's password was
+    /// checked against: should a reset have landed meanwhile, the change is refused
+    /// ([`StoreError::InvalidCredentials`]).
     async fn set_password_of(
         &self,
         username: &str,
@@ -641,7 +678,7 @@ impl Store {
              WHERE username = $4{guard} RETURNING id"
         );
         let mut update = sqlx::query(&sql)
-            .bind(hash)
+            .bind(&hash)
             .bind(now)
             .bind(due)
             .bind(username);
@@ -674,9 +711,12 @@ impl Store {
                 entity: "user".into(),
                 entity_id: username.into(),
                 old_value: None,
-                new_value: Some(format!(
-                    "password set; sessions_ended={ended}{}",
-                    from_suffix(write.client)
+                new_value: Some(with_credential(
+                    format!(
+                        "password set; sessions_ended={ended}{}",
+                        from_suffix(write.client)
+                    ),
+                    &hash,
                 )),
                 reason: write.reason.map(str::to_owned),
             }],
@@ -818,6 +858,32 @@ mod tests {
     use super::*;
 
     const PASSWORD: &str = "correct-horse-battery";
+
+    #[test]
+    fn an_entry_names_the_fingerprint_of_the_secret_it_set_last() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+        let fp = credential_fingerprint(hash);
+        assert_eq!(fp.len(), 64);
+        assert_ne!(
+            fp,
+            credential_fingerprint("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$b3RoZXI")
+        );
+        // A full name that looks like the separator does not hide the real one.
+        let text = creation_text(
+            &format!("Eve; credential={}", "0".repeat(64)),
+            Role::Admin,
+            false,
+        );
+        let entry = with_credential(text.clone(), hash);
+        assert_eq!(split_credential(&entry), (text.as_str(), Some(fp.as_str())));
+        // Entries written before fingerprints were recorded have none.
+        let legacy = creation_text("Ana Lopez", Role::QaApprover, true);
+        assert_eq!(split_credential(&legacy), (legacy.as_str(), None));
+        assert_eq!(
+            split_credential("password set; sessions_ended=2; from=10.0.0.7"),
+            ("password set; sessions_ended=2; from=10.0.0.7", None)
+        );
+    }
 
     fn creds(username: &str, password: &str) -> Credentials {
         Credentials {

@@ -19,6 +19,8 @@ use sqlx::{Any, Row as _, Transaction};
 use super::{StoreError, audit_page, audit_row, db, inspections, ncrs};
 use crate::quality::audit::{self, AuditEntry, ChainBreak};
 
+mod access;
+
 /// The hash chain and the anchors, page by page: what was found, or the first broken link.
 pub(super) async fn check_chain(
     tx: &mut Transaction<'static, Any>,
@@ -177,8 +179,10 @@ async fn check_records<R>(
     }
 }
 
-/// Inspection records and electronic signatures against the entries that created them: a
-/// record changed, added or removed outside linesight shows here (records are not chained).
+/// Every kind of record against the entries that created and changed it (inspections,
+/// signatures, attachments, tasks, NCRs and their transitions, lots, accounts, bearer tokens,
+/// model activations): a record changed, added or removed outside linesight shows here
+/// (records are not chained).
 pub(super) async fn check_all_records(
     tx: &mut Transaction<'static, Any>,
     page_size: i64,
@@ -272,6 +276,9 @@ pub(super) async fn check_all_records(
     check_task_states(tx, page_size, &mut check).await?;
     check_ncr_states(tx, page_size, &mut check).await?;
     check.lots = check_lots(tx, page_size, &mut check).await?;
+    check.users = access::check_users(tx, page_size, &mut check).await?;
+    check.tokens = access::check_tokens(tx, page_size, &mut check).await?;
+    check.model_activations = access::check_model_activations(tx, page_size, &mut check).await?;
     Ok(check)
 }
 

@@ -2792,7 +2792,7 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     assert_eq!(v["records"]["mismatches_total"], 0, "{v}");
     // The NCR worked, signed and attached to over HTTP, and its lot's hold, agree with the
     // trail.
-    for counted in ["ncrs", "attachments", "lots", "signatures"] {
+    for counted in ["ncrs", "attachments", "lots", "signatures", "users"] {
         assert!(
             v["records"][counted].as_u64().unwrap() > 0,
             "{counted}: {v}"

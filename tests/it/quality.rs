@@ -10,7 +10,8 @@ use linesight::quality::{
     SignatureError, TaskAction, TaskState, TransitionError, Verdict,
 };
 use linesight::store::{
-    Backend, Credentials, NewNcr, NewUser, Store, StoreConfig, StoreError, User,
+    ActivationState, Backend, Credentials, NewModelActivation, NewNcr, NewUser, Store, StoreConfig,
+    StoreError, User,
 };
 
 pub struct Db {
@@ -138,6 +139,7 @@ on_both_databases!(
     audit_trail_refuses_update_and_delete_and_reveals_tampering,
     records_changed_added_or_removed_outside_linesight_are_found,
     task_ncr_and_lot_states_changed_outside_linesight_are_found,
+    accounts_tokens_and_model_activations_changed_outside_linesight_are_found,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     a_part_found_defective_is_not_re_tested_into_acceptance,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -1016,6 +1018,17 @@ fn reported(check: &linesight::quality::audit::RecordCheck, entity: &str, id: i6
         .clone()
 }
 
+/// What the records check says of the account `name`; fails when it says nothing.
+fn reported_user(check: &linesight::quality::audit::RecordCheck, name: &str) -> String {
+    check
+        .mismatches
+        .iter()
+        .find(|m| m.entity == "user" && m.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("user {name} not reported: {check:?}"))
+        .problem
+        .clone()
+}
+
 /// What the records check says of lot `name`; fails when it says nothing.
 fn reported_lot(check: &linesight::quality::audit::RecordCheck, name: &str) -> String {
     check
@@ -1241,6 +1254,244 @@ async fn task_ncr_and_lot_states_changed_outside_linesight_are_found(db: &Db) {
     );
     assert!(reported_lot(&check, "LOT-R").contains("removed outside linesight"));
     assert!(reported_lot(&check, "LOT-X").contains("added outside linesight"));
+}
+
+async fn accounts_tokens_and_model_activations_changed_outside_linesight_are_found(db: &Db) {
+    let s = &db.store;
+    for (name, role) in [
+        ("ada", Role::Admin),
+        ("quinn", Role::QaApprover),
+        ("ina", Role::Inspector),
+        ("olga", Role::Operator),
+        ("zed", Role::Operator),
+    ] {
+        user(s, name, role).await;
+    }
+    s.add_user_with_temporary_password(
+        NewUser {
+            username: "ivo".into(),
+            full_name: "Ivo Petrov".into(),
+            role: Role::Inspector,
+            password: PASSWORD.into(),
+        },
+        "ada",
+    )
+    .await
+    .unwrap();
+    s.change_password(&creds("quinn", PASSWORD), "quinn-s-0wn-pass", policy())
+        .await
+        .unwrap();
+    s.reset_password("ina", "a-t3mporary-pass", "ada", "forgotten")
+        .await
+        .unwrap();
+    s.set_user_disabled("olga", true, "ada", "left")
+        .await
+        .unwrap();
+    let (kept, _) = s
+        .create_token("ada", "line 3 cell", None, "ada")
+        .await
+        .unwrap();
+    let (revoked, _) = s.create_token("ada", "old MES", None, "ada").await.unwrap();
+    s.revoke_token(revoked.id, "ada", "MES replaced")
+        .await
+        .unwrap();
+    let activation = |slot: &str, sha: &str, state: ActivationState| NewModelActivation {
+        slot: slot.into(),
+        package_path: format!("/models/{sha}"),
+        sha256: sha.repeat(64 / sha.len()),
+        state,
+        reason: (state == ActivationState::Refused).then(|| "golden scores differ".into()),
+        actor: "cli:ada".into(),
+    };
+    let mut made = Vec::new();
+    for (slot, sha, state) in [
+        ("default", "a1", ActivationState::Active),
+        ("default", "b2", ActivationState::Refused),
+        ("default", "c3", ActivationState::Active),
+        ("blister-10", "d4", ActivationState::Active),
+    ] {
+        made.push(
+            s.record_model_activation(activation(slot, sha, state))
+                .await
+                .unwrap(),
+        );
+    }
+
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (
+            check.users,
+            check.tokens,
+            check.model_activations,
+            check.mismatches_total
+        ),
+        (6, 2, 4, 0),
+        "{check:?}"
+    );
+
+    // Changed in the tables, as someone with the database's password could; the audit trail
+    // itself stays intact.
+    let raw = |sql: String| async move {
+        sqlx::query(&sql).execute(s.raw_pool()).await.unwrap();
+    };
+    raw("UPDATE users SET role = 'admin' WHERE username = 'ina'".into()).await;
+    // Quinn's hash replaced by one whose password somebody else knows: they could sign as
+    // Quinn.
+    raw("UPDATE users SET password_hash = (SELECT password_hash FROM users WHERE username = 'ada') \
+         WHERE username = 'quinn'"
+        .into())
+    .await;
+    raw("UPDATE users SET password_change_due = 0 WHERE username = 'ivo'".into()).await;
+    raw("UPDATE users SET disabled_at_ms = NULL WHERE username = 'olga'".into()).await;
+    raw("DELETE FROM users WHERE username = 'zed'".into()).await;
+    raw("INSERT INTO users (username, full_name, role, password_hash, failed_attempts, created_at_ms, \
+         password_set_at_ms) SELECT 'mallory', 'M', 'qa_approver', password_hash, 0, created_at_ms, \
+         created_at_ms FROM users WHERE username = 'ada'"
+        .into())
+    .await;
+    raw(format!(
+        "UPDATE api_tokens SET revoked_at_ms = NULL WHERE id = {}",
+        revoked.id
+    ))
+    .await;
+    raw(format!(
+        "UPDATE api_tokens SET secret_sha256 = '{}' WHERE id = {}",
+        "0".repeat(64),
+        kept.id
+    ))
+    .await;
+    raw(format!(
+        "INSERT INTO api_tokens (name, secret_sha256, user_id, created_by, created_at_ms) \
+         SELECT 'spare', '{}', user_id, created_by, created_at_ms FROM api_tokens WHERE id = {}",
+        "1".repeat(64),
+        kept.id
+    ))
+    .await;
+    match s.backend() {
+        Backend::Sqlite => {
+            for t in ["model_activations_no_update", "model_activations_no_delete"] {
+                raw(format!("DROP TRIGGER {t}")).await;
+            }
+        }
+        Backend::Postgres => {
+            raw("DROP TRIGGER model_activations_no_change ON model_activations".into()).await
+        }
+    }
+    // The recipe's model swapped for another, a refusal deleted, an activation added.
+    raw(format!(
+        "UPDATE model_activations SET sha256 = '{}' WHERE id = {}",
+        "e5".repeat(32),
+        made[3].id
+    ))
+    .await;
+    raw(format!(
+        "DELETE FROM model_activations WHERE id = {}",
+        made[1].id
+    ))
+    .await;
+    raw(format!(
+        "INSERT INTO model_activations (slot, package_path, sha256, state, actor, at_ms) \
+         VALUES ('default', '/models/f6', '{}', 'active', 'cli:ada', {})",
+        "f6".repeat(32),
+        made[2].at_ms
+    ))
+    .await;
+    // The first model made the slot's newest active one again: its row moved to the end.
+    raw(format!(
+        "INSERT INTO model_activations (slot, package_path, sha256, state, actor, at_ms) \
+         SELECT slot, package_path, sha256, state, actor, at_ms FROM model_activations WHERE id = {}",
+        made[0].id
+    ))
+    .await;
+    raw(format!(
+        "DELETE FROM model_activations WHERE id = {}",
+        made[0].id
+    ))
+    .await;
+    assert!(s.verify_audit().await.unwrap().is_ok(), "the chain holds");
+
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (
+            check.users,
+            check.tokens,
+            check.model_activations,
+            check.mismatches_total
+        ),
+        (7, 3, 6, 14),
+        "{check:?}"
+    );
+    assert!(
+        reported_user(&check, "ina").contains(
+            "\"full_name=ina Fullname; role=admin\" in the record, \"full_name=ina Fullname; role=inspector\" in the trail"
+        ),
+        "{check:?}"
+    );
+    assert!(
+        reported_user(&check, "quinn").contains("password hash (fingerprint ")
+            && reported_user(&check, "quinn").contains(") not the one entry "),
+        "{check:?}"
+    );
+    assert!(
+        reported_user(&check, "ivo")
+            .contains("a password change not due in the record, due in the trail"),
+        "{check:?}"
+    );
+    assert!(
+        reported_user(&check, "olga").starts_with("enabled in the record, disabled at "),
+        "{check:?}"
+    );
+    assert!(reported_user(&check, "zed").contains("removed outside linesight"));
+    assert!(reported_user(&check, "mallory").contains("added outside linesight"));
+    let token = |id: i64| reported(&check, "token", id);
+    assert!(
+        token(revoked.id).starts_with("not revoked in the record, revoked at "),
+        "{check:?}"
+    );
+    assert!(
+        token(kept.id).contains("secret digest (fingerprint "),
+        "{check:?}"
+    );
+    assert!(
+        token(revoked.id.max(kept.id) + 1).contains("added outside linesight"),
+        "{check:?}"
+    );
+    let activations: Vec<&str> = check
+        .mismatches
+        .iter()
+        .filter(|m| m.entity == "model activation")
+        .map(|m| m.problem.as_str())
+        .collect();
+    assert_eq!(activations.len(), 5, "{check:?}");
+    assert!(
+        reported(&check, "model activation", made[3].id + 2)
+            .contains(&format!("before activation {} (entry ", made[2].id))
+            && reported(&check, "model activation", made[3].id + 2)
+                .contains("but after it in the table: the order was altered outside linesight"),
+        "{check:?}"
+    );
+    assert!(
+        reported(&check, "model activation", made[3].id).contains(&format!(
+            "model.activate of {} /models/d4 in slot \"blister-10\"",
+            "e5".repeat(32)
+        )),
+        "{check:?}"
+    );
+    assert!(
+        reported(&check, "model activation", made[3].id + 1)
+            .contains("added or altered outside linesight"),
+        "{check:?}"
+    );
+    let lost: Vec<&&str> = activations
+        .iter()
+        .filter(|p| p.contains("removed or altered outside linesight"))
+        .collect();
+    assert!(
+        lost.len() == 2
+            && lost.iter().any(|p| p.contains("model.refuse of b2b2"))
+            && lost.iter().any(|p| p.contains("model.activate of d4d4")),
+        "{lost:?}"
+    );
 }
 
 async fn records_changed_added_or_removed_outside_linesight_are_found(db: &Db) {
@@ -2507,7 +2758,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("anchors: all 1 found"), "{out}");
     assert!(
-        out.ends_with("records: no inspections, tasks, NCRs, signatures or lots yet\n"),
+        out.ends_with("records: all agree with the audit trail (2 accounts)\n"),
         "{out}"
     );
     let (code, _, err) = run(&["audit", "verify", "--expect", "6"], "");
@@ -2535,8 +2786,14 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
         "DELETE FROM audit_log WHERE seq = 6",
     ]);
     let (code, out, _) = run(&["audit", "verify"], "");
-    assert_eq!(code, Some(0));
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.starts_with("audit trail intact: 5 entries"), "{out}");
+    // The chain holds, but Ivo's account keeps the password the removed entry set.
+    assert!(
+        out.contains("records: 1 DIFFERENCE from the audit trail (checked: 2 accounts)\n  user \"ivo\" (audit entry 5): password set ")
+            && out.contains("a password change not due in the record, due in the trail"),
+        "{out}"
+    );
     let (code, out, _) = run(&["audit", "verify", "--expect", &anchor], "");
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -2573,9 +2830,12 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     rt.block_on(store.close());
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(1), "the chain is still broken: {out}");
+    // The entries rewritten above no longer hold what the accounts were created with.
     assert!(
-        out.ends_with(
-            "records: all agree with the audit trail (1 inspection and 1 secondary-inspection task)\n"
+        out.contains(
+            "records: 2 DIFFERENCES from the audit trail (checked: 1 inspection, 1 secondary-inspection task and 2 accounts)\n"
+        ) && out.contains(
+            "  user \"ana\" (audit entry 1): \"full_name=Ana Lopez; role=qa_approver\" in the record, \"full_name=Ana Lopez; role=admin\" in the trail"
         ),
         "{out}"
     );
@@ -2586,7 +2846,7 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(&format!(
-            "records: 1 DIFFERENCE from the audit trail (checked: 1 inspection and 1 secondary-inspection task)\n  inspection {id} (audit entry "
+            "records: 3 DIFFERENCES from the audit trail (checked: 1 inspection, 1 secondary-inspection task and 2 accounts)\n  inspection {id} (audit entry "
         )) && out.contains("verdict \"good\" in the record, \"defect\" in the trail: the record was altered outside linesight"),
         "{out}"
     );
