@@ -12,10 +12,11 @@
 //!
 //! The `images` group measures a pass of image keeping (what `linesight run` and `serve` do
 //! every `quality.image_prune_interval_minutes`) over a folder of recorded images with nothing
-//! to remove: the steady cost of keeping the quota.
+//! to remove: the steady cost of keeping the quota. `images/serve` reads a frame-sized image
+//! bare and checked against its SHA-256, as the API serves it: the ratio is the check's cost.
 //!
 //! `audit/verify` measures `linesight audit verify` on a store of recorded inspections: the
-//! hash chain and every record against the entry that recorded it, in one snapshot.
+//! hash chain and every record against the entries that made and changed it, in one snapshot.
 //!
 //! `cargo bench --bench store` to measure; `cargo bench -- --test` runs each once (CI).
 
@@ -312,6 +313,30 @@ fn images(c: &mut Criterion) {
             });
         },
     );
+    group.finish();
+
+    // What serving an image costs now that its content is checked against its name: a file
+    // the size of a 1280×1024 RGB frame's PNG of noise (about 3.9 MB), read bare and read
+    // checked. The ratio of the two is the figure to watch.
+    let frame: Vec<u8> = (0..1280 * 1024 * 3u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let hash = rt
+        .block_on(store.put_image(&folder, &frame, now_ms))
+        .expect("frame stored");
+    let path = linesight::store::image_path(&folder, &hash).expect("a SHA-256");
+    let mut group = c.benchmark_group("images/serve");
+    group.throughput(Throughput::Bytes(frame.len() as u64));
+    group.bench_function(BenchmarkId::new("read", "3.9MB"), |b| {
+        b.iter(|| rt.block_on(tokio::fs::read(&path)).expect("read"));
+    });
+    group.bench_function(BenchmarkId::new("read_verified", "3.9MB"), |b| {
+        b.iter(|| {
+            rt.block_on(linesight::store::read_verified(&folder, &hash))
+                .expect("read")
+                .expect("there")
+        });
+    });
     group.finish();
 }
 

@@ -143,7 +143,8 @@ impl ApiError {
                 StoreError::Connect { .. }
                 | StoreError::Migrate(_)
                 | StoreError::Db { .. }
-                | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                | StoreError::Corrupt { .. }
+                | StoreError::Damaged { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 StoreError::Io { source, .. }
                     if source.kind() == std::io::ErrorKind::StorageFull =>
                 {

@@ -21,7 +21,9 @@ use crate::pipeline::metrics::Histogram;
 use crate::pipeline::{Trigger, TriggerAccepted};
 use crate::postprocess::{DefectRegion, OverlayOptions, SourceGeometry, render_overlay_in_place};
 use crate::quality::{NewInspection, Verdict};
-use crate::store::{CameraSummary, InspectionFilter, InspectionRecord, Store, image_path};
+use crate::store::{
+    CameraSummary, InspectionFilter, InspectionRecord, Store, image_path, read_verified,
+};
 
 /// Inspectors lent to one upload at a time.
 pub struct InspectorPool {
@@ -766,7 +768,8 @@ pub(super) async fn inspection(
 #[utoipa::path(get, path = "/api/v1/images/{hash}", tag = "inspections",
     params(("hash" = String, Path, description = "SHA-256, 64 hexadecimal digits")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404),
-        (status = 410, description = "removed by image retention; the records keep its reference")))]
+        (status = 410, description = "removed by image retention; the records keep its reference"),
+        (status = 500, description = "its file no longer holds what its SHA-256 names (altered or damaged on disk): not served")))]
 pub(super) async fn image(
     State(state): State<ApiState>,
     caller: Caller,
@@ -777,13 +780,14 @@ pub(super) async fn image(
     let Some(path) = image_path(&state.image_dir, &hash) else {
         return Err(ApiError::bad("hash", "must be 64 hexadecimal digits"));
     };
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
+    // Checked against its name: a file altered or damaged on disk is not served as evidence.
+    let bytes = match read_verified(&state.image_dir, &hash).await? {
+        Some(bytes) => bytes,
         // Say why it is not there: never stored, or removed by image retention (the
         // inspection records keep the reference). A record still live without its file is
         // looked up again once writers have committed: retention removes the file before its
         // record's commit.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let deleted = match state.store.image_deleted_at(&hash).await? {
                 Some(None) => state.store.image_deleted_at_settled(&hash).await?,
                 other => other,
@@ -797,22 +801,16 @@ pub(super) async fn image(
                         crate::quality::format_ms(at)
                     )));
                 }
-                Some(None) => match tokio::fs::read(&path).await {
+                Some(None) => match read_verified(&state.image_dir, &hash).await? {
                     // Recorded again, and written, while retention was removing it.
-                    Ok(bytes) => bytes,
-                    Err(_) => {
+                    Some(bytes) => bytes,
+                    None => {
                         tracing::error!(image = %hash, path = %path.display(), "An image recorded as stored has no file.");
                         return Err(ApiError::NotFound(format!("the file of image {hash}")));
                     }
                 },
                 None => return Err(ApiError::NotFound(format!("image {hash}"))),
             }
-        }
-        Err(e) => {
-            return Err(ApiError::Internal(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
         }
     };
     let media = match image::guess_format(&bytes) {

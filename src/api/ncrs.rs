@@ -17,6 +17,7 @@ use crate::quality::{
 };
 use crate::store::{
     Attachment, Credentials, NcrRecord, NcrTransition, NewNcr, StoreError, image_path,
+    read_verified,
 };
 
 /// NCR list filter.
@@ -349,7 +350,8 @@ pub(super) async fn attach(
 /// Downloads an attachment.
 #[utoipa::path(get, path = "/api/v1/ncrs/{id}/attachments/{attachment_id}", tag = "ncrs",
     params(("id" = i64, Path), ("attachment_id" = i64, Path)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404),
+        (status = 500, description = "its file no longer holds what its SHA-256 names (altered or damaged on disk): not served")))]
 pub(super) async fn attachment(
     State(state): State<ApiState>,
     caller: Caller,
@@ -357,15 +359,16 @@ pub(super) async fn attachment(
 ) -> Result<Response, ApiError> {
     caller.require(ALL, "read NCRs")?;
     let a = state.store.attachment(id, attachment_id).await?;
-    let path = image_path(&state.attachment_dir, &a.sha256).ok_or_else(|| {
-        ApiError::Store(StoreError::Corrupt {
+    if image_path(&state.attachment_dir, &a.sha256).is_none() {
+        return Err(ApiError::Store(StoreError::Corrupt {
             column: "ncr_attachments.sha256",
             value: a.sha256.clone(),
-        })
-    })?;
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("attachment {} is unreadable: {e}", a.id)))?;
+        }));
+    }
+    // Checked against its recorded SHA-256: a file altered on disk is not served.
+    let bytes = read_verified(&state.attachment_dir, &a.sha256)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("attachment {} has no file", a.id)))?;
     // Sent as a download, never rendered inline: an uploaded HTML file must not run here.
     let ascii: String = a
         .name

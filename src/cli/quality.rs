@@ -101,6 +101,12 @@ pub enum ImagesCommand {
         #[arg(long)]
         unrecorded: bool,
     },
+    /// Read every stored image, overlay and NCR attachment again and check it against the
+    /// SHA-256 it is stored (and recorded) under, and that every image recorded as stored and
+    /// every attachment has its file; exit 1 when one is altered, damaged, missing or
+    /// unreadable, naming the first 20. May run beside a working service; reads every byte, so
+    /// run it from a timer (weekly) rather than often.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +187,42 @@ pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> 
             Ok(code)
         }),
     }
+}
+
+/// What `images verify` prints of one folder.
+fn describe_files(what: &str, c: &crate::store::FileCheck) -> String {
+    use std::fmt::Write as _;
+    let read = format!(
+        "{} {} ({} bytes) in {}",
+        c.files,
+        if c.files == 1 { "file" } else { "files" },
+        c.bytes,
+        c.folder.display()
+    );
+    if c.is_ok() {
+        return format!(
+            "{what}: {read}: each holds what its SHA-256 names, and every recorded one is there\n"
+        );
+    }
+    let mut found = Vec::new();
+    for (n, word) in [
+        (c.damaged, "DAMAGED"),
+        (c.missing, "MISSING"),
+        (c.unreadable, "UNREADABLE"),
+    ] {
+        if n > 0 {
+            found.push(format!("{n} {word}"));
+        }
+    }
+    let mut out = format!("{what}: {} ({read})\n", found.join(", "));
+    for p in &c.problems {
+        let _ = writeln!(out, "  {p}");
+    }
+    let unlisted = (c.damaged + c.missing + c.unreadable).saturating_sub(c.problems.len() as u64);
+    if unlisted > 0 {
+        let _ = writeln!(out, "  and {unlisted} more");
+    }
+    out
 }
 
 /// What `audit verify` prints of the records compared with the trail.
@@ -487,6 +529,24 @@ fn read_password() -> anyhow::Result<String> {
 
 pub fn run_images(settings: &Settings, cmd: ImagesCommand) -> anyhow::Result<i32> {
     match cmd {
+        ImagesCommand::Verify => runtime()?.block_on(async {
+            let store = open(settings).await?;
+            let (images, attachments) = store
+                .verify_files(&settings.image_dir(), &settings.attachment_dir())
+                .await
+                .context("cannot check the stored files")?;
+            store.close().await;
+            print!(
+                "{}{}",
+                describe_files("images and overlays", &images),
+                describe_files("NCR attachments", &attachments)
+            );
+            Ok(if images.is_ok() && attachments.is_ok() {
+                0
+            } else {
+                1
+            })
+        }),
         ImagesCommand::Prune { unrecorded } => runtime()?.block_on(async {
             let store = open(settings).await?;
             let dir = settings.image_dir();

@@ -388,16 +388,27 @@ impl Uploader {
         let day: String = sample.try_get(1).map_err(db("read a sample"))?;
         let mut uploaded: i64 = sample.try_get(2).map_err(db("read a sample"))?;
         if row.kind == "sample.upload" {
-            let image = data["image_ref"]
-                .as_str()
-                .and_then(|h| image_path(&self.image_dir, h));
+            let hash = data["image_ref"].as_str().unwrap_or_default();
+            let image = image_path(&self.image_dir, hash);
             match image {
                 Some(path) if path.is_file() => {
-                    // An image that cannot be read or decoded goes up as metadata only, like
-                    // one that is gone: kept as an error, this row would be retried first on
-                    // every pass and hold back every sample after it.
+                    // An image that cannot be read or decoded, or that no longer holds what
+                    // its hash names (altered or damaged on disk: not the evidence recorded),
+                    // goes up as metadata only, like one that is gone: kept as an error, this
+                    // row would be retried first on every pass and hold back every sample
+                    // after it.
                     match std::fs::read(&path)
                         .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        .and_then(|bytes| {
+                            crate::store::check_content(&bytes, hash)
+                                .map(|()| bytes)
+                                .map_err(|found| {
+                                    format!(
+                                        "{} holds what hashes to {found}, not {hash}: altered or damaged on disk",
+                                        path.display()
+                                    )
+                                })
+                        })
                         .and_then(as_png)
                     {
                         Ok(png) => {

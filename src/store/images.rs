@@ -338,7 +338,7 @@ fn is_temporary_name(name: &str) -> bool {
 }
 
 /// Whether `name` is a stored image's name: 64 lowercase hex digits.
-fn is_hash_name(name: &str) -> bool {
+pub(super) fn is_hash_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

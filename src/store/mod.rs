@@ -20,6 +20,7 @@
 //!   instances never claim the same task.
 
 mod api;
+mod evidence;
 mod images;
 mod inspections;
 mod models;
@@ -47,6 +48,7 @@ use crate::quality::{SignatureError, TransitionError};
 pub use api::{
     ApiToken, Attachment, CameraSummary, InspectionFilter, LotStatus, Session, TOKEN_PREFIX,
 };
+pub use evidence::{FileCheck, check_content, read_verified};
 pub use images::{
     ImageFile, ImageKeepingMetrics, PruneReport, RetentionReport, SWEEP_GRACE, SweepReport,
     TEMPORARY_FOLDER, image_path, sweep_temporary_files, write_and_record_images,
@@ -334,6 +336,16 @@ pub enum StoreError {
         what: String,
         #[source]
         source: std::io::Error,
+    },
+    /// A stored image, overlay or attachment whose content no longer hashes to its name: it
+    /// was altered or damaged on disk, and is not served as the evidence it replaced.
+    #[error(
+        "{} does not hold what was stored under that name (its content hashes to {hash}): altered or damaged on disk; `linesight images verify` checks every stored file",
+        path.display()
+    )]
+    Damaged {
+        path: std::path::PathBuf,
+        hash: String,
     },
     /// Image retention removed a content-identical file between its writing and its record;
     /// [`write_and_record_images`] writes it again and retries.

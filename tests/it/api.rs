@@ -246,6 +246,46 @@ async fn upload_scores_stores_image_and_overlay_and_opens_a_task() {
     assert_ne!(overlay, original);
     assert!(image::load_from_memory(&overlay).is_ok());
     assert!(f.images.path().read_dir().unwrap().next().is_some());
+    // Each stored file holds what its name promises, and the record's files are there.
+    let verify = || {
+        f.db.store
+            .verify_files(&f.state.image_dir, &f.state.attachment_dir)
+    };
+    let (images, _) = verify().await.unwrap();
+    assert_eq!((images.files, images.is_ok()), (2, true), "{images:?}");
+    // Another folder than the service's (another configuration) is said once, not per file.
+    let (elsewhere, _) =
+        f.db.store
+            .verify_files(&f.state.image_dir.join("nowhere"), &f.state.attachment_dir)
+            .await
+            .unwrap();
+    assert!(
+        elsewhere.missing == 2
+            && elsewhere.problems.len() == 1
+            && elsewhere.problems[0].contains("no such folder, yet 2 images are recorded"),
+        "{elsewhere:?}"
+    );
+    // An overlay altered on disk is no longer served as the evidence; the check names it.
+    let overlay_hash = overlay_link.rsplit('/').next().unwrap().to_owned();
+    let overlay_file = linesight::store::image_path(&f.state.image_dir, &overlay_hash).unwrap();
+    std::fs::write(&overlay_file, &original).unwrap();
+    let (s, _, _) = send(&f, get(&overlay_link, "op")).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let (images, _) = verify().await.unwrap();
+    assert_eq!((images.damaged, images.missing), (1, 0), "{images:?}");
+    assert!(
+        images.problems[0].starts_with(&format!("{overlay_hash}: its content hashes to ")),
+        "{images:?}"
+    );
+    // Removed by hand, it is missing: its record still names it.
+    std::fs::remove_file(&overlay_file).unwrap();
+    let (images, _) = verify().await.unwrap();
+    assert_eq!((images.files, images.missing), (1, 1), "{images:?}");
+    assert!(
+        images.problems[0].contains("removed outside linesight"),
+        "{images:?}"
+    );
+    std::fs::write(&overlay_file, &overlay).unwrap();
 
     // The inspector claims it and confirms the defect.
     let (s, _, _) = send(&f, get("/api/v1/tasks?state=pending", "op")).await;
@@ -2620,6 +2660,46 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
         .await
         .unwrap();
     assert_eq!(&bytes[..], b"%PDF-1.4 test");
+    // Altered on disk, it is no longer served; `images verify` names it.
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b"%PDF-1.4 test"))
+    };
+    let file = linesight::store::image_path(&f.state.attachment_dir, &digest).unwrap();
+    std::fs::write(&file, b"%PDF-1.4 edited").unwrap();
+    let (s, b, _) = send(&f, call("GET", &url, Some(&op), None)).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        !String::from_utf8_lossy(&b).contains(&digest),
+        "the details stay in the log"
+    );
+    let (_, attachments) =
+        f.db.store
+            .verify_files(&f.state.image_dir, &f.state.attachment_dir)
+            .await
+            .unwrap();
+    assert_eq!(
+        (attachments.files, attachments.damaged, attachments.missing),
+        (1, 1, 0),
+        "{attachments:?}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    let (_, attachments) =
+        f.db.store
+            .verify_files(&f.state.image_dir, &f.state.attachment_dir)
+            .await
+            .unwrap();
+    assert_eq!(
+        (attachments.files, attachments.damaged, attachments.missing),
+        (0, 0, 1),
+        "{attachments:?}"
+    );
+    assert!(
+        attachments.problems[0].contains("of NCR ")
+            && attachments.problems[0].contains("\"caliper report.pdf\""),
+        "{attachments:?}"
+    );
+    std::fs::write(&file, b"%PDF-1.4 test").unwrap();
 
     // Signing: a wrong password signs nothing; approval without a signature is refused.
     let seen = f.db.store.ncr(id).await.unwrap().version;

@@ -879,10 +879,10 @@ async fn samples_go_to_a_folder_with_their_manifest_and_take_the_human_label() {
 }
 
 /// A sample whose image file is there but cannot be read (a failing disk: here a link to a
-/// file every read of which fails) goes up as metadata only; the samples after it are not
-/// held back behind it.
+/// file every read of which fails), or holds another picture than its hash names (altered on
+/// disk), goes up as metadata only; the samples after it are not held back behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
+async fn an_unreadable_or_altered_sample_image_does_not_hold_back_the_samples_after_it() {
     let db = sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let (images, bucket, outbox) = folder_bucket(dir.path());
@@ -901,6 +901,11 @@ async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
             std::os::unix::fs::symlink("/proc/self/mem", &path).unwrap();
             assert!(path.is_file() && std::fs::read(&path).is_err());
         }
+        if n == 1 {
+            // Another picture in its place: a valid PNG, not the evidence recorded.
+            let path = linesight::store::image_path(&images, &image).unwrap();
+            std::fs::write(&path, crate::common::noise_png(16, 16, 99)).unwrap();
+        }
         let r = store
             .record_inspection(&inspection(n, 0.1, Some(image)), &cfg, "system")
             .await
@@ -913,9 +918,11 @@ async fn an_unreadable_sample_image_does_not_hold_back_the_samples_after_it() {
     let day = today();
     // `inspection` puts even parts on cam0 and odd ones on cam1.
     let base = |n: usize| bucket.join(format!("plant-1/line-1/cam{}/dt={day}/{}", n % 2, ids[n]));
-    assert!(base(0).with_extension("json").is_file());
-    assert!(!base(0).with_extension("png").exists());
-    for n in 1..3 {
+    for n in 0..2 {
+        assert!(base(n).with_extension("json").is_file(), "sample {n}");
+        assert!(!base(n).with_extension("png").exists(), "sample {n}");
+    }
+    for n in 2..3 {
         assert!(base(n).with_extension("png").is_file(), "sample {n}");
         assert!(base(n).with_extension("json").is_file(), "sample {n}");
     }

@@ -2739,6 +2739,37 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("holds no image record"), "{stderr}");
     assert!(images.join(&unrecorded[..2]).join(&unrecorded).is_file());
+    // Nor does it hold what its name promises: `images verify` names it.
+    let verify = || {
+        crate::common::linesight()
+            .args(["images", "verify"])
+            .env("LINESIGHT__STORE__URL", &url)
+            .env("LINESIGHT__STORE__DATA_DIR", dir.path())
+            .env("LINESIGHT__QUALITY__IMAGE_DIR", &images)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "images and overlays: 1 DAMAGED (1 file (20 bytes) in {})\n  {unrecorded}: its content hashes to ",
+            images.display()
+        )) && stdout.ends_with(&format!(
+            "NCR attachments: 0 files (0 bytes) in {}: each holds what its SHA-256 names, and every recorded one is there\n",
+            dir.path().join("attachments").display()
+        )),
+        "{stdout}"
+    );
+    std::fs::remove_file(images.join(&unrecorded[..2]).join(&unrecorded)).unwrap();
+    let out = verify();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let (code, out, _) = run(&["audit", "verify"], "");
     assert_eq!(code, Some(0));
