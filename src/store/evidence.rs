@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 
 use super::images::{image_path, is_hash_name};
-use super::{Backend, Store, StoreError, db};
+use super::{Store, StoreError, db};
 
 /// Problems listed by name in a [`FileCheck`]; the rest are counted.
 const LISTED: usize = 20;
@@ -311,16 +311,7 @@ impl Store {
     /// Of `hashes`, those whose image record is live once writers in progress have committed
     /// (see [`Store::image_deleted_at_settled`]): one transaction for them all.
     async fn live_images_settled(&self, hashes: &[String]) -> Result<Vec<String>, StoreError> {
-        let (mut tx, lock) = match self.backend {
-            Backend::Sqlite => (self.begin().await?, ""),
-            Backend::Postgres => (
-                self.writer
-                    .begin()
-                    .await
-                    .map_err(db("begin a transaction"))?,
-                " FOR SHARE",
-            ),
-        };
+        let (mut tx, lock) = self.begin_settled().await?;
         let marks: Vec<String> = (1..=hashes.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT hash FROM images WHERE deleted_at_ms IS NULL AND hash IN ({}){lock}",

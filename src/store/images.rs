@@ -597,16 +597,7 @@ impl Store {
         &self,
         hash: &str,
     ) -> Result<Option<Option<i64>>, StoreError> {
-        let (mut tx, lock) = match self.backend {
-            Backend::Sqlite => (self.begin().await?, ""),
-            Backend::Postgres => (
-                self.writer
-                    .begin()
-                    .await
-                    .map_err(db("begin a transaction"))?,
-                " FOR SHARE",
-            ),
-        };
+        let (mut tx, lock) = self.begin_settled().await?;
         let row = sqlx::query(&format!(
             "SELECT deleted_at_ms FROM images WHERE hash = $1{lock}"
         ))
@@ -618,6 +609,24 @@ impl Store {
         row.map(|r| r.try_get::<Option<i64>, _>(0))
             .transpose()
             .map_err(db("look up an image"))
+    }
+
+    /// A transaction whose reads of image records see writes in progress committed: on
+    /// PostgreSQL with the suffix that waits for the rows read (`FOR SHARE`), on SQLite under
+    /// the write lock (no suffix). Rolled back by the caller: it only reads.
+    pub(super) async fn begin_settled(
+        &self,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, &'static str), StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => (self.begin().await?, ""),
+            Backend::Postgres => (
+                self.writer
+                    .begin()
+                    .await
+                    .map_err(db("begin a transaction"))?,
+                " FOR SHARE",
+            ),
+        })
     }
 
     /// Deletes images older than `retention_days` and then the oldest ones until the rest fit
