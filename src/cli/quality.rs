@@ -193,7 +193,7 @@ pub fn run_audit(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<i32> 
 fn describe_files(what: &str, c: &crate::store::FileCheck) -> String {
     use std::fmt::Write as _;
     let read = format!(
-        "{} {} ({} bytes) in {}",
+        "{} {}, {} bytes, in {}",
         c.files,
         if c.files == 1 { "file" } else { "files" },
         c.bytes,
@@ -214,7 +214,7 @@ fn describe_files(what: &str, c: &crate::store::FileCheck) -> String {
             found.push(format!("{n} {word}"));
         }
     }
-    let mut out = format!("{what}: {} ({read})\n", found.join(", "));
+    let mut out = format!("{what}: {} of {read}\n", found.join(", "));
     for p in &c.problems {
         let _ = writeln!(out, "  {p}");
     }

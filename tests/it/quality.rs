@@ -2754,10 +2754,10 @@ fn cli_adds_users_from_stdin_and_audit_verify_names_the_broken_entry() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.starts_with(&format!(
-            "images and overlays: 1 DAMAGED (1 file (20 bytes) in {})\n  {unrecorded}: its content hashes to ",
+            "images and overlays: 1 DAMAGED of 1 file, 20 bytes, in {}\n  {unrecorded}: its content hashes to ",
             images.display()
         )) && stdout.ends_with(&format!(
-            "NCR attachments: 0 files (0 bytes) in {}: each holds what its SHA-256 names, and every recorded one is there\n",
+            "NCR attachments: 0 files, 0 bytes, in {}: each holds what its SHA-256 names, and every recorded one is there\n",
             dir.path().join("attachments").display()
         )),
         "{stdout}"
