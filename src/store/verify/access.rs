@@ -142,7 +142,7 @@ pub(super) async fn check_users(
                 Ok((a, hash))
             });
             let problem = match read {
-                Ok((account, hash)) => altered(user_differences(&account, &hash, &mine)),
+                Ok((account, hash)) => altered(user_differences(&account, &hash, created, &mine)),
                 Err(e) => Some(format!(
                     "the record cannot be read ({e}): it was altered outside linesight"
                 )),
@@ -158,14 +158,16 @@ pub(super) async fn check_users(
     Ok(compared + removed("user", entries, check))
 }
 
-/// How an account differs from its entries (oldest first; one of them `user.create`): its name
+/// How an account differs from its `user.create` entry and its other entries (oldest first): its name
 /// and role as created, its creation time, when and how its password was last set (and the
 /// hash's fingerprint where the entry names one), and whether it is withdrawn.
-fn user_differences(a: &UserAccount, hash: &str, entries: &[AuditEntry]) -> Vec<String> {
+fn user_differences(
+    a: &UserAccount,
+    hash: &str,
+    created: &AuditEntry,
+    entries: &[AuditEntry],
+) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(created) = entries.iter().find(|e| e.action == "user.create") else {
-        return vec!["no user.create entry".into()];
-    };
     let (text, _) = users::split_credential(created.new_value.as_deref().unwrap_or_default());
     // Whether the password was temporary is the entry's word alone.
     let temporary = text.ends_with(users::TEMPORARY);
