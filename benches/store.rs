@@ -14,6 +14,8 @@
 //! every `quality.image_prune_interval_minutes`) over a folder of recorded images with nothing
 //! to remove: the steady cost of keeping the quota. `images/serve` reads a frame-sized image
 //! bare and checked against its SHA-256, as the API serves it: the ratio is the check's cost.
+//! `images/store_again` stores that image again (its file is there): the hash alone, and the
+//! whole write with the existing file compared byte for byte.
 //!
 //! `audit/verify` measures `linesight audit verify` on a store of recorded inspections: the
 //! hash chain and every record against the entries that made and changed it, in one snapshot.
@@ -335,6 +337,24 @@ fn images(c: &mut Criterion) {
             rt.block_on(linesight::store::read_verified(&folder, &hash))
                 .expect("read")
                 .expect("there")
+        });
+    });
+    group.finish();
+
+    // What storing a frame costs when its file is there already (folder replay in a loop, a
+    // part photographed twice): the SHA-256 that names it, then the existing file compared
+    // with it byte for byte so that a damaged one is replaced. The ratio of the whole to the
+    // hash alone is the comparison's share.
+    let mut group = c.benchmark_group("images/store_again");
+    group.throughput(Throughput::Bytes(frame.len() as u64));
+    group.bench_function(BenchmarkId::new("sha256_only", "3.9MB"), |b| {
+        b.iter(|| linesight::store::check_content(&frame, &hash).expect("same"));
+    });
+    group.bench_function(BenchmarkId::new("write_image_files", "3.9MB"), |b| {
+        b.iter(|| {
+            let written =
+                linesight::store::write_image_files(&folder, &[&frame]).expect("stored again");
+            assert_eq!(written[0].hash, hash);
         });
     });
     group.finish();

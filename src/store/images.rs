@@ -370,12 +370,13 @@ fn create_dir_durably(folder: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `dir/<aa>/<sha256>` (fsynced, then renamed into place) unless a file of
-/// that name and size is there already, and returns the SHA-256.
+/// that name holding these bytes is there already, and returns the SHA-256.
 ///
 /// Each write goes to a temporary file of its own (`tempfile`: a unique name in the `.tmp`
 /// folder beside the fan-out folders), so that two uploads of the same bytes at once never
-/// write into one file, and a file of the wrong size (truncated outside linesight) is
-/// replaced.
+/// write into one file. A file there already is compared with `bytes` (a read, cheaper than
+/// the hash just computed): one truncated or damaged outside linesight is replaced, so that
+/// the inspection about to record it never points at a file the API refuses to serve.
 ///
 /// The fan-out folder is synced after the rename, and also when the file was there already:
 /// the upload that renamed it may not have synced the folder yet (it is doing so at the same
@@ -388,8 +389,23 @@ pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String
         what: format!("cannot store {}", path.display()),
         source,
     };
-    let complete =
-        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
+    let complete = match holds(&path, bytes) {
+        Ok(Holds::Same) => true,
+        Ok(Holds::Absent) => false,
+        Ok(Holds::Different) => {
+            tracing::warn!(
+                path = %path.display(),
+                "A stored file no longer held the content its name is the SHA-256 of \
+                 (damaged or changed on disk); writing it again from the same bytes."
+            );
+            false
+        }
+        // Unreadable (permissions, an I/O error): writing it again is the way to find out.
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot read a stored file; writing it again.");
+            false
+        }
+    };
     if !complete {
         create_dir_durably(&parent).map_err(io(format!("cannot create {}", parent.display())))?;
         // Dropped on any error before `persist`, the temporary file is removed; one a crash
@@ -412,6 +428,44 @@ pub(crate) fn write_content_addressed(dir: &Path, bytes: &[u8]) -> Result<String
         .and_then(|d| d.sync_all())
         .map_err(cannot)?;
     Ok(hash)
+}
+
+/// What [`holds`] found at a content-addressed path.
+#[derive(Debug, PartialEq, Eq)]
+enum Holds {
+    Absent,
+    Same,
+    Different,
+}
+
+/// Whether the file at `path` holds exactly `bytes`, read in blocks and compared as it goes.
+fn holds(path: &Path, bytes: &[u8]) -> std::io::Result<Holds> {
+    use std::io::Read as _;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Holds::Absent),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != bytes.len() as u64 {
+        return Ok(Holds::Different);
+    }
+    let mut block = vec![0u8; (1 << 20).min(bytes.len().max(1))];
+    let mut rest = bytes;
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            return Ok(if rest.is_empty() {
+                Holds::Same
+            } else {
+                Holds::Different
+            });
+        }
+        if n > rest.len() || block[..n] != rest[..n] {
+            return Ok(Holds::Different);
+        }
+        rest = &rest[n..];
+    }
 }
 
 /// An image file written and synced under the image folder, not yet recorded in the database.
@@ -1077,5 +1131,36 @@ mod tests {
         std::fs::write(&path, &bytes[..100]).unwrap();
         assert_eq!(write_content_addressed(dir.path(), &bytes).unwrap(), hash);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_file_of_the_right_size_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than one read block, so that the comparison crosses blocks.
+        let bytes: Vec<u8> = (0..(3 << 20) + 17).map(|i: u32| (i % 251) as u8).collect();
+        let hash = write_content_addressed(dir.path(), &bytes).unwrap();
+        let path = image_path(dir.path(), &hash).unwrap();
+        assert_eq!(holds(&path, &bytes).unwrap(), Holds::Same);
+        let mut damaged = bytes.clone();
+        *damaged.last_mut().unwrap() ^= 0x10;
+        std::fs::write(&path, &damaged).unwrap();
+        assert_eq!(holds(&path, &bytes).unwrap(), Holds::Different);
+        assert_eq!(write_content_addressed(dir.path(), &bytes).unwrap(), hash);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // A file left as it is when it holds the bytes: same inode, not renamed over.
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        write_content_addressed(dir.path(), &bytes).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        // An empty file is stored and found again.
+        let empty = write_content_addressed(dir.path(), b"").unwrap();
+        assert_eq!(
+            holds(&image_path(dir.path(), &empty).unwrap(), b"").unwrap(),
+            Holds::Same
+        );
+        assert_eq!(
+            holds(&dir.path().join("nothing"), b"x").unwrap(),
+            Holds::Absent
+        );
     }
 }
