@@ -248,6 +248,7 @@ fn describe_records(r: &RecordCheck) -> String {
         (r.attachments, "NCR attachment", "NCR attachments"),
         (r.lots, "lot", "lots"),
         (r.users, "account", "accounts"),
+        (r.sessions, "web UI session", "web UI sessions"),
         (r.tokens, "bearer token", "bearer tokens"),
         (r.model_activations, "model activation", "model activations"),
     ];
@@ -257,7 +258,7 @@ fn describe_records(r: &RecordCheck) -> String {
         .map(|&(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
         .collect();
     if named.is_empty() && r.mismatches_total == 0 {
-        return "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, tokens or model activations)\n".into();
+        return "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, sessions, tokens or model activations)\n".into();
     }
     let records = match named.as_slice() {
         [] => "0 records".to_owned(),
@@ -615,7 +616,7 @@ mod tests {
     fn records_are_counted_by_kind_and_differences_named_by_id_or_name() {
         assert_eq!(
             describe_records(&RecordCheck::default()),
-            "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, tokens or model activations)\n"
+            "records: none yet (no inspections, tasks, NCRs, signatures, lots, accounts, sessions, tokens or model activations)\n"
         );
         let mut r = RecordCheck {
             users: 1,

@@ -364,6 +364,10 @@ pub struct RecordCheck {
     /// password was last set and the fingerprint of its hash, withdrawal).
     #[serde(default)]
     pub users: u64,
+    /// Open web UI sessions compared with the sign-in entry that opened each (account, time,
+    /// the fingerprint of the secret) and with the entries that would have ended them.
+    #[serde(default)]
+    pub sessions: u64,
     /// Bearer tokens compared with their entries (name, account, expiry, who made them and
     /// when, the fingerprint of their digest, revocation).
     #[serde(default)]

@@ -191,6 +191,7 @@ impl Store {
         verified: Option<&str>,
     ) -> Result<(String, Session), StoreError> {
         let cookie = secret();
+        let digest = sha256_hex(&cookie);
         let csrf = secret();
         let mut tx = self.begin().await?;
         // Read under the write lock: a lock that expired while this waited for it is over.
@@ -200,7 +201,7 @@ impl Store {
             "INSERT INTO api_sessions (secret_sha256, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) \
              VALUES ($1, $2, $3, $4, $4, $5)",
         )
-        .bind(sha256_hex(&cookie))
+        .bind(&digest)
         .bind(user.id)
         .bind(&csrf)
         .bind(now)
@@ -223,9 +224,14 @@ impl Store {
                 entity: "user".into(),
                 entity_id: user.username.clone(),
                 old_value: None,
-                new_value: Some(format!(
-                    "session opened (web UI){}",
-                    super::users::from_suffix(client)
+                // With the fingerprint of the stored digest, so that `audit verify` can tell
+                // this session from one added in the table.
+                new_value: Some(super::users::with_credential(
+                    format!(
+                        "session opened (web UI){}",
+                        super::users::from_suffix(client)
+                    ),
+                    &digest,
                 )),
                 reason: None,
             }],

@@ -277,6 +277,7 @@ pub(super) async fn check_all_records(
     check_ncr_states(tx, page_size, &mut check).await?;
     check.lots = check_lots(tx, page_size, &mut check).await?;
     check.users = access::check_users(tx, page_size, &mut check).await?;
+    check.sessions = access::check_sessions(tx, page_size, &mut check).await?;
     check.tokens = access::check_tokens(tx, page_size, &mut check).await?;
     check.model_activations = access::check_model_activations(tx, page_size, &mut check).await?;
     Ok(check)

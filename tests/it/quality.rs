@@ -140,6 +140,7 @@ on_both_databases!(
     records_changed_added_or_removed_outside_linesight_are_found,
     task_ncr_and_lot_states_changed_outside_linesight_are_found,
     accounts_tokens_and_model_activations_changed_outside_linesight_are_found,
+    web_ui_sessions_added_replaced_or_restored_outside_linesight_are_found,
     inspections_open_tasks_by_the_rules_and_cap_reinspection,
     a_part_found_defective_is_not_re_tested_into_acceptance,
     tasks_are_decided_by_their_claimant_and_critical_defects_raise_ncrs,
@@ -1254,6 +1255,141 @@ async fn task_ncr_and_lot_states_changed_outside_linesight_are_found(db: &Db) {
     );
     assert!(reported_lot(&check, "LOT-R").contains("removed outside linesight"));
     assert!(reported_lot(&check, "LOT-X").contains("added outside linesight"));
+}
+
+/// What the records check says of the web UI session of account `name`; fails when it says
+/// nothing.
+fn reported_session(check: &linesight::quality::audit::RecordCheck, name: &str) -> String {
+    check
+        .mismatches
+        .iter()
+        .find(|m| m.entity == "web UI session" && m.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("session of {name} not reported: {check:?}"))
+        .problem
+        .clone()
+}
+
+async fn web_ui_sessions_added_replaced_or_restored_outside_linesight_are_found(db: &Db) {
+    let s = &db.store;
+    const IDLE_MS: i64 = 3_600_000;
+    let ada = user(s, "ada", Role::Admin).await;
+    for (name, role) in [
+        ("ina", Role::Inspector),
+        ("quinn", Role::QaApprover),
+        ("ivo", Role::Inspector),
+    ] {
+        user(s, name, role).await;
+        s.sign_in(&creds(name, PASSWORD), policy(), IDLE_MS)
+            .await
+            .unwrap();
+    }
+    // Twice for one account, and once without a password (a tool that vouches for its user).
+    s.sign_in(&creds("ina", PASSWORD), policy(), IDLE_MS)
+        .await
+        .unwrap();
+    s.create_session(&ada, IDLE_MS, None).await.unwrap();
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.users, check.sessions, check.mismatches_total),
+        (4, 5, 0),
+        "{check:?}"
+    );
+    let sign_ins = s.audit_for("user", "ina").await.unwrap();
+    assert!(
+        sign_ins
+            .iter()
+            .filter(|e| e.action == "user.sign_in")
+            .all(|e| e.new_value.as_deref().unwrap().contains("; credential=")),
+        "{sign_ins:?}"
+    );
+
+    // Ivo's session, kept aside, then ended by a password reset.
+    let row = |name: &'static str| async move {
+        sqlx::query_as::<_, (String, i64, String, i64, i64, i64)>(
+            "SELECT s.secret_sha256, s.user_id, s.csrf_token, s.created_at_ms, s.last_seen_ms, s.expires_at_ms \
+             FROM api_sessions s JOIN users u ON u.id = s.user_id WHERE u.username = $1",
+        )
+        .bind(name)
+        .fetch_one(s.raw_pool())
+        .await
+        .unwrap()
+    };
+    let ivo = row("ivo").await;
+    s.reset_password("ivo", "a-t3mporary-pass", "ada", "forgotten")
+        .await
+        .unwrap();
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.sessions, check.mismatches_total),
+        (4, 0),
+        "{check:?}"
+    );
+
+    // Changed in the table, as someone with the database's password could: Ivo's session
+    // put back after the reset ended it, Quinn's secret replaced by one whose cookie somebody
+    // else holds, and a session for Ada that no sign-in opened.
+    let insert = |(secret, user_id, csrf, created, seen, expires): (
+        String,
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+    )| async move {
+        sqlx::query(
+            "INSERT INTO api_sessions (secret_sha256, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(secret)
+        .bind(user_id)
+        .bind(csrf)
+        .bind(created)
+        .bind(seen)
+        .bind(expires)
+        .execute(s.raw_pool())
+        .await
+        .unwrap();
+    };
+    insert(ivo.clone()).await;
+    sqlx::query(
+        "UPDATE api_sessions SET secret_sha256 = $1 WHERE user_id = (SELECT id FROM users WHERE username = 'quinn')",
+    )
+    .bind("b".repeat(64))
+    .execute(s.raw_pool())
+    .await
+    .unwrap();
+    insert(("c".repeat(64), ada.id, "x".into(), ivo.3 - 1, ivo.4, ivo.5)).await;
+    assert!(s.verify_audit().await.unwrap().is_ok(), "the chain holds");
+
+    let check = s.verify_records().await.unwrap();
+    assert_eq!(
+        (check.sessions, check.mismatches_total),
+        (6, 3),
+        "{check:?}"
+    );
+    assert!(
+        reported_session(&check, "ivo").contains("(user.password_reset) ended every session of the account after that: it was restored outside linesight"),
+        "{check:?}"
+    );
+    assert!(
+        reported_session(&check, "quinn")
+            .contains("but its secret is not the one the sign-in entry "),
+        "{check:?}"
+    );
+    assert!(
+        reported_session(&check, "ada")
+            .contains("but no sign-in entry records it: it was added outside linesight"),
+        "{check:?}"
+    );
+    // Ina's two sessions and Ada's own agree; the sessions still work as they are (the check
+    // reports, it changes nothing).
+    assert!(
+        !check
+            .mismatches
+            .iter()
+            .any(|m| m.name.as_deref() == Some("ina")),
+        "{check:?}"
+    );
 }
 
 async fn accounts_tokens_and_model_activations_changed_outside_linesight_are_found(db: &Db) {

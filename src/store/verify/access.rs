@@ -1,5 +1,5 @@
 //! Who may act and with which model, against the audit trail: accounts (name, role,
-//! password, withdrawal), bearer tokens and model activations. A role raised, a password hash
+//! password, withdrawal), web UI sessions, bearer tokens and model activations. A role raised, a password hash
 //! or a token digest replaced, an account or a token added in the tables would let somebody
 //! act or sign as another person; an activation changed would hide which model judged parts.
 
@@ -481,6 +481,137 @@ pub(super) async fn check_model_activations(
         check.push(lost_activation(lost));
     }
     Ok(compared)
+}
+
+/// The entries that end every web UI session of an account (a password set, a withdrawal, a
+/// lock): a session opened before one of them was deleted with it.
+const SESSION_ENDING: &[&str] = &[
+    "user.password_change",
+    "user.password_reset",
+    "user.disable",
+    "user.locked",
+];
+
+/// Web UI sessions against the `user.sign_in` entry that opened each: the account, the time
+/// and, where the entry names one, the fingerprint of the session's secret. A session row
+/// added in the tables would let somebody act in the web UI as the account it names (decide
+/// tasks, hold lots; signing still asks for the password). A session that a later password
+/// set, withdrawal or lock ended, found again, was restored. Sessions are few (the open ones):
+/// each is looked up in the trail by its account's index. Returns how many were compared.
+pub(super) async fn check_sessions(
+    tx: &mut Transaction<'static, Any>,
+    page_size: i64,
+    check: &mut audit::RecordCheck,
+) -> Result<u64, StoreError> {
+    const ENTRY: &str = "SELECT seq, at_ms, actor, action, entity, entity_id, old_value, new_value, reason, prev_hash, hash \
+                         FROM audit_log WHERE entity = 'user' AND entity_id = $1";
+    let listed: Vec<String> = SESSION_ENDING.iter().map(|a| format!("'{a}'")).collect();
+    let opened_sql = format!("{ENTRY} AND action = 'user.sign_in' AND at_ms = $2 ORDER BY seq");
+    let ended_sql = format!(
+        "{ENTRY} AND action IN ({}) AND seq > $2 ORDER BY seq LIMIT 1",
+        listed.join(", ")
+    );
+    let mut compared = 0u64;
+    let mut after = String::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT s.secret_sha256, s.user_id, s.created_at_ms, u.username FROM api_sessions s \
+             LEFT JOIN users u ON u.id = s.user_id WHERE s.secret_sha256 > $1 \
+             ORDER BY s.secret_sha256 LIMIT $2",
+        )
+        .bind(&after)
+        .bind(page_size)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read the web UI sessions"))?;
+        for row in &rows {
+            let read = (|| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get::<String, _>("secret_sha256")?,
+                    row.try_get::<i64, _>("user_id")?,
+                    row.try_get::<i64, _>("created_at_ms")?,
+                    row.try_get::<Option<String>, _>("username")?,
+                ))
+            })();
+            let (secret, user_id, opened_ms, username) = match read {
+                Ok(read) => read,
+                Err(e) => return Err(db("decode a web UI session")(e)),
+            };
+            after.clone_from(&secret);
+            compared += 1;
+            let Some(username) = username else {
+                check.push(named(
+                    "web UI session",
+                    &format!("account {user_id}"),
+                    None,
+                    "a session of an account that does not exist: it was added outside linesight"
+                        .into(),
+                ));
+                continue;
+            };
+            let opened: Vec<AuditEntry> = sqlx::query(&opened_sql)
+                .bind(&username)
+                .bind(opened_ms)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db("read the audit trail"))?
+                .iter()
+                .map(audit_row)
+                .collect::<Result<_, _>>()?;
+            let fingerprint = users::credential_fingerprint(&secret);
+            fn credential(e: &AuditEntry) -> Option<&str> {
+                users::split_credential(e.new_value.as_deref().unwrap_or("")).1
+            }
+            // An entry of an earlier version names no fingerprint: any of them at that time.
+            let entry = opened
+                .iter()
+                .find(|e| credential(e) == Some(fingerprint.as_str()))
+                .or_else(|| opened.iter().find(|e| credential(e).is_none()));
+            let Some(entry) = entry else {
+                let problem = match opened.first() {
+                    Some(e) => format!(
+                        "opened at {}, but its secret is not the one the sign-in entry {} names: it was replaced outside linesight",
+                        crate::quality::format_ms(opened_ms),
+                        e.seq
+                    ),
+                    None => format!(
+                        "opened at {}, but no sign-in entry records it: it was added outside linesight",
+                        crate::quality::format_ms(opened_ms)
+                    ),
+                };
+                check.push(named(
+                    "web UI session",
+                    &username,
+                    opened.first().map(|e| e.seq),
+                    problem,
+                ));
+                continue;
+            };
+            let ended = sqlx::query(&ended_sql)
+                .bind(&username)
+                .bind(entry.seq)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db("read the audit trail"))?;
+            if let Some(ended) = ended {
+                let ended = audit_row(&ended)?;
+                check.push(named(
+                    "web UI session",
+                    &username,
+                    Some(entry.seq),
+                    format!(
+                        "opened at {}, but entry {} ({}) ended every session of the account after that: it was restored outside linesight",
+                        crate::quality::format_ms(opened_ms),
+                        ended.seq,
+                        ended.action
+                    ),
+                ));
+            }
+        }
+        if (rows.len() as i64) < page_size {
+            return Ok(compared);
+        }
+    }
 }
 
 fn lost_activation(e: &AuditEntry) -> audit::RecordMismatch {
