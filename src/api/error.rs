@@ -33,6 +33,10 @@ pub enum ApiError {
     Refused(String),
     #[error("request body larger than api.max_body_bytes = {0}")]
     TooLarge(usize),
+    #[error(
+        "JSON body larger than {0} bytes, the most any request of this API needs (images and attachments go in their own bodies, up to api.max_body_bytes)"
+    )]
+    JsonTooLarge(usize),
     #[error("no cameras run in this service: triggers go to `linesight run` with api.listen set")]
     NoPipeline,
     #[error("unsupported media type {0:?}: send image/jpeg or image/png")]
@@ -104,7 +108,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::JsonTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoPipeline => StatusCode::CONFLICT,

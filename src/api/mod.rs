@@ -307,8 +307,21 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
-/// The `/api/v1` routes with their OpenAPI description.
-fn v1() -> OpenApiRouter<ApiState> {
+/// The largest body of any route but an upload or an attachment (JSON: sign-in, decisions,
+/// NCRs, activations…). Their longest field is a free text of
+/// [`crate::quality::MAX_TEXT_BYTES`]; escaped as JSON at worst six bytes a byte, with a few
+/// labels beside it, it fits. Bodies are read before the caller is known (a sign-in is one),
+/// so a limit as large as an image's would let clients without an account hold
+/// `api.max_connections` × `api.max_body_bytes` in memory.
+pub const MAX_JSON_BODY_BYTES: usize = 64 << 10;
+
+/// The `/api/v1` routes with their OpenAPI description. Bodies are limited to
+/// [`MAX_JSON_BODY_BYTES`], but for uploads and attachments, which take `upload_limit`.
+fn v1(upload_limit: usize) -> OpenApiRouter<ApiState> {
+    let files = OpenApiRouter::new()
+        .routes(routes!(inspections::upload, inspections::list))
+        .routes(routes!(ncrs::attach))
+        .layer(DefaultBodyLimit::max(upload_limit));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::sign_in, auth::whoami, auth::sign_out))
         .routes(routes!(auth::issue_token, auth::tokens))
@@ -318,7 +331,6 @@ fn v1() -> OpenApiRouter<ApiState> {
         .routes(routes!(users::disable))
         .routes(routes!(users::enable))
         .routes(routes!(users::reset_password))
-        .routes(routes!(inspections::upload, inspections::list))
         .routes(routes!(inspections::inspection))
         .routes(routes!(inspections::image))
         .routes(routes!(inspections::camera_summary))
@@ -333,7 +345,6 @@ fn v1() -> OpenApiRouter<ApiState> {
         .routes(routes!(ncrs::ncr))
         .routes(routes!(ncrs::transition))
         .routes(routes!(ncrs::sign))
-        .routes(routes!(ncrs::attach))
         .routes(routes!(ncrs::attachment))
         .routes(routes!(lots::lots))
         .routes(routes!(lots::lot))
@@ -346,17 +357,17 @@ fn v1() -> OpenApiRouter<ApiState> {
         .routes(routes!(models::activate))
         .routes(routes!(models::recipes))
         .routes(routes!(models::contract))
+        .merge(files)
 }
 
 /// The OpenAPI 3.1 document of the API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    v1().into_openapi()
+    v1(ApiConfig::default().max_body_bytes).into_openapi()
 }
 
 /// The API router, with the web UI.
 pub fn app(state: ApiState) -> Router {
-    let limit = state.config.max_body_bytes;
-    let (v1, doc) = v1().split_for_parts();
+    let (v1, doc) = v1(state.config.max_body_bytes).split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     Router::new()
         .merge(v1)
@@ -371,7 +382,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(ui::routes())
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
         .with_state(state)
 }
 

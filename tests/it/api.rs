@@ -420,7 +420,7 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
     })
     .await;
     let qa = basic("qa");
-    let big = format!(r#"{{"reason":"{}"}}"#, "x".repeat(5000));
+    let big = format!(r#"{{"reason":"{}"}}"#, "x".repeat(70_000));
     let cases = [
         (
             call("GET", "/api/v1/inspections/abc", Some(&qa), None),
@@ -503,6 +503,73 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
             "{what}: {p}"
         );
     }
+}
+
+/// Bodies other than uploads and attachments (JSON) are limited to 64 KiB, also where they
+/// are read before the caller is known (a sign-in), so that clients without an account cannot
+/// hold `api.max_body_bytes` each in memory; an upload still takes up to `api.max_body_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_are_limited_before_the_caller_is_known_but_uploads_are_not() {
+    let f = fixture(ApiConfig::default()).await;
+    let padded = |n: usize| format!(r#"{{"username":"qa","password":"{}"}}"#, "A".repeat(n));
+    for (req, want) in [
+        (
+            call("POST", "/api/v1/session", None, Some(&padded(1 << 20))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            call(
+                "POST",
+                "/api/v1/lots/L1/hold",
+                Some(&basic("qa")),
+                Some(&format!(r#"{{"reason":"{}"}}"#, "x".repeat(70_000))),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        // Under the limit, the body is read and the password checked as usual.
+        (
+            call("POST", "/api/v1/session", None, Some(&padded(60_000))),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (status, body, media) = send(&f, req).await;
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(media.as_deref(), Some("application/problem+json"), "{what}");
+        if want == StatusCode::PAYLOAD_TOO_LARGE {
+            let p = json(&body);
+            assert!(
+                p["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("JSON body larger than 65536 bytes")),
+                "{what}: {p}"
+            );
+        }
+    }
+    // A noisy 320×256 PNG, several times the JSON limit: taken.
+    let noise = image::RgbImage::from_fn(320, 256, |x, y| {
+        let v = x
+            .wrapping_add(1)
+            .wrapping_mul(2_654_435_761u32.wrapping_mul(y + 1))
+            >> 7;
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut png = Vec::new();
+    noise
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert!(png.len() > 3 * (64 << 10), "{} bytes", png.len());
+    let (status, body, _) = send(
+        &f,
+        upload(Some("op"), "part_id=P-big&lot=L", "image/png", png),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }
 
 #[tokio::test]
