@@ -103,6 +103,33 @@ pub struct Trigger {
     /// Recipe name from the camera's `recipes`; none: the camera's default model.
     #[serde(default)]
     pub recipe: Option<String>,
+    /// When the sender sent it, in milliseconds since the Unix epoch by the sender's clock.
+    /// Given, the trigger's deadline counts from then: one that reaches linesight later than
+    /// `pipeline.trigger_deadline_ms` after it was sent (held by the broker while linesight
+    /// was not connected, or by the network) is answered late, without a frame of whatever
+    /// part is under the camera by then. The two clocks must agree to well within the deadline.
+    #[serde(default)]
+    pub sent_at_ms: Option<i64>,
+}
+
+/// When a trigger reached linesight. Its deadline counts from then (or from when it was sent,
+/// [`Trigger::sent_at_ms`]), however long it then waits to be journalled: an MQTT trigger
+/// queued behind a store that is slow or being retried must not be served with a frame taken
+/// seconds later.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub at: Instant,
+    /// The same moment by the wall clock (recorded in the trigger journal).
+    pub at_ms: i64,
+}
+
+impl Received {
+    pub fn now() -> Self {
+        Received {
+            at: Instant::now(),
+            at_ms: record::now_ms(),
+        }
+    }
 }
 
 impl Trigger {
@@ -511,8 +538,18 @@ impl Triggers {
     /// request is then dropped): a trigger journalled and taken in flight must reach its queue
     /// or its answer, or it would stay in flight, unanswered, until a restart.
     pub async fn fire(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
+        self.fire_received(trigger, Received::now()).await
+    }
+
+    /// [`Self::fire`] for a trigger that reached linesight at `received` (an MQTT message
+    /// that waited for the triggers before it, or for the journal).
+    pub async fn fire_received(
+        &self,
+        trigger: Trigger,
+        received: Received,
+    ) -> Result<TriggerAccepted, TriggerError> {
         let this = self.clone();
-        tokio::spawn(async move { this.fire_to_the_end(trigger).await })
+        tokio::spawn(async move { this.fire_to_the_end(trigger, received).await })
             .await
             .unwrap_or_else(|e| {
                 Err(TriggerError::Journal(format!(
@@ -521,7 +558,11 @@ impl Triggers {
             })
     }
 
-    async fn fire_to_the_end(&self, trigger: Trigger) -> Result<TriggerAccepted, TriggerError> {
+    async fn fire_to_the_end(
+        &self,
+        trigger: Trigger,
+        received: Received,
+    ) -> Result<TriggerAccepted, TriggerError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(TriggerError::ShuttingDown);
         }
@@ -543,9 +584,22 @@ impl Triggers {
             .id
             .clone()
             .unwrap_or_else(|| self.new_id(&trigger.camera));
-        // When the trigger came: now, or for one journalled before (a redelivery), when it
-        // was first received, so that its deadline counts from then.
-        let mut fired_at = Instant::now();
+        // Older than this machine's clock goes back (received before a reboot): past its
+        // deadline all the same.
+        let past_deadline = Duration::from_millis(self.shared.config.trigger_deadline_ms + 1);
+        let earlier = |at: Instant, age_ms: i64| {
+            let age = Duration::from_millis(age_ms.max(0) as u64);
+            at.checked_sub(age)
+                .or_else(|| at.checked_sub(past_deadline))
+                .unwrap_or(at)
+        };
+        // When the trigger came: when it reached linesight, or when it was sent if the
+        // sender says so, or for one journalled before (a redelivery) when it was first
+        // received, so that its deadline counts from then.
+        let mut fired_at = match trigger.sent_at_ms {
+            Some(sent) => earlier(received.at, received.at_ms.saturating_sub(sent)),
+            None => received.at,
+        };
         if let Some(recorder) = &self.shared.recorder {
             // Durable before acknowledged: once journalled, the trigger gets an answer even
             // if linesight stops before serving it (the next start answers it "late").
@@ -557,7 +611,7 @@ impl Triggers {
                     trigger.part_id.as_deref(),
                     trigger.lot.as_deref(),
                     trigger.recipe.as_deref(),
-                    record::now_ms(),
+                    received.at_ms,
                 )
                 .await;
             match journalled {
@@ -573,17 +627,10 @@ impl Triggers {
                         && existing.camera == trigger.camera
                         && self.shared.in_flight().insert(id.clone()) =>
                 {
-                    let age = Duration::from_millis(
-                        (record::now_ms() - existing.received_at_ms).max(0) as u64,
-                    );
-                    // Older than this machine's clock goes back (received before a reboot):
-                    // past its deadline all the same.
-                    let past_deadline =
-                        Duration::from_millis(self.shared.config.trigger_deadline_ms + 1);
-                    fired_at = fired_at
-                        .checked_sub(age)
-                        .or_else(|| fired_at.checked_sub(past_deadline))
-                        .unwrap_or(fired_at);
+                    fired_at = fired_at.min(earlier(
+                        received.at,
+                        received.at_ms - existing.received_at_ms,
+                    ));
                 }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
@@ -2393,6 +2440,7 @@ mod tests {
             part_id: None,
             lot: None,
             recipe: None,
+            sent_at_ms: None,
         };
         let answered = |n: usize| {
             let sink = sink.clone();

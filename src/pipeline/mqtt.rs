@@ -90,6 +90,8 @@ struct Payload {
     lot: Option<String>,
     #[serde(default)]
     recipe: Option<String>,
+    #[serde(default)]
+    sent_at_ms: Option<i64>,
 }
 
 /// Parses one trigger message; the error says what is wrong with it.
@@ -110,6 +112,7 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Trigger, Strin
         part_id: payload.part_id,
         lot: payload.lot,
         recipe: payload.recipe,
+        sent_at_ms: payload.sent_at_ms,
     };
     trigger.check_labels().map_err(|(_, message)| message)?;
     Ok(trigger)
@@ -165,6 +168,7 @@ pub async fn run(config: MqttTriggerConfig, triggers: Triggers, mut stop: watch:
                 let item = Arrived {
                     connection: links.connection.load(Ordering::SeqCst),
                     publish,
+                    received: super::Received::now(),
                 };
                 if arrived.send(item).is_err() {
                     break;
@@ -253,6 +257,9 @@ struct Arrived {
     /// not acknowledged there, and a copy delivered again is recognised ([`Redeliveries`]).
     connection: u64,
     publish: rumqttc::Publish,
+    /// When it came off the connection: its deadline counts from then, not from when the
+    /// journal takes it.
+    received: super::Received,
 }
 
 /// The ids given to triggers that came without one, by the message that carried them, for the
@@ -318,6 +325,7 @@ async fn journal_in_order(
         let Arrived {
             connection: came_on,
             publish,
+            received,
         } = tokio::select! {
             p = arrived.recv() => match p {
                 Some(p) => p,
@@ -344,7 +352,7 @@ async fn journal_in_order(
                 }
                 let mut wait = Duration::from_millis(100);
                 loop {
-                    match triggers.fire(trigger.clone()).await {
+                    match triggers.fire_received(trigger.clone(), received).await {
                         Err(e @ TriggerError::Journal(_)) => {
                             tracing::warn!(topic = %publish.topic, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT trigger not journalled yet; retrying.");
                             tokio::select! {

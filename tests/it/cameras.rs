@@ -477,6 +477,7 @@ mod gige {
                 part_id: Some(format!("part-{i}")),
                 lot: Some("lot-9".into()),
                 recipe: None,
+                sent_at_ms: None,
             };
             assert_eq!(triggers.fire(t).await.unwrap().status, "queued");
             tokio::time::sleep(Duration::from_millis(100)).await;
