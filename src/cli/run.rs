@@ -16,6 +16,10 @@ use crate::model::registry::{ModelRegistry, Validator};
 use crate::pipeline::http::{HttpState, app};
 use crate::pipeline::{Camera, CameraConfig, Pipeline, TriggerMode};
 use crate::pipeline::{ModelSwitch, Recorder};
+
+/// `run`'s exit code after a stop that did not keep every result: the quality store refused
+/// some or was still down at the shutdown deadline, or a sink could not write.
+const EXIT_RESULTS_NOT_KEPT: i32 = 3;
 use crate::source::SourceConfig;
 use crate::store::{PruneReport, Store, StoreConfig, redact};
 
@@ -412,7 +416,15 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
             "stopped: {} inspected, {} late, {} busy, {} errors, {} frames dropped",
             summary.inspected, summary.late, summary.busy, summary.errors, summary.dropped
         );
-        Ok(0)
+        if summary.all_kept() {
+            return Ok(0);
+        }
+        // A supervisor must not read a stop that lost results from the store as a clean one.
+        eprintln!(
+            "NOT KEPT: {} results not recorded in the quality store, {} results a sink failed to write (see the log; the results file holds what the store did not take, and the triggers still pending are answered at the next start)",
+            summary.not_recorded, summary.sink_errors
+        );
+        Ok(EXIT_RESULTS_NOT_KEPT)
     });
     // Everything that must be durable is flushed by now. A camera grab still blocked in its
     // driver (a line-triggered camera on a quiet line waits without a timeout) must not keep

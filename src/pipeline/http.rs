@@ -41,7 +41,18 @@ impl IntoResponse for TriggerError {
             TriggerError::Invalid(_) => StatusCode::BAD_REQUEST,
             TriggerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        problem(status, "trigger refused", self.to_string())
+        let detail = match &self {
+            // The store's own words may name hosts, roles or the pool's state: they go to the
+            // log, the caller hears what to do.
+            TriggerError::Journal(_) => {
+                tracing::error!(error = %self, "Trigger refused: it could not be made durable.");
+                "the trigger could not be journalled in the quality store (the service's log \
+                 says why) and was not accepted: send it again"
+                    .to_owned()
+            }
+            _ => self.to_string(),
+        };
+        problem(status, "trigger refused", detail)
     }
 }
 

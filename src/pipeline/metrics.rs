@@ -97,6 +97,9 @@ pub struct Metrics {
     pub sink_errors: AtomicU64,
     /// Quality-store writes that failed (each retried one counts once per failure).
     pub store_errors: AtomicU64,
+    /// Results the quality store did not record in the end: refused, or the store still down
+    /// when the shutdown deadline passed.
+    pub results_not_recorded: AtomicU64,
 }
 
 impl Metrics {
@@ -113,6 +116,7 @@ impl Metrics {
             batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             sink_errors: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            results_not_recorded: AtomicU64::new(0),
         }
     }
 
@@ -234,6 +238,11 @@ impl Metrics {
             out,
             "# HELP linesight_store_errors_total Failed quality-store writes (retried until the shutdown deadline).\n# TYPE linesight_store_errors_total counter\nlinesight_store_errors_total {}",
             load(&self.store_errors)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP linesight_results_not_recorded_total Results the quality store did not record: refused, or still down at the shutdown deadline (each is in the results file when one is configured; its trigger is answered at the next start).\n# TYPE linesight_results_not_recorded_total counter\nlinesight_results_not_recorded_total {}",
+            load(&self.results_not_recorded)
         );
         out
     }

@@ -269,6 +269,17 @@ pub struct Summary {
     pub busy: u64,
     pub errors: u64,
     pub dropped: u64,
+    /// Results the quality store did not record (refused, or down past the shutdown deadline).
+    pub not_recorded: u64,
+    /// Results a sink (the results file) failed to write.
+    pub sink_errors: u64,
+}
+
+impl Summary {
+    /// Whether every result reached the quality store and every sink.
+    pub fn all_kept(&self) -> bool {
+        self.not_recorded == 0 && self.sink_errors == 0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -353,8 +364,8 @@ struct Shared {
     recorder: Option<Recorder>,
     /// Journalled triggers this instance has not answered yet.
     in_flight: Mutex<std::collections::HashSet<String>>,
-    /// Set once the shutdown deadline has passed: store writes stop being retried.
-    give_up: AtomicBool,
+    /// Passed once the shutdown deadline has: store writes stop being retried.
+    give_up: record::RetryStop,
     /// Which model serves which slot; swapped atomically by [`Pipeline::swap_model`].
     models: Mutex<ModelTable>,
     /// What loading another model needs.
@@ -1032,7 +1043,7 @@ impl Pipeline {
             cameras_running: std::sync::atomic::AtomicUsize::new(cameras.len()),
             cameras_done: tokio::sync::Notify::new(),
             recorder,
-            give_up: AtomicBool::new(false),
+            give_up: record::RetryStop::default(),
             in_flight: Mutex::new(Default::default()),
             models: Mutex::new(table),
             runtime,
@@ -1171,7 +1182,7 @@ impl Pipeline {
             let shared = shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(deadline).await;
-                shared.give_up.store(true, Ordering::SeqCst);
+                shared.give_up.pass();
             })
         };
         let _ = self.shutdown.send(true);
@@ -1250,6 +1261,8 @@ impl Pipeline {
             summary.errors += c.errors.load(Ordering::Relaxed);
             summary.dropped += c.frames_dropped.load(Ordering::Relaxed);
         }
+        summary.not_recorded = shared.metrics.results_not_recorded.load(Ordering::Relaxed);
+        summary.sink_errors = shared.metrics.sink_errors.load(Ordering::Relaxed);
         summary
     }
 }
@@ -1334,7 +1347,13 @@ async fn answer_orphaned_triggers(shared: Arc<Shared>, mut stop: watch::Receiver
         Duration::from_millis((shared.config.orphan_trigger_after_ms / 4).clamp(250, 15_000));
     loop {
         let before = record::now_ms() - grace;
-        match recorder.store.pending_triggers(before).await {
+        // Raced with the stop: a store that does not answer (up to store.acquire_timeout_ms)
+        // must not hold the shutdown up; the triggers stay pending for the next read.
+        let read = tokio::select! {
+            read = recorder.store.pending_triggers(before) => read,
+            _ = stop.changed() => return,
+        };
+        match read {
             Ok(pending) => {
                 // Taken in flight here, so that a redelivery of one of them (an MQTT broker
                 // sending it again after the restart) is a duplicate, not served beside its
@@ -1401,7 +1420,7 @@ async fn run_actions(
                     .record_with_retry(
                         &result,
                         image.as_ref(),
-                        || shared.give_up.load(Ordering::SeqCst),
+                        &shared.give_up,
                         &shared.metrics.store_errors,
                     )
                     .await,
@@ -1411,8 +1430,15 @@ async fn run_actions(
         if let Some(id) = &result.trigger_id {
             shared.in_flight().remove(id);
         }
-        if stored == Some(record::Stored::Superseded) {
-            return;
+        match stored {
+            Some(record::Stored::Superseded) => return,
+            Some(record::Stored::NotRecorded) => {
+                shared
+                    .metrics
+                    .results_not_recorded
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.record(&result) {

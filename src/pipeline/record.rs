@@ -182,17 +182,44 @@ impl Recorder {
         Ok(true)
     }
 
-    /// Records with retries until it succeeds or `give_up` says stop.
+    /// Records with retries until it succeeds or `stop` says stop ([`RetryStop`]).
     pub async fn record_with_retry(
         &self,
         result: &InspectionResult,
         image: Option<&Arc<RgbImage>>,
-        give_up: impl Fn() -> bool,
+        stop: &RetryStop,
         errors: &std::sync::atomic::AtomicU64,
     ) -> Stored {
+        let not_recorded = |e: &dyn std::fmt::Display| {
+            tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");
+            Stored::NotRecorded
+        };
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.record(result, image).await {
+            if stop.has_passed() && stop.failing() {
+                return not_recorded(&"the store's last write failed too");
+            }
+            let attempt = if stop.has_passed() {
+                // Past the deadline with a store that works: written, however long it takes
+                // (the store's own timeouts bound it).
+                self.record(result, image).await
+            } else {
+                tokio::select! {
+                    attempt = self.record(result, image) => attempt,
+                    () = stop.wait() => {
+                        // Abandoned (its transaction rolls back): the store is slow or away.
+                        stop.set_failing(true);
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return not_recorded(&"the write was still waiting for the store");
+                    }
+                }
+            };
+            let retryable = matches!(
+                attempt,
+                Err(StoreError::Db { .. } | StoreError::Connect { .. })
+            );
+            stop.set_failing(retryable);
+            match attempt {
                 Ok(true) => return Stored::Recorded,
                 Ok(false) => {
                     tracing::info!(camera = %result.camera, trigger = ?result.trigger_id, "A second answer to a trigger is dropped: its first answer stands.");
@@ -210,12 +237,14 @@ impl Recorder {
                     | StoreError::ImageGone { .. }),
                 ) => {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if give_up() {
-                        tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");
-                        return Stored::NotRecorded;
+                    if stop.has_passed() {
+                        return not_recorded(&e);
                     }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Quality store write failed; retrying.");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.wait() => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
@@ -238,6 +267,61 @@ impl Recorder {
                 }
             }
         }
+    }
+}
+
+/// When [`Recorder::record_with_retry`] stops retrying: once the shutdown deadline has
+/// passed ([`Self::pass`]), a store that is down no longer holds the stop up. A write in
+/// progress at that moment is abandoned (an unreachable PostgreSQL holds each attempt for
+/// `store.acquire_timeout_ms`), and past it, while the store's last write failed, the results
+/// still queued are not tried again one by one; while it works, they are still written.
+#[derive(Debug)]
+pub struct RetryStop {
+    passed: tokio::sync::watch::Sender<bool>,
+    /// Whether the store's last write failed (a success clears it).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Default for RetryStop {
+    fn default() -> Self {
+        RetryStop {
+            passed: tokio::sync::watch::Sender::new(false),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl RetryStop {
+    /// One whose deadline has passed already: each result gets one attempt.
+    pub fn passed_already() -> Self {
+        let stop = Self::default();
+        stop.pass();
+        stop
+    }
+
+    /// The deadline has passed.
+    pub fn pass(&self) {
+        self.passed.send_replace(true);
+    }
+
+    pub fn has_passed(&self) -> bool {
+        *self.passed.borrow()
+    }
+
+    fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Resolves when the deadline passes.
+    async fn wait(&self) {
+        let mut passed = self.passed.subscribe();
+        // The sender lives in `self`: the channel cannot close while this waits.
+        let _ = passed.wait_for(|p| *p).await;
     }
 }
 

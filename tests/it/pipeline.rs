@@ -2165,6 +2165,7 @@ async fn a_second_answer_to_a_trigger_is_superseded_but_a_retried_one_is_not() {
         batch_size: 0,
     };
     let errors = std::sync::atomic::AtomicU64::new(0);
+    let stop = linesight::pipeline::record::RetryStop::passed_already();
     let now = linesight::quality::now_ms();
     for id in ["T-1", "T-2"] {
         db.store
@@ -2173,10 +2174,10 @@ async fn a_second_answer_to_a_trigger_is_superseded_but_a_retried_one_is_not() {
             .unwrap();
     }
     let record = |id: &'static str| {
-        let (recorder, errors, result) = (&recorder, &errors, late(id));
+        let (recorder, errors, stop, result) = (&recorder, &errors, &stop, late(id));
         async move {
             recorder
-                .record_with_retry(&result, None, || true, errors)
+                .record_with_retry(&result, None, stop, errors)
                 .await
         }
     };
@@ -2357,6 +2358,132 @@ async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db
             .unwrap()
             .is_empty()
     );
+    db.finish().await;
+}
+
+/// Results the quality store cannot take are retried until the shutdown deadline, then
+/// counted as not recorded: in the stop's summary (`run` exits 3 on it) and in `/metrics`.
+/// Their triggers stay pending in the journal, for the next start to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_the_store_cannot_take_are_counted_at_the_stop() {
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            shutdown_deadline_ms: 500,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    // The inspections table goes away under the running service (a restore gone wrong): the
+    // journal still takes triggers, no inspection can be recorded.
+    sqlx::query("ALTER TABLE inspections RENAME TO inspections_elsewhere")
+        .execute(db.store.raw_pool())
+        .await
+        .unwrap();
+    let triggers = pipeline.triggers();
+    for i in 0..3 {
+        assert_eq!(
+            triggers.fire(trigger("press", i)).await.unwrap().status,
+            "queued"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The journal gone too: a trigger is refused 503, told to send it again, and the store's
+    // own words stay in the log.
+    sqlx::query("ALTER TABLE triggers RENAME TO triggers_elsewhere")
+        .execute(db.store.raw_pool())
+        .await
+        .unwrap();
+    {
+        use tower::ServiceExt as _;
+        let router = app(HttpState {
+            triggers: pipeline.triggers(),
+            status: pipeline.status(),
+            store: None,
+        });
+        let answer = router
+            .oneshot(
+                axum::http::Request::post("/api/v1/triggers")
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(r#"{"camera":"press","id":"t9"}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let text = axum::body::to_bytes(answer.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("send it again"), "{text}");
+        assert!(!text.contains("triggers"), "the store's words: {text}");
+    }
+    let status = pipeline.status();
+    let summary = pipeline.shutdown().await;
+    assert!(!summary.all_kept(), "{summary:?}");
+    assert_eq!(summary.not_recorded, 3, "{summary:?}");
+    // The sinks still have each (the results file keeps what the store did not).
+    assert_each_trigger_once(&sink.results(), 3);
+    let text = status.metrics_text();
+    assert!(
+        text.contains("linesight_results_not_recorded_total 3"),
+        "{text}"
+    );
+    sqlx::query("ALTER TABLE triggers_elsewhere RENAME TO triggers")
+        .execute(db.store.raw_pool())
+        .await
+        .unwrap();
+    let pending = db.store.pending_triggers(i64::MAX).await.unwrap();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    db.finish().await;
+}
+
+/// A store that stops answering (here another writer holds SQLite's lock, and each write
+/// would wait store's 30 s busy timeout; an unreachable PostgreSQL holds it for
+/// store.acquire_timeout_ms) does not hold the stop up past its deadline: the write in progress
+/// is abandoned at the deadline and the results still queued are not tried one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_answer_does_not_hold_the_stop_past_its_deadline() {
+    use sqlx::Connection as _;
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            shutdown_deadline_ms: 500,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera("belt", synthetic(None), TriggerMode::FreeRun))],
+        &db,
+        images.path(),
+    )
+    .await;
+    wait_for(&sink, 2).await;
+    let url = db.config.url.clone().unwrap();
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    // A result's write is waiting for the lock now, and more results queue behind it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let began = std::time::Instant::now();
+    let summary = pipeline.shutdown().await;
+    let took = began.elapsed();
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "the stop took {took:?}, the busy timeout is 30 s"
+    );
+    assert!(summary.not_recorded >= 1, "{summary:?}");
+    assert!(!summary.all_kept());
     db.finish().await;
 }
 
