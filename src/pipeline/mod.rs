@@ -571,7 +571,7 @@ impl Triggers {
 
     async fn fire_to_the_end(
         &self,
-        trigger: Trigger,
+        mut trigger: Trigger,
         received: Received,
     ) -> Result<TriggerAccepted, TriggerError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
@@ -612,6 +612,20 @@ impl Triggers {
             None => received.at,
         };
         if let Some(recorder) = &self.shared.recorder {
+            // Taken in flight before the journal is asked, so that two tries of one trigger at
+            // once (a client's retry, a broker's redelivery) cannot both find it theirs to
+            // serve; and one that reads the journal after this trigger's answer was recorded
+            // (its result delivered, its claim given back) finds it answered.
+            if !self.shared.in_flight().insert(id.clone()) {
+                return Ok(TriggerAccepted {
+                    id,
+                    status: "duplicate",
+                });
+            }
+            let claim = Claim {
+                shared: &self.shared,
+                id: Some(id.clone()),
+            };
             // Durable before acknowledged: once journalled, the trigger gets an answer even
             // if linesight stops before serving it (the next start answers it "late").
             let journalled = recorder
@@ -626,22 +640,23 @@ impl Triggers {
                 )
                 .await;
             match journalled {
-                Ok(Journalled::New) => {
-                    self.shared.in_flight().insert(id.clone());
-                }
+                Ok(Journalled::New) => claim.keep(),
                 // Journalled before, still pending and served by nobody here: a try whose
                 // commit went through although it reported an error (the caller tried again),
                 // or a trigger from before a restart. It is served now rather than left for the
-                // orphan scan to answer "late".
+                // orphan scan to answer "late", with the part, lot and recipe it was
+                // acknowledged with.
                 Ok(Journalled::Duplicate(existing))
-                    if existing.state == "pending"
-                        && existing.camera == trigger.camera
-                        && self.shared.in_flight().insert(id.clone()) =>
+                    if existing.state == "pending" && existing.camera == trigger.camera =>
                 {
                     fired_at = fired_at.min(earlier(
                         received.at,
                         received.at_ms - existing.received_at_ms,
                     ));
+                    trigger.part_id = existing.part_id;
+                    trigger.lot = existing.lot;
+                    trigger.recipe = existing.recipe;
+                    claim.keep();
                 }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
@@ -1286,6 +1301,28 @@ async fn join_within(workers: Vec<JoinHandle<()>>, deadline: Duration) -> Vec<Jo
 fn report_worker_end(ended: Result<(), tokio::task::JoinError>) {
     if let Err(e) = ended {
         tracing::error!(error = %e, "Inference worker failed.");
+    }
+}
+
+/// A trigger id taken in flight by [`Triggers::fire`] while it asks the journal; given back
+/// when dropped (a duplicate, an error) unless kept: the trigger then stays in flight until
+/// its result is delivered.
+struct Claim<'a> {
+    shared: &'a Shared,
+    id: Option<String>,
+}
+
+impl Claim<'_> {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.shared.in_flight().remove(&id);
+        }
     }
 }
 

@@ -2230,13 +2230,14 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     let again = triggers.fire(trigger("press", 0)).await.unwrap();
     assert_eq!(again.status, "duplicate");
     // Journalled by a try whose caller saw an error although it committed: the next try
-    // serves it instead of leaving it to be answered "late".
+    // serves it instead of leaving it to be answered "late", as it was journalled (a retry
+    // that says another part does not change the part acknowledged).
     db.store
         .journal_trigger(
             "press-retried",
             "press",
-            None,
-            None,
+            Some("part-99"),
+            Some("lot-7"),
             None,
             linesight::quality::now_ms(),
         )
@@ -2244,6 +2245,7 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
         .unwrap();
     let mut retried = trigger("press", 99);
     retried.id = Some("press-retried".into());
+    retried.part_id = Some("part-99-retyped".into());
     assert_eq!(triggers.fire(retried).await.unwrap().status, "queued");
     // Redelivered long after it was first received (the broker kept it over a restart): its
     // deadline counts from then, so it is answered late, without a frame of a later part.
@@ -2271,6 +2273,11 @@ async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
         db.store.trigger("press-old").await.unwrap().unwrap().state,
         "late"
     );
+    let retried = results
+        .iter()
+        .find(|r| r.trigger_id.as_deref() == Some("press-retried"))
+        .unwrap();
+    assert_eq!(retried.part_id.as_deref(), Some("part-99"), "{retried:?}");
     let mut rejects = 0;
     for r in &results {
         let id = r.trigger_id.as_deref().unwrap();
@@ -2358,6 +2365,69 @@ async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db
             .unwrap()
             .is_empty()
     );
+    db.finish().await;
+}
+
+/// Tries of one trigger at once (a client retrying while its first request is still being
+/// journalled, a broker's redelivery) are served once: one is queued, the others are answered
+/// "duplicate", and each trigger has one result, with the part it was first sent with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tries_of_one_trigger_at_once_are_served_once() {
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            trigger_queue_capacity: 64,
+            trigger_deadline_ms: 60_000,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    let triggers = pipeline.triggers();
+    const N: usize = 20;
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..N {
+        for copy in 0..3 {
+            let triggers = triggers.clone();
+            let mut t = trigger("press", i);
+            // A retry with other fields is still the same trigger.
+            if copy > 0 {
+                t.part_id = Some(format!("other-{i}-{copy}"));
+            }
+            tries.spawn(async move { (i, triggers.fire(t).await.unwrap().status) });
+        }
+    }
+    let mut answers = BTreeMap::<usize, Vec<&str>>::new();
+    while let Some(answer) = tries.join_next().await {
+        let (i, status) = answer.unwrap();
+        answers.entry(i).or_default().push(status);
+    }
+    for (i, mut statuses) in answers {
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            ["duplicate", "duplicate", "queued"],
+            "trigger {i}"
+        );
+    }
+    wait_for(&sink, N).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.shutdown().await;
+    let results = sink.results();
+    assert_each_trigger_once(&results, N);
+    for r in &results {
+        let id = r.trigger_id.as_deref().unwrap();
+        let journalled = db.store.trigger(id).await.unwrap().unwrap();
+        assert_eq!(r.part_id, journalled.part_id, "{id}");
+        assert_eq!(journalled.state, r.status(), "{id}");
+    }
     db.finish().await;
 }
 
