@@ -28,6 +28,22 @@ fn secret() -> String {
     hex::encode(bytes)
 }
 
+/// Refuses a lot named in a request that no record could carry: blank, or longer than every
+/// record's lot may be ([`crate::quality::MAX_LABEL_BYTES`]).
+pub(super) fn check_lot(lot: &str) -> Result<(), StoreError> {
+    if lot.trim().is_empty() {
+        return Err(StoreError::Invalid("lot: blank: name the lot".into()));
+    }
+    if lot.len() > crate::quality::MAX_LABEL_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "lot: {} bytes long, at most {}",
+            lot.len(),
+            crate::quality::MAX_LABEL_BYTES
+        )));
+    }
+    Ok(())
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -713,9 +729,7 @@ impl Store {
             }
             .into());
         }
-        if lot.trim().is_empty() || lot.len() > 256 {
-            return Err(StoreError::Invalid("lot: 1 to 256 characters".into()));
-        }
+        check_lot(lot)?;
         if reason.trim().is_empty() {
             return Err(StoreError::Invalid(
                 "reason: say why the lot is held".into(),
@@ -766,6 +780,7 @@ impl Store {
         if !takes_files(ncr.state) {
             return Err(refused(ncr.state));
         }
+        // Named after the form field they come with (`file`: its name and its media type).
         let name = name.trim();
         if name.is_empty()
             || name.len() > 255
@@ -773,9 +788,17 @@ impl Store {
             || name.chars().any(char::is_control)
         {
             return Err(StoreError::Invalid(
-                "name: a file name of 1 to 255 characters without slashes or control characters"
+                "file: its file name must be 1 to 255 bytes, without slashes or control characters"
                     .into(),
             ));
+        }
+        if media_type.len() > crate::quality::MAX_LABEL_BYTES
+            || media_type.chars().any(char::is_control)
+        {
+            return Err(StoreError::Invalid(format!(
+                "file: its media type must be at most {} bytes, without control characters",
+                crate::quality::MAX_LABEL_BYTES
+            )));
         }
         if bytes.is_empty() {
             return Err(StoreError::Invalid("file: the file is empty".into()));

@@ -728,6 +728,7 @@ impl Store {
             }
             .into());
         }
+        super::api::check_lot(lot)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         if self.backend() == Backend::Postgres {

@@ -452,6 +452,27 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
             StatusCode::BAD_REQUEST,
             Some("body"),
         ),
+        // A lot no record could carry is refused before anything is written.
+        (
+            call(
+                "POST",
+                &format!("/api/v1/lots/{}/release", "L".repeat(201)),
+                Some(&qa),
+                None,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("lot"),
+        ),
+        (
+            call(
+                "POST",
+                &format!("/api/v1/lots/{}/hold", "L".repeat(201)),
+                Some(&qa),
+                Some(r#"{"reason":"suspect"}"#),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("lot"),
+        ),
         // Every listing bounds its page: a negative limit is "no limit" to SQLite.
         (
             call("GET", "/api/v1/tasks?limit=-1", Some(&qa), None),
@@ -2721,6 +2742,24 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
     let url = json(&b)["url"].as_str().unwrap().to_owned();
+    // A file name with a slash: refused, naming the form field it came with.
+    let (media, body) = multipart(&[], Some(("file", "../report.pdf", b"%PDF-1.4 test")));
+    let (s, b, _) = send(
+        &f,
+        Request::post(format!("/api/v1/ncrs/{id}/attachments"))
+            .header(header::AUTHORIZATION, &insp)
+            .header(header::CONTENT_TYPE, media)
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert_eq!(json(&b)["field"], "file");
     let res = app(f.state.clone())
         .oneshot(call("GET", &url, Some(&op), None))
         .await
