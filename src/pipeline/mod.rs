@@ -1304,9 +1304,9 @@ fn report_worker_end(ended: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// A trigger id taken in flight by [`Triggers::fire`] while it asks the journal; given back
-/// when dropped (a duplicate, an error) unless kept: the trigger then stays in flight until
-/// its result is delivered.
+/// A pending trigger id taken in flight by [`Triggers::fire`] while it reads the trigger
+/// again; given back when dropped (answered since, an error) unless kept: the trigger then
+/// stays in flight until its result is delivered.
 struct Claim<'a> {
     shared: &'a Shared,
     id: Option<String>,
@@ -2310,24 +2310,37 @@ fn reopen_sessions(worker: usize, inspectors: &mut [Option<Inspector>], shared: 
             old.detector.package.dir.clone(),
             old.detector.package.sha256.clone(),
         );
-        let reopened = ModelPackage::open(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|package| {
-                if package.sha256 != sha256 {
-                    return Err(format!(
-                        "its model package changed since it was loaded (SHA-256 {} instead \
+        // The reopening runs inference too (the warm-up): a panic there, which the failure
+        // that brought it here may well cause again, must not end the worker either.
+        let reopen = || {
+            #[cfg(test)]
+            tests::maybe_panic_reopening();
+            ModelPackage::open(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|package| {
+                    if package.sha256 != sha256 {
+                        return Err(format!(
+                            "its model package changed since it was loaded (SHA-256 {} instead \
                          of {sha256})",
-                        package.sha256
-                    ));
-                }
-                let detector = Detector::new(shared.runtime, package, &shared.inference, None)
-                    .map_err(|e| e.to_string())?;
-                let mut inspector =
-                    Inspector::new(detector, shared.limits).map_err(|e| e.to_string())?;
-                inspector
-                    .warm_up(shared.config.batch_size)
-                    .map_err(|e| e.to_string())?;
-                Ok(inspector)
+                            package.sha256
+                        ));
+                    }
+                    let detector = Detector::new(shared.runtime, package, &shared.inference, None)
+                        .map_err(|e| e.to_string())?;
+                    let mut inspector =
+                        Inspector::new(detector, shared.limits).map_err(|e| e.to_string())?;
+                    inspector
+                        .warm_up(shared.config.batch_size)
+                        .map_err(|e| e.to_string())?;
+                    Ok(inspector)
+                })
+        };
+        let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(reopen))
+            .unwrap_or_else(|payload| {
+                Err(format!(
+                    "opening it again panicked: {}",
+                    crate::panic_text(payload.as_ref()).unwrap_or("unknown panic")
+                ))
             });
         match reopened {
             Ok(inspector) => {
@@ -2447,6 +2460,18 @@ mod tests {
     const PANICKING_CAMERA: &str = "panics-once";
     static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+    /// Opening a worker's sessions again panics while `REOPEN_PANICS` is above 0.
+    static REOPEN_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    pub(super) fn maybe_panic_reopening() {
+        if REOPEN_PANICS
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected failure while opening sessions again");
+        }
+    }
+
     pub(super) fn maybe_panic(items: &[WorkItem]) {
         if items.iter().any(|i| &*i.camera == PANICKING_CAMERA)
             && PANICS
@@ -2520,8 +2545,32 @@ mod tests {
         answered(1).await;
         pipeline.triggers().fire(trigger("second")).await.unwrap();
         answered(2).await;
-        let results = sink.results();
-        assert_eq!(results.len(), 2, "{results:?}");
+        // Again, and this time opening the sessions again panics too: the sessions in place
+        // go on serving.
+        PANICS.store(1, Ordering::SeqCst);
+        REOPEN_PANICS.store(1, Ordering::SeqCst);
+        pipeline.triggers().fire(trigger("third")).await.unwrap();
+        answered(3).await;
+        pipeline.triggers().fire(trigger("fourth")).await.unwrap();
+        answered(4).await;
+        assert_eq!(
+            REOPEN_PANICS.load(Ordering::SeqCst),
+            0,
+            "the reopening was tried"
+        );
+        let mut results = sink.results();
+        assert_eq!(results.len(), 4, "{results:?}");
+        assert!(
+            matches!(&results[2].outcome, Outcome::Error { message } if message.contains("injected failure")),
+            "{:?}",
+            results[2].outcome
+        );
+        assert!(
+            matches!(results[3].outcome, Outcome::Inspected { .. }),
+            "{:?}",
+            results[3].outcome
+        );
+        results.truncate(2);
         assert!(
             matches!(&results[0].outcome, Outcome::Error { message } if message.contains("injected failure")),
             "{:?}",
@@ -2533,7 +2582,7 @@ mod tests {
             results[1].outcome
         );
         let summary = pipeline.shutdown().await;
-        assert_eq!((summary.inspected, summary.errors), (1, 1));
+        assert_eq!((summary.inspected, summary.errors), (2, 2));
     }
 
     #[tokio::test(start_paused = true)]
