@@ -421,7 +421,7 @@ pub fn run(settings: &Settings, ort_lib: Option<&Path>, args: RunArgs) -> anyhow
         }
         // A supervisor must not read a stop that lost results from the store as a clean one.
         eprintln!(
-            "NOT KEPT: {} results not recorded in the quality store, {} results a sink failed to write (see the log; the results file holds what the store did not take, and the triggers still pending are answered at the next start)",
+            "NOT KEPT: {} results not recorded in the quality store, {} results a sink failed to write (the log names each; the results file, when configured, holds what the store did not take; triggers still pending in the journal are answered at the next start)",
             summary.not_recorded, summary.sink_errors
         );
         Ok(EXIT_RESULTS_NOT_KEPT)

@@ -241,7 +241,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP linesight_results_not_recorded_total Results the quality store did not record: refused, or still down at the shutdown deadline (each is in the results file when one is configured; its trigger is answered at the next start).\n# TYPE linesight_results_not_recorded_total counter\nlinesight_results_not_recorded_total {}",
+            "# HELP linesight_results_not_recorded_total Results the quality store did not record or confirm: refused (a trigger is then answered error), or still failing at the shutdown deadline (a trigger is then answered at the next start); each is in the results file when one is configured.\n# TYPE linesight_results_not_recorded_total counter\nlinesight_results_not_recorded_total {}",
             load(&self.results_not_recorded)
         );
         out

@@ -119,7 +119,9 @@ pub struct Trigger {
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub at: Instant,
-    /// The same moment by the wall clock (recorded in the trigger journal).
+    /// The same moment by the wall clock, to compare with [`Trigger::sent_at_ms`] and the
+    /// journal's times. (The journal records when it took the trigger: another instance
+    /// sharing the store counts its orphan delay from then.)
     pub at_ms: i64,
 }
 
@@ -612,22 +614,10 @@ impl Triggers {
             None => received.at,
         };
         if let Some(recorder) = &self.shared.recorder {
-            // Taken in flight before the journal is asked, so that two tries of one trigger at
-            // once (a client's retry, a broker's redelivery) cannot both find it theirs to
-            // serve; and one that reads the journal after this trigger's answer was recorded
-            // (its result delivered, its claim given back) finds it answered.
-            if !self.shared.in_flight().insert(id.clone()) {
-                return Ok(TriggerAccepted {
-                    id,
-                    status: "duplicate",
-                });
-            }
-            let claim = Claim {
-                shared: &self.shared,
-                id: Some(id.clone()),
-            };
             // Durable before acknowledged: once journalled, the trigger gets an answer even
-            // if linesight stops before serving it (the next start answers it "late").
+            // if linesight stops before serving it (the next start answers it "late"). Each
+            // try of a trigger asks the journal, so that none is answered before the trigger
+            // is durable; the claim in flight then decides which try serves it.
             let journalled = recorder
                 .store
                 .journal_trigger(
@@ -636,19 +626,52 @@ impl Triggers {
                     trigger.part_id.as_deref(),
                     trigger.lot.as_deref(),
                     trigger.recipe.as_deref(),
-                    received.at_ms,
+                    record::now_ms(),
                 )
                 .await;
             match journalled {
-                Ok(Journalled::New) => claim.keep(),
+                // Journalled by this try; another try of it may have found it pending and
+                // taken it in the meantime, and then serves it.
+                Ok(Journalled::New) => {
+                    if !self.shared.in_flight().insert(id.clone()) {
+                        return Ok(TriggerAccepted {
+                            id,
+                            status: "duplicate",
+                        });
+                    }
+                }
                 // Journalled before, still pending and served by nobody here: a try whose
                 // commit went through although it reported an error (the caller tried again),
                 // or a trigger from before a restart. It is served now rather than left for the
                 // orphan scan to answer "late", with the part, lot and recipe it was
                 // acknowledged with.
                 Ok(Journalled::Duplicate(existing))
-                    if existing.state == "pending" && existing.camera == trigger.camera =>
+                    if existing.state == "pending"
+                        && existing.camera == trigger.camera
+                        && self.shared.in_flight().insert(id.clone()) =>
                 {
+                    let claim = Claim {
+                        shared: &self.shared,
+                        id: Some(id.clone()),
+                    };
+                    // Read again now that it is claimed: its answer may have been recorded
+                    // (and its claim given back) since the journal was read.
+                    match recorder.store.trigger(&id).await {
+                        Ok(Some(now)) if now.state == "pending" => claim.keep(),
+                        Ok(_) => {
+                            return Ok(TriggerAccepted {
+                                id,
+                                status: "duplicate",
+                            });
+                        }
+                        Err(e) => {
+                            self.shared
+                                .metrics
+                                .store_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            return Err(TriggerError::Journal(e.to_string()));
+                        }
+                    }
                     fired_at = fired_at.min(earlier(
                         received.at,
                         received.at_ms - existing.received_at_ms,
@@ -656,7 +679,6 @@ impl Triggers {
                     trigger.part_id = existing.part_id;
                     trigger.lot = existing.lot;
                     trigger.recipe = existing.recipe;
-                    claim.keep();
                 }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {

@@ -199,20 +199,33 @@ impl Recorder {
             if stop.has_passed() && stop.failing() {
                 return not_recorded(&"the store's last write failed too");
             }
-            let attempt = if stop.has_passed() {
-                // Past the deadline with a store that works: written, however long it takes
-                // (the store's own timeouts bound it).
-                self.record(result, image).await
+            let write = self.record(result, image);
+            tokio::pin!(write);
+            let finished = if stop.has_passed() {
+                None
             } else {
                 tokio::select! {
-                    attempt = self.record(result, image) => attempt,
-                    () = stop.wait() => {
-                        // Abandoned (its transaction rolls back): the store is slow or away.
+                    attempt = &mut write => Some(attempt),
+                    () = stop.wait() => None,
+                }
+            };
+            // Past the deadline, a write gets [`AFTER_DEADLINE`] to finish: a store that works
+            // answers within it, one that is slow or away holds the stop no longer.
+            let attempt = match finished {
+                Some(attempt) => attempt,
+                None => match tokio::time::timeout(AFTER_DEADLINE, &mut write).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => {
                         stop.set_failing(true);
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return not_recorded(&"the write was still waiting for the store");
+                        // Abandoned: its transaction rolls back, unless its commit had already
+                        // gone out.
+                        return not_recorded(&format!(
+                            "the store did not answer within {} ms past the shutdown deadline (a commit already sent may still have gone through)",
+                            AFTER_DEADLINE.as_millis()
+                        ));
                     }
-                }
+                },
             };
             let retryable = matches!(
                 attempt,
@@ -270,11 +283,15 @@ impl Recorder {
     }
 }
 
+/// How long a write may take once the shutdown deadline has passed.
+const AFTER_DEADLINE: Duration = Duration::from_secs(2);
+
 /// When [`Recorder::record_with_retry`] stops retrying: once the shutdown deadline has
-/// passed ([`Self::pass`]), a store that is down no longer holds the stop up. A write in
-/// progress at that moment is abandoned (an unreachable PostgreSQL holds each attempt for
-/// `store.acquire_timeout_ms`), and past it, while the store's last write failed, the results
-/// still queued are not tried again one by one; while it works, they are still written.
+/// passed ([`Self::pass`]), a store that is down no longer holds the stop up. Each write, the
+/// one in progress at that moment included, gets [`AFTER_DEADLINE`] more (an unreachable
+/// PostgreSQL would hold it for `store.acquire_timeout_ms`); a failed or abandoned write is not
+/// retried, and while the store's last write failed, the results still queued are not tried
+/// one by one. While it works, they are all still written.
 #[derive(Debug)]
 pub struct RetryStop {
     passed: tokio::sync::watch::Sender<bool>,

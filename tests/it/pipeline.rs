@@ -2516,6 +2516,43 @@ async fn results_the_store_cannot_take_are_counted_at_the_stop() {
     db.finish().await;
 }
 
+/// A stop whose deadline passes with results still on their way to a store that works: each
+/// is still recorded (the deadline only stops waiting for a store that does not answer), every
+/// trigger is answered in the journal, and the stop counts nothing as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_store_still_records_what_is_left_at_the_deadline() {
+    let db = crate::quality::sqlite().await;
+    let images = tempfile::tempdir().unwrap();
+    let (pipeline, sink) = start_recording(
+        PipelineConfig {
+            shutdown_deadline_ms: 1,
+            trigger_queue_capacity: 32,
+            ..PipelineConfig::default()
+        },
+        vec![open(camera(
+            "press",
+            synthetic(None),
+            TriggerMode::Triggered,
+        ))],
+        &db,
+        images.path(),
+    )
+    .await;
+    let triggers = pipeline.triggers();
+    for i in 0..12 {
+        assert_eq!(
+            triggers.fire(trigger("press", i)).await.unwrap().status,
+            "queued"
+        );
+    }
+    let summary = pipeline.shutdown().await;
+    assert!(summary.all_kept(), "{summary:?}");
+    assert_each_trigger_once(&sink.results(), 12);
+    let pending = db.store.pending_triggers(i64::MAX).await.unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    db.finish().await;
+}
+
 /// A store that stops answering (here another writer holds SQLite's lock, and each write
 /// would wait store's 30 s busy timeout; an unreachable PostgreSQL holds it for
 /// store.acquire_timeout_ms) does not hold the stop up past its deadline: the write in progress
