@@ -34,7 +34,7 @@ pub enum ApiError {
     #[error("request body larger than api.max_body_bytes = {0}")]
     TooLarge(usize),
     #[error(
-        "JSON body larger than {0} bytes, the most any request of this API needs (images and attachments go in their own bodies, up to api.max_body_bytes)"
+        "JSON body larger than {0} bytes (64 KiB, the most any request of this API needs, or api.max_body_bytes if lower; images and attachments go in their own bodies, up to api.max_body_bytes)"
     )]
     JsonTooLarge(usize),
     #[error("no cameras run in this service: triggers go to `linesight run` with api.listen set")]

@@ -54,7 +54,7 @@ where
     }
 }
 
-/// A JSON body's rejection as problem+json: 413 past [`super::MAX_JSON_BODY_BYTES`], else 400 with
+/// A JSON body's rejection as problem+json: 413 past [`super::ApiConfig::json_body_limit`], else 400 with
 /// `field: "body"` and the deserialiser's description, which names the field at fault.
 /// (Handlers take `Result<Json<_>, JsonRejection>` and call this after their role check, so
 /// that a caller without the role hears 403 whatever the body.)
@@ -63,7 +63,7 @@ pub fn json_rejection(
     state: &super::ApiState,
 ) -> ApiError {
     if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::JsonTooLarge(super::MAX_JSON_BODY_BYTES)
+        ApiError::JsonTooLarge(state.config.json_body_limit())
     } else if body_stalled(&r) {
         ApiError::BodyTimeout(state.config.body_timeout_ms)
     } else {

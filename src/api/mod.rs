@@ -139,6 +139,12 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
+    /// The limit of every body but an upload's or an attachment's: [`MAX_JSON_BODY_BYTES`],
+    /// or `max_body_bytes` when that is set lower.
+    pub fn json_body_limit(&self) -> usize {
+        MAX_JSON_BODY_BYTES.min(self.max_body_bytes)
+    }
+
     /// The failed sign-in counter these settings ask for.
     pub fn sign_in_throttle(&self) -> Arc<SignInThrottle> {
         Arc::new(SignInThrottle::new(
@@ -316,7 +322,7 @@ impl utoipa::Modify for SecuritySchemes {
 pub const MAX_JSON_BODY_BYTES: usize = 64 << 10;
 
 /// The `/api/v1` routes with their OpenAPI description. Bodies are limited to
-/// [`MAX_JSON_BODY_BYTES`], but for uploads and attachments, which take `upload_limit`.
+/// [`ApiConfig::json_body_limit`], but for uploads and attachments, which take `upload_limit`.
 fn v1(upload_limit: usize) -> OpenApiRouter<ApiState> {
     let files = OpenApiRouter::new()
         .routes(routes!(inspections::upload, inspections::list))
@@ -367,6 +373,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The API router, with the web UI.
 pub fn app(state: ApiState) -> Router {
+    let json_limit = state.config.json_body_limit();
     let (v1, doc) = v1(state.config.max_body_bytes).split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     Router::new()
@@ -382,7 +389,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(ui::routes())
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(json_limit))
         .with_state(state)
 }
 

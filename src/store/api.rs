@@ -28,17 +28,19 @@ fn secret() -> String {
     hex::encode(bytes)
 }
 
-/// Refuses a lot named in a request that no record could carry: blank, or longer than every
-/// record's lot may be ([`crate::quality::MAX_LABEL_BYTES`]).
-pub(super) fn check_lot(lot: &str) -> Result<(), StoreError> {
+/// The longest lot name a hold took before holds were limited like every record's lot
+/// ([`crate::quality::MAX_LABEL_BYTES`]): such a lot must still be releasable.
+pub(super) const MAX_HELD_LOT_BYTES: usize = 256;
+
+/// Refuses a lot named in a request that is blank or longer than `max` bytes.
+pub(super) fn check_lot(lot: &str, max: usize) -> Result<(), StoreError> {
     if lot.trim().is_empty() {
         return Err(StoreError::Invalid("lot: blank: name the lot".into()));
     }
-    if lot.len() > crate::quality::MAX_LABEL_BYTES {
+    if lot.len() > max {
         return Err(StoreError::Invalid(format!(
-            "lot: {} bytes long, at most {}",
-            lot.len(),
-            crate::quality::MAX_LABEL_BYTES
+            "lot: {} bytes long, at most {max}",
+            lot.len()
         )));
     }
     Ok(())

@@ -728,7 +728,7 @@ impl Store {
             }
             .into());
         }
-        super::api::check_lot(lot)?;
+        super::api::check_lot(lot, super::api::MAX_HELD_LOT_BYTES)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
         if self.backend() == Backend::Postgres {

@@ -456,7 +456,7 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
         (
             call(
                 "POST",
-                &format!("/api/v1/lots/{}/release", "L".repeat(201)),
+                &format!("/api/v1/lots/{}/release", "L".repeat(257)),
                 Some(&qa),
                 None,
             ),
