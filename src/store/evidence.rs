@@ -158,6 +158,11 @@ pub async fn read_verified(folder: &Path, hash: &str) -> Result<Option<Vec<u8>>,
         )));
     };
     let hash = hash.to_owned();
+    // Never closed: the semaphore is a static.
+    let _turn = READS.acquire().await.map_err(|e| StoreError::Io {
+        what: "wait to read a stored file".into(),
+        source: std::io::Error::other(e),
+    })?;
     tokio::task::spawn_blocking(move || {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -175,6 +180,13 @@ pub async fn read_verified(folder: &Path, hash: &str) -> Result<Option<Vec<u8>>,
     .await
     .map_err(join_failed("read a stored file"))?
 }
+
+/// Stored files read and checked at once by [`read_verified`]: many downloads at once (an
+/// overlay may be tens of MB) take their turn instead of each filling memory and a thread of
+/// the blocking pool that password checks and uploads also need. A turn is one read and hash
+/// (about 2.5 ms for a 4 MB file from the page cache).
+const READS_AT_ONCE: usize = 4;
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READS_AT_ONCE);
 
 /// Of `hashes`, those whose file is not in `folder` (on a blocking thread).
 async fn absent(folder: &Path, hashes: Vec<String>) -> Result<Vec<String>, StoreError> {
