@@ -2951,6 +2951,32 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
             "{a} missing from {actions:?}"
         );
     }
+    // A page of one record's entries: from a sequence number on, at most `limit`.
+    let seqs = |b: &[u8]| -> Vec<i64> {
+        json(b)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let all = seqs(&b);
+    assert!(all.len() >= 4, "{all:?}");
+    let (s, b, _) = send(
+        &f,
+        call(
+            "GET",
+            &format!(
+                "/api/v1/audit?entity=ncr&entity_id={id}&from_seq={}&limit=2",
+                all[1]
+            ),
+            Some(&qa),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(seqs(&b), all[1..3], "{all:?}");
     let res = app(f.state.clone())
         .oneshot(call(
             "GET",
