@@ -115,7 +115,8 @@ pub struct Trigger {
 /// When a trigger reached linesight. Its deadline counts from then (or from when it was sent,
 /// [`Trigger::sent_at_ms`]), however long it then waits to be journalled: an MQTT trigger
 /// queued behind a store that is slow or being retried must not be served with a frame taken
-/// seconds later.
+/// seconds later. (A trigger the journal took before, delivered again after a restart, counts
+/// from when the journal took it: the journal keeps that time, not the arrival.)
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub at: Instant,
@@ -571,6 +572,15 @@ impl Triggers {
             })
     }
 
+    /// A journal call that failed: counted, and the caller told to try again.
+    fn journal_failed(&self, e: StoreError) -> TriggerError {
+        self.shared
+            .metrics
+            .store_errors
+            .fetch_add(1, Ordering::Relaxed);
+        TriggerError::Journal(e.to_string())
+    }
+
     async fn fire_to_the_end(
         &self,
         mut trigger: Trigger,
@@ -629,56 +639,15 @@ impl Triggers {
                     record::now_ms(),
                 )
                 .await;
-            match journalled {
-                // Journalled by this try; another try of it may have found it pending and
-                // taken it in the meantime, and then serves it.
-                Ok(Journalled::New) => {
-                    if !self.shared.in_flight().insert(id.clone()) {
-                        return Ok(TriggerAccepted {
-                            id,
-                            status: "duplicate",
-                        });
-                    }
-                }
-                // Journalled before, still pending and served by nobody here: a try whose
-                // commit went through although it reported an error (the caller tried again),
-                // or a trigger from before a restart. It is served now rather than left for the
-                // orphan scan to answer "late", with the part, lot and recipe it was
-                // acknowledged with.
+            // Journalled by this try, or before and still pending for this camera (a try whose
+            // commit went through although it reported an error, or a trigger from before a
+            // restart: served now rather than left for the orphan scan to answer "late").
+            let existing = match journalled {
+                Ok(Journalled::New) => None,
                 Ok(Journalled::Duplicate(existing))
-                    if existing.state == "pending"
-                        && existing.camera == trigger.camera
-                        && self.shared.in_flight().insert(id.clone()) =>
+                    if existing.state == "pending" && existing.camera == trigger.camera =>
                 {
-                    let claim = Claim {
-                        shared: &self.shared,
-                        id: Some(id.clone()),
-                    };
-                    // Read again now that it is claimed: its answer may have been recorded
-                    // (and its claim given back) since the journal was read.
-                    match recorder.store.trigger(&id).await {
-                        Ok(Some(now)) if now.state == "pending" => claim.keep(),
-                        Ok(_) => {
-                            return Ok(TriggerAccepted {
-                                id,
-                                status: "duplicate",
-                            });
-                        }
-                        Err(e) => {
-                            self.shared
-                                .metrics
-                                .store_errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            return Err(TriggerError::Journal(e.to_string()));
-                        }
-                    }
-                    fired_at = fired_at.min(earlier(
-                        received.at,
-                        received.at_ms - existing.received_at_ms,
-                    ));
-                    trigger.part_id = existing.part_id;
-                    trigger.lot = existing.lot;
-                    trigger.recipe = existing.recipe;
+                    Some(existing)
                 }
                 Ok(Journalled::Duplicate(_)) => {
                     return Ok(TriggerAccepted {
@@ -687,13 +656,39 @@ impl Triggers {
                     });
                 }
                 Err(StoreError::Invalid(message)) => return Err(TriggerError::Invalid(message)),
-                Err(e) => {
-                    self.shared
-                        .metrics
-                        .store_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(TriggerError::Journal(e.to_string()));
+                Err(e) => return Err(self.journal_failed(e)),
+            };
+            // The claim in flight decides which try serves it. Claimed, it is read again: another
+            // try may have served it (and given its claim back) since this one's journal call.
+            if !self.shared.in_flight().insert(id.clone()) {
+                return Ok(TriggerAccepted {
+                    id,
+                    status: "duplicate",
+                });
+            }
+            let claim = Claim {
+                shared: &self.shared,
+                id: Some(id.clone()),
+            };
+            match recorder.store.trigger(&id).await {
+                Ok(Some(now)) if now.state == "pending" => claim.keep(),
+                Ok(_) => {
+                    return Ok(TriggerAccepted {
+                        id,
+                        status: "duplicate",
+                    });
                 }
+                Err(e) => return Err(self.journal_failed(e)),
+            }
+            if let Some(existing) = existing {
+                fired_at = fired_at.min(earlier(
+                    received.at,
+                    received.at_ms - existing.received_at_ms,
+                ));
+                // Served with the part, lot and recipe it was acknowledged with.
+                trigger.part_id = existing.part_id;
+                trigger.lot = existing.lot;
+                trigger.recipe = existing.recipe;
             }
         }
         let pending = PendingTrigger {
@@ -1326,9 +1321,9 @@ fn report_worker_end(ended: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// A pending trigger id taken in flight by [`Triggers::fire`] while it reads the trigger
-/// again; given back when dropped (answered since, an error) unless kept: the trigger then
-/// stays in flight until its result is delivered.
+/// A trigger id taken in flight by [`Triggers::fire`] while it reads the trigger again;
+/// given back when dropped (answered since, an error) unless kept: the trigger then stays in
+/// flight until its result is delivered.
 struct Claim<'a> {
     shared: &'a Shared,
     id: Option<String>,

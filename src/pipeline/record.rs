@@ -191,7 +191,7 @@ impl Recorder {
         errors: &std::sync::atomic::AtomicU64,
     ) -> Stored {
         let not_recorded = |e: &dyn std::fmt::Display| {
-            tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store: shutdown deadline passed (it is in results.jsonl if configured).");
+            tracing::error!(camera = %result.camera, sequence = result.sequence, trigger = ?result.trigger_id, error = %e, "Result NOT recorded in the quality store (or not confirmed): shutdown deadline passed (it is in results.jsonl if configured).");
             Stored::NotRecorded
         };
         let mut backoff = Duration::from_millis(50);
@@ -199,7 +199,14 @@ impl Recorder {
             if stop.has_passed() && stop.failing() {
                 return not_recorded(&"the store's last write failed too");
             }
-            let write = self.record(result, image);
+            // A task of its own: past the deadline the stop stops waiting for it rather than
+            // dropping it in the middle of a transaction (on SQLite the one writer connection
+            // could go back to the pool inside an open transaction); it finishes, or ends with
+            // the runtime.
+            let write = {
+                let (recorder, result, image) = (self.clone(), result.clone(), image.cloned());
+                tokio::spawn(async move { recorder.record(&result, image.as_ref()).await })
+            };
             tokio::pin!(write);
             let finished = if stop.has_passed() {
                 None
@@ -209,24 +216,28 @@ impl Recorder {
                     () = stop.wait() => None,
                 }
             };
-            // Past the deadline, a write gets [`AFTER_DEADLINE`] to finish: a store that works
-            // answers within it, one that is slow or away holds the stop no longer.
-            let attempt = match finished {
-                Some(attempt) => attempt,
+            // Past the deadline, a write gets [`AFTER_DEADLINE`] more to finish: a store that
+            // works answers within it, one that is slow or away holds the stop no longer.
+            let joined = match finished {
+                Some(joined) => joined,
                 None => match tokio::time::timeout(AFTER_DEADLINE, &mut write).await {
-                    Ok(attempt) => attempt,
+                    Ok(joined) => joined,
                     Err(_) => {
                         stop.set_failing(true);
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // Abandoned: its transaction rolls back, unless its commit had already
-                        // gone out.
                         return not_recorded(&format!(
-                            "the store did not answer within {} ms past the shutdown deadline (a commit already sent may still have gone through)",
+                            "its write (image and record) had not finished {} ms past the shutdown deadline; not waited for any longer, it may still complete",
                             AFTER_DEADLINE.as_millis()
                         ));
                     }
                 },
             };
+            let attempt = joined.unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    what: "record a result".into(),
+                    source: std::io::Error::other(e),
+                })
+            });
             let retryable = matches!(
                 attempt,
                 Err(StoreError::Db { .. } | StoreError::Connect { .. })

@@ -2556,7 +2556,8 @@ async fn a_working_store_still_records_what_is_left_at_the_deadline() {
 /// A store that stops answering (here another writer holds SQLite's lock, and each write
 /// would wait store's 30 s busy timeout; an unreachable PostgreSQL holds it for
 /// store.acquire_timeout_ms) does not hold the stop up past its deadline: the write in progress
-/// is abandoned at the deadline and the results still queued are not tried one by one.
+/// is given 2 s more, then not waited for, and the results still queued are not tried one by
+/// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_does_not_answer_does_not_hold_the_stop_past_its_deadline() {
     use sqlx::Connection as _;
