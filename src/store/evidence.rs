@@ -158,12 +158,14 @@ pub async fn read_verified(folder: &Path, hash: &str) -> Result<Option<Vec<u8>>,
         )));
     };
     let hash = hash.to_owned();
-    // Never closed: the semaphore is a static.
-    let _turn = READS.acquire().await.map_err(|e| StoreError::Io {
+    // Never closed: the semaphore is a static. Moved into the read, so that the turn lasts as
+    // long as the read itself, also when the request is dropped meanwhile.
+    let turn = READS.acquire().await.map_err(|e| StoreError::Io {
         what: "wait to read a stored file".into(),
         source: std::io::Error::other(e),
     })?;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -181,10 +183,11 @@ pub async fn read_verified(folder: &Path, hash: &str) -> Result<Option<Vec<u8>>,
     .map_err(join_failed("read a stored file"))?
 }
 
-/// Stored files read and checked at once by [`read_verified`]: many downloads at once (an
-/// overlay may be tens of MB) take their turn instead of each filling memory and a thread of
-/// the blocking pool that password checks and uploads also need. A turn is one read and hash
-/// (about 2.5 ms for a 4 MB file from the page cache).
+/// Stored files read and checked at once by [`read_verified`]: many downloads at once take
+/// their turn instead of each taking a thread of the blocking pool that password checks and
+/// uploads also need, and reading and hashing all at once. A turn is one read and hash (about
+/// 2.5 ms for a 4 MB file from the page cache); the bytes read are then held until the answer
+/// is sent, as many as there are downloads under way (`api.max_connections` bounds those).
 const READS_AT_ONCE: usize = 4;
 static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READS_AT_ONCE);
 

@@ -729,6 +729,15 @@ impl Store {
             .into());
         }
         super::api::check_lot(lot, super::api::MAX_HELD_LOT_BYTES)?;
+        // Longer than a record's lot may be: only a lot held by an earlier version, which
+        // took such names, is released; no row is made for one that was never held.
+        if lot.len() > crate::quality::MAX_LABEL_BYTES && !self.lot(lot).await?.held {
+            return Err(StoreError::Invalid(format!(
+                "lot: {} bytes long, at most {} (a longer one is released only when it is held)",
+                lot.len(),
+                crate::quality::MAX_LABEL_BYTES
+            )));
+        }
         let now = now_ms();
         let mut tx = self.begin().await?;
         if self.backend() == Backend::Postgres {

@@ -505,6 +505,54 @@ async fn malformed_paths_queries_and_bodies_are_problem_json() {
             Some("name"),
         ),
     ];
+    // A lot longer than a record's, held by an earlier version (holds took 256 bytes): still
+    // released. One as long that was never held is refused, and no row is made for it.
+    let long = "H".repeat(230);
+    sqlx::query("INSERT INTO lots (lot, held_at_ms, hold_reason) VALUES ($1, 1, 'held before')")
+        .bind(&long)
+        .execute(f.db.store.raw_pool())
+        .await
+        .unwrap();
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            &format!("/api/v1/lots/{long}/release"),
+            Some(&qa),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let never = "N".repeat(230);
+    let (s, b, _) = send(
+        &f,
+        call(
+            "POST",
+            &format!("/api/v1/lots/{never}/release"),
+            Some(&qa),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(
+        json(&b)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("released only when it is held")
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lots WHERE lot = $1")
+        .bind(&never)
+        .fetch_one(f.db.store.raw_pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
     for (req, status, field) in cases {
         let what = format!("{} {}", req.method(), req.uri());
         let res = app(f.state.clone()).oneshot(req).await.unwrap();
