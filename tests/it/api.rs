@@ -3025,6 +3025,23 @@ async fn ncr_to_signed_disposition_with_attachments_lot_hold_and_audit() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(seqs(&b), all[1..3], "{all:?}");
+    // A page of one kind of record's entries.
+    let (s, b, _) = send(
+        &f,
+        call(
+            "GET",
+            &format!("/api/v1/audit?entity=ncr&from_seq={}&limit=3", all[1]),
+            Some(&qa),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let page = json(&b);
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 3, "{page:?}");
+    assert!(page.iter().all(|e| e["entity"] == "ncr"), "{page:?}");
+    assert_eq!(page[0]["seq"].as_i64(), Some(all[1]), "{page:?}");
     let res = app(f.state.clone())
         .oneshot(call(
             "GET",
