@@ -1706,7 +1706,7 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
     }
     let db = crate::quality::sqlite().await;
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
+    let (pipeline, sink) = start_recording_press(
         PipelineConfig {
             mqtt_triggers: Some(MqttTriggerConfig {
                 client_id: client_id.clone(),
@@ -1715,11 +1715,6 @@ async fn a_slow_journal_keeps_the_mqtt_connection_and_triggers_are_acknowledged_
             }),
             ..PipelineConfig::default()
         },
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
         &db,
         images.path(),
     )
@@ -2100,6 +2095,16 @@ async fn a_fixed_batch_model_swapped_in_under_a_smaller_batch_size_is_warned_abo
 }
 
 /// A pipeline that records into `db`'s store.
+/// [`start_recording`] with one triggered camera, "press", of synthetic parts.
+async fn start_recording_press(
+    config: PipelineConfig,
+    db: &crate::quality::Db,
+    image_dir: &std::path::Path,
+) -> (Pipeline, MemorySink) {
+    let press = open(camera("press", synthetic(None), TriggerMode::Triggered));
+    start_recording(config, vec![press], db, image_dir).await
+}
+
 async fn start_recording(
     config: PipelineConfig,
     cameras: Vec<Camera>,
@@ -2207,17 +2212,8 @@ async fn a_second_answer_to_a_trigger_is_superseded_but_a_retried_one_is_not() {
 
 async fn results_are_recorded_and_triggers_journalled(db: crate::quality::Db) {
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
-        PipelineConfig::default(),
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
-        &db,
-        images.path(),
-    )
-    .await;
+    let (pipeline, sink) =
+        start_recording_press(PipelineConfig::default(), &db, images.path()).await;
     let triggers = pipeline.triggers();
     for i in 0..6 {
         let accepted = triggers.fire(trigger("press", i)).await.unwrap();
@@ -2338,17 +2334,8 @@ async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db
         .unwrap();
     assert_eq!(journalled, linesight::store::Journalled::New);
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
-        PipelineConfig::default(),
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
-        &db,
-        images.path(),
-    )
-    .await;
+    let (pipeline, sink) =
+        start_recording_press(PipelineConfig::default(), &db, images.path()).await;
     wait_for(&sink, 1).await;
     pipeline.shutdown().await;
     let results = sink.results();
@@ -2375,17 +2362,12 @@ async fn triggers_left_by_a_stopped_run_are_answered_late(db: crate::quality::Db
 async fn tries_of_one_trigger_at_once_are_served_once() {
     let db = crate::quality::sqlite().await;
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
+    let (pipeline, sink) = start_recording_press(
         PipelineConfig {
             trigger_queue_capacity: 64,
             trigger_deadline_ms: 60_000,
             ..PipelineConfig::default()
         },
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
         &db,
         images.path(),
     )
@@ -2438,16 +2420,11 @@ async fn tries_of_one_trigger_at_once_are_served_once() {
 async fn results_the_store_cannot_take_are_counted_at_the_stop() {
     let db = crate::quality::sqlite().await;
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
+    let (pipeline, sink) = start_recording_press(
         PipelineConfig {
             shutdown_deadline_ms: 500,
             ..PipelineConfig::default()
         },
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
         &db,
         images.path(),
     )
@@ -2523,17 +2500,12 @@ async fn results_the_store_cannot_take_are_counted_at_the_stop() {
 async fn a_working_store_still_records_what_is_left_at_the_deadline() {
     let db = crate::quality::sqlite().await;
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
+    let (pipeline, sink) = start_recording_press(
         PipelineConfig {
             shutdown_deadline_ms: 1,
             trigger_queue_capacity: 32,
             ..PipelineConfig::default()
         },
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
         &db,
         images.path(),
     )
@@ -2753,16 +2725,11 @@ async fn another_instances_trigger_is_answered_only_after_the_orphan_delay() {
         .await
         .unwrap();
     let images = tempfile::tempdir().unwrap();
-    let (pipeline, sink) = start_recording(
+    let (pipeline, sink) = start_recording_press(
         PipelineConfig {
             orphan_trigger_after_ms: 1_000,
             ..PipelineConfig::default()
         },
-        vec![open(camera(
-            "press",
-            synthetic(None),
-            TriggerMode::Triggered,
-        ))],
         &db,
         images.path(),
     )
